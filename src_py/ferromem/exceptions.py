@@ -1,0 +1,96 @@
+"""The one error hierarchy of ferromem.
+
+Every error ferromem raises on purpose is a :class:`FerromemError`. The classes are
+defined here, once, and the native core (Rust) and the data plane (Cython) raise these
+very classes, so ``except ferromem.InvalidVectorError`` works whichever engine runs.
+
+Each class also subclasses the builtin a caller would naturally catch: bad values are
+``ValueError``, wrong types are ``TypeError``, storage failures are ``OSError``, a
+closed store is a ``RuntimeError``, a missing record is a ``KeyError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FerromemError",
+    "InvalidInputError",
+    "InvalidVectorError",
+    "DimensionMismatchError",
+    "InvalidMetadataError",
+    "InvalidIdError",
+    "InvalidFilterError",
+    "DuplicateIdError",
+    "NotFoundError",
+    "StoreClosedError",
+    "StorageError",
+    "CorruptStoreError",
+    "IncompatibleStoreError",
+    "NativeUnavailableWarning",
+]
+
+
+class FerromemError(Exception):
+    """Base class of every error ferromem raises on purpose."""
+
+
+class InvalidInputError(FerromemError, ValueError):
+    """An argument is not acceptable. Raised before anything is written."""
+
+
+class InvalidVectorError(InvalidInputError):
+    """A vector is empty, of the wrong shape, not finite (NaN/inf) or all zeros."""
+
+
+class DimensionMismatchError(InvalidVectorError):
+    """A vector's length differs from the store's dimension (fixed at the first vector).
+
+    ``expected`` and ``got`` hold the two lengths.
+    """
+
+    def __init__(self, message: str, expected: int | None = None, got: int | None = None):
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
+
+
+class InvalidMetadataError(InvalidInputError, TypeError):
+    """Metadata is not a JSON object of JSON-serialisable values."""
+
+
+class InvalidIdError(InvalidInputError, TypeError):
+    """A record id is not a non-empty ``str``."""
+
+
+class InvalidFilterError(InvalidInputError, TypeError):
+    """A filter (scope, categories, where, ...) has the wrong type or value."""
+
+
+class DuplicateIdError(InvalidInputError):
+    """``add`` was given an id that already exists (use ``upsert`` to replace)."""
+
+
+class NotFoundError(FerromemError, KeyError):
+    """A record that was required to exist does not."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep messages readable
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreClosedError(FerromemError, RuntimeError):
+    """The store was closed; open it again to use it."""
+
+
+class StorageError(FerromemError, OSError):
+    """The durable layer failed (disk full, permission denied, I/O error)."""
+
+
+class CorruptStoreError(StorageError):
+    """The files at the store's path are not a readable ferromem store."""
+
+
+class IncompatibleStoreError(StorageError):
+    """The store was written by an incompatible (newer) version of ferromem."""
+
+
+class NativeUnavailableWarning(RuntimeWarning):
+    """The native extension could not be loaded; the NumPy reference engine is used."""
