@@ -1,0 +1,1 @@
+"""ferromem.gpu: CuPy kernels for large similarity batches (imported lazily)."""
