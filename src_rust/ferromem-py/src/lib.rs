@@ -1,1 +1,521 @@
-pub fn _x() {}
+//! `ferromem._core`: the PyO3 control plane over `ferromem_core::Engine`.
+//!
+//! Every method extracts its arguments first (holding the GIL), then runs the engine with
+//! the GIL released (`py.detach`), then builds Python results. Vectors arrive through the
+//! buffer protocol: a float32 C-contiguous buffer (what `ferromem._buffers` hands over) is
+//! read in place, never copied. Errors become the classes of `ferromem/exceptions.py`.
+
+use ferromem_core::engine::EngineStats;
+use ferromem_core::{simd, Durability, Engine, Error, Filter, Patch, Privacy, Record, Scalar, WriteMode};
+use numpy::{PyArray1, PyArrayMethods};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Raises the ferromem exception class that matches an engine error.
+fn to_py_err(e: Error) -> PyErr {
+    Python::attach(|py| {
+        let class = match &e {
+            Error::InvalidInput(_) => "InvalidInputError",
+            Error::InvalidVector(_) => "InvalidVectorError",
+            Error::DimensionMismatch { .. } => "DimensionMismatchError",
+            Error::InvalidMetadata(_) => "InvalidMetadataError",
+            Error::InvalidFilter(_) => "InvalidFilterError",
+            Error::DuplicateId(_) => "DuplicateIdError",
+            Error::Closed => "StoreClosedError",
+            Error::Storage(_) => "StorageError",
+            Error::Corrupt(_) => "CorruptStoreError",
+            Error::Incompatible(_) => "IncompatibleStoreError",
+        };
+        let msg = e.to_string();
+        let made = py.import("ferromem.exceptions").and_then(|m| m.getattr(class)).and_then(|cls| match &e {
+            Error::DimensionMismatch { expected, got } => cls.call1((msg.clone(), *expected, *got)),
+            _ => cls.call1((msg.clone(),)),
+        });
+        match made {
+            Ok(instance) => PyErr::from_value(instance),
+            Err(import_failure) => import_failure,
+        }
+    })
+}
+
+fn filter_error(msg: impl Into<String>) -> PyErr {
+    to_py_err(Error::InvalidFilter(msg.into()))
+}
+
+/// A read-only view of a float32 C-contiguous buffer as rows of `dim` (1-D = one row).
+struct F32Rows {
+    buf: PyBuffer<f32>,
+    rows: usize,
+    dim: usize,
+}
+
+impl F32Rows {
+    fn from_py(obj: &Bound<'_, PyAny>) -> PyResult<F32Rows> {
+        let buf = PyBuffer::<f32>::get(obj).map_err(|_| {
+            to_py_err(Error::InvalidVector(
+                "vectors must be a float32 C-contiguous buffer here (ferromem._buffers.as_matrix makes one)".into(),
+            ))
+        })?;
+        if !buf.is_c_contiguous() {
+            return Err(to_py_err(Error::InvalidVector("vectors must be C-contiguous".into())));
+        }
+        let (rows, dim) = match buf.shape() {
+            [d] => (1, *d),
+            [r, d] => (*r, *d),
+            s => return Err(to_py_err(Error::InvalidVector(format!("vectors must be 1-D or 2-D, got {} dimensions", s.len())))),
+        };
+        Ok(F32Rows { buf, rows, dim })
+    }
+
+    fn address(&self) -> usize {
+        self.buf.buf_ptr() as usize
+    }
+
+    /// The values, in place. Safety: the buffer stays alive (and pinned by the buffer
+    /// protocol) for as long as `self`; the slice is only used while `self` is borrowed.
+    fn as_slice(&self) -> &[f32] {
+        let n = self.rows * self.dim;
+        if n == 0 {
+            return &[];
+        }
+        unsafe { std::slice::from_raw_parts(self.buf.buf_ptr() as *const f32, n) }
+    }
+}
+
+fn scalar_of(v: &Bound<'_, PyAny>) -> PyResult<Scalar> {
+    if v.is_none() {
+        Ok(Scalar::Null)
+    } else if v.is_instance_of::<PyBool>() {
+        Ok(Scalar::Bool(v.extract()?))
+    } else if v.is_instance_of::<PyInt>() || v.is_instance_of::<PyFloat>() {
+        let x: f64 = v.extract()?;
+        if !x.is_finite() {
+            return Err(filter_error("where values must be finite numbers"));
+        }
+        Ok(Scalar::num(x))
+    } else if v.is_instance_of::<PyString>() {
+        Ok(Scalar::Str(v.extract()?))
+    } else {
+        Err(filter_error(format!(
+            "where values must be str, int, float, bool or None, got {}",
+            v.get_type().name()?
+        )))
+    }
+}
+
+fn opt<'py, T: for<'a> FromPyObject<'a, 'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<T>> {
+    match d.get_item(key)? {
+        None => Ok(None),
+        Some(v) if v.is_none() => Ok(None),
+        Some(v) => v.extract::<T>().map(Some).map_err(|_| filter_error(format!("filter {key:?} has the wrong type"))),
+    }
+}
+
+const FILTER_KEYS: [&str; 8] = ["scope", "categories", "where", "source", "include_private", "visible_to", "older_than", "ids"];
+
+fn parse_filter(d: Option<&Bound<'_, PyDict>>) -> PyResult<Filter> {
+    let Some(d) = d else { return Ok(Filter::default()) };
+    for key in d.keys() {
+        let k: String = key.extract().map_err(|_| filter_error("filter keys must be strings"))?;
+        if !FILTER_KEYS.contains(&k.as_str()) {
+            return Err(filter_error(format!("unknown filter key {k:?}")));
+        }
+    }
+    let mut where_eq = Vec::new();
+    if let Some(w) = d.get_item("where")? {
+        if !w.is_none() {
+            for item in w.try_iter()? {
+                let pair = item?;
+                let pair = pair.cast::<PyTuple>().map_err(|_| filter_error("where must be a list of (key, value) pairs"))?;
+                if pair.len() != 2 {
+                    return Err(filter_error("where must be a list of (key, value) pairs"));
+                }
+                let key: String = pair.get_item(0)?.extract().map_err(|_| filter_error("where keys must be strings"))?;
+                where_eq.push((key, scalar_of(&pair.get_item(1)?)?));
+            }
+        }
+    }
+    let include_private: bool = opt(d, "include_private")?.unwrap_or(true);
+    let visible_to: Option<String> = opt(d, "visible_to")?;
+    let older_than: Option<f64> = opt(d, "older_than")?;
+    if older_than.is_some_and(|t| !t.is_finite()) {
+        return Err(filter_error("older_than must be a finite time"));
+    }
+    Ok(Filter {
+        scope: opt(d, "scope")?,
+        categories: opt(d, "categories")?,
+        where_eq,
+        source: opt(d, "source")?,
+        privacy: if include_private { Privacy::Include } else { Privacy::VisibleTo(visible_to) },
+        older_than,
+        ids: opt(d, "ids")?,
+    })
+}
+
+fn record_tuple<'py>(py: Python<'py>, rec: &Record, vector: Vec<f32>) -> PyResult<Bound<'py, PyTuple>> {
+    let vec = PyArray1::from_vec(py, vector);
+    vec.readwrite().make_nonwriteable();
+    PyTuple::new(
+        py,
+        [
+            PyString::new(py, &rec.id).into_any(),
+            PyString::new(py, &rec.content).into_any(),
+            PyString::new(py, &rec.scope).into_any(),
+            PyList::new(py, &rec.categories)?.into_any(),
+            PyString::new(py, &rec.metadata_json).into_any(),
+            PyFloat::new(py, rec.importance).into_any(),
+            PyFloat::new(py, rec.created_at).into_any(),
+            PyFloat::new(py, rec.last_accessed).into_any(),
+            rec.source.as_deref().into_pyobject(py)?.into_any(),
+            PyBool::new(py, rec.private).to_owned().into_any(),
+            vec.into_any(),
+        ],
+    )
+}
+
+fn records_list<'py>(py: Python<'py>, recs: Vec<(Record, Vec<f32>)>) -> PyResult<Bound<'py, PyList>> {
+    let items = recs.into_iter().map(|(r, v)| record_tuple(py, &r, v)).collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, items)
+}
+
+fn check_len(name: &str, got: usize, want: usize) -> PyResult<()> {
+    if got != want {
+        return Err(to_py_err(Error::InvalidInput(format!("{name} has {got} entries but there are {want} ids"))));
+    }
+    Ok(())
+}
+
+/// One open store. Thread-safe: share it between threads freely.
+#[pyclass(module = "ferromem._core", name = "Engine", frozen)]
+struct PyEngine {
+    inner: Arc<Engine>,
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    #[pyo3(signature = (path=None, dim=None, durability="normal"))]
+    fn new(py: Python<'_>, path: Option<PathBuf>, dim: Option<usize>, durability: &str) -> PyResult<PyEngine> {
+        let durability = Durability::from_name(durability).ok_or_else(|| {
+            to_py_err(Error::InvalidInput(format!("durability must be 'normal' or 'full', not {durability:?}")))
+        })?;
+        let engine = py.detach(|| Engine::open(path.as_deref(), dim, durability)).map_err(to_py_err)?;
+        Ok(PyEngine { inner: Arc::new(engine) })
+    }
+
+    #[getter]
+    fn dim(&self) -> Option<usize> {
+        self.inner.dim()
+    }
+
+    #[getter]
+    fn path(&self) -> Option<PathBuf> {
+        self.inner.path().map(|p| p.to_path_buf())
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn upsert(
+        &self,
+        py: Python<'_>,
+        ids: Vec<String>,
+        vectors: &Bound<'_, PyAny>,
+        contents: Vec<String>,
+        scopes: Vec<String>,
+        categories: Vec<Vec<String>>,
+        metadata_json: Vec<String>,
+        importance: Vec<f64>,
+        created_at: Vec<f64>,
+        last_accessed: Vec<f64>,
+        sources: Vec<Option<String>>,
+        private: Vec<bool>,
+        mode: &str,
+    ) -> PyResult<()> {
+        let mode = match mode {
+            "insert" => WriteMode::Insert,
+            "upsert" => WriteMode::Upsert,
+            m => return Err(to_py_err(Error::InvalidInput(format!("mode must be 'insert' or 'upsert', not {m:?}")))),
+        };
+        let n = ids.len();
+        let rows = F32Rows::from_py(vectors)?;
+        check_len("vectors", rows.rows, n)?;
+        for (name, len) in [
+            ("contents", contents.len()),
+            ("scopes", scopes.len()),
+            ("categories", categories.len()),
+            ("metadata", metadata_json.len()),
+            ("importance", importance.len()),
+            ("created_at", created_at.len()),
+            ("last_accessed", last_accessed.len()),
+            ("sources", sources.len()),
+            ("private", private.len()),
+        ] {
+            check_len(name, len, n)?;
+        }
+        let mut records = Vec::with_capacity(n);
+        let mut fields = contents
+            .into_iter()
+            .zip(scopes)
+            .zip(categories)
+            .zip(metadata_json)
+            .zip(importance)
+            .zip(created_at)
+            .zip(last_accessed)
+            .zip(sources)
+            .zip(private);
+        for id in ids {
+            let ((((((((content, scope), categories), metadata_json), importance), created_at), last_accessed), source), private) =
+                fields.next().expect("lengths checked");
+            records.push(Record {
+                id: Arc::from(id),
+                content,
+                scope,
+                categories,
+                metadata_json,
+                importance,
+                created_at,
+                last_accessed,
+                source,
+                private,
+            });
+        }
+        let engine = &self.inner;
+        let dim = rows.dim;
+        let data = rows.as_slice();
+        py.detach(|| engine.upsert(records, data, dim, mode)).map_err(to_py_err)
+    }
+
+    /// Returns (ids: object array, scores: float32 array, offsets: int64 array of nq + 1).
+    #[pyo3(signature = (queries, k, filter=None, min_score=None))]
+    fn search<'py>(
+        &self,
+        py: Python<'py>,
+        queries: &Bound<'py, PyAny>,
+        k: usize,
+        filter: Option<&Bound<'py, PyDict>>,
+        min_score: Option<f32>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let filter = parse_filter(filter)?;
+        let rows = F32Rows::from_py(queries)?;
+        let (engine, dim, data) = (&self.inner, rows.dim, rows.as_slice());
+        let hits = py.detach(|| engine.search(data, dim, k, &filter, min_score)).map_err(to_py_err)?;
+        let total: usize = hits.iter().map(Vec::len).sum();
+        let mut ids: Vec<Py<PyAny>> = Vec::with_capacity(total);
+        let mut scores: Vec<f32> = Vec::with_capacity(total);
+        let mut offsets: Vec<i64> = Vec::with_capacity(hits.len() + 1);
+        offsets.push(0);
+        for q in hits {
+            for (id, score) in q {
+                ids.push(PyString::new(py, &id).into_any().unbind());
+                scores.push(score);
+            }
+            offsets.push(ids.len() as i64);
+        }
+        PyTuple::new(
+            py,
+            [
+                PyArray1::from_vec(py, ids).into_any(),
+                PyArray1::from_vec(py, scores).into_any(),
+                PyArray1::from_vec(py, offsets).into_any(),
+            ],
+        )
+    }
+
+    fn get<'py>(&self, py: Python<'py>, ids: Vec<String>) -> PyResult<Bound<'py, PyList>> {
+        let engine = &self.inner;
+        let found = py.detach(|| engine.get(&ids)).map_err(to_py_err)?;
+        let items = found
+            .into_iter()
+            .map(|r| match r {
+                Some((rec, v)) => record_tuple(py, &rec, v).map(|t| t.into_any()),
+                None => Ok(py.None().into_bound(py)),
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, items)
+    }
+
+    fn update(&self, py: Python<'_>, id: String, fields: &Bound<'_, PyDict>) -> PyResult<bool> {
+        let mut p = Patch::default();
+        for (key, value) in fields.iter() {
+            let key: String = key.extract()?;
+            let bad = |what: &str| to_py_err(Error::InvalidInput(format!("update field {key:?} must be {what}")));
+            match key.as_str() {
+                "content" => p.content = Some(value.extract().map_err(|_| bad("a str"))?),
+                "scope" => p.scope = Some(value.extract().map_err(|_| bad("a str"))?),
+                "categories" => p.categories = Some(value.extract().map_err(|_| bad("a list of str"))?),
+                "metadata_json" => p.metadata_json = Some(value.extract().map_err(|_| bad("a JSON str"))?),
+                "importance" => p.importance = Some(value.extract().map_err(|_| bad("a number"))?),
+                "created_at" => p.created_at = Some(value.extract().map_err(|_| bad("a number"))?),
+                "last_accessed" => p.last_accessed = Some(value.extract().map_err(|_| bad("a number"))?),
+                "source" => p.source = Some(value.extract().map_err(|_| bad("a str or None"))?),
+                "private" => p.private = Some(value.extract().map_err(|_| bad("a bool"))?),
+                "vector" => {
+                    let rows = F32Rows::from_py(&value)?;
+                    if rows.rows != 1 {
+                        return Err(bad("one vector"));
+                    }
+                    p.vector = Some(rows.as_slice().to_vec());
+                }
+                _ => return Err(to_py_err(Error::InvalidInput(format!("unknown update field {key:?}")))),
+            }
+        }
+        for x in [p.importance, p.created_at, p.last_accessed].into_iter().flatten() {
+            if !x.is_finite() {
+                return Err(to_py_err(Error::InvalidInput("importance and timestamps must be finite numbers".into())));
+            }
+        }
+        let engine = &self.inner;
+        py.detach(|| engine.update(&id, p)).map_err(to_py_err)
+    }
+
+    fn touch(&self, py: Python<'_>, ids: Vec<String>, t: f64) -> PyResult<usize> {
+        let engine = &self.inner;
+        py.detach(|| engine.touch(&ids, t)).map_err(to_py_err)
+    }
+
+    #[pyo3(signature = (ids=None, filter=None))]
+    fn delete(&self, py: Python<'_>, ids: Option<Vec<String>>, filter: Option<&Bound<'_, PyDict>>) -> PyResult<usize> {
+        let mut f = parse_filter(filter)?;
+        if let Some(ids) = ids {
+            f.ids = Some(match f.ids.take() {
+                None => ids,
+                Some(existing) => ids.into_iter().filter(|i| existing.contains(i)).collect(),
+            });
+        }
+        let engine = &self.inner;
+        py.detach(|| engine.delete(&f)).map_err(to_py_err)
+    }
+
+    #[pyo3(signature = (filter=None, offset=0, limit=None))]
+    fn list<'py>(&self, py: Python<'py>, filter: Option<&Bound<'py, PyDict>>, offset: usize, limit: Option<usize>) -> PyResult<Bound<'py, PyList>> {
+        let f = parse_filter(filter)?;
+        let engine = &self.inner;
+        let recs = py.detach(|| engine.list(&f, offset, limit)).map_err(to_py_err)?;
+        records_list(py, recs)
+    }
+
+    #[pyo3(signature = (filter=None))]
+    fn count(&self, py: Python<'_>, filter: Option<&Bound<'_, PyDict>>) -> PyResult<usize> {
+        let f = parse_filter(filter)?;
+        let engine = &self.inner;
+        py.detach(|| engine.count(&f)).map_err(to_py_err)
+    }
+
+    #[pyo3(signature = (scope=None))]
+    fn child_scopes(&self, py: Python<'_>, scope: Option<String>) -> PyResult<Vec<String>> {
+        let engine = &self.inner;
+        let scope = scope.unwrap_or_else(|| "/".into());
+        py.detach(|| engine.child_scopes(&scope)).map_err(to_py_err)
+    }
+
+    #[pyo3(signature = (filter=None))]
+    fn category_counts<'py>(&self, py: Python<'py>, filter: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyDict>> {
+        let f = parse_filter(filter)?;
+        let engine = &self.inner;
+        let counts = py.detach(|| engine.category_counts(&f)).map_err(to_py_err)?;
+        let d = PyDict::new(py);
+        for (c, n) in counts {
+            d.set_item(c, n)?;
+        }
+        Ok(d)
+    }
+
+    #[pyo3(signature = (scope=None))]
+    fn scope_info<'py>(&self, py: Python<'py>, scope: Option<String>) -> PyResult<Bound<'py, PyDict>> {
+        let engine = &self.inner;
+        let scope = scope.unwrap_or_else(|| "/".into());
+        let info = py.detach(|| engine.scope_info(&scope)).map_err(to_py_err)?;
+        let d = PyDict::new(py);
+        d.set_item("path", info.path)?;
+        d.set_item("record_count", info.record_count)?;
+        d.set_item("categories", info.categories)?;
+        d.set_item("oldest", info.oldest)?;
+        d.set_item("newest", info.newest)?;
+        d.set_item("child_scopes", info.child_scopes)?;
+        Ok(d)
+    }
+
+    fn reset(&self, py: Python<'_>) -> PyResult<()> {
+        let engine = &self.inner;
+        py.detach(|| engine.reset()).map_err(to_py_err)
+    }
+
+    fn close(&self, py: Python<'_>) {
+        let engine = &self.inner;
+        py.detach(|| engine.close())
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let engine = &self.inner;
+        let s: EngineStats = py.detach(|| engine.stats());
+        let d = PyDict::new(py);
+        d.set_item("records", s.records)?;
+        d.set_item("dim", s.dim)?;
+        d.set_item("memory_bytes", s.memory_bytes)?;
+        d.set_item("disk_bytes", s.disk_bytes)?;
+        d.set_item("isa", simd::active_isa().name())?;
+        let ops = PyDict::new(py);
+        for (name, o) in s.operations {
+            let od = PyDict::new(py);
+            od.set_item("count", o.count)?;
+            od.set_item("p50_us", o.p50_us)?;
+            od.set_item("p95_us", o.p95_us)?;
+            od.set_item("p99_us", o.p99_us)?;
+            od.set_item("max_us", o.max_us)?;
+            od.set_item("mean_us", o.mean_us)?;
+            ops.set_item(name, od)?;
+        }
+        d.set_item("operations", ops)?;
+        Ok(d)
+    }
+}
+
+/// (address of the first value, rows, dim) exactly as the engine reads a vector argument:
+/// lets tests prove that a float32 C-contiguous array reaches Rust without a copy.
+#[pyfunction]
+fn buffer_address(obj: &Bound<'_, PyAny>) -> PyResult<(usize, usize, usize)> {
+    let rows = F32Rows::from_py(obj)?;
+    Ok((rows.address(), rows.rows, rows.dim))
+}
+
+/// The SIMD path similarity kernels use now ("avx512", "avx2", "neon" or "scalar").
+#[pyfunction]
+fn simd_isa() -> &'static str {
+    simd::active_isa().name()
+}
+
+/// Every SIMD path this CPU can run.
+#[pyfunction]
+fn supported_isas() -> Vec<&'static str> {
+    simd::supported_isas().into_iter().map(|i| i.name()).collect()
+}
+
+/// Forces a SIMD path (tests, benchmarks); None returns to the best one detected.
+#[pyfunction]
+#[pyo3(signature = (name=None))]
+fn force_isa(name: Option<&str>) -> PyResult<()> {
+    let isa = match name {
+        None => None,
+        Some(n) => Some(simd::Isa::from_name(n).ok_or_else(|| PyTypeError::new_err(format!("unknown ISA {n:?}")))?),
+    };
+    simd::force_isa(isa).map_err(|e| to_py_err(Error::InvalidInput(e.to_string())))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyEngine>()?;
+    m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(supported_isas, m)?)?;
+    m.add_function(wrap_pyfunction!(force_isa, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,528 @@
+//! The engine: one per open store. It owns the in-memory replica (`State`, behind a
+//! RwLock so searches run in parallel) and the durable layer (`Storage`, one connection for
+//! writes and one for catching up). Every write is one durable transaction first, then
+//! applied to the replica; every operation first catches up with what other processes
+//! committed, so a store shared by processes answers with their writes included.
+
+use crate::filter::Filter;
+use crate::metrics::{Metrics, Op, OpStats};
+use crate::record::{metadata_scalars, Record};
+use crate::state::{Hit, State};
+use crate::storage::memory::MemoryStorage;
+use crate::storage::sqlite::SqliteStorage;
+use crate::storage::{Changes, Durability, Storage, WriteOp};
+use crate::{Error, Result};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How `upsert` treats an id that already exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// An existing id is an error (DuplicateId) and nothing is written.
+    Insert,
+    /// An existing id is replaced, whole.
+    Upsert,
+}
+
+/// Fields to change in `update`; None leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct Patch {
+    pub content: Option<String>,
+    pub scope: Option<String>,
+    pub categories: Option<Vec<String>>,
+    pub metadata_json: Option<String>,
+    pub importance: Option<f64>,
+    pub created_at: Option<f64>,
+    pub last_accessed: Option<f64>,
+    pub source: Option<Option<String>>,
+    pub private: Option<bool>,
+    pub vector: Option<Vec<f32>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScopeInfo {
+    pub path: String,
+    pub record_count: usize,
+    pub categories: Vec<String>,
+    pub oldest: Option<f64>,
+    pub newest: Option<f64>,
+    pub child_scopes: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineStats {
+    pub records: usize,
+    pub dim: Option<usize>,
+    pub memory_bytes: usize,
+    pub disk_bytes: u64,
+    pub operations: Vec<(&'static str, OpStats)>,
+}
+
+enum OwnedOp {
+    Put(Record, Vec<f32>),
+    Delete(Arc<str>),
+}
+
+pub struct Engine {
+    state: RwLock<State>,
+    writer: Mutex<Option<Box<dyn Storage>>>,
+    reader: Mutex<Option<Box<dyn Storage>>>,
+    /// Set when a catch-up failed half-way, so the next operation retries it.
+    stale: AtomicBool,
+    closed: AtomicBool,
+    metrics: Metrics,
+    path: Option<PathBuf>,
+}
+
+/// Checks a row-major matrix of `dim`-vectors: finite values and no all-zero row.
+pub fn validate_vectors(data: &[f32], dim: usize) -> Result<()> {
+    if dim == 0 || data.is_empty() {
+        return Err(Error::InvalidVector("empty vector: a vector needs at least one value".into()));
+    }
+    if data.len() % dim != 0 {
+        return Err(Error::InvalidVector(format!("{} values do not make rows of {dim}", data.len())));
+    }
+    for (r, row) in data.chunks_exact(dim).enumerate() {
+        if let Some(c) = row.iter().position(|x| !x.is_finite()) {
+            return Err(Error::InvalidVector(format!("vector {r} has a non-finite value ({}) at position {c}", row[c])));
+        }
+        if row.iter().all(|&x| x == 0.0) {
+            return Err(Error::InvalidVector(format!("vector {r} is all zeros: a zero vector has no direction")));
+        }
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Opens (or creates) a store. `path` None keeps everything in memory.
+    pub fn open(path: Option<&Path>, dim: Option<usize>, durability: Durability) -> Result<Engine> {
+        let t = Instant::now();
+        if dim == Some(0) {
+            return Err(Error::InvalidInput("dim must be at least 1".into()));
+        }
+        let (mut writer, reader): (Box<dyn Storage>, Box<dyn Storage>) = match path {
+            None => (Box::new(MemoryStorage), Box::new(MemoryStorage)),
+            Some(p) => (Box::new(SqliteStorage::open(p, durability)?), Box::new(SqliteStorage::open(p, durability)?)),
+        };
+        let snap = writer.load()?;
+        if let (Some(want), Some(have)) = (dim, snap.dim) {
+            if want != have {
+                return Err(Error::DimensionMismatch { expected: have, got: want });
+            }
+        }
+        let mut state = State::new();
+        state.epoch = snap.epoch;
+        state.seq = snap.seq;
+        state.dim = snap.dim.or(dim);
+        for r in snap.records {
+            state.put(r.rec, &r.vector)?;
+        }
+        let engine = Engine {
+            state: RwLock::new(state),
+            writer: Mutex::new(Some(writer)),
+            reader: Mutex::new(Some(reader)),
+            stale: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            metrics: Metrics::default(),
+            path: path.map(Path::to_path_buf),
+        };
+        engine.metrics.record(Op::open, t);
+        Ok(engine)
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    pub fn dim(&self) -> Option<usize> {
+        self.state.read().dim
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Applies what the durable layer says changed. Safe against a concurrent writer of this
+    /// process: only changes newer than the replica's sequence are applied.
+    fn apply_changes(&self, changes: Changes) -> Result<()> {
+        match changes {
+            Changes::None => Ok(()),
+            Changes::Reload(snap) => {
+                let mut st = self.state.write();
+                if snap.epoch == st.epoch && snap.seq <= st.seq {
+                    return Ok(());
+                }
+                st.clear();
+                st.epoch = snap.epoch;
+                st.seq = snap.seq;
+                st.dim = snap.dim;
+                for r in snap.records {
+                    st.put(r.rec, &r.vector)?;
+                }
+                Ok(())
+            }
+            Changes::Delta { epoch, seq, dim, upserts, deletes } => {
+                let mut st = self.state.write();
+                if epoch != st.epoch || seq <= st.seq {
+                    return Ok(());
+                }
+                let since = st.seq;
+                // Deletions first: an id deleted then re-added has a newer record row.
+                for (id, s) in deletes {
+                    if s > since {
+                        st.remove(&id);
+                    }
+                }
+                for r in upserts {
+                    if r.seq > since {
+                        st.put(r.rec, &r.vector)?;
+                    }
+                }
+                if st.dim.is_none() {
+                    st.dim = dim;
+                }
+                st.seq = seq;
+                Ok(())
+            }
+        }
+    }
+
+    /// Catches up with other processes' commits (a few microseconds when there are none).
+    fn catch_up(&self) -> Result<()> {
+        let mut guard = self.reader.lock();
+        let reader = guard.as_mut().ok_or(Error::Closed)?;
+        let stale = self.stale.swap(false, Ordering::AcqRel);
+        if !reader.maybe_changed()? && !stale {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let (epoch, seq) = {
+            let st = self.state.read();
+            (st.epoch, st.seq)
+        };
+        let result = reader.changes_since(epoch, seq).and_then(|c| self.apply_changes(c));
+        if result.is_err() {
+            self.stale.store(true, Ordering::Release);
+        }
+        self.metrics.record(Op::catch_up, t);
+        result
+    }
+
+    fn read_op<T>(&self, op: Op, f: impl FnOnce(&State) -> Result<T>) -> Result<T> {
+        let t = Instant::now();
+        self.check_open()?;
+        self.catch_up()?;
+        let r = f(&self.state.read());
+        self.metrics.record(op, t);
+        r
+    }
+
+    /// One durable write: inside an exclusive transaction, catch up, let `build` compute the
+    /// changes against the latest state (validation happens there), write, commit, then
+    /// apply to the replica. Any error rolls everything back.
+    fn write_op<T>(&self, op: Op, build: impl FnOnce(&State) -> Result<(Vec<OwnedOp>, T)>) -> Result<T> {
+        let t = Instant::now();
+        self.check_open()?;
+        let mut guard = self.writer.lock();
+        let w = guard.as_mut().ok_or(Error::Closed)?;
+        w.begin_write()?;
+        let staged = (|| {
+            let (epoch, seq) = {
+                let st = self.state.read();
+                (st.epoch, st.seq)
+            };
+            let changes = w.changes_since(epoch, seq)?;
+            self.apply_changes(changes)?;
+            let st = self.state.read();
+            let (ops, out) = build(&st)?;
+            if ops.is_empty() {
+                return Ok((ops, 0, out));
+            }
+            let new_seq = st.seq + 1;
+            let dim = st.dim.or_else(|| {
+                ops.iter().find_map(|o| match o {
+                    OwnedOp::Put(_, v) => Some(v.len()),
+                    OwnedOp::Delete(_) => None,
+                })
+            });
+            drop(st);
+            let refs: Vec<WriteOp<'_>> = ops
+                .iter()
+                .map(|o| match o {
+                    OwnedOp::Put(rec, vector) => WriteOp::Put { rec, vector },
+                    OwnedOp::Delete(id) => WriteOp::Delete { id },
+                })
+                .collect();
+            w.write(&refs, new_seq, dim)?;
+            Ok((ops, new_seq, out))
+        })();
+        let (ops, new_seq, out) = match staged {
+            Ok(v) => v,
+            Err(e) => {
+                w.rollback();
+                return Err(e);
+            }
+        };
+        if ops.is_empty() {
+            w.rollback();
+        } else {
+            w.commit()?;
+            let mut st = self.state.write();
+            // A concurrent catch-up may already have applied this commit (and newer ones).
+            if st.seq < new_seq {
+                for o in ops {
+                    match o {
+                        OwnedOp::Put(rec, vector) => st.put(rec, &vector)?,
+                        OwnedOp::Delete(id) => {
+                            st.remove(&id);
+                        }
+                    }
+                }
+                st.seq = new_seq;
+            }
+        }
+        drop(guard);
+        self.metrics.record(op, t);
+        Ok(out)
+    }
+
+    /// Adds or replaces records (one transaction). `vectors` is row-major, `dim` per row.
+    pub fn upsert(&self, records: Vec<Record>, vectors: &[f32], dim: usize, mode: WriteMode) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        validate_vectors(vectors, dim)?;
+        if vectors.len() != records.len() * dim {
+            return Err(Error::InvalidInput(format!(
+                "{} records but {} vectors",
+                records.len(),
+                vectors.len() / dim
+            )));
+        }
+        let mut seen = HashSet::with_capacity(records.len());
+        for r in &records {
+            if r.id.is_empty() {
+                return Err(Error::InvalidInput("ids must be non-empty strings".into()));
+            }
+            if !seen.insert(r.id.clone()) {
+                return Err(Error::InvalidInput(format!("id {:?} appears twice in one batch", &*r.id)));
+            }
+            metadata_scalars(&r.metadata_json)?;
+            for x in [r.importance, r.created_at, r.last_accessed] {
+                if !x.is_finite() {
+                    return Err(Error::InvalidInput("importance and timestamps must be finite numbers".into()));
+                }
+            }
+        }
+        let op = if mode == WriteMode::Insert { Op::add } else { Op::upsert };
+        self.write_op(op, |st| {
+            st.check_dim(dim)?;
+            if mode == WriteMode::Insert {
+                if let Some(r) = records.iter().find(|r| st.contains(&r.id)) {
+                    return Err(Error::DuplicateId(r.id.to_string()));
+                }
+            }
+            let ops = records
+                .into_iter()
+                .zip(vectors.chunks_exact(dim))
+                .map(|(rec, v)| OwnedOp::Put(rec, v.to_vec()))
+                .collect();
+            Ok((ops, ()))
+        })
+    }
+
+    /// Exact top-k by cosine for each of the `queries` (row-major, `dim` per row).
+    pub fn search(&self, queries: &[f32], dim: usize, k: usize, filter: &Filter, min_score: Option<f32>) -> Result<Vec<Vec<Hit>>> {
+        if k == 0 {
+            return Err(Error::InvalidInput("k must be at least 1".into()));
+        }
+        if min_score.is_some_and(|m| !m.is_finite()) {
+            return Err(Error::InvalidInput("min_score must be a finite number".into()));
+        }
+        validate_vectors(queries, dim)?;
+        let nq = queries.len() / dim;
+        self.read_op(Op::search, |st| {
+            st.check_dim(dim)?;
+            Ok(st.search(queries, nq, k, filter, min_score))
+        })
+    }
+
+    pub fn get(&self, ids: &[String]) -> Result<Vec<Option<(Record, Vec<f32>)>>> {
+        self.read_op(Op::get, |st| {
+            Ok(ids.iter().map(|id| st.get(id).map(|(r, v)| (r.clone(), v.to_vec()))).collect())
+        })
+    }
+
+    /// Changes some fields of one record; false when the id does not exist.
+    pub fn update(&self, id: &str, patch: Patch) -> Result<bool> {
+        if let Some(v) = &patch.vector {
+            validate_vectors(v, v.len())?;
+        }
+        if let Some(m) = &patch.metadata_json {
+            metadata_scalars(m)?;
+        }
+        self.write_op(Op::update, |st| {
+            let Some((old, old_vec)) = st.get(id) else { return Ok((Vec::new(), false)) };
+            if let Some(v) = &patch.vector {
+                st.check_dim(v.len())?;
+            }
+            let mut rec = old.clone();
+            let p = patch;
+            if let Some(x) = p.content { rec.content = x }
+            if let Some(x) = p.scope { rec.scope = x }
+            if let Some(x) = p.categories { rec.categories = x }
+            if let Some(x) = p.metadata_json { rec.metadata_json = x }
+            if let Some(x) = p.importance { rec.importance = x }
+            if let Some(x) = p.created_at { rec.created_at = x }
+            if let Some(x) = p.last_accessed { rec.last_accessed = x }
+            if let Some(x) = p.source { rec.source = x }
+            if let Some(x) = p.private { rec.private = x }
+            let vector = p.vector.unwrap_or_else(|| old_vec.to_vec());
+            Ok((vec![OwnedOp::Put(rec, vector)], true))
+        })
+    }
+
+    /// Sets last_accessed of the given records; returns how many existed.
+    pub fn touch(&self, ids: &[String], at: f64) -> Result<usize> {
+        if !at.is_finite() {
+            return Err(Error::InvalidInput("the time must be a finite number".into()));
+        }
+        self.write_op(Op::touch, |st| {
+            let mut seen = HashSet::new();
+            let ops: Vec<OwnedOp> = ids
+                .iter()
+                .filter(|id| seen.insert(id.as_str()))
+                .filter_map(|id| st.get(id))
+                .map(|(r, v)| {
+                    let mut rec = r.clone();
+                    rec.last_accessed = at;
+                    OwnedOp::Put(rec, v.to_vec())
+                })
+                .collect();
+            let n = ops.len();
+            Ok((ops, n))
+        })
+    }
+
+    /// Deletes the records matching the filter (which must restrict something); returns the count.
+    pub fn delete(&self, filter: &Filter) -> Result<usize> {
+        if filter.is_empty() {
+            return Err(Error::InvalidFilter("delete needs at least one criterion; use reset() to delete everything".into()));
+        }
+        self.write_op(Op::delete, |st| {
+            let slots = st.select(filter);
+            let ops: Vec<OwnedOp> = st.ids_of(&slots).into_iter().map(OwnedOp::Delete).collect();
+            let n = ops.len();
+            Ok((ops, n))
+        })
+    }
+
+    pub fn list(&self, filter: &Filter, offset: usize, limit: Option<usize>) -> Result<Vec<(Record, Vec<f32>)>> {
+        self.read_op(Op::list, |st| {
+            Ok(st.list(filter, offset, limit).into_iter().map(|(r, v)| (r.clone(), v.to_vec())).collect())
+        })
+    }
+
+    pub fn count(&self, filter: &Filter) -> Result<usize> {
+        self.read_op(Op::count, |st| Ok(st.count(filter)))
+    }
+
+    pub fn child_scopes(&self, scope: &str) -> Result<Vec<String>> {
+        self.read_op(Op::scopes, |st| Ok(st.child_scopes(scope)))
+    }
+
+    pub fn category_counts(&self, filter: &Filter) -> Result<Vec<(String, usize)>> {
+        self.read_op(Op::scopes, |st| Ok(st.category_counts(filter)))
+    }
+
+    pub fn scope_info(&self, scope: &str) -> Result<ScopeInfo> {
+        self.read_op(Op::scopes, |st| {
+            let f = Filter { scope: Some(scope.to_string()), ..Filter::default() };
+            let slots = st.select(&f);
+            let recs = st.records(&slots);
+            let mut cats: Vec<String> = recs.iter().flat_map(|(r, _)| r.categories.iter().cloned()).collect();
+            cats.sort();
+            cats.dedup();
+            let times = recs.iter().map(|(r, _)| r.created_at);
+            Ok(ScopeInfo {
+                path: if scope.is_empty() { "/".into() } else { scope.to_string() },
+                record_count: recs.len(),
+                categories: cats,
+                oldest: times.clone().reduce(f64::min),
+                newest: times.reduce(f64::max),
+                child_scopes: st.child_scopes(scope),
+            })
+        })
+    }
+
+    /// Deletes every record and frees the dimension (one transaction, seen by other processes).
+    pub fn reset(&self) -> Result<()> {
+        let t = Instant::now();
+        self.check_open()?;
+        let mut guard = self.writer.lock();
+        let w = guard.as_mut().ok_or(Error::Closed)?;
+        w.begin_write()?;
+        let staged = (|| {
+            let (epoch, seq) = {
+                let st = self.state.read();
+                (st.epoch, st.seq)
+            };
+            self.apply_changes(w.changes_since(epoch, seq)?)?;
+            let st = self.state.read();
+            let (epoch, seq) = (st.epoch + 1, st.seq + 1);
+            drop(st);
+            w.reset(epoch, seq)?;
+            Ok((epoch, seq))
+        })();
+        let (epoch, seq) = match staged {
+            Ok(v) => v,
+            Err(e) => {
+                w.rollback();
+                return Err(e);
+            }
+        };
+        w.commit()?;
+        let mut st = self.state.write();
+        if st.epoch < epoch || st.seq < seq {
+            st.clear();
+            st.epoch = epoch;
+            st.seq = seq;
+        }
+        drop(st);
+        drop(guard);
+        self.metrics.record(Op::reset, t);
+        Ok(())
+    }
+
+    /// Closes the durable layer; every later call fails with Closed. Idempotent.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        // Wait for an in-flight write to finish, then drop the connections.
+        self.writer.lock().take();
+        self.reader.lock().take();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let st = self.state.read();
+        let disk_bytes = self.writer.lock().as_ref().map_or(0, |w| w.disk_bytes());
+        EngineStats {
+            records: st.len(),
+            dim: st.dim,
+            memory_bytes: st.memory_bytes(),
+            disk_bytes,
+            operations: self.metrics.snapshot(),
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Typed errors of the engine. The Python binding maps each variant to one class of
+//! `ferromem/exceptions.py`, so the kinds here mirror that hierarchy.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    InvalidVector(String),
+    #[error("vector has {got} dimensions but the store holds {expected}-dimensional vectors")]
+    DimensionMismatch { expected: usize, got: usize },
+    #[error("{0}")]
+    InvalidMetadata(String),
+    #[error("{0}")]
+    InvalidFilter(String),
+    #[error("id {0:?} already exists; use upsert to replace it")]
+    DuplicateId(String),
+    #[error("the store is closed; open it again to use it")]
+    Closed,
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("not a readable ferromem store: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Incompatible(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ffi::ErrorCode;
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(f.code, ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) =>
+            {
+                Error::Corrupt(e.to_string())
+            }
+            _ => Error::Storage(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The in-memory replica of a store: a contiguous vector arena, the records, the id map
+//! and the filter indexes. The engine guards it with one RwLock: searches share it,
+//! writes (already committed to the durable layer) take it exclusively for a moment.
+
+use crate::filter::{child_of, scope_matches, Filter, Scalar};
+use crate::index::FilterIndexes;
+use crate::record::{metadata_scalars, Record};
+use crate::simd;
+use crate::topk::TopK;
+use crate::{Error, Result};
+use rayon::prelude::*;
+use roaring::RoaringBitmap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// One search hit: the record's id and its cosine score.
+pub type Hit = (Arc<str>, f32);
+
+struct Slot {
+    rec: Record,
+    meta: Vec<(String, Scalar)>,
+}
+
+/// Rows scored per block; one block's scores fit in L1 and its rows stream through L2.
+const BLOCK_ROWS: usize = 1024;
+/// Below this many multiply-adds a scan stays on the calling thread (spawning costs more).
+const PARALLEL_MIN_FLOPS: usize = 4_000_000;
+
+#[derive(Default)]
+pub struct State {
+    pub dim: Option<usize>,
+    /// Durable-layer position this replica reflects: reset generation and change sequence.
+    pub epoch: u64,
+    pub seq: u64,
+    arena: Vec<f32>,
+    /// 1/|v| per slot; 0.0 marks a free slot (stored vectors are never all zeros).
+    inv_norm: Vec<f32>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    ids: HashMap<Arc<str>, u32>,
+    live: RoaringBitmap,
+    idx: FilterIndexes,
+}
+
+pub fn inverse_norm(v: &[f32]) -> f32 {
+    let sq: f64 = v.iter().map(|&x| (x as f64) * (x as f64)).sum();
+    if sq > 0.0 {
+        (1.0 / sq.sqrt()) as f32
+    } else {
+        0.0
+    }
+}
+
+impl State {
+    pub fn new() -> State {
+        State::default()
+    }
+
+    /// Forgets every record and the dimension (the durable layer was reset).
+    pub fn clear(&mut self) {
+        let (epoch, seq) = (self.epoch, self.seq);
+        *self = State::default();
+        self.epoch = epoch;
+        self.seq = seq;
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.contains_key(id)
+    }
+
+    pub fn check_dim(&self, got: usize) -> Result<()> {
+        match self.dim {
+            Some(expected) if expected != got => Err(Error::DimensionMismatch { expected, got }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Inserts or replaces a record. The caller has validated the vector (finite, non-zero,
+    /// right length) and the metadata JSON.
+    pub fn put(&mut self, rec: Record, vector: &[f32]) -> Result<()> {
+        let dim = *self.dim.get_or_insert(vector.len());
+        if dim != vector.len() {
+            return Err(Error::DimensionMismatch { expected: dim, got: vector.len() });
+        }
+        let meta = metadata_scalars(&rec.metadata_json)?;
+        let slot = match self.ids.get(&*rec.id) {
+            Some(&slot) => {
+                let old = self.slots[slot as usize].take().expect("id map points at a live slot");
+                self.idx.remove(slot, &old.rec, &old.meta);
+                slot
+            }
+            None => match self.free.pop() {
+                Some(slot) => slot,
+                None => {
+                    let slot = u32::try_from(self.slots.len())
+                        .map_err(|_| Error::InvalidInput("a store holds at most 2^32 records".into()))?;
+                    self.slots.push(None);
+                    self.inv_norm.push(0.0);
+                    self.arena.resize(self.arena.len() + dim, 0.0);
+                    slot
+                }
+            },
+        };
+        let s = slot as usize;
+        self.arena[s * dim..(s + 1) * dim].copy_from_slice(vector);
+        self.inv_norm[s] = inverse_norm(vector);
+        self.idx.insert(slot, &rec, &meta);
+        self.ids.insert(rec.id.clone(), slot);
+        self.live.insert(slot);
+        self.slots[s] = Some(Slot { rec, meta });
+        Ok(())
+    }
+
+    /// Removes a record; returns whether it existed.
+    pub fn remove(&mut self, id: &str) -> bool {
+        let Some(slot) = self.ids.remove(id) else { return false };
+        let s = slot as usize;
+        let old = self.slots[s].take().expect("id map points at a live slot");
+        self.idx.remove(slot, &old.rec, &old.meta);
+        self.inv_norm[s] = 0.0;
+        self.live.remove(slot);
+        self.free.push(slot);
+        // The slot is reused by the next insert; reopening a store packs the arena densely.
+        true
+    }
+
+    pub fn get(&self, id: &str) -> Option<(&Record, &[f32])> {
+        let &slot = self.ids.get(id)?;
+        Some(self.slot(slot))
+    }
+
+    fn slot(&self, slot: u32) -> (&Record, &[f32]) {
+        let s = slot as usize;
+        let dim = self.dim.unwrap_or(0);
+        let rec = &self.slots[s].as_ref().expect("live slot").rec;
+        (rec, &self.arena[s * dim..(s + 1) * dim])
+    }
+
+    fn id_of(&self, slot: u32) -> &Arc<str> {
+        &self.slots[slot as usize].as_ref().expect("live slot").rec.id
+    }
+
+    /// Every live slot matching the filter, in slot order.
+    pub fn select(&self, f: &Filter) -> Vec<u32> {
+        let cands = self.idx.candidates(f, &self.live, |id| self.ids.get(id).copied());
+        let bitmap = cands.as_ref().unwrap_or(&self.live);
+        match f.older_than {
+            None => bitmap.iter().collect(),
+            Some(t) => bitmap
+                .iter()
+                .filter(|&s| self.slots[s as usize].as_ref().is_some_and(|x| x.rec.created_at < t))
+                .collect(),
+        }
+    }
+
+    pub fn records(&self, slots: &[u32]) -> Vec<(&Record, &[f32])> {
+        slots.iter().map(|&s| self.slot(s)).collect()
+    }
+
+    pub fn ids_of(&self, slots: &[u32]) -> Vec<Arc<str>> {
+        slots.iter().map(|&s| self.id_of(s).clone()).collect()
+    }
+
+    pub fn count(&self, f: &Filter) -> usize {
+        if f.is_empty() {
+            self.len()
+        } else if f.older_than.is_none() {
+            self.idx.candidates(f, &self.live, |id| self.ids.get(id).copied()).map_or(self.len(), |b| b.len() as usize)
+        } else {
+            self.select(f).len()
+        }
+    }
+
+    /// Records matching `f`, newest first (created_at descending, ties by id ascending).
+    pub fn list(&self, f: &Filter, offset: usize, limit: Option<usize>) -> Vec<(&Record, &[f32])> {
+        let mut slots = self.select(f);
+        slots.sort_by(|&a, &b| {
+            let (ra, rb) = (&self.slot(a).0, &self.slot(b).0);
+            rb.created_at.total_cmp(&ra.created_at).then_with(|| ra.id.cmp(&rb.id))
+        });
+        let end = limit.map_or(slots.len(), |l| offset.saturating_add(l).min(slots.len()));
+        let start = offset.min(slots.len());
+        self.records(&slots[start..end])
+    }
+
+    pub fn child_scopes(&self, parent: &str) -> Vec<String> {
+        let mut out = BTreeSet::new();
+        for scope in self.idx.scopes.keys() {
+            if let Some(child) = child_of(parent, scope) {
+                if scope_matches(parent, child) {
+                    out.insert(child.to_string());
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    pub fn category_counts(&self, f: &Filter) -> Vec<(String, usize)> {
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        if f.is_empty() {
+            return {
+                let mut v: Vec<_> = self.idx.categories.iter().map(|(c, b)| (c.clone(), b.len() as usize)).collect();
+                v.sort();
+                v
+            };
+        }
+        for s in self.select(f) {
+            for c in &self.slot(s).0.categories {
+                *counts.entry(c.as_str()).or_default() += 1;
+            }
+        }
+        let mut v: Vec<_> = counts.into_iter().map(|(c, n)| (c.to_string(), n)).collect();
+        v.sort();
+        v
+    }
+
+    /// Exact top-k by cosine for each query of `queries` (nq rows of `dim`), over the records
+    /// matching `f` (selected from the indexes first), with scores >= `min_score`.
+    pub fn search(&self, queries: &[f32], nq: usize, k: usize, f: &Filter, min_score: Option<f32>) -> Vec<Vec<Hit>> {
+        let Some(dim) = self.dim else { return vec![Vec::new(); nq] };
+        if self.is_empty() || k == 0 {
+            return vec![Vec::new(); nq];
+        }
+        let q_inv: Vec<f32> = queries.chunks_exact(dim).map(inverse_norm).collect();
+        let candidates = if f.is_empty() { None } else { Some(self.select(f)) };
+        let rows = candidates.as_ref().map_or(self.slots.len(), |c| c.len());
+        let blocks: Vec<(usize, usize)> = (0..rows).step_by(BLOCK_ROWS).map(|s| (s, (s + BLOCK_ROWS).min(rows))).collect();
+        let scan_block = |heaps: &mut Vec<TopK>, scores: &mut Vec<f32>, (start, end): (usize, usize)| {
+            let n = end - start;
+            scores.resize(n * nq, 0.0);
+            let slots_of_block: Option<&[u32]> = candidates.as_ref().map(|c| &c[start..end]);
+            match slots_of_block {
+                None => {
+                    let block = &self.arena[start * dim..end * dim];
+                    if nq == 1 {
+                        simd::dot_rows(queries, block, dim, &mut scores[..n]);
+                    } else {
+                        simd::dot_rows_multi(queries, nq, block, dim, n, &mut scores[..n * nq]);
+                    }
+                }
+                Some(slots) => {
+                    for q in 0..nq {
+                        simd::dot_gather(&queries[q * dim..(q + 1) * dim], &self.arena, dim, slots, &mut scores[q * n..(q + 1) * n]);
+                    }
+                }
+            }
+            for q in 0..nq {
+                let heap = &mut heaps[q];
+                for i in 0..n {
+                    let slot = slots_of_block.map_or((start + i) as u32, |s| s[i]);
+                    let inv = self.inv_norm[slot as usize];
+                    if inv == 0.0 {
+                        continue; // free slot
+                    }
+                    let score = (scores[q * n + i] * inv * q_inv[q]).clamp(-1.0, 1.0);
+                    if min_score.is_some_and(|m| score < m) {
+                        continue;
+                    }
+                    heap.offer(score, slot, |a, b| self.id_of(a) < self.id_of(b));
+                }
+            }
+        };
+        let new_heaps = || (0..nq).map(|_| TopK::new(k)).collect::<Vec<_>>();
+        let heaps = if rows * dim * nq >= PARALLEL_MIN_FLOPS && blocks.len() > 1 {
+            blocks
+                .par_iter()
+                .fold(
+                    || (new_heaps(), Vec::new()),
+                    |(mut heaps, mut scores), &b| {
+                        scan_block(&mut heaps, &mut scores, b);
+                        (heaps, scores)
+                    },
+                )
+                .map(|(heaps, _)| heaps)
+                .reduce(new_heaps, |mut a, b| {
+                    for (ha, hb) in a.iter_mut().zip(b) {
+                        for (score, slot) in hb.into_entries() {
+                            ha.offer(score, slot, |x, y| self.id_of(x) < self.id_of(y));
+                        }
+                    }
+                    a
+                })
+        } else {
+            let mut heaps = new_heaps();
+            let mut scores = Vec::new();
+            for &b in &blocks {
+                scan_block(&mut heaps, &mut scores, b);
+            }
+            heaps
+        };
+        heaps
+            .into_iter()
+            .map(|h| {
+                let mut hits: Vec<(f32, u32)> = h.into_entries();
+                hits.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| self.id_of(a.1).cmp(self.id_of(b.1))));
+                hits.into_iter().map(|(s, slot)| (self.id_of(slot).clone(), s)).collect()
+            })
+            .collect()
+    }
+
+    /// Approximate bytes held by the replica (arena, norms, ids), for stats.
+    pub fn memory_bytes(&self) -> usize {
+        self.arena.capacity() * 4 + self.inv_norm.capacity() * 4 + self.slots.capacity() * std::mem::size_of::<Option<Slot>>()
+    }
+
+    pub fn scopes(&self) -> impl Iterator<Item = &String> {
+        self.idx.scopes.keys()
+    }
+}

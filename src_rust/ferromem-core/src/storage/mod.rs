@@ -1,0 +1,82 @@
+//! The durable layer behind the in-memory replica, as a trait: the engine (search, filters,
+//! locking) never sees SQL. SQLite is the embedded default; a PostgreSQL backend shared by
+//! many hosts implements the same five operations.
+//!
+//! Every write is stamped with a store-wide change sequence, and a reset bumps an epoch,
+//! so any replica can catch up from "what changed since (epoch, seq)".
+
+pub mod memory;
+pub mod sqlite;
+
+use crate::record::Record;
+use crate::Result;
+
+/// A record as stored, with its vector and the sequence number of its last change.
+pub struct StoredRecord {
+    pub rec: Record,
+    pub vector: Vec<f32>,
+    pub seq: u64,
+}
+
+/// Everything a store holds, at one (epoch, seq).
+pub struct Snapshot {
+    pub epoch: u64,
+    pub seq: u64,
+    pub dim: Option<usize>,
+    pub records: Vec<StoredRecord>,
+}
+
+/// What changed after a given (epoch, seq).
+pub enum Changes {
+    /// Nothing committed since.
+    None,
+    /// Rows changed (upserted) and ids deleted after `since`, up to `seq`.
+    Delta { epoch: u64, seq: u64, dim: Option<usize>, upserts: Vec<StoredRecord>, deletes: Vec<(String, u64)> },
+    /// The store was reset (or the changes are too old to replay): start again from this.
+    Reload(Snapshot),
+}
+
+/// One change inside a write transaction.
+pub enum WriteOp<'a> {
+    Put { rec: &'a Record, vector: &'a [f32] },
+    Delete { id: &'a str },
+}
+
+/// Durability of a commit; see docs/architecture.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Survives a crash of the process; the last commits may be lost on power loss.
+    Normal,
+    /// Survives power loss too: one fsync per commit.
+    Full,
+}
+
+impl Durability {
+    pub fn from_name(s: &str) -> Option<Durability> {
+        match s {
+            "normal" => Some(Durability::Normal),
+            "full" => Some(Durability::Full),
+            _ => None,
+        }
+    }
+}
+
+pub trait Storage: Send {
+    /// Reads everything, consistently.
+    fn load(&mut self) -> Result<Snapshot>;
+    /// Cheap check: may another connection have committed since the last call?
+    fn maybe_changed(&mut self) -> Result<bool>;
+    /// Reads what changed after (epoch, seq), consistently. Inside a write transaction it
+    /// sees the latest committed state.
+    fn changes_since(&mut self, epoch: u64, seq: u64) -> Result<Changes>;
+    /// Starts an exclusive write transaction (waits for other writers, never fails on a lock).
+    fn begin_write(&mut self) -> Result<()>;
+    /// Applies ops stamped with `seq` and sets the dimension, inside the write transaction.
+    fn write(&mut self, ops: &[WriteOp<'_>], seq: u64, dim: Option<usize>) -> Result<()>;
+    /// Deletes everything, inside the write transaction, and moves to a new epoch.
+    fn reset(&mut self, epoch: u64, seq: u64) -> Result<()>;
+    fn commit(&mut self) -> Result<()>;
+    fn rollback(&mut self);
+    /// Bytes the store occupies on disk (0 in memory).
+    fn disk_bytes(&self) -> u64;
+}
