@@ -1,0 +1,168 @@
+//! Engine-level tests: persistence, catch-up between two engines on one file, atomic
+//! batches, typed errors, filters against a brute-force scan.
+
+use ferromem_core::{Durability, Engine, Error, Filter, Privacy, Record, Scalar, WriteMode};
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
+fn rec(id: &str, scope: &str, cats: &[&str], meta: &str, created: f64) -> Record {
+    Record {
+        id: Arc::from(id),
+        content: format!("content of {id}"),
+        scope: scope.into(),
+        categories: cats.iter().map(|c| c.to_string()).collect(),
+        metadata_json: meta.into(),
+        importance: 0.5,
+        created_at: created,
+        last_accessed: created,
+        source: None,
+        private: false,
+    }
+}
+
+fn vecs(rng: &mut impl Rng, n: usize, dim: usize) -> Vec<f32> {
+    (0..n * dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+#[test]
+fn writes_survive_reopen_and_reach_a_second_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.ferro");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let a = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    let b = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    let v = vecs(&mut rng, 3, 4);
+    a.upsert(vec![rec("x", "/a", &["c"], "{}", 1.0), rec("y", "/a/b", &[], "{}", 2.0), rec("z", "/ab", &[], "{}", 3.0)], &v, 4, WriteMode::Insert)
+        .unwrap();
+    // b never wrote: it must catch up before answering.
+    assert_eq!(b.count(&Filter::default()).unwrap(), 3);
+    assert_eq!(b.dim(), Some(4));
+    let f = Filter { ids: Some(vec!["y".into()]), ..Filter::default() };
+    assert_eq!(b.delete(&f).unwrap(), 1);
+    assert!(a.get(&["y".into()]).unwrap()[0].is_none());
+    let scoped = Filter { scope: Some("/a".into()), ..Filter::default() };
+    assert_eq!(a.count(&scoped).unwrap(), 1);
+    a.reset().unwrap();
+    assert_eq!(b.count(&Filter::default()).unwrap(), 0);
+    assert_eq!(b.dim(), None);
+    // After a reset the dimension is free again.
+    let v8 = vecs(&mut rng, 1, 8);
+    b.upsert(vec![rec("w", "/", &[], "{}", 4.0)], &v8, 8, WriteMode::Insert).unwrap();
+    drop(a);
+    drop(b);
+    let c = Engine::open(Some(&path), None, Durability::Full).unwrap();
+    let got = c.get(&["w".into()]).unwrap();
+    let (r, vector) = got[0].as_ref().unwrap();
+    assert_eq!(&*r.id, "w");
+    assert_eq!(vector, &v8);
+    assert_eq!(c.dim(), Some(8));
+}
+
+#[test]
+fn failed_batches_write_nothing() {
+    let e = Engine::open(None, Some(3), Durability::Normal).unwrap();
+    let good = [1.0f32, 0.0, 0.0];
+    e.upsert(vec![rec("a", "/", &[], "{}", 1.0)], &good, 3, WriteMode::Insert).unwrap();
+    let two = [0.0f32, 1.0, 0.0, 0.0, 0.0, 1.0];
+    // Duplicate of an existing id in insert mode.
+    let err = e.upsert(vec![rec("b", "/", &[], "{}", 1.0), rec("a", "/", &[], "{}", 1.0)], &two, 3, WriteMode::Insert).unwrap_err();
+    assert!(matches!(err, Error::DuplicateId(ref id) if id == "a"));
+    // Wrong dimension.
+    let err = e.upsert(vec![rec("c", "/", &[], "{}", 1.0)], &[1.0, 2.0], 2, WriteMode::Upsert).unwrap_err();
+    assert!(matches!(err, Error::DimensionMismatch { expected: 3, got: 2 }));
+    // NaN, zero vector, bad metadata.
+    assert!(matches!(e.upsert(vec![rec("d", "/", &[], "{}", 1.0)], &[f32::NAN, 0.0, 1.0], 3, WriteMode::Upsert), Err(Error::InvalidVector(_))));
+    assert!(matches!(e.upsert(vec![rec("d", "/", &[], "{}", 1.0)], &[0.0; 3], 3, WriteMode::Upsert), Err(Error::InvalidVector(_))));
+    assert!(matches!(e.upsert(vec![rec("d", "/", &[], "[1]", 1.0)], &good, 3, WriteMode::Upsert), Err(Error::InvalidMetadata(_))));
+    assert_eq!(e.count(&Filter::default()).unwrap(), 1);
+    assert!(e.get(&["b".into()]).unwrap()[0].is_none());
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn filtered_search_equals_brute_force() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (n, dim) = (3000, 37);
+    let e = Engine::open(None, None, Durability::Normal).unwrap();
+    let scopes = ["/a", "/a/b", "/ab", "/b", "/share\\", "/share\\docs"];
+    let cats = ["x", "y", "z"];
+    let v = vecs(&mut rng, n, dim);
+    let mut recs = Vec::new();
+    for i in 0..n {
+        let mut r = rec(&format!("id{i:05}"), scopes[i % scopes.len()], &[cats[i % 3]], &format!("{{\"k\": {}, \"s\": \"v{}\"}}", i % 4, i % 2), i as f64);
+        r.private = i % 5 == 0;
+        r.source = Some(format!("agent{}", i % 3));
+        recs.push(r);
+    }
+    e.upsert(recs.clone(), &v, dim, WriteMode::Insert).unwrap();
+    // Delete some, so free slots exist and get reused.
+    let del = Filter { ids: Some((0..n).step_by(7).map(|i| format!("id{i:05}")).collect()), ..Filter::default() };
+    let deleted = e.delete(&del).unwrap();
+    assert_eq!(deleted, (0..n).step_by(7).count());
+    let filters = vec![
+        Filter::default(),
+        Filter { scope: Some("/a".into()), ..Filter::default() },
+        Filter { scope: Some("/share\\".into()), ..Filter::default() },
+        Filter { categories: Some(vec!["x".into(), "z".into()]), ..Filter::default() },
+        Filter { where_eq: vec![("k".into(), Scalar::num(2.0))], ..Filter::default() },
+        Filter { privacy: Privacy::VisibleTo(Some("agent1".into())), ..Filter::default() },
+        Filter { scope: Some("/a".into()), categories: Some(vec!["y".into()]), where_eq: vec![("s".into(), Scalar::Str("v1".into()))], older_than: Some(2000.0), ..Filter::default() },
+    ];
+    for f in &filters {
+        let q = vecs(&mut rng, 3, dim);
+        let got = e.search(&q, dim, 10, f, None).unwrap();
+        for (qi, hits) in got.iter().enumerate() {
+            let qv = &q[qi * dim..(qi + 1) * dim];
+            let mut want: Vec<(f64, String)> = (0..n)
+                .filter(|i| i % 7 != 0)
+                .filter(|&i| {
+                    let r = &recs[i];
+                    ferromem_core::filter::scope_matches(f.effective_scope().unwrap_or("/"), &r.scope)
+                        && f.categories.as_ref().is_none_or(|c| r.categories.iter().any(|x| c.contains(x)))
+                        && f.older_than.is_none_or(|t| r.created_at < t)
+                        && f.where_eq.iter().all(|(k, val)| {
+                            let m: serde_json::Value = serde_json::from_str(&r.metadata_json).unwrap();
+                            m.get(k).and_then(Scalar::from_json).as_ref() == Some(val)
+                        })
+                        && match &f.privacy {
+                            Privacy::Include => true,
+                            Privacy::VisibleTo(who) => !r.private || r.source == *who,
+                        }
+                })
+                .map(|i| (cosine(qv, &v[i * dim..(i + 1) * dim]), recs[i].id.to_string()))
+                .collect();
+            want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            want.truncate(10);
+            assert_eq!(hits.len(), want.len(), "filter {f:?}");
+            for (h, w) in hits.iter().zip(&want) {
+                assert_eq!(&*h.0, w.1, "filter {f:?}");
+                assert!((h.1 as f64 - w.0).abs() < 1e-5);
+            }
+        }
+    }
+}
+
+#[test]
+fn closed_engine_refuses_work() {
+    let e = Engine::open(None, None, Durability::Normal).unwrap();
+    e.close();
+    assert!(matches!(e.count(&Filter::default()), Err(Error::Closed)));
+}
+
+#[test]
+fn garbage_file_is_corrupt_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("junk.ferro");
+    std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+    match Engine::open(Some(&path), None, Durability::Normal) {
+        Err(Error::Corrupt(_)) => {}
+        Err(e) => panic!("expected Corrupt, got {e:?}"),
+        Ok(_) => panic!("opened garbage"),
+    }
+}
