@@ -1,0 +1,68 @@
+"""Store operations on the embedded default (SQLite-backed) store, 1536-dim vectors."""
+
+import os
+
+import numpy as np
+
+from .common import SCOPES, build_store, unit_rows
+
+DIM = 1536
+SIZES = [1_000, 10_000]
+
+
+class StoreSearch:
+    params = [SIZES, ["none", "scope", "categories", "metadata"]]
+    param_names = ["records", "filter"]
+    timeout = 600
+
+    def setup_cache(self):
+        paths = {}
+        for n in SIZES:
+            paths[n] = build_store(os.path.abspath(f"store-{n}.ferro"), n, DIM)
+        return paths
+
+    def setup(self, paths, n, filt):
+        import ferromem
+
+        self.store = ferromem.open(paths[n])
+        self.q = unit_rows(np.random.default_rng(1), 1, DIM)[0]
+        self.kw = {
+            "none": {},
+            "scope": {"scope": "/org/team3"},
+            "categories": {"categories": ["cat2", "cat5"]},
+            "metadata": {"where": {"kind": "decision"}},
+        }[filt]
+
+    def teardown(self, paths, n, filt):
+        self.store.close()
+
+    def time_search_top10(self, paths, n, filt):
+        self.store.search(self.q, 10, **self.kw)
+
+
+class StoreSave:
+    params = [SIZES]
+    param_names = ["records"]
+    timeout = 600
+
+    def setup_cache(self):
+        return {n: build_store(os.path.abspath(f"save-{n}.ferro"), n, DIM) for n in SIZES}
+
+    def setup(self, paths, n):
+        import ferromem
+
+        self.store = ferromem.open(paths[n])
+        self.v = unit_rows(np.random.default_rng(2), 1, DIM)[0]
+        self.i = 0
+
+    def teardown(self, paths, n):
+        self.store.close()
+
+    def time_save_one(self, paths, n):
+        self.i += 1
+        self.store.upsert(f"bench-{self.i % 1000}", self.v, scopes=SCOPES[self.i % len(SCOPES)])
+
+    def track_disk_bytes_per_record(self, paths, n):
+        return self.store.stats()["disk_bytes"] / max(1, self.store.count())
+
+    track_disk_bytes_per_record.unit = "bytes"

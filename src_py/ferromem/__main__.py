@@ -1,0 +1,179 @@
+"""Command line: ``python -m ferromem demo`` (or ``ferromem demo``) and ``ferromem stats PATH``.
+
+``demo`` runs ferromem's main job on the embedded default store: an agent remembers many
+items (scoped, categorised, with importance), recalls them with and without filters,
+forgets a scope, lists scopes, and reopens the store to show that everything persisted.
+It prints the latency of each step and checks every filtered recall against a brute-force
+NumPy scan. No model download, no network: texts are embedded by the offline
+:class:`~ferromem.embedders.HashingEmbedder`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import ferromem
+from ferromem.embedders import HashingEmbedder
+
+AGENTS = ["researcher", "writer", "reviewer", "planner"]
+TOPICS = {
+    "billing": ["invoice", "refund", "payment", "card", "charge", "subscription", "plan", "receipt"],
+    "shipping": ["parcel", "courier", "delivery", "tracking", "warehouse", "customs", "address", "delay"],
+    "product": ["feature", "release", "bug", "roadmap", "design", "feedback", "pricing", "launch"],
+    "people": ["manager", "customer", "engineer", "vendor", "partner", "support", "team", "lead"],
+}
+VERBS = ["asked about", "reported", "confirmed", "rejected", "escalated", "noted", "prefers", "mentioned"]
+
+
+def _memories(n: int, seed: int = 7):
+    rnd = random.Random(seed)
+    topics = list(TOPICS)
+    for i in range(n):
+        topic = topics[i % len(topics)]
+        agent = AGENTS[(i // len(topics)) % len(AGENTS)]
+        words = rnd.sample(TOPICS[topic], 3)
+        text = f"The {rnd.choice(TOPICS['people'])} {rnd.choice(VERBS)} the {words[0]} {words[1]} and the {words[2]} (#{i})"
+        yield {
+            "id": f"mem-{i:06d}",
+            "content": text,
+            "scope": f"/crew/{agent}/{topic}",
+            "categories": [topic, "fact" if i % 3 else "decision"],
+            "importance": round(rnd.random(), 3),
+            "metadata": {"turn": i, "agent": agent},
+        }
+
+
+def _pct(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples) * 1e6, q)) if samples else float("nan")
+
+
+def _brute_force(vectors: np.ndarray, ids: list[str], keep: np.ndarray, q: np.ndarray, k: int) -> list[str]:
+    cand = np.flatnonzero(keep)
+    if cand.size == 0:
+        return []
+    m = vectors[cand]
+    scores = (m @ q) / (np.linalg.norm(m, axis=1) * np.linalg.norm(q))
+    order = sorted(range(cand.size), key=lambda j: (-scores[j], ids[cand[j]]))[:k]
+    return [ids[cand[j]] for j in order]
+
+
+def demo(args: argparse.Namespace) -> int:
+    n, k = args.n, 5
+    embed = HashingEmbedder(args.dim)
+    items = list(_memories(n))
+    vectors = embed.embed([m["content"] for m in items])
+    tmp = None
+    path = args.path
+    if path is None:
+        tmp = tempfile.TemporaryDirectory(prefix="ferromem-demo-")
+        path = os.path.join(tmp.name, "memory.ferro")
+    timings: dict[str, list[float]] = {}
+
+    def timed(name, fn, *a, **kw):
+        t = time.perf_counter()
+        out = fn(*a, **kw)
+        timings.setdefault(name, []).append(time.perf_counter() - t)
+        return out
+
+    mismatches = 0
+    print(f"ferromem {ferromem.__version__} demo: {n} memories, {args.dim}-dim, store at {path}")
+    with ferromem.open(path, durability=args.durability) as store:
+        print(f"engine: {store.engine}")
+        half = n // 2
+        for m, v in zip(items[:half], vectors[:half]):
+            timed("remember (one)", store.add, m["id"], v, content=m["content"], scopes=m["scope"],
+                  categories=m["categories"], importance=m["importance"], metadata=m["metadata"])
+        rest = items[half:]
+        for start in range(0, len(rest), 100):
+            chunk = rest[start:start + 100]
+            timed("remember_many (100)", store.add, [m["id"] for m in chunk], vectors[half + start: half + start + len(chunk)],
+                  contents=[m["content"] for m in chunk], scopes=[m["scope"] for m in chunk],
+                  categories=[m["categories"] for m in chunk], importance=[m["importance"] for m in chunk],
+                  metadata=[m["metadata"] for m in chunk])
+        ids = [m["id"] for m in items]
+        scopes = np.array([m["scope"] for m in items])
+        cats = [set(m["categories"]) for m in items]
+        queries = [
+            "customer asked about the refund and the invoice",
+            "courier delivery delay at the warehouse",
+            "engineer reported a bug before the launch",
+            "the manager prefers the subscription plan",
+        ]
+        for qi, text in enumerate(queries * (args.recalls // len(queries))):
+            q = embed.embed_one(text)
+            agent = AGENTS[qi % len(AGENTS)]
+            r_all = timed("recall", store.search, q, k)
+            r_scope = timed("recall scope=/crew/<agent>", store.search, q, k, scope=f"/crew/{agent}")
+            r_cat = timed("recall categories=[decision]", store.search, q, k, categories=["decision"])
+            if qi < len(queries):
+                keep_all = np.ones(n, bool)
+                keep_scope = np.array([s.startswith(f"/crew/{agent}/") for s in scopes])
+                keep_cat = np.array(["decision" in c for c in cats])
+                for got, keep in ((r_all, keep_all), (r_scope, keep_scope), (r_cat, keep_cat)):
+                    want = _brute_force(vectors, ids, keep, q, k)
+                    if list(got.ids) != want:
+                        mismatches += 1
+        sample = store.search(embed.embed_one(queries[0]), 3, scope="/crew/researcher")
+        print(f"\nrecall '{queries[0]}' in /crew/researcher:")
+        for rec, score in zip(sample.records(), sample.scores):
+            print(f"  {score:.3f}  {rec.scope:28s} {rec.content}")
+        print(f"\nscopes under /crew: {store.child_scopes('/crew')}")
+        print(f"categories: {store.category_counts()}")
+        forgotten = timed("forget scope=/crew/planner", store.delete, scope="/crew/planner")
+        print(f"forgot {forgotten} memories of /crew/planner; {store.count()} left")
+        stats = store.stats()
+    with ferromem.open(path) as reopened:
+        t = time.perf_counter()
+        left = reopened.count()
+        timings["reopen + count"] = [time.perf_counter() - t]
+        print(f"reopened: {left} memories persisted")
+
+    print(f"\n{'operation':34s} {'n':>6s} {'p50 us':>10s} {'p95 us':>10s}")
+    for name, samples in timings.items():
+        print(f"{name:34s} {len(samples):6d} {_pct(samples, 50):10.1f} {_pct(samples, 95):10.1f}")
+    print(f"\nfiltered recalls checked against brute force: {'all exact' if mismatches == 0 else f'{mismatches} differ'}")
+    if args.json:
+        print(json.dumps({"engine_stats": stats}, indent=2, default=str))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0 if mismatches == 0 else 1
+
+
+def stats_cmd(args: argparse.Namespace) -> int:
+    with ferromem.open(args.path) as store:
+        s = store.stats()
+        s["scopes"] = store.child_scopes("/")
+        print(json.dumps(s, indent=2, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ferromem", description="ferromem: embedded vector memory for AI agents")
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="run the main workload on the embedded default store and print timings")
+    d.add_argument("--n", type=int, default=2000, help="memories to remember (default 2000)")
+    d.add_argument("--dim", type=int, default=384, help="embedding dimension (default 384)")
+    d.add_argument("--recalls", type=int, default=200, help="recalls per filter kind (default 200)")
+    d.add_argument("--path", default=None, help="store path (default: a temporary file, removed afterwards)")
+    d.add_argument("--durability", default="normal", choices=["normal", "full"])
+    d.add_argument("--json", action="store_true", help="also print the engine's own statistics")
+    d.set_defaults(func=demo)
+    s = sub.add_parser("stats", help="print a store's counts, scopes and latency statistics")
+    s.add_argument("path")
+    s.set_defaults(func=stats_cmd)
+    args = parser.parse_args(argv)
+    if getattr(args, "n", 1) < 4:
+        parser.error("--n must be at least 4")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
