@@ -23,7 +23,12 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (k, (x, y)) in tail_a.iter().zip(tail_b).enumerate() {
         acc[k] += x * y;
     }
-    let pairs = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    let pairs = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
     (pairs[0] + pairs[2]) + (pairs[1] + pairs[3])
 }
 
@@ -48,16 +53,26 @@ pub(super) fn dot_gather(query: &[f32], arena: &[f32], dim: usize, rows: &[u32],
 
 /// `out[q*n + i] = dot(query q, row i)`, rows in cache-sized chunks so every query of the
 /// batch reads a chunk while it is still in cache.
-pub(super) fn dot_rows_multi(queries: &[f32], nq: usize, arena: &[f32], dim: usize, n: usize, out: &mut [f32]) {
+pub(super) fn dot_rows_multi(
+    queries: &[f32],
+    nq: usize,
+    arena: &[f32],
+    dim: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    debug_assert_eq!(queries.len(), nq * dim);
+    if dim == 0 {
+        out.fill(0.0);
+        return;
+    }
     let chunk = super::rows_per_chunk(dim, 1, super::MULTI_CHUNK_BYTES);
     let mut c0 = 0;
     while c0 < n {
         let c1 = (c0 + chunk).min(n);
-        for q in 0..nq {
-            let query = &queries[q * dim..(q + 1) * dim];
-            for i in c0..c1 {
-                out[q * n + i] = dot(query, &arena[i * dim..(i + 1) * dim]);
-            }
+        let rows = &arena[c0 * dim..c1 * dim];
+        for (query, out_q) in queries.chunks_exact(dim).zip(out.chunks_exact_mut(n)) {
+            dot_rows(query, rows, dim, &mut out_q[c0..c1]);
         }
         c0 = c1;
     }
