@@ -1,2 +1,50 @@
-"""ferromem: fast, safe, embedded vector memory for AI agents."""
+"""ferromem: fast, safe, embedded vector memory for AI agents.
+
+    import ferromem
+    with ferromem.open("memory.ferro") as store:
+        store.add("note-1", embedding, contents="...", scopes="/project/agent")
+        hits = store.search(query_embedding, k=5, scope="/project")
+"""
 __version__ = "0.1.0"
+
+from .exceptions import (
+    CorruptStoreError,
+    DimensionMismatchError,
+    DuplicateIdError,
+    FerromemError,
+    IncompatibleStoreError,
+    InvalidFilterError,
+    InvalidIdError,
+    InvalidInputError,
+    InvalidMetadataError,
+    InvalidVectorError,
+    NativeUnavailableWarning,
+    NotFoundError,
+    StorageError,
+    StoreClosedError,
+)
+from .records import Record, ScopeInfo
+from .store import SearchResult, Store, open
+
+__all__ = [
+    "__version__",
+    "open",
+    "Store",
+    "SearchResult",
+    "Record",
+    "ScopeInfo",
+    "FerromemError",
+    "InvalidInputError",
+    "InvalidVectorError",
+    "DimensionMismatchError",
+    "InvalidMetadataError",
+    "InvalidIdError",
+    "InvalidFilterError",
+    "DuplicateIdError",
+    "NotFoundError",
+    "StoreClosedError",
+    "StorageError",
+    "CorruptStoreError",
+    "IncompatibleStoreError",
+    "NativeUnavailableWarning",
+]

@@ -138,8 +138,10 @@ impl Engine {
         self.path.as_deref()
     }
 
-    pub fn dim(&self) -> Option<usize> {
-        self.state.read().dim
+    /// The store's dimension, after catching up with other processes (one of them may
+    /// have reset the store and started again at another dimension).
+    pub fn dim(&self) -> Result<Option<usize>> {
+        self.read_op(Op::count, |st| Ok(st.dim))
     }
 
     fn check_open(&self) -> Result<()> {

@@ -36,7 +36,7 @@ fn writes_survive_reopen_and_reach_a_second_engine() {
         .unwrap();
     // b never wrote: it must catch up before answering.
     assert_eq!(b.count(&Filter::default()).unwrap(), 3);
-    assert_eq!(b.dim(), Some(4));
+    assert_eq!(b.dim().unwrap(), Some(4));
     let f = Filter { ids: Some(vec!["y".into()]), ..Filter::default() };
     assert_eq!(b.delete(&f).unwrap(), 1);
     assert!(a.get(&["y".into()]).unwrap()[0].is_none());
@@ -44,7 +44,7 @@ fn writes_survive_reopen_and_reach_a_second_engine() {
     assert_eq!(a.count(&scoped).unwrap(), 1);
     a.reset().unwrap();
     assert_eq!(b.count(&Filter::default()).unwrap(), 0);
-    assert_eq!(b.dim(), None);
+    assert_eq!(b.dim().unwrap(), None);
     // After a reset the dimension is free again.
     let v8 = vecs(&mut rng, 1, 8);
     b.upsert(vec![rec("w", "/", &[], "{}", 4.0)], &v8, 8, WriteMode::Insert).unwrap();
@@ -55,7 +55,7 @@ fn writes_survive_reopen_and_reach_a_second_engine() {
     let (r, vector) = got[0].as_ref().unwrap();
     assert_eq!(&*r.id, "w");
     assert_eq!(vector, &v8);
-    assert_eq!(c.dim(), Some(8));
+    assert_eq!(c.dim().unwrap(), Some(8));
 }
 
 #[test]

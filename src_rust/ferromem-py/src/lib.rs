@@ -208,13 +208,14 @@ impl PyEngine {
     }
 
     #[getter]
-    fn dim(&self) -> Option<usize> {
-        self.inner.dim()
+    fn dim(&self, py: Python<'_>) -> PyResult<Option<usize>> {
+        let engine = &self.inner;
+        py.detach(|| engine.dim()).map_err(to_py_err)
     }
 
     #[getter]
-    fn path(&self) -> Option<PathBuf> {
-        self.inner.path().map(|p| p.to_path_buf())
+    fn path(&self) -> Option<String> {
+        self.inner.path().map(|p| p.to_string_lossy().into_owned())
     }
 
     #[getter]

@@ -1,0 +1,1076 @@
+"""ReferenceEngine: the engine interface of docs/architecture.md in NumPy and sqlite3.
+
+It is the oracle of the tests and the fallback when the native engine cannot load, so
+it is written for obvious correctness rather than speed: exact brute-force cosine
+(float64 arithmetic on the stored float32 vectors), filters evaluated record by record,
+and the same SQLite schema as the native engine so that either can open the other's
+files.
+
+State: a dict of records in memory (the source of answers) mirrored, when a path is
+given, in SQLite. Every write is one ``BEGIN IMMEDIATE`` transaction that first catches
+up with what other connections committed, then validates against that fresh state,
+writes, commits, and only then changes memory. Reads ask ``PRAGMA data_version`` whether
+another connection committed and, if so, apply the rows and tombstones stamped with a
+newer ``seq`` (or reload everything when ``epoch`` changed, i.e. after a reset).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from .exceptions import (
+    CorruptStoreError,
+    DimensionMismatchError,
+    DuplicateIdError,
+    IncompatibleStoreError,
+    InvalidFilterError,
+    InvalidInputError,
+    InvalidMetadataError,
+    InvalidVectorError,
+    StorageError,
+    StoreClosedError,
+)
+
+__all__ = ["ReferenceEngine", "scope_matches", "child_of"]
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = (
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE records(id TEXT PRIMARY KEY, content TEXT NOT NULL, scope TEXT NOT NULL,"
+    " categories TEXT NOT NULL, metadata TEXT NOT NULL, importance REAL NOT NULL,"
+    " created_at REAL NOT NULL, last_accessed REAL NOT NULL, source TEXT,"
+    " private INTEGER NOT NULL, vector BLOB NOT NULL, seq INTEGER NOT NULL)",
+    "CREATE INDEX records_seq ON records(seq)",
+    "CREATE TABLE tombstones(id TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
+    "CREATE INDEX tombstones_seq ON tombstones(seq)",
+)
+
+_RECORD_COLUMNS = (
+    "id, content, scope, categories, metadata, importance, created_at, last_accessed,"
+    " source, private, vector"
+)
+_UPSERT_SQL = (
+    f"INSERT OR REPLACE INTO records({_RECORD_COLUMNS}, seq)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_BUSY_TIMEOUT_MS = 60_000
+# Beyond SQLite's own busy timeout, lock errors are retried for this long: a writer
+# that holds the lock longer than this is stuck, and the caller should hear about it.
+_LOCK_RETRY_S = 600.0
+_LATENCY_SAMPLES = 4096
+# Queries are scored in chunks so that a large batch against a large store does not
+# allocate one (nq x n) float64 matrix at once.
+_SCORE_CHUNK_ELEMENTS = 1 << 22
+
+_UPDATABLE_FIELDS = frozenset(
+    {
+        "content",
+        "scope",
+        "categories",
+        "metadata_json",
+        "importance",
+        "created_at",
+        "last_accessed",
+        "source",
+        "private",
+        "vector",
+    }
+)
+
+_MISSING = object()
+
+
+# --------------------------------------------------------------------------- semantics
+
+
+def scope_matches(prefix: str | None, scope: str) -> bool:
+    """The scope rule: ``prefix`` matches ``scope`` when they are equal, or ``scope``
+    starts with ``prefix`` and the next character is '/' or the prefix's last character
+    is not alphanumeric. ``None``, '' and '/' match everything."""
+    if prefix is None or prefix == "" or prefix == "/":
+        return True
+    if not scope.startswith(prefix):
+        return False
+    if len(scope) == len(prefix):
+        return True
+    if scope[len(prefix)] == "/":
+        return True
+    return not prefix[-1].isalnum()
+
+
+def child_of(parent: str, scope: str) -> str | None:
+    """The direct child of ``parent`` on the way to ``scope``, if ``scope`` lies strictly
+    below it: ``child_of('/a', '/a/b/c') == '/a/b'``."""
+    parent = parent or "/"
+    if parent == "/":
+        if not scope.startswith("/"):
+            return None
+        rest = scope[1:]
+    else:
+        if not scope.startswith(parent):
+            return None
+        rest = scope[len(parent):]
+        if not rest.startswith("/"):
+            return None
+        rest = rest[1:]
+    if not rest:
+        return None
+    end = rest.find("/")
+    if end < 0:
+        end = len(rest)
+    return scope[: len(scope) - len(rest) + end]
+
+
+def _scalar_key(value: Any) -> tuple | None:
+    """The equality key of a scalar: numbers compare numerically (1 == 1.0), booleans are
+    not numbers, None is JSON null. Non-scalars have no key."""
+    if value is None:
+        return ("null",)
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (int, float)):
+        try:
+            return ("num", float(value))
+        except OverflowError:  # an integer beyond float range equals no filter value
+            return None
+    if isinstance(value, str):
+        return ("str", value)
+    return None
+
+
+class _Stored:
+    """One record in memory. Replaced, never mutated, so tuples handed out stay valid."""
+
+    __slots__ = (
+        "id",
+        "content",
+        "scope",
+        "categories",
+        "metadata_json",
+        "importance",
+        "created_at",
+        "last_accessed",
+        "source",
+        "private",
+        "vector",
+        "scalars",
+    )
+
+    def __init__(
+        self,
+        record_id: str,
+        content: str,
+        scope: str,
+        categories: Iterable[str],
+        metadata_json: str,
+        importance: float,
+        created_at: float,
+        last_accessed: float,
+        source: str | None,
+        private: bool,
+        vector: np.ndarray,
+        scalars: dict[str, tuple] | None = None,
+    ):
+        self.id = record_id
+        self.content = content
+        self.scope = scope
+        self.categories = tuple(categories)
+        self.metadata_json = metadata_json
+        self.importance = float(importance)
+        self.created_at = float(created_at)
+        self.last_accessed = float(last_accessed)
+        self.source = source
+        self.private = bool(private)
+        self.vector = vector
+        self.scalars = _metadata_scalars(metadata_json) if scalars is None else scalars
+
+    def replace(self, **changes: Any) -> _Stored:
+        values = {name: getattr(self, name) for name in self.__slots__}
+        if "metadata_json" in changes:
+            values["scalars"] = None  # re-derived from the new metadata
+        values.update(changes)
+        values["record_id"] = values.pop("id")
+        return _Stored(**values)
+
+    def as_tuple(self) -> tuple:
+        return (
+            self.id,
+            self.content,
+            self.scope,
+            list(self.categories),
+            self.metadata_json,
+            self.importance,
+            self.created_at,
+            self.last_accessed,
+            self.source,
+            self.private,
+            self.vector,
+        )
+
+    def as_row(self, seq: int) -> tuple:
+        return (
+            self.id,
+            self.content,
+            self.scope,
+            json.dumps(list(self.categories), ensure_ascii=False),
+            self.metadata_json,
+            self.importance,
+            self.created_at,
+            self.last_accessed,
+            self.source,
+            int(self.private),
+            self.vector.astype("<f4", copy=False).tobytes(),
+            seq,
+        )
+
+
+def _metadata_scalars(metadata_json: str) -> dict[str, tuple]:
+    try:
+        metadata = json.loads(metadata_json)
+    except (TypeError, ValueError) as exc:
+        raise InvalidMetadataError(f"metadata is not valid JSON: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise InvalidMetadataError("metadata must be a JSON object (a dict)")
+    scalars = {}
+    for key, value in metadata.items():
+        scalar = _scalar_key(value)
+        if scalar is not None:
+            scalars[key] = scalar
+    return scalars
+
+
+def _readonly_vector(values: Any) -> np.ndarray:
+    vector = np.array(values, dtype=np.float32, copy=True).reshape(-1)
+    vector.flags.writeable = False
+    return vector
+
+
+def _check_matrix(vectors: Any, dim: int | None) -> np.ndarray:
+    """Re-checks what would corrupt state: shape, dimension, finite, non-zero rows."""
+    matrix = np.asarray(vectors, dtype=np.float32)
+    if matrix.ndim == 1:
+        matrix = matrix.reshape(1, -1)
+    if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise InvalidVectorError(
+            f"vectors must be a non-empty 2-D matrix, got shape {matrix.shape}"
+        )
+    if dim is not None and matrix.shape[1] != dim:
+        raise DimensionMismatchError(
+            f"vector has {matrix.shape[1]} dimensions but the store holds {dim}-dimensional "
+            "vectors",
+            expected=dim,
+            got=matrix.shape[1],
+        )
+    if not np.isfinite(matrix).all():
+        raise InvalidVectorError("vectors contain NaN or infinity")
+    if not (matrix != 0).any(axis=1).all():
+        raise InvalidVectorError("a vector is all zeros (it has no direction)")
+    return matrix
+
+
+class _Filter:
+    """A canonical filter dict (docs/architecture.md), prepared for record-by-record tests."""
+
+    __slots__ = (
+        "scope",
+        "categories",
+        "where",
+        "source",
+        "include_private",
+        "visible_to",
+        "older_than",
+        "ids",
+    )
+
+    def __init__(self, flt: dict[str, Any] | None):
+        flt = dict(flt or {})
+        unknown = set(flt) - set(self.__slots__)
+        if unknown:
+            raise InvalidFilterError(f"unknown filter keys: {sorted(unknown)}")
+        self.scope = flt.get("scope")
+        categories = flt.get("categories")
+        self.categories = None if categories is None else frozenset(categories)
+        where = flt.get("where")
+        if where:
+            keyed = []
+            for key, value in where:
+                scalar = _scalar_key(value)
+                if scalar is None:
+                    raise InvalidFilterError(f"where[{key!r}] must be a scalar, got {value!r}")
+                keyed.append((key, scalar))
+            self.where = keyed
+        else:
+            self.where = None
+        self.source = flt.get("source")
+        self.include_private = bool(flt.get("include_private", True))
+        self.visible_to = flt.get("visible_to")
+        self.older_than = flt.get("older_than")
+        ids = flt.get("ids")
+        self.ids = None if ids is None else frozenset(ids)
+
+    def is_empty(self) -> bool:
+        """True when the filter restricts nothing (a scope of '/' matches everything)."""
+        return (
+            self.scope in (None, "", "/")
+            and self.categories is None
+            and self.where is None
+            and self.source is None
+            and self.include_private
+            and self.older_than is None
+            and self.ids is None
+        )
+
+    def matches(self, record: _Stored) -> bool:
+        if self.ids is not None and record.id not in self.ids:
+            return False
+        if self.scope is not None and not scope_matches(self.scope, record.scope):
+            return False
+        if self.categories is not None and self.categories.isdisjoint(record.categories):
+            return False
+        if self.where is not None:
+            for key, wanted in self.where:
+                if record.scalars.get(key, _MISSING) != wanted:
+                    return False
+        if self.source is not None and record.source != self.source:
+            return False
+        if not self.include_private and record.private:
+            if self.visible_to is None or record.source != self.visible_to:
+                return False
+        if self.older_than is not None and not record.created_at < self.older_than:
+            return False
+        return True
+
+
+# --------------------------------------------------------------------------- sqlite help
+
+
+def _sqlite_error_name(exc: sqlite3.Error) -> str:
+    return getattr(exc, "sqlite_errorname", "") or ""
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    name = _sqlite_error_name(exc)
+    if name.startswith("SQLITE_BUSY") or name.startswith("SQLITE_LOCKED"):
+        return True
+    message = str(exc).lower()
+    return "database is locked" in message or "database table is locked" in message
+
+
+def _storage_error(exc: sqlite3.Error, path: str | None) -> StorageError:
+    name = _sqlite_error_name(exc)
+    message = str(exc)
+    if (
+        name.startswith("SQLITE_NOTADB")
+        or name.startswith("SQLITE_CORRUPT")
+        or "file is not a database" in message
+        or "malformed" in message
+    ):
+        return CorruptStoreError(
+            f"{path!r} is not a readable ferromem store ({message}); check the path, or "
+            "restore the file from a backup"
+        )
+    return StorageError(f"storage error on {path!r}: {message}")
+
+
+def _parse_dim(text: str | None) -> int | None:
+    if text is None or text == "":
+        return None
+    try:
+        dim = int(text)
+    except ValueError:
+        raise CorruptStoreError(f"the store's dimension {text!r} is not an integer") from None
+    if dim < 1:
+        raise CorruptStoreError(f"the store's dimension {dim} is not positive")
+    return dim
+
+
+def _operation(name: str, *, sync: bool = True) -> Callable:
+    """Wraps an engine method: lock, closed check, catch-up (reads), latency sample.
+
+    Operation names are those the native engine reports (add, upsert, search, get,
+    update, touch, delete, list, count, scopes, reset, open), so stats read the same."""
+
+    def decorate(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def wrapper(self: ReferenceEngine, *args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self._check_open()
+                started = time.perf_counter_ns()
+                self._current_op = name
+                try:
+                    if sync:
+                        self._sync()
+                    return method(self, *args, **kwargs)
+                finally:
+                    self._record_latency(self._current_op, time.perf_counter_ns() - started)
+
+        return wrapper
+
+    return decorate
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class ReferenceEngine:
+    """The NumPy engine. Same interface as ``ferromem._core.Engine``."""
+
+    def __init__(self, path: str | None, dim: int | None, durability: str = "normal"):
+        if durability not in ("normal", "full"):
+            raise InvalidInputError(f"durability must be 'normal' or 'full', got {durability!r}")
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise InvalidInputError(f"dim must be a positive int or None, got {dim!r}")
+        self._lock = threading.RLock()
+        self._path = path
+        self._closed = False
+        self._records: dict[str, _Stored] = {}
+        self._dim: int | None = None
+        self._seq = 0
+        self._epoch = 0
+        self._data_version: int | None = None
+        self._conn: sqlite3.Connection | None = None
+        # (ids in arena order, float64 vectors, norms), rebuilt after writes.
+        self._arena: tuple[list[str], np.ndarray, np.ndarray] | None = None
+        self._latency_us: dict[str, collections.deque] = {}
+        self._op_counts: collections.Counter = collections.Counter()
+        self._current_op = "open"
+        started = time.perf_counter_ns()
+        if path is None:
+            self._dim = dim
+        else:
+            self._open_database(path, dim, durability)
+        self._record_latency("open", time.perf_counter_ns() - started)
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def dim(self) -> int | None:
+        with self._lock:
+            self._check_open()
+            self._sync()
+            return self._dim
+
+    @property
+    def path(self) -> str | None:
+        return self._path
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError("the store is closed; open it again to use it")
+
+    def _record_latency(self, name: str, elapsed_ns: int) -> None:
+        samples = self._latency_us.get(name)
+        if samples is None:
+            samples = self._latency_us[name] = collections.deque(maxlen=_LATENCY_SAMPLES)
+        samples.append(elapsed_ns / 1000.0)
+        self._op_counts[name] += 1
+
+    def _retrying(self, attempt: Callable[[], Any]) -> Any:
+        """Runs ``attempt`` until it does not fail on a lock; maps sqlite3 errors."""
+        deadline = time.monotonic() + _LOCK_RETRY_S
+        delay = 0.001
+        while True:
+            try:
+                return attempt()
+            except sqlite3.Error as exc:
+                if _is_busy(exc) and time.monotonic() < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+                    continue
+                raise _storage_error(exc, self._path) from exc
+
+    def _open_database(self, path: str, dim: int | None, durability: str) -> None:
+        try:
+            conn = sqlite3.connect(
+                path,
+                timeout=_BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,  # autocommit; transactions are explicit
+                check_same_thread=False,  # guarded by self._lock
+            )
+        except sqlite3.Error as exc:
+            raise _storage_error(exc, path) from exc
+        try:
+            self._conn = conn
+
+            def configure() -> None:
+                conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                synchronous = "FULL" if durability == "full" else "NORMAL"
+                conn.execute(f"PRAGMA synchronous = {synchronous}")
+
+            self._retrying(configure)
+            self._retrying(lambda: self._initialise(dim))
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
+
+    def _initialise(self, dim: int | None) -> None:
+        """Creates the schema if absent, checks version and dimension, loads everything."""
+        conn = self._conn
+        assert conn is not None
+        data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            tables = {
+                row[0]
+                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if "meta" not in tables:
+                if tables:
+                    raise CorruptStoreError(
+                        f"{self._path!r} is an SQLite database but not a ferromem store (it "
+                        f"has the tables {sorted(tables)}); choose another path"
+                    )
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.executemany(
+                    "INSERT INTO meta(key, value) VALUES (?, ?)",
+                    [
+                        ("schema_version", SCHEMA_VERSION),
+                        ("dim", "" if dim is None else str(dim)),
+                        ("seq", "0"),
+                        ("epoch", "0"),
+                    ],
+                )
+            else:
+                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                version = meta.get("schema_version")
+                if version != SCHEMA_VERSION:
+                    raise IncompatibleStoreError(
+                        f"{self._path!r} has schema version {version!r}, but this version of "
+                        f"ferromem reads version {SCHEMA_VERSION!r}; upgrade ferromem to open it"
+                    )
+                if not {"records", "tombstones"} <= tables:
+                    raise CorruptStoreError(
+                        f"{self._path!r} is missing the records or tombstones table"
+                    )
+                stored_dim = _parse_dim(meta.get("dim"))
+                if dim is not None and stored_dim is not None and dim != stored_dim:
+                    raise DimensionMismatchError(
+                        f"the store at {self._path!r} holds {stored_dim}-dimensional vectors "
+                        f"but dim={dim} was given; open it without dim, or with dim={stored_dim}",
+                        expected=stored_dim,
+                        got=dim,
+                    )
+                if dim is not None and stored_dim is None:
+                    # Declaring the dimension is a change other connections must notice.
+                    seq = int(meta.get("seq", "0")) + 1
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                        [("dim", str(dim)), ("seq", str(seq))],
+                    )
+            self._load_all()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._data_version = data_version
+
+    def _read_meta(self) -> tuple[int, int, int | None]:
+        assert self._conn is not None
+        meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            raise IncompatibleStoreError(
+                f"{self._path!r} now has schema version {meta.get('schema_version')!r}; "
+                f"this version of ferromem reads {SCHEMA_VERSION!r}"
+            )
+        try:
+            seq = int(meta.get("seq", "0"))
+            epoch = int(meta.get("epoch", "0"))
+        except ValueError:
+            raise CorruptStoreError(f"{self._path!r} has a malformed change sequence") from None
+        return seq, epoch, _parse_dim(meta.get("dim"))
+
+    def _row_to_stored(self, row: tuple, dim: int | None) -> _Stored:
+        (record_id, content, scope, categories, metadata, importance, created_at,
+         last_accessed, source, private, blob) = row
+        try:
+            category_list = json.loads(categories)
+        except ValueError:
+            raise CorruptStoreError(f"record {record_id!r} has malformed categories") from None
+        if not isinstance(blob, bytes) or len(blob) % 4 != 0 or (
+            dim is not None and len(blob) != 4 * dim
+        ):
+            size = len(blob) if isinstance(blob, bytes) else "?"
+            raise CorruptStoreError(
+                f"record {record_id!r} has a vector of {size} bytes, which does not fit the "
+                f"store's dimension {dim}"
+            )
+        vector = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+        vector.flags.writeable = False
+        try:
+            return _Stored(
+                record_id, content, scope, category_list, metadata, importance, created_at,
+                last_accessed, source, bool(private), vector,
+            )
+        except InvalidMetadataError as exc:
+            raise CorruptStoreError(f"record {record_id!r} has malformed metadata: {exc}") from None
+
+    def _load_all(self) -> None:
+        """Replaces memory with the database's content (inside a read snapshot)."""
+        assert self._conn is not None
+        seq, epoch, dim = self._read_meta()
+        records = {}
+        for row in self._conn.execute(f"SELECT {_RECORD_COLUMNS} FROM records"):
+            stored = self._row_to_stored(row, dim)
+            records[stored.id] = stored
+        self._records = records
+        self._dim = dim
+        self._seq = seq
+        self._epoch = epoch
+        self._arena = None
+
+    def _catch_up(self) -> None:
+        """Applies what other connections committed since self._seq (inside a snapshot)."""
+        assert self._conn is not None
+        seq, epoch, dim = self._read_meta()
+        if epoch != self._epoch or seq < self._seq:
+            self._load_all()  # a reset (or a replaced file): start over
+            return
+        self._dim = dim
+        if seq == self._seq:
+            return
+        changed = [
+            self._row_to_stored(row, dim)
+            for row in self._conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM records WHERE seq > ?", (self._seq,)
+            )
+        ]
+        deleted = [
+            row[0]
+            for row in self._conn.execute("SELECT id FROM tombstones WHERE seq > ?", (self._seq,))
+        ]
+        for stored in changed:
+            self._records[stored.id] = stored
+        for record_id in deleted:
+            self._records.pop(record_id, None)
+        self._seq = seq
+        self._arena = None
+
+    def _sync(self) -> None:
+        """Catches up when another connection committed since we last looked."""
+        conn = self._conn
+        if conn is None:
+            return
+
+        def attempt() -> None:
+            # Read data_version before the snapshot: a commit that lands in between is
+            # applied now and merely triggers one more (empty) catch-up next time.
+            data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if data_version == self._data_version:
+                return
+            conn.execute("BEGIN")
+            try:
+                self._catch_up()
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._data_version = data_version
+
+        self._retrying(attempt)
+
+    def _write(self, plan: Callable[[int], tuple[Any, list, Callable[[], None]]]) -> Any:
+        """Runs one write: ``plan(seq)`` validates against the caught-up state and returns
+        (result, sql statements [(sql, rows)], apply-to-memory callback). The statements
+        run in one transaction; memory changes only after COMMIT succeeded."""
+        conn = self._conn
+        if conn is None:
+            result, statements, apply = plan(self._seq + 1)
+            if statements:
+                apply()
+                self._seq += 1
+                self._arena = None
+            return result
+
+        def attempt() -> Any:
+            data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._catch_up()
+                seq = self._seq + 1
+                result, statements, apply = plan(seq)
+                if statements:
+                    for sql, rows in statements:
+                        conn.executemany(sql, rows)
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (str(seq),))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._data_version = data_version
+            if statements:
+                apply()
+                self._seq = seq
+                self._arena = None
+            return result
+
+        return self._retrying(attempt)
+
+    def _set_dim_statement(self, dim: int) -> tuple[str, list]:
+        return ("INSERT OR REPLACE INTO meta(key, value) VALUES ('dim', ?)", [(str(dim),)])
+
+    def _matching(self, flt: dict | None) -> list[_Stored]:
+        prepared = _Filter(flt)
+        return [record for record in self._records.values() if prepared.matches(record)]
+
+    def _arena_matrix(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(ids, their vectors as float64 rows, the rows' norms), rebuilt after writes."""
+        if self._arena is None:
+            ids = list(self._records)
+            if ids:
+                matrix = np.stack([self._records[i].vector for i in ids]).astype(np.float64)
+            else:
+                matrix = np.zeros((0, self._dim or 0), dtype=np.float64)
+            self._arena = (ids, matrix, np.linalg.norm(matrix, axis=1))
+        return self._arena
+
+    # ----------------------------------------------------------------- writes
+
+    @_operation("write", sync=False)
+    def upsert(
+        self,
+        ids: list[str],
+        vectors: Any,
+        contents: list[str],
+        scopes: list[str],
+        categories: list[list[str]],
+        metadata_json: list[str],
+        importance: list[float],
+        created_at: list[float],
+        last_accessed: list[float],
+        sources: list[str | None],
+        private: list[bool],
+        mode: str,
+    ) -> None:
+        self._current_op = "add" if mode == "insert" else "upsert"
+        if mode not in ("insert", "upsert"):
+            raise InvalidInputError(f"mode must be 'insert' or 'upsert', got {mode!r}")
+        n = len(ids)
+        columns = (contents, scopes, categories, metadata_json, importance, created_at,
+                   last_accessed, sources, private)
+        if any(len(column) != n for column in columns):
+            raise InvalidInputError("every field needs one value per id")
+        if len(set(ids)) != n:
+            raise InvalidInputError("ids must be unique within one batch")
+        matrix = _check_matrix(vectors, None)
+        if matrix.shape[0] != n:
+            raise InvalidInputError(f"{n} ids but {matrix.shape[0]} vectors")
+        new_records = [
+            _Stored(ids[i], contents[i], scopes[i], categories[i], metadata_json[i],
+                    importance[i], created_at[i], last_accessed[i], sources[i],
+                    private[i], _readonly_vector(matrix[i]))
+            for i in range(n)
+        ]
+
+        def plan(seq: int) -> tuple[None, list, Callable[[], None]]:
+            if self._dim is not None and matrix.shape[1] != self._dim:
+                _check_matrix(matrix, self._dim)  # raises DimensionMismatchError
+            if mode == "insert":
+                for record_id in ids:
+                    if record_id in self._records:
+                        raise DuplicateIdError(
+                            f"id {record_id!r} already exists; use upsert to replace it"
+                        )
+            new_dim = matrix.shape[1] if self._dim is None else None
+            statements = [
+                # Generators: the rows are only built when a database executes them.
+                (_UPSERT_SQL, (record.as_row(seq) for record in new_records)),
+                ("DELETE FROM tombstones WHERE id = ?", ((record_id,) for record_id in ids)),
+            ]
+            if new_dim is not None:
+                statements.append(self._set_dim_statement(new_dim))
+
+            def apply() -> None:
+                if new_dim is not None:
+                    self._dim = new_dim
+                for record in new_records:
+                    self._records[record.id] = record
+
+            return None, statements, apply
+
+        self._write(plan)
+
+    @_operation("update", sync=False)
+    def update(self, id: str, fields: dict[str, Any]) -> bool:
+        unknown = set(fields) - _UPDATABLE_FIELDS
+        if unknown:
+            raise InvalidInputError(f"cannot update unknown fields {sorted(unknown)}")
+        changes = {k: v for k, v in fields.items() if k != "vector"}
+        if "metadata_json" in changes:
+            _metadata_scalars(changes["metadata_json"])  # raises on a non-object
+        if "categories" in changes:
+            changes["categories"] = tuple(changes["categories"])
+        vector = None
+        if "vector" in fields:
+            vector = _check_matrix(fields["vector"], None)
+            if vector.shape[0] != 1:
+                raise InvalidVectorError("update takes exactly one vector")
+
+        def plan(seq: int) -> tuple[bool, list, Callable[[], None]]:
+            current = self._records.get(id)
+            if current is None:
+                return False, [], lambda: None
+            record_changes = dict(changes)
+            if vector is not None:
+                _check_matrix(vector, self._dim)
+                record_changes["vector"] = _readonly_vector(vector[0])
+            updated = current.replace(**record_changes)
+
+            def apply() -> None:
+                self._records[id] = updated
+
+            return True, [(_UPSERT_SQL, [updated.as_row(seq)])], apply
+
+        return self._write(plan)
+
+    @_operation("touch", sync=False)
+    def touch(self, ids: list[str], t: float) -> int:
+        wanted = list(dict.fromkeys(ids))
+        t = float(t)
+
+        def plan(seq: int) -> tuple[int, list, Callable[[], None]]:
+            existing = [record_id for record_id in wanted if record_id in self._records]
+            if not existing:
+                return 0, [], lambda: None
+            statements = [(
+                "UPDATE records SET last_accessed = ?, seq = ? WHERE id = ?",
+                [(t, seq, record_id) for record_id in existing],
+            )]
+
+            def apply() -> None:
+                for record_id in existing:
+                    self._records[record_id] = self._records[record_id].replace(last_accessed=t)
+
+            return len(existing), statements, apply
+
+        return self._write(plan)
+
+    @_operation("delete", sync=False)
+    def delete(self, ids: list[str] | None, filter: dict | None) -> int:
+        if ids is None and _Filter(filter).is_empty():
+            raise InvalidFilterError(
+                "delete needs at least one criterion; use reset() to delete everything"
+            )
+        flt = dict(filter or {})
+        if ids is not None:
+            wanted = set(ids)
+            flt["ids"] = list(wanted if "ids" not in flt else wanted & set(flt["ids"]))
+        _Filter(flt)  # reject a malformed filter before the transaction
+
+        def plan(seq: int) -> tuple[int, list, Callable[[], None]]:
+            doomed = [record.id for record in self._matching(flt)]
+            if not doomed:
+                return 0, [], lambda: None
+            statements = [
+                ("DELETE FROM records WHERE id = ?", [(record_id,) for record_id in doomed]),
+                (
+                    "INSERT OR REPLACE INTO tombstones(id, seq) VALUES (?, ?)",
+                    [(record_id, seq) for record_id in doomed],
+                ),
+            ]
+
+            def apply() -> None:
+                for record_id in doomed:
+                    del self._records[record_id]
+
+            return len(doomed), statements, apply
+
+        return self._write(plan)
+
+    @_operation("reset", sync=False)
+    def reset(self) -> None:
+        def plan(seq: int) -> tuple[None, list, Callable[[], None]]:
+            epoch = self._epoch + 1
+            statements = [
+                ("DELETE FROM records", [()]),
+                ("DELETE FROM tombstones", [()]),
+                (
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                    [("dim", ""), ("epoch", str(epoch))],
+                ),
+            ]
+
+            def apply() -> None:
+                self._records = {}
+                self._dim = None
+                self._epoch = epoch
+
+            return None, statements, apply
+
+        self._write(plan)
+
+    # ----------------------------------------------------------------- reads
+
+    @_operation("search")
+    def search(
+        self, queries: Any, k: int, filter: dict | None, min_score: float | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidInputError(f"k must be an int >= 1, got {k!r}")
+        if min_score is not None and not math.isfinite(float(min_score)):
+            raise InvalidInputError(f"min_score must be finite, got {min_score!r}")
+        query_matrix = _check_matrix(queries, self._dim)
+        prepared = _Filter(filter)
+        nq = query_matrix.shape[0]
+
+        arena_ids, arena, arena_norms = self._arena_matrix()
+        if prepared.is_empty():
+            candidate_ids, candidate_matrix, candidate_norms = arena_ids, arena, arena_norms
+        else:
+            candidates = [
+                i
+                for i, record_id in enumerate(arena_ids)
+                if prepared.matches(self._records[record_id])
+            ]
+            candidate_ids = [arena_ids[i] for i in candidates]
+            candidate_matrix = arena[candidates]
+            candidate_norms = arena_norms[candidates]
+
+        out_ids: list[str] = []
+        out_scores: list[float] = []
+        offsets = np.zeros(nq + 1, dtype=np.int64)
+        if candidate_ids:
+            q64 = query_matrix.astype(np.float64)
+            query_norms = np.linalg.norm(q64, axis=1)
+            chunk = max(1, _SCORE_CHUNK_ELEMENTS // len(candidate_ids))
+            for start in range(0, nq, chunk):
+                stop = min(start + chunk, nq)
+                # cos = q.v / (|q| |v|) on the raw values: exact dot products stay exact
+                # (orthogonal vectors score exactly 0), which normalising first would lose.
+                dots = q64[start:stop] @ candidate_matrix.T
+                cosines = dots / (query_norms[start:stop, None] * candidate_norms[None, :])
+                # Rank on the float32 scores that are reported, so that equal reported
+                # scores are ordered by id as the contract says.
+                scores = cosines.astype(np.float32)
+                for row_index, row in enumerate(scores):
+                    top = self._top_k(row, candidate_ids, k, min_score)
+                    out_ids.extend(candidate_ids[i] for i in top)
+                    out_scores.extend(row[i] for i in top)
+                    offsets[start + row_index + 1] = len(out_ids)
+        ids_array = np.empty(len(out_ids), dtype=object)
+        ids_array[:] = out_ids
+        return ids_array, np.asarray(out_scores, dtype=np.float32), offsets
+
+    @staticmethod
+    def _top_k(
+        scores: np.ndarray, ids: list[str], k: int, min_score: float | None
+    ) -> list[int]:
+        """Indices of the k best: score descending, ties by id ascending."""
+        if min_score is None:
+            keep = np.arange(len(scores))
+        else:
+            keep = np.flatnonzero(scores.astype(np.float64) >= min_score)
+        if len(keep) > k:
+            # Every index whose score reaches the k-th best survives, ties included,
+            # so the exact sort below can order the boundary ties by id.
+            kth_best = np.partition(scores[keep], len(keep) - k)[len(keep) - k]
+            keep = keep[scores[keep] >= kth_best]
+        ordered = sorted(keep.tolist(), key=lambda i: (-float(scores[i]), ids[i]))
+        return ordered[:k]
+
+    @_operation("get")
+    def get(self, ids: list[str]) -> list[tuple | None]:
+        result = []
+        for record_id in ids:
+            record = self._records.get(record_id)
+            result.append(None if record is None else record.as_tuple())
+        return result
+
+    @_operation("list")
+    def list(self, filter: dict | None, offset: int, limit: int | None) -> list[tuple]:
+        if offset < 0 or (limit is not None and limit < 0):
+            raise InvalidInputError("offset and limit must be >= 0")
+        records = sorted(self._matching(filter), key=lambda r: (-r.created_at, r.id))
+        end = None if limit is None else offset + limit
+        return [record.as_tuple() for record in records[offset:end]]
+
+    @_operation("count")
+    def count(self, filter: dict | None) -> int:
+        return len(self._matching(filter))
+
+    @_operation("scopes")
+    def child_scopes(self, scope: str | None) -> list[str]:
+        return self._child_scopes(scope or "/")
+
+    def _child_scopes(self, scope: str) -> list[str]:
+        children = set()
+        for record in self._records.values():
+            child = child_of(scope, record.scope)
+            if child is not None:
+                children.add(child)
+        return sorted(children)
+
+    @_operation("scopes")
+    def category_counts(self, filter: dict | None) -> dict[str, int]:
+        counts: collections.Counter = collections.Counter()
+        for record in self._matching(filter):
+            counts.update(record.categories)
+        return dict(sorted(counts.items()))
+
+    @_operation("scopes")
+    def scope_info(self, scope: str | None) -> dict[str, Any]:
+        scope = scope or "/"
+        records = self._matching({"scope": scope})
+        categories = sorted({c for record in records for c in record.categories})
+        created = [record.created_at for record in records]
+        return {
+            "path": scope,
+            "record_count": len(records),
+            "categories": categories,
+            "oldest": min(created) if created else None,
+            "newest": max(created) if created else None,
+            "child_scopes": self._child_scopes(scope),
+        }
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._records = {}
+            self._arena = None
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                conn.close()
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            self._check_open()
+            report = {}
+            for name, samples in sorted(self._latency_us.items()):
+                values = np.fromiter(samples, dtype=np.float64)
+                p50, p95, p99 = np.percentile(values, [50, 95, 99])
+                report[name] = {
+                    "count": int(self._op_counts[name]),
+                    "mean_us": float(values.mean()),
+                    "p50_us": float(p50),
+                    "p95_us": float(p95),
+                    "p99_us": float(p99),
+                    "max_us": float(values.max()),
+                }
+            return report
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"dim={self._dim}, records={len(self._records)}"
+        return f"<ReferenceEngine path={self._path!r} {state}>"

@@ -1,0 +1,661 @@
+"""The public facade: :func:`open`, :class:`Store` and :class:`SearchResult`.
+
+The Store checks every argument (``ferromem._validate``) and converts vectors (the
+Cython ``ferromem._buffers`` when it is built, else its NumPy twin
+``ferromem._convert``) before it calls the engine, so a bad call raises a typed error
+and writes nothing. The engine is the native ``ferromem._core.Engine`` when it loads,
+else the NumPy :class:`~ferromem._reference.ReferenceEngine` (with one warning).
+"""
+
+from __future__ import annotations
+
+import array
+import builtins
+import os
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from . import _convert
+from . import _validate as check
+from ._reference import ReferenceEngine
+from .exceptions import (
+    FerromemError,
+    InvalidFilterError,
+    InvalidInputError,
+    NativeUnavailableWarning,
+    NotFoundError,
+    StorageError,
+    StoreClosedError,
+)
+from .records import Record, ScopeInfo
+
+__all__ = ["open", "Store", "SearchResult"]
+
+
+# --------------------------------------------------------------------------- data plane
+
+
+def _load_data_plane() -> Any:
+    """The compiled data plane if it is built and complete, else the NumPy twin."""
+    try:
+        from . import _buffers  # type: ignore[attr-defined]
+    except ImportError:
+        return _convert
+    if callable(getattr(_buffers, "as_matrix", None)) and callable(
+        getattr(_buffers, "as_vector", None)
+    ):
+        return _buffers
+    return _convert
+
+
+_data_plane = _load_data_plane()
+_as_matrix = _data_plane.as_matrix
+_as_vector = _data_plane.as_vector
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def _load_native() -> tuple[Any, BaseException | None]:
+    try:
+        from . import _core  # type: ignore[attr-defined]
+    except ImportError as exc:
+        return None, exc
+    if not hasattr(_core, "Engine"):
+        return None, ImportError(
+            "ferromem._core loaded but has no Engine (a partial or outdated build)"
+        )
+    return _core, None
+
+
+_core, _core_import_error = _load_native()
+_native_warning_lock = threading.Lock()
+_native_warning_issued = False
+
+_REINSTALL_HINT = (
+    "reinstall ferromem with a Rust toolchain available (https://rustup.rs), e.g. "
+    "`pip install --force-reinstall --no-binary ferromem ferromem`"
+)
+
+
+def _warn_native_unavailable() -> None:
+    """Warns once per process that the reference engine stands in for the native one."""
+    global _native_warning_issued
+    with _native_warning_lock:
+        if _native_warning_issued:
+            return
+        _native_warning_issued = True
+    warnings.warn(
+        "ferromem's native engine could not be loaded "
+        f"({type(_core_import_error).__name__}: {_core_import_error}); using the NumPy "
+        f"reference engine, which is correct but much slower. To fix it, {_REINSTALL_HINT}. "
+        "Pass engine='reference' to choose it explicitly and silence this warning.",
+        NativeUnavailableWarning,
+        stacklevel=4,  # _warn_native_unavailable <- _select_engine <- open <- caller
+    )
+
+
+def _select_engine(engine: str) -> tuple[Any, str]:
+    if engine == "reference":
+        return ReferenceEngine, "reference"
+    if _core is not None:
+        return _core.Engine, "native"
+    if engine == "native":
+        raise FerromemError(
+            f"the native engine (ferromem._core) is unavailable: {_core_import_error}. "
+            f"To fix it, {_REINSTALL_HINT}; or pass engine='reference' (NumPy, slower)."
+        ) from _core_import_error
+    _warn_native_unavailable()
+    return ReferenceEngine, "reference"
+
+
+def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
+    path: str | os.PathLike | None = None,
+    *,
+    dim: int | None = None,
+    durability: str = "normal",
+    engine: str = "auto",
+) -> Store:
+    """Opens (or creates) a store.
+
+    ``path``: the store's single SQLite file (parent directories are created), or None
+    for an in-memory store. ``dim``: the vector dimension, if known (it is otherwise fixed
+    by the first vector). ``durability``: "normal" (acknowledged writes survive a process
+    crash) or "full" (they also survive power loss; one fsync per write). ``engine``:
+    "auto" (native if it loads, else the reference engine with a warning), "native" or
+    "reference".
+    """
+    path_text = check.check_path(path)
+    dim = check.check_dim(dim)
+    durability = check.check_durability(durability)
+    engine_factory, engine_name = _select_engine(check.check_engine(engine))
+    if path_text is not None:
+        try:
+            os.makedirs(os.path.dirname(path_text), exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the directory of {path_text!r}: {exc}"
+            ) from exc
+    return Store(engine_factory(path_text, dim, durability), engine_name)
+
+
+# --------------------------------------------------------------------------- helpers
+
+_UNSET: Any = object()
+# k beyond any store size changes nothing (each query returns min(k, matches)); the
+# bound keeps a huge k from overflowing a native integer or pre-allocating.
+_MAX_K = 2**31 - 1
+
+
+def _input_ndim(obj: Any) -> int:
+    """The number of dimensions of a vector argument, without converting it."""
+    ndim = getattr(obj, "ndim", None)
+    if isinstance(ndim, int):
+        return ndim
+    if isinstance(obj, (list, tuple)):
+        if not obj:
+            return 1
+        first = obj[0]
+        if isinstance(first, (list, tuple, array.array, memoryview)):
+            return 2
+        first_ndim = getattr(first, "ndim", None)
+        return 1 + first_ndim if isinstance(first_ndim, int) and first_ndim > 0 else 1
+    try:
+        return memoryview(obj).ndim
+    except TypeError:
+        return 1  # not a vector at all: the conversion reports it
+
+
+def _query_matrix(query: Any, dim: int | None) -> tuple[np.ndarray, bool]:
+    """(queries as (nq, dim) float32, True when the caller passed a single vector)."""
+    if _input_ndim(query) == 1:
+        return _as_vector(query, dim).reshape(1, -1), True
+    return _as_matrix(query, dim), False
+
+
+class SearchResult:
+    """The results of one query, best first: ``ids`` (object array of str) and ``scores``
+    (float32 cosine similarities). ``len``, iteration (``(id, score)`` pairs), indexing
+    and ``records()`` (the full records, fetched on demand)."""
+
+    __slots__ = ("ids", "scores", "_store")
+
+    def __init__(self, ids: np.ndarray, scores: np.ndarray, store: Store):
+        self.ids = ids
+        self.scores = scores
+        self._store = store
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __bool__(self) -> bool:
+        return len(self.ids) > 0
+
+    def __iter__(self) -> Iterator[tuple[str, float]]:
+        for record_id, score in zip(self.ids, self.scores):
+            yield record_id, float(score)
+
+    def __getitem__(self, index: int | slice) -> tuple[str, float] | SearchResult:
+        if isinstance(index, slice):
+            return SearchResult(self.ids[index], self.scores[index], self._store)
+        return self.ids[index], float(self.scores[index])
+
+    def records(self) -> list[Record | None]:
+        """The records in rank order, aligned with ``ids``; a record deleted since the
+        search is None in its place."""
+        if not len(self.ids):
+            return []
+        return self._store.get_many(self.ids.tolist())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"({i!r}, {s:.4f})" for i, s in list(self)[:5])
+        more = f", ... {len(self) - 5} more" if len(self) > 5 else ""
+        return f"SearchResult([{shown}{more}])"
+
+
+# --------------------------------------------------------------------------- store
+
+
+class Store:
+    """A vector memory store. Create one with :func:`ferromem.open`.
+
+    Thread-safe: any number of threads may call one Store at once.
+    """
+
+    def __init__(self, engine: Any, engine_name: str):
+        self._engine = engine
+        self._engine_name = engine_name
+        self._closed = False
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def dim(self) -> int | None:
+        """The vector dimension, or None until the first vector (or ``dim=``) fixes it."""
+        self._check_open()
+        return self._engine.dim
+
+    @property
+    def path(self) -> str | None:
+        """The store's file, or None for an in-memory store."""
+        path = self._engine.path
+        return None if path is None else os.fspath(path)
+
+    @property
+    def engine(self) -> str:
+        """"native" or "reference"."""
+        return self._engine_name
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(
+                "the store is closed; open it again with ferromem.open(path) to use it"
+            )
+
+    # ----------------------------------------------------------------- writes
+
+    def add(
+        self,
+        ids: Any,
+        vectors: Any,
+        *,
+        contents: Any = None,
+        scopes: Any = None,
+        categories: Any = None,
+        metadata: Any = None,
+        importance: Any = None,
+        created_at: Any = None,
+        last_accessed: Any = None,
+        sources: Any = None,
+        private: Any = None,
+    ) -> list[str]:
+        """Adds new records; an id that already exists raises DuplicateIdError and
+        nothing is written. Single form: ``ids`` a str (or None with one vector) and
+        scalar fields. Batch form: ``ids`` a list (or None with a matrix) and each field
+        a list of one value per record or one value for all. Returns the ids."""
+        return self._write(
+            "insert", ids, vectors, contents, scopes, categories, metadata, importance,
+            created_at, last_accessed, sources, private,
+        )
+
+    def upsert(
+        self,
+        ids: Any,
+        vectors: Any,
+        *,
+        contents: Any = None,
+        scopes: Any = None,
+        categories: Any = None,
+        metadata: Any = None,
+        importance: Any = None,
+        created_at: Any = None,
+        last_accessed: Any = None,
+        sources: Any = None,
+        private: Any = None,
+    ) -> list[str]:
+        """Like :meth:`add`, but an existing id is replaced (the whole record)."""
+        return self._write(
+            "upsert", ids, vectors, contents, scopes, categories, metadata, importance,
+            created_at, last_accessed, sources, private,
+        )
+
+    def _write(
+        self,
+        mode: str,
+        ids: Any,
+        vectors: Any,
+        contents: Any,
+        scopes: Any,
+        categories: Any,
+        metadata: Any,
+        importance: Any,
+        created_at: Any,
+        last_accessed: Any,
+        sources: Any,
+        private: Any,
+    ) -> list[str]:
+        self._check_open()
+        dim = self._engine.dim
+        single = isinstance(ids, str) or (ids is None and _input_ndim(vectors) == 1)
+        if single:
+            id_list = [uuid.uuid4().hex if ids is None else check.check_id(ids)]
+            matrix = _as_vector(vectors, dim).reshape(1, -1)
+        elif ids is None:
+            matrix = _as_matrix(vectors, dim)
+            id_list = [uuid.uuid4().hex for _ in range(matrix.shape[0])]
+        else:
+            id_list = check.check_id_list(ids)
+            if not id_list:
+                return self._empty_batch(vectors)
+            duplicate = check.find_duplicate(id_list)
+            if duplicate is not None:
+                raise InvalidInputError(
+                    f"id {duplicate!r} appears more than once in this batch; ids in one "
+                    "call must be unique"
+                )
+            matrix = _as_matrix(vectors, dim)
+            if matrix.shape[0] != len(id_list):
+                raise InvalidInputError(
+                    f"{len(id_list)} ids but {matrix.shape[0]} vectors; pass one vector per id"
+                )
+        fields = check.record_fields(
+            len(id_list),
+            single,
+            contents=contents,
+            scopes=scopes,
+            categories=categories,
+            metadata=metadata,
+            importance=importance,
+            created_at=created_at,
+            last_accessed=last_accessed,
+            sources=sources,
+            private=private,
+            now=time.time(),
+        )
+        self._engine.upsert(
+            id_list,
+            matrix,
+            fields["contents"],
+            fields["scopes"],
+            fields["categories"],
+            fields["metadata_json"],
+            fields["importance"],
+            fields["created_at"],
+            fields["last_accessed"],
+            fields["sources"],
+            fields["private"],
+            mode,
+        )
+        return id_list
+
+    @staticmethod
+    def _empty_batch(vectors: Any) -> list[str]:
+        """An empty batch writes nothing, provided it also has no vectors."""
+        try:
+            n_vectors = len(vectors)
+        except TypeError:
+            n_vectors = -1
+        if n_vectors != 0:
+            raise InvalidInputError(
+                "ids is an empty list but vectors were given; pass one id per vector"
+            )
+        return []
+
+    def update(
+        self,
+        id: str,
+        *,
+        content: Any = _UNSET,
+        scope: Any = _UNSET,
+        categories: Any = _UNSET,
+        metadata: Any = _UNSET,
+        importance: Any = _UNSET,
+        created_at: Any = _UNSET,
+        last_accessed: Any = _UNSET,
+        source: Any = _UNSET,
+        private: Any = _UNSET,
+        vector: Any = _UNSET,
+    ) -> Record:
+        """Changes only the fields passed (``source=None`` sets None) and returns the
+        updated record. A missing id raises NotFoundError."""
+        self._check_open()
+        record_id = check.check_id(id)
+        fields: dict[str, Any] = {}
+        if content is not _UNSET:
+            fields["content"] = check.check_text(content, "content")
+        if scope is not _UNSET:
+            fields["scope"] = check.check_scope(scope)
+        if categories is not _UNSET:
+            fields["categories"] = check.check_categories(categories)
+        if metadata is not _UNSET:
+            fields["metadata_json"] = check.metadata_json(metadata)
+        if importance is not _UNSET:
+            fields["importance"] = check.check_real(importance, "importance")
+        if created_at is not _UNSET:
+            fields["created_at"] = check.check_timestamp(created_at, "created_at")
+        if last_accessed is not _UNSET:
+            fields["last_accessed"] = check.check_timestamp(last_accessed, "last_accessed")
+        if source is not _UNSET:
+            fields["source"] = check.check_source(source)
+        if private is not _UNSET:
+            fields["private"] = check.check_bool(private, "private")
+        if vector is not _UNSET:
+            fields["vector"] = _as_vector(vector, self._engine.dim)
+        if fields and not self._engine.update(record_id, fields):
+            raise NotFoundError(f"no record with id {record_id!r}; use add() to create it")
+        record = self.get(record_id)
+        if record is None:
+            raise NotFoundError(f"no record with id {record_id!r}; use add() to create it")
+        return record
+
+    def touch(self, ids: Any, at: Any = None) -> int:
+        """Sets last_accessed of the given ids (now by default); returns how many exist."""
+        self._check_open()
+        id_list = check.ids_or_single(ids)
+        when = time.time() if at is None else check.check_timestamp(at, "at")
+        if not id_list:
+            return 0
+        return int(self._engine.touch(id_list, when))
+
+    def delete(
+        self,
+        ids: Any = None,
+        *,
+        scope: Any = None,
+        categories: Any = None,
+        where: Any = None,
+        source: Any = None,
+        older_than: Any = None,
+    ) -> int:
+        """Deletes the records matching ALL the criteria given; returns how many.
+
+        At least one criterion is required: use :meth:`reset` to delete everything.
+        """
+        self._check_open()
+        id_list = None if ids is None else check.ids_or_single(ids)
+        flt = check.build_filter(
+            scope=scope, categories=categories, where=where, source=source,
+            older_than=older_than,
+        )
+        # A scope of "/" matches everything, so it does not count as a criterion: a
+        # caller passing the root scope through must not wipe the store by accident.
+        restricting = {k: v for k, v in flt.items() if not (k == "scope" and v == "/")}
+        if id_list is None and not restricting:
+            raise InvalidFilterError(
+                "delete() needs at least one criterion (ids, scope other than '/', "
+                "categories, where, source or older_than); use reset() to delete everything"
+            )
+        if id_list == []:
+            return 0
+        return int(self._engine.delete(id_list, restricting or None))
+
+    def reset(self) -> None:
+        """Deletes every record; the dimension is free again."""
+        self._check_open()
+        self._engine.reset()
+
+    # ----------------------------------------------------------------- reads
+
+    def search(
+        self,
+        query: Any,
+        k: int = 10,
+        *,
+        scope: Any = None,
+        categories: Any = None,
+        where: Any = None,
+        source: Any = None,
+        include_private: Any = True,
+        visible_to: Any = None,
+        min_score: Any = None,
+    ) -> SearchResult | list[SearchResult]:
+        """The k most similar records (cosine similarity, best first, ties by id).
+
+        A single vector gives a :class:`SearchResult`; a matrix of queries gives one per
+        row, computed in one batched call. Filters are applied before ranking, so each
+        query returns min(k, matches) results (fewer only through ``min_score``).
+        """
+        self._check_open()
+        k = check.check_k(k)
+        min_score = check.check_min_score(min_score)
+        flt = check.build_filter(
+            scope=scope, categories=categories, where=where, source=source,
+            include_private=include_private, visible_to=visible_to,
+        )
+        queries, single = _query_matrix(query, self._engine.dim)
+        ids, scores, offsets = self._engine.search(queries, min(k, _MAX_K), flt, min_score)
+        results = [
+            SearchResult(ids[offsets[i]:offsets[i + 1]], scores[offsets[i]:offsets[i + 1]], self)
+            for i in range(queries.shape[0])
+        ]
+        return results[0] if single else results
+
+    def get(self, id: str) -> Record | None:
+        """The record with this id, or None."""
+        self._check_open()
+        row = self._engine.get([check.check_id(id)])[0]
+        return None if row is None else Record._from_tuple(row)
+
+    def get_many(self, ids: Any) -> list[Record | None]:
+        """The records with these ids, in the same order (None where missing)."""
+        self._check_open()
+        rows = self._engine.get(check.check_id_list(ids))
+        return [None if row is None else Record._from_tuple(row) for row in rows]
+
+    def list(
+        self,
+        *,
+        scope: Any = None,
+        categories: Any = None,
+        where: Any = None,
+        source: Any = None,
+        include_private: Any = True,
+        visible_to: Any = None,
+        offset: Any = 0,
+        limit: Any = None,
+    ) -> builtins.list[Record]:
+        """The matching records, newest first (created_at descending, ties by id)."""
+        self._check_open()
+        flt = check.build_filter(
+            scope=scope, categories=categories, where=where, source=source,
+            include_private=include_private, visible_to=visible_to,
+        )
+        offset = check.check_offset(offset)
+        limit = check.check_limit(limit)
+        if limit == 0:
+            return []
+        return [Record._from_tuple(row) for row in self._engine.list(flt, offset, limit)]
+
+    def count(
+        self,
+        *,
+        scope: Any = None,
+        categories: Any = None,
+        where: Any = None,
+        source: Any = None,
+        include_private: Any = True,
+        visible_to: Any = None,
+    ) -> int:
+        """How many records match."""
+        self._check_open()
+        flt = check.build_filter(
+            scope=scope, categories=categories, where=where, source=source,
+            include_private=include_private, visible_to=visible_to,
+        )
+        return int(self._engine.count(flt))
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def child_scopes(self, scope: Any = "/") -> builtins.list[str]:
+        """The direct child scopes of ``scope`` that hold records (at or below them)."""
+        self._check_open()
+        return builtins.list(self._engine.child_scopes(check.scope_argument(scope)))
+
+    def category_counts(
+        self,
+        *,
+        scope: Any = None,
+        categories: Any = None,
+        where: Any = None,
+        source: Any = None,
+        include_private: Any = True,
+        visible_to: Any = None,
+    ) -> dict[str, int]:
+        """How many matching records have each category."""
+        self._check_open()
+        flt = check.build_filter(
+            scope=scope, categories=categories, where=where, source=source,
+            include_private=include_private, visible_to=visible_to,
+        )
+        return dict(self._engine.category_counts(flt))
+
+    def scope_info(self, scope: Any = "/") -> ScopeInfo:
+        """A summary of the records at or below ``scope``."""
+        self._check_open()
+        info = self._engine.scope_info(check.scope_argument(scope))
+        return ScopeInfo(
+            path=info["path"],
+            record_count=int(info["record_count"]),
+            categories=tuple(info["categories"]),
+            oldest=info["oldest"],
+            newest=info["newest"],
+            child_scopes=tuple(info["child_scopes"]),
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """Engine, record count, dimension and per-operation latencies in microseconds
+        (``operations``: {name: {count, p50_us, p95_us, p99_us, max_us, ...}})."""
+        self._check_open()
+        raw = dict(self._engine.stats())
+        nested = raw.get("operations")
+        if isinstance(nested, dict):
+            # The engine wraps its per-operation table with facts of its own (memory,
+            # disk, SIMD ISA): keep those next to ours.
+            operations = dict(nested)
+            extras = {
+                key: value
+                for key, value in raw.items()
+                if key not in ("operations", "engine", "records", "dim")
+            }
+        else:
+            operations, extras = raw, {}
+        return {
+            "engine": self._engine_name,
+            "records": int(self._engine.count({})),
+            "dim": self._engine.dim,
+            **extras,
+            "operations": operations,
+        }
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Closes the store; closing twice is harmless. Further calls raise
+        StoreClosedError."""
+        if self._closed:
+            return
+        self._closed = True
+        self._engine.close()
+
+    def __enter__(self) -> Store:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<ferromem.Store path={self.path!r} engine={self._engine_name} closed>"
+        return f"<ferromem.Store path={self.path!r} engine={self._engine_name} dim={self.dim}>"

@@ -1,0 +1,95 @@
+"""Shared fixtures: a ``store`` for every engine (native, reference) and every storage
+(in-memory, on disk), plus helpers to compare a store's whole content before and after
+a call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ferromem
+
+
+def _native_engine_status() -> tuple[bool, str]:
+    try:
+        from ferromem import _core
+    except ImportError as exc:
+        return False, f"ferromem._core is not importable ({exc}); build it with a Rust toolchain"
+    if not hasattr(_core, "Engine"):
+        return False, "ferromem._core has no Engine yet (partial build)"
+    return True, ""
+
+
+NATIVE_AVAILABLE, NATIVE_SKIP_REASON = _native_engine_status()
+
+ENGINES = ["native", "reference"]
+STORAGES = ["memory", "disk"]
+
+
+@pytest.fixture(params=ENGINES)
+def engine_name(request: pytest.FixtureRequest) -> str:
+    if request.param == "native" and not NATIVE_AVAILABLE:
+        pytest.skip(NATIVE_SKIP_REASON)
+    return request.param
+
+
+@pytest.fixture(params=STORAGES)
+def store_path(request: pytest.FixtureRequest, tmp_path) -> str | None:
+    return None if request.param == "memory" else str(tmp_path / "store.ferro")
+
+
+@pytest.fixture
+def open_store(engine_name: str, store_path: str | None) -> Callable[..., ferromem.Store]:
+    """Opens a store of the parametrised engine and storage (closed at teardown)."""
+    opened: list[ferromem.Store] = []
+
+    def factory(**kwargs: Any) -> ferromem.Store:
+        store = ferromem.open(store_path, engine=engine_name, **kwargs)
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: Callable[..., ferromem.Store]) -> ferromem.Store:
+    return open_store()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20240611)
+
+
+def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    """n random float32 vectors of length dim, none of them zero."""
+    matrix = rng.standard_normal((n, dim)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix
+
+
+def snapshot(store: ferromem.Store) -> list[tuple]:
+    """Everything a store holds, in a comparable form (vectors as bytes)."""
+    rows = []
+    for record in store.list():
+        rows.append(
+            (
+                record.id,
+                record.content,
+                record.scope,
+                record.categories,
+                repr(sorted(record.metadata.items())),
+                record.importance,
+                record.created_at,
+                record.last_accessed,
+                record.source,
+                record.private,
+                record.vector.tobytes(),
+            )
+        )
+    return sorted(rows)
