@@ -141,7 +141,9 @@ impl Engine {
     /// The store's dimension, after catching up with other processes (one of them may
     /// have reset the store and started again at another dimension).
     pub fn dim(&self) -> Result<Option<usize>> {
-        self.read_op(Op::count, |st| Ok(st.dim))
+        self.check_open()?;
+        self.catch_up()?;
+        Ok(self.state.read().dim)
     }
 
     fn check_open(&self) -> Result<()> {
