@@ -89,7 +89,7 @@ def demo(args: argparse.Namespace) -> int:
         print(f"engine: {store.engine}")
         half = n // 2
         for m, v in zip(items[:half], vectors[:half]):
-            timed("remember (one)", store.add, m["id"], v, content=m["content"], scopes=m["scope"],
+            timed("remember (one)", store.add, m["id"], v, contents=m["content"], scopes=m["scope"],
                   categories=m["categories"], importance=m["importance"], metadata=m["metadata"])
         rest = items[half:]
         for start in range(0, len(rest), 100):

@@ -108,19 +108,16 @@ impl Engine {
             None => (Box::new(MemoryStorage), Box::new(MemoryStorage)),
             Some(p) => (Box::new(SqliteStorage::open(p, durability)?), Box::new(SqliteStorage::open(p, durability)?)),
         };
-        let snap = writer.load()?;
-        if let (Some(want), Some(have)) = (dim, snap.dim) {
+        let mut state = State::new();
+        let (epoch, seq, stored_dim) = writer.load_each(&mut |r| state.put(r.rec, &r.vector))?;
+        if let (Some(want), Some(have)) = (dim, stored_dim) {
             if want != have {
                 return Err(Error::DimensionMismatch { expected: have, got: want });
             }
         }
-        let mut state = State::new();
-        state.epoch = snap.epoch;
-        state.seq = snap.seq;
-        state.dim = snap.dim.or(dim);
-        for r in snap.records {
-            state.put(r.rec, &r.vector)?;
-        }
+        state.epoch = epoch;
+        state.seq = seq;
+        state.dim = stored_dim.or(dim);
         let engine = Engine {
             state: RwLock::new(state),
             writer: Mutex::new(Some(writer)),

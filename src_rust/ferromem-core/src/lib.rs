@@ -7,6 +7,7 @@
 //! * [`storage`]: the durable layer as a trait; SQLite (embedded) and in-memory.
 //! * [`metrics`]: per-operation latency histograms.
 
+pub mod arena;
 pub mod engine;
 pub mod error;
 pub mod filter;

@@ -1,7 +1,8 @@
-//! The in-memory replica of a store: a contiguous vector arena, the records, the id map
+//! The in-memory replica of a store: the vector arena (contiguous chunks), the records, the id map
 //! and the filter indexes. The engine guards it with one RwLock: searches share it,
 //! writes (already committed to the durable layer) take it exclusively for a moment.
 
+use crate::arena::{Arena, CHUNK_ROWS};
 use crate::filter::{child_of, scope_matches, Filter, Scalar};
 use crate::index::FilterIndexes;
 use crate::record::{metadata_scalars, Record};
@@ -32,7 +33,7 @@ pub struct State {
     /// Durable-layer position this replica reflects: reset generation and change sequence.
     pub epoch: u64,
     pub seq: u64,
-    arena: Vec<f32>,
+    arena: Arena,
     /// 1/|v| per slot; 0.0 marks a free slot (stored vectors are never all zeros).
     inv_norm: Vec<f32>,
     slots: Vec<Option<Slot>>,
@@ -102,15 +103,18 @@ impl State {
                 None => {
                     let slot = u32::try_from(self.slots.len())
                         .map_err(|_| Error::InvalidInput("a store holds at most 2^32 records".into()))?;
+                    if self.arena.rows() == 0 && self.slots.is_empty() {
+                        self.arena = Arena::new(dim);
+                    }
                     self.slots.push(None);
                     self.inv_norm.push(0.0);
-                    self.arena.resize(self.arena.len() + dim, 0.0);
+                    self.arena.push_row();
                     slot
                 }
             },
         };
         let s = slot as usize;
-        self.arena[s * dim..(s + 1) * dim].copy_from_slice(vector);
+        self.arena.row_mut(s).copy_from_slice(vector);
         self.inv_norm[s] = inverse_norm(vector);
         self.idx.insert(slot, &rec, &meta);
         self.ids.insert(rec.id.clone(), slot);
@@ -139,9 +143,8 @@ impl State {
 
     fn slot(&self, slot: u32) -> (&Record, &[f32]) {
         let s = slot as usize;
-        let dim = self.dim.unwrap_or(0);
         let rec = &self.slots[s].as_ref().expect("live slot").rec;
-        (rec, &self.arena[s * dim..(s + 1) * dim])
+        (rec, self.arena.row(s))
     }
 
     fn id_of(&self, slot: u32) -> &Arc<str> {
@@ -239,7 +242,7 @@ impl State {
             let slots_of_block: Option<&[u32]> = candidates.as_ref().map(|c| &c[start..end]);
             match slots_of_block {
                 None => {
-                    let block = &self.arena[start * dim..end * dim];
+                    let block = self.arena.block(start, end);
                     if nq == 1 {
                         simd::dot_rows(queries, block, dim, &mut scores[..n]);
                     } else {
@@ -247,8 +250,20 @@ impl State {
                     }
                 }
                 Some(slots) => {
-                    for q in 0..nq {
-                        simd::dot_gather(&queries[q * dim..(q + 1) * dim], &self.arena, dim, slots, &mut scores[q * n..(q + 1) * n]);
+                    // Candidates are in slot order: score each chunk's run of them at once.
+                    let mut i = 0;
+                    let mut local: Vec<u32> = Vec::with_capacity(slots.len());
+                    while i < slots.len() {
+                        let c = slots[i] as usize / CHUNK_ROWS;
+                        let base = (c * CHUNK_ROWS) as u32;
+                        let run = slots[i..].iter().take_while(|&&s| s as usize / CHUNK_ROWS == c).count();
+                        local.clear();
+                        local.extend(slots[i..i + run].iter().map(|&s| s - base));
+                        for q in 0..nq {
+                            let out = &mut scores[q * n + i..q * n + i + run];
+                            simd::dot_gather(&queries[q * dim..(q + 1) * dim], self.arena.chunk(c), dim, &local, out);
+                        }
+                        i += run;
                     }
                 }
             }
@@ -308,7 +323,7 @@ impl State {
 
     /// Approximate bytes held by the replica (arena, norms, ids), for stats.
     pub fn memory_bytes(&self) -> usize {
-        self.arena.capacity() * 4 + self.inv_norm.capacity() * 4 + self.slots.capacity() * std::mem::size_of::<Option<Slot>>()
+        self.arena.bytes() + self.inv_norm.capacity() * 4 + self.slots.capacity() * std::mem::size_of::<Option<Slot>>()
     }
 
     pub fn scopes(&self) -> impl Iterator<Item = &String> {

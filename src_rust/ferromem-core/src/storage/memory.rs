@@ -1,14 +1,14 @@
 //! The storage of an in-memory store: nothing to persist, nothing to catch up from.
 
-use super::{Changes, Snapshot, Storage, WriteOp};
+use super::{Changes, Storage, StoredRecord, WriteOp};
 use crate::Result;
 
 #[derive(Default)]
 pub struct MemoryStorage;
 
 impl Storage for MemoryStorage {
-    fn load(&mut self) -> Result<Snapshot> {
-        Ok(Snapshot { epoch: 0, seq: 0, dim: None, records: Vec::new() })
+    fn load_each(&mut self, _sink: &mut dyn FnMut(StoredRecord) -> Result<()>) -> Result<(u64, u64, Option<usize>)> {
+        Ok((0, 0, None))
     }
     fn maybe_changed(&mut self) -> Result<bool> {
         Ok(false)

@@ -63,7 +63,17 @@ impl Durability {
 
 pub trait Storage: Send {
     /// Reads everything, consistently.
-    fn load(&mut self) -> Result<Snapshot>;
+    fn load(&mut self) -> Result<Snapshot> {
+        let mut records = Vec::new();
+        let (epoch, seq, dim) = self.load_each(&mut |r| {
+            records.push(r);
+            Ok(())
+        })?;
+        Ok(Snapshot { epoch, seq, dim, records })
+    }
+    /// Streams every record to `sink`, consistently, and returns (epoch, seq, dim): opening
+    /// a large store never holds its vectors twice.
+    fn load_each(&mut self, sink: &mut dyn FnMut(StoredRecord) -> Result<()>) -> Result<(u64, u64, Option<usize>)>;
     /// Cheap check: may another connection have committed since the last call?
     fn maybe_changed(&mut self) -> Result<bool>;
     /// Reads what changed after (epoch, seq), consistently. Inside a write transaction it

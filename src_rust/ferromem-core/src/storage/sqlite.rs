@@ -127,6 +127,10 @@ impl SqliteStorage {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_secs(60))?;
+        // 32 KiB pages: a 1536-dim float32 vector (6 KiB) plus its text packs five to a page
+        // instead of spilling into overflow pages, so disk per record is ~1.07x its bytes
+        // (4 KiB pages: 1.34x). Takes effect only when the file is created.
+        conn.execute_batch("PRAGMA page_size=32768")?;
         let mode: String = retry_busy(|| conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::Storage(format!("could not switch {} to WAL mode (got {mode})", path.display())));
@@ -135,7 +139,8 @@ impl SqliteStorage {
             Durability::Normal => "NORMAL",
             Durability::Full => "FULL",
         };
-        conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF;"))?;
+        conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF; \
+             PRAGMA wal_autocheckpoint=256; PRAGMA journal_size_limit=8388608;"))?;
         let mut s = SqliteStorage { conn, path: path.to_path_buf(), data_version: 0, in_write: false };
         s.ensure_schema()?;
         s.data_version = s.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
@@ -190,14 +195,22 @@ impl SqliteStorage {
     }
 
     fn records_where(&self, sql_tail: &str, seq: u64) -> Result<Vec<StoredRecord>> {
+        let mut out = Vec::new();
+        self.each_record(sql_tail, seq, &mut |r| {
+            out.push(r);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn each_record(&self, sql_tail: &str, seq: u64, sink: &mut dyn FnMut(StoredRecord) -> Result<()>) -> Result<()> {
         let mut stmt = self.conn.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM records {sql_tail}"))?;
         let rows = stmt.query_map(params![seq as i64], row_to_record)?;
-        let mut out = Vec::new();
         for row in rows {
             let (rec, blob, seq) = row?;
-            out.push(StoredRecord { rec, vector: blob_to_vector(&blob)?, seq: seq as u64 });
+            sink(StoredRecord { rec, vector: blob_to_vector(&blob)?, seq: seq as u64 })?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Runs `f` inside a read transaction (a consistent snapshot), unless a write
@@ -220,8 +233,12 @@ impl SqliteStorage {
 }
 
 impl Storage for SqliteStorage {
-    fn load(&mut self) -> Result<Snapshot> {
-        self.in_read(|s| s.load_inner())
+    fn load_each(&mut self, sink: &mut dyn FnMut(StoredRecord) -> Result<()>) -> Result<(u64, u64, Option<usize>)> {
+        self.in_read(|s| {
+            let meta = s.meta()?;
+            s.each_record("WHERE seq >= ?1", 0, sink)?;
+            Ok(meta)
+        })
     }
 
     fn maybe_changed(&mut self) -> Result<bool> {
