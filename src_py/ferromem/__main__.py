@@ -148,6 +148,9 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def stats_cmd(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.path):
+        print(f"ferromem stats: no store at {args.path}", file=sys.stderr)
+        return 2
     with ferromem.open(args.path) as store:
         s = store.stats()
         s["scopes"] = store.child_scopes("/")
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("path")
     s.set_defaults(func=stats_cmd)
     args = parser.parse_args(argv)
-    if getattr(args, "n", 1) < 4:
+    if args.command == "demo" and args.n < 4:
         parser.error("--n must be at least 4")
     return args.func(args)
 
