@@ -81,17 +81,20 @@ def run_one(n: int, dim: int, reps: int, seconds: float) -> dict:
         del all_vectors
         out["disk_per_record"] = store.stats().get("disk_bytes", 0) / n if store.engine == "native" else None
         out["vector_bytes"] = dim * 4
-        # RSS per record of an open store: close, then measure what reopening adds.
+        # RSS of an open store and the time to open it, in a fresh process (this one's
+        # allocator keeps memory freed by the load, which would hide the store's own).
         store.close()
-        import gc
-
-        gc.collect()
-        rss0 = rss_bytes()
-        t0 = time.perf_counter()
+        probe = (
+            "import os, sys, time, ferromem\n"
+            "rss = lambda: int(open(f'/proc/{os.getpid()}/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
+            "r0 = rss(); t = time.perf_counter(); s = ferromem.open(sys.argv[1]); s.count()\n"
+            "print(time.perf_counter() - t, rss() - r0)\n"
+        )
+        res = subprocess.run([sys.executable, "-c", probe, path], capture_output=True, text=True, check=True)
+        open_s, rss_delta = res.stdout.split()
+        out["open_s"] = float(open_s)
+        out["rss_per_record"] = int(rss_delta) / n
         store = ferromem.open(path)
-        out["open_s"] = time.perf_counter() - t0
-        out["rss_per_record"] = (rss_bytes() - rss0) / n
-
         saves = []
         for i in range(reps):
             v = unit_rows(rng, 1, dim)[0]
