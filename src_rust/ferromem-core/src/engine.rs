@@ -226,6 +226,22 @@ impl Engine {
         r
     }
 
+    /// Starts an exclusive write transaction and brings the replica up to the latest
+    /// commit inside it, so what the caller computes next is against the newest state.
+    /// Rolls back on error.
+    fn begin_caught_up(&self, w: &mut dyn Storage) -> Result<()> {
+        w.begin_write()?;
+        let (epoch, seq) = {
+            let st = self.state.read();
+            (st.epoch, st.seq)
+        };
+        let caught_up = w.changes_since(epoch, seq).and_then(|c| self.apply_changes(c));
+        if caught_up.is_err() {
+            w.rollback();
+        }
+        caught_up
+    }
+
     /// One durable write: inside an exclusive transaction, catch up, let `build` compute the
     /// changes against the latest state (validation happens there), write, commit, then
     /// apply to the replica. Any error rolls everything back.
@@ -234,14 +250,8 @@ impl Engine {
         self.check_open()?;
         let mut guard = self.writer.lock();
         let w = guard.as_mut().ok_or(Error::Closed)?;
-        w.begin_write()?;
+        self.begin_caught_up(w.as_mut())?;
         let staged = (|| {
-            let (epoch, seq) = {
-                let st = self.state.read();
-                (st.epoch, st.seq)
-            };
-            let changes = w.changes_since(epoch, seq)?;
-            self.apply_changes(changes)?;
             let st = self.state.read();
             let (ops, out) = build(&st)?;
             if ops.is_empty() {
@@ -470,19 +480,13 @@ impl Engine {
         self.check_open()?;
         let mut guard = self.writer.lock();
         let w = guard.as_mut().ok_or(Error::Closed)?;
-        w.begin_write()?;
-        let staged = (|| {
-            let (epoch, seq) = {
-                let st = self.state.read();
-                (st.epoch, st.seq)
-            };
-            self.apply_changes(w.changes_since(epoch, seq)?)?;
+        self.begin_caught_up(w.as_mut())?;
+        let staged = {
             let st = self.state.read();
             let (epoch, seq) = (st.epoch + 1, st.seq + 1);
             drop(st);
-            w.reset(epoch, seq)?;
-            Ok((epoch, seq))
-        })();
+            w.reset(epoch, seq).map(|()| (epoch, seq))
+        };
         let (epoch, seq) = match staged {
             Ok(v) => v,
             Err(e) => {
