@@ -8,15 +8,22 @@
 /// Rows per chunk; a multiple of the search block size so no block straddles two chunks.
 pub const CHUNK_ROWS: usize = 4096;
 
-#[derive(Default)]
-pub struct Arena {
+/// Rows of `dim` values of `T`: f32 for the vectors as stored, u16 (binary16 bits) for the
+/// normalised half-precision copy the search pre-scans.
+pub struct Arena<T = f32> {
     dim: usize,
     rows: usize,
-    chunks: Vec<Box<[f32]>>,
+    chunks: Vec<Box<[T]>>,
 }
 
-impl Arena {
-    pub fn new(dim: usize) -> Arena {
+impl<T> Default for Arena<T> {
+    fn default() -> Self {
+        Arena { dim: 0, rows: 0, chunks: Vec::new() }
+    }
+}
+
+impl<T: Copy + Default> Arena<T> {
+    pub fn new(dim: usize) -> Arena<T> {
         Arena { dim, rows: 0, chunks: Vec::new() }
     }
 
@@ -28,24 +35,24 @@ impl Arena {
     pub fn push_row(&mut self) -> usize {
         if self.rows == self.chunks.len() * CHUNK_ROWS {
             // alloc_zeroed: pages are committed only when a row is written.
-            self.chunks.push(vec![0.0f32; CHUNK_ROWS * self.dim].into_boxed_slice());
+            self.chunks.push(vec![T::default(); CHUNK_ROWS * self.dim].into_boxed_slice());
         }
         self.rows += 1;
         self.rows - 1
     }
 
-    pub fn row(&self, r: usize) -> &[f32] {
+    pub fn row(&self, r: usize) -> &[T] {
         let off = (r % CHUNK_ROWS) * self.dim;
         &self.chunks[r / CHUNK_ROWS][off..off + self.dim]
     }
 
-    pub fn row_mut(&mut self, r: usize) -> &mut [f32] {
+    pub fn row_mut(&mut self, r: usize) -> &mut [T] {
         let off = (r % CHUNK_ROWS) * self.dim;
         &mut self.chunks[r / CHUNK_ROWS][off..off + self.dim]
     }
 
     /// Rows start..end, contiguous; they must lie in one chunk.
-    pub fn block(&self, start: usize, end: usize) -> &[f32] {
+    pub fn block(&self, start: usize, end: usize) -> &[T] {
         let c = start / CHUNK_ROWS;
         debug_assert!(end == start || (end - 1) / CHUNK_ROWS == c, "a block straddles two chunks");
         let base = c * CHUNK_ROWS;
@@ -53,13 +60,13 @@ impl Arena {
     }
 
     /// The whole chunk `c` (all CHUNK_ROWS rows, used or not).
-    pub fn chunk(&self, c: usize) -> &[f32] {
+    pub fn chunk(&self, c: usize) -> &[T] {
         &self.chunks[c]
     }
 
     /// Bytes of the rows in use.
     pub fn bytes(&self) -> usize {
-        self.rows * self.dim * 4
+        self.rows * self.dim * std::mem::size_of::<T>()
     }
 }
 
@@ -69,7 +76,7 @@ mod tests {
 
     #[test]
     fn rows_span_chunks() {
-        let mut a = Arena::new(3);
+        let mut a: Arena<f32> = Arena::new(3);
         for i in 0..CHUNK_ROWS + 10 {
             let r = a.push_row();
             assert_eq!(r, i);

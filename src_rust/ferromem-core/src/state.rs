@@ -26,6 +26,22 @@ struct Slot {
 const BLOCK_ROWS: usize = 1024;
 /// Below this many multiply-adds a scan stays on the calling thread (spawning costs more).
 const PARALLEL_MIN_FLOPS: usize = 4_000_000;
+/// Scans of at least this many values use the half-precision pre-scan (smaller ones are
+/// cache-resident, where the second phase would cost more than it saves).
+const PRESCAN_MIN_VALUES: usize = 1 << 20;
+/// Batches larger than this skip the pre-scan: the f32 multi-query kernel reads each row
+/// once for the whole batch, which beats one half-precision pass per query.
+const PRESCAN_MAX_QUERIES: usize = 2;
+/// Candidates beyond k kept by the pre-scan, so that the exactness check rarely fails.
+const PRESCAN_EXTRA: usize = 32;
+
+/// What a scan computes: exact cosine scores in f32, or dot products of the unit query
+/// with the half-precision unit rows (phase one of `State::search`).
+#[derive(Clone, Copy)]
+enum Scan<'a> {
+    Exact { q_inv: &'a [f32], min_score: Option<f32> },
+    Half,
+}
 
 #[derive(Default)]
 pub struct State {
@@ -34,6 +50,8 @@ pub struct State {
     pub epoch: u64,
     pub seq: u64,
     arena: Arena,
+    /// The normalised vectors in binary16, scanned first by large searches.
+    half: Arena<u16>,
     /// 1/|v| per slot; 0.0 marks a free slot (stored vectors are never all zeros).
     inv_norm: Vec<f32>,
     slots: Vec<Option<Slot>>,
@@ -105,17 +123,22 @@ impl State {
                         .map_err(|_| Error::InvalidInput("a store holds at most 2^32 records".into()))?;
                     if self.arena.rows() == 0 && self.slots.is_empty() {
                         self.arena = Arena::new(dim);
+                        self.half = Arena::new(dim);
                     }
                     self.slots.push(None);
                     self.inv_norm.push(0.0);
                     self.arena.push_row();
+                    self.half.push_row();
                     slot
                 }
             },
         };
         let s = slot as usize;
         self.arena.row_mut(s).copy_from_slice(vector);
-        self.inv_norm[s] = inverse_norm(vector);
+        let inv = inverse_norm(vector);
+        self.inv_norm[s] = inv;
+        let unit: Vec<f32> = vector.iter().map(|x| x * inv).collect();
+        simd::half::to_f16_bits(&unit, self.half.row_mut(s));
         self.idx.insert(slot, &rec, &meta);
         self.ids.insert(rec.id.clone(), slot);
         self.live.insert(slot);
@@ -227,6 +250,15 @@ impl State {
 
     /// Exact top-k by cosine for each query of `queries` (nq rows of `dim`), over the records
     /// matching `f` (selected from the indexes first), with scores >= `min_score`.
+    ///
+    /// Large scans run in two phases that keep the result exact. Phase one scans the
+    /// half-precision copy of the normalised vectors (half the bytes of a memory-bound scan)
+    /// for the best `k + PRESCAN_EXTRA` candidates. Phase two scores those in f32 exactly as
+    /// the one-phase scan does. Any record left out scored at most `a_min` in phase one, so
+    /// at most `a_min + eps` exactly (`prescan_error_bound`); when that is below the k-th
+    /// exact score (or below `min_score`), nothing left out can enter the top-k and the
+    /// answer is the exact one. Otherwise (ties at the cut, near-duplicates) that query is
+    /// answered by the one-phase f32 scan.
     pub fn search(&self, queries: &[f32], nq: usize, k: usize, f: &Filter, min_score: Option<f32>) -> Vec<Vec<Hit>> {
         let Some(dim) = self.dim else { return vec![Vec::new(); nq] };
         if self.is_empty() || k == 0 {
@@ -235,13 +267,60 @@ impl State {
         let q_inv: Vec<f32> = queries.chunks_exact(dim).map(inverse_norm).collect();
         let candidates = if f.is_empty() { None } else { Some(self.select(f)) };
         let rows = candidates.as_ref().map_or(self.slots.len(), |c| c.len());
+        let exact_score = |q: usize, slot: u32| -> f32 {
+            let dot = simd::dot_f32(&queries[q * dim..(q + 1) * dim], self.arena.row(slot as usize));
+            (dot * self.inv_norm[slot as usize] * q_inv[q]).clamp(-1.0, 1.0)
+        };
+        let finish = |mut hits: Vec<(f32, u32)>| -> Vec<Hit> {
+            hits.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| self.id_of(a.1).cmp(self.id_of(b.1))));
+            hits.into_iter().map(|(s, slot)| (self.id_of(slot).clone(), s)).collect()
+        };
+        let k1 = k.saturating_add(PRESCAN_EXTRA);
+        if rows.saturating_mul(dim) < PRESCAN_MIN_VALUES || rows <= k1 || nq > PRESCAN_MAX_QUERIES {
+            let heaps = self.scan(queries, nq, dim, k, candidates.as_deref(), Scan::Exact { q_inv: &q_inv, min_score });
+            return heaps.into_iter().map(|h| finish(h.into_entries())).collect();
+        }
+        let unit: Vec<f32> = queries.chunks_exact(dim).zip(&q_inv).flat_map(|(q, &inv)| q.iter().map(move |x| x * inv)).collect();
+        let approx = self.scan(&unit, nq, dim, k1, candidates.as_deref(), Scan::Half);
+        let eps = simd::half::prescan_error_bound(dim);
+        approx
+            .into_iter()
+            .enumerate()
+            .map(|(q, heap)| {
+                let kept = heap.into_entries();
+                // A heap that is not full holds every live candidate: nothing was left out.
+                let complete = kept.len() < k1;
+                let a_min = kept.iter().map(|e| e.0).fold(f32::INFINITY, f32::min);
+                let mut exact: Vec<(f32, u32)> = kept.iter().map(|&(_, slot)| (exact_score(q, slot), slot)).collect();
+                if let Some(m) = min_score {
+                    exact.retain(|e| e.0 >= m);
+                }
+                exact.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| self.id_of(a.1).cmp(self.id_of(b.1))));
+                // The score a record left out would have to reach to change the answer.
+                let bar = if exact.len() >= k { Some(exact[k - 1].0) } else { min_score };
+                if complete || bar.is_some_and(|bar| a_min + eps < bar) {
+                    exact.truncate(k);
+                    finish(exact)
+                } else {
+                    let q_one = &queries[q * dim..(q + 1) * dim];
+                    let heaps = self.scan(q_one, 1, dim, k, candidates.as_deref(), Scan::Exact { q_inv: &q_inv[q..q + 1], min_score });
+                    finish(heaps.into_iter().next().expect("one query").into_entries())
+                }
+            })
+            .collect()
+    }
+
+    /// Top-`k` heaps, one per query, over `candidates` (or every slot), in blocks of rows
+    /// that the cores share when the scan is large.
+    fn scan(&self, queries: &[f32], nq: usize, dim: usize, k: usize, candidates: Option<&[u32]>, mode: Scan<'_>) -> Vec<TopK> {
+        let rows = candidates.map_or(self.slots.len(), |c| c.len());
         let blocks: Vec<(usize, usize)> = (0..rows).step_by(BLOCK_ROWS).map(|s| (s, (s + BLOCK_ROWS).min(rows))).collect();
         let scan_block = |heaps: &mut Vec<TopK>, scores: &mut Vec<f32>, (start, end): (usize, usize)| {
             let n = end - start;
             scores.resize(n * nq, 0.0);
-            let slots_of_block: Option<&[u32]> = candidates.as_ref().map(|c| &c[start..end]);
-            match slots_of_block {
-                None => {
+            let slots_of_block: Option<&[u32]> = candidates.map(|c| &c[start..end]);
+            match (slots_of_block, mode) {
+                (None, Scan::Exact { .. }) => {
                     let block = self.arena.block(start, end);
                     if nq == 1 {
                         simd::dot_rows(queries, block, dim, &mut scores[..n]);
@@ -249,7 +328,13 @@ impl State {
                         simd::dot_rows_multi(queries, nq, block, dim, n, &mut scores[..n * nq]);
                     }
                 }
-                Some(slots) => {
+                (None, Scan::Half) => {
+                    let block = self.half.block(start, end);
+                    for q in 0..nq {
+                        simd::half::dot_rows_f16(&queries[q * dim..(q + 1) * dim], block, dim, &mut scores[q * n..(q + 1) * n]);
+                    }
+                }
+                (Some(slots), mode) => {
                     // Candidates are in slot order: score each chunk's run of them at once.
                     let mut i = 0;
                     let mut local: Vec<u32> = Vec::with_capacity(slots.len());
@@ -260,8 +345,12 @@ impl State {
                         local.clear();
                         local.extend(slots[i..i + run].iter().map(|&s| s - base));
                         for q in 0..nq {
+                            let query = &queries[q * dim..(q + 1) * dim];
                             let out = &mut scores[q * n + i..q * n + i + run];
-                            simd::dot_gather(&queries[q * dim..(q + 1) * dim], self.arena.chunk(c), dim, &local, out);
+                            match mode {
+                                Scan::Exact { .. } => simd::dot_gather(query, self.arena.chunk(c), dim, &local, out),
+                                Scan::Half => simd::half::dot_gather_f16(query, self.half.chunk(c), dim, &local, out),
+                            }
                         }
                         i += run;
                     }
@@ -275,16 +364,23 @@ impl State {
                     if inv == 0.0 {
                         continue; // free slot
                     }
-                    let score = (scores[q * n + i] * inv * q_inv[q]).clamp(-1.0, 1.0);
-                    if min_score.is_some_and(|m| score < m) {
-                        continue;
-                    }
+                    let raw = scores[q * n + i];
+                    let score = match mode {
+                        Scan::Exact { q_inv, min_score } => {
+                            let s = (raw * inv * q_inv[q]).clamp(-1.0, 1.0);
+                            if min_score.is_some_and(|m| s < m) {
+                                continue;
+                            }
+                            s
+                        }
+                        Scan::Half => raw,
+                    };
                     heap.offer(score, slot, |a, b| self.id_of(a) < self.id_of(b));
                 }
             }
         };
         let new_heaps = || (0..nq).map(|_| TopK::new(k)).collect::<Vec<_>>();
-        let heaps = if rows * dim * nq >= PARALLEL_MIN_FLOPS && blocks.len() > 1 {
+        if rows * dim * nq >= PARALLEL_MIN_FLOPS && blocks.len() > 1 {
             blocks
                 .par_iter()
                 .fold(
@@ -310,20 +406,12 @@ impl State {
                 scan_block(&mut heaps, &mut scores, b);
             }
             heaps
-        };
-        heaps
-            .into_iter()
-            .map(|h| {
-                let mut hits: Vec<(f32, u32)> = h.into_entries();
-                hits.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| self.id_of(a.1).cmp(self.id_of(b.1))));
-                hits.into_iter().map(|(s, slot)| (self.id_of(slot).clone(), s)).collect()
-            })
-            .collect()
+        }
     }
 
     /// Approximate bytes held by the replica (arena, norms, ids), for stats.
     pub fn memory_bytes(&self) -> usize {
-        self.arena.bytes() + self.inv_norm.capacity() * 4 + self.slots.capacity() * std::mem::size_of::<Option<Slot>>()
+        self.arena.bytes() + self.half.bytes() + self.inv_norm.capacity() * 4 + self.slots.capacity() * std::mem::size_of::<Option<Slot>>()
     }
 
     pub fn scopes(&self) -> impl Iterator<Item = &String> {

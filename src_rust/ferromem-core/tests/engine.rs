@@ -166,3 +166,89 @@ fn garbage_file_is_corrupt_not_a_panic() {
         Ok(_) => panic!("opened garbage"),
     }
 }
+
+/// Large scans take the two-phase path (half-precision pre-scan, exact re-score). Its
+/// answer must be bit-identical to scoring every matching record in f32, including ties
+/// at the k-th place (exact duplicates) and near-duplicates closer than the f16 error.
+#[test]
+fn two_phase_search_is_bit_identical_to_the_f32_scan() {
+    use ferromem_core::simd::dot_f32;
+    use ferromem_core::state::inverse_norm;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (n, dim) = (24_000, 64); // 1.5M values: above the pre-scan threshold
+    let mut v = vecs(&mut rng, n, dim);
+    // 200 groups of 5 exact duplicates and 200 groups of near-duplicates (1e-6 apart).
+    for g in 0..200 {
+        for d in 1..5 {
+            let (src, dst) = (g * 5 * dim, (g * 5 + d) * dim);
+            v.copy_within(src..src + dim, dst);
+        }
+        let base = (2000 + g * 5) * dim;
+        for d in 1..5 {
+            for j in 0..dim {
+                v[base + d * dim + j] = v[base + j] + 1e-6 * d as f32;
+            }
+        }
+    }
+    // 300 perturbations of one vector, closer to each other than binary16 can resolve: the
+    // pre-scan cannot rank them, so the exactness check must send the query to the f32 scan.
+    let base = 5000 * dim;
+    for d in 1..300 {
+        for j in 0..dim {
+            v[base + d * dim + j] = v[base + j] * (1.0 + 2e-4 * rng.gen_range(-1.0f32..1.0));
+        }
+    }
+    let e = Engine::open(None, None, Durability::Normal).unwrap();
+    let recs: Vec<Record> = (0..n)
+        .map(|i| rec(&format!("id{:05}", (i * 7919) % n), ["/a", "/b"][i % 2], &[["x", "y", "z"][i % 3]], "{}", i as f64))
+        .collect();
+    e.upsert(recs.clone(), &v, dim, WriteMode::Insert).unwrap();
+    let mut queries: Vec<f32> = vecs(&mut rng, 6, dim);
+    queries.extend_from_slice(&v[0..dim]); // ties: 5 identical best matches
+    queries.extend_from_slice(&v[2000 * dim..2001 * dim]); // near-duplicates at the top
+    queries.extend_from_slice(&v[base..base + dim]); // 300 records within f16 error of each other
+    let nq = queries.len() / dim;
+    let filters = [
+        Filter::default(),
+        Filter { scope: Some("/a".into()), ..Filter::default() },
+        Filter { categories: Some(vec!["x".into(), "y".into()]), ..Filter::default() },
+    ];
+    for f in &filters {
+        for k in [1usize, 3, 10, 50] {
+            for min_score in [None, Some(0.2f32)] {
+                // One query per call takes the two-phase path; a batch takes the f32
+                // multi-query kernel, whose sums round differently (so near-ties may swap).
+                let got: Vec<_> = (0..nq)
+                    .map(|q| e.search(&queries[q * dim..(q + 1) * dim], dim, k, f, min_score).unwrap().remove(0))
+                    .collect();
+                let batch = e.search(&queries, dim, k, f, min_score).unwrap();
+                for (one, many) in got.iter().zip(&batch) {
+                    assert_eq!(one.len(), many.len());
+                    for (a, b) in one.iter().zip(many) {
+                        assert!((a.1 - b.1).abs() <= 1e-6, "{a:?} vs {b:?}");
+                    }
+                }
+                for q in 0..nq {
+                    let qv = &queries[q * dim..(q + 1) * dim];
+                    let q_inv = inverse_norm(qv);
+                    let mut want: Vec<(f32, &str)> = (0..n)
+                        .filter(|&i| match (&f.scope, &f.categories) {
+                            (Some(s), _) => recs[i].scope == *s,
+                            (_, Some(c)) => c.contains(&recs[i].categories[0]),
+                            _ => true,
+                        })
+                        .map(|i| {
+                            let row = &v[i * dim..(i + 1) * dim];
+                            ((dot_f32(qv, row) * inverse_norm(row) * q_inv).clamp(-1.0, 1.0), &*recs[i].id)
+                        })
+                        .filter(|s| min_score.is_none_or(|m| s.0 >= m))
+                        .collect();
+                    want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+                    want.truncate(k);
+                    let got_q: Vec<(f32, &str)> = got[q].iter().map(|(id, s)| (*s, &**id)).collect();
+                    assert_eq!(got_q, want, "query {q}, k {k}, filter {f:?}, min_score {min_score:?}");
+                }
+            }
+        }
+    }
+}

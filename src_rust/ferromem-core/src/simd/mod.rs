@@ -24,6 +24,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 mod scalar;
+pub mod half;
 
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;

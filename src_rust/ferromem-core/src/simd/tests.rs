@@ -20,7 +20,7 @@ fn dims() -> Vec<usize> {
 }
 
 /// Serialises the tests that change the process-wide active ISA.
-static FORCE_LOCK: Mutex<()> = Mutex::new(());
+pub(super) static FORCE_LOCK: Mutex<()> = Mutex::new(());
 
 /// Holds `FORCE_LOCK` and puts the ISA that was active before back on drop, even when the
 /// test panics, so that a failure does not leave later tests on a forced path.

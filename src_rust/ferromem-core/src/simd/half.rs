@@ -1,0 +1,203 @@
+//! Dot products of an f32 query with rows stored as IEEE binary16 (`u16` bits).
+//!
+//! The engine keeps a half-precision copy of every *normalised* vector and scans it first:
+//! half the bytes of the f32 scan, which is memory-bound. The candidates it finds are then
+//! re-scored in f32, and [`prescan_error_bound`] says when that is provably the exact top-k
+//! (see `State::search`). Dispatch follows the active f32 ISA: AVX-512F has the f16->f32
+//! conversion; the AVX2 path also needs F16C (checked); every other path is portable code.
+
+use super::{active_isa, Isa};
+use half::f16;
+
+/// Rounds each value to the nearest binary16 (ties to even), as bits.
+pub fn to_f16_bits(v: &[f32], out: &mut [u16]) {
+    assert_eq!(v.len(), out.len(), "to_f16_bits: lengths differ");
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o = f16::from_f32(x).to_bits();
+    }
+}
+
+/// An upper bound on |f16 score - f32 score| for unit-norm query and row of `dim` values:
+/// binary16 rounding (relative 2^-11 per value, and at most 2^-25 absolute below its normal
+/// range) summed by Cauchy-Schwarz, plus f32 accumulation error of both computations
+/// (dim * 2^-24 each, a worst case), plus slack for the final scaling.
+pub fn prescan_error_bound(dim: usize) -> f32 {
+    let d = dim as f64;
+    (2f64.powi(-11) + d.sqrt() * 2f64.powi(-25) + 2.0 * d * 2f64.powi(-24) + 1e-6) as f32
+}
+
+fn scalar_dot(q: &[f32], r: &[u16]) -> f32 {
+    q.iter().zip(r).map(|(&a, &b)| a * f16::from_bits(b).to_f32()).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_avx512(q: *const f32, r: *const u16, n: usize) -> f32 {
+        let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut i = 0;
+        while i + 64 <= n {
+            let h = |j: usize| _mm512_cvtph_ps(_mm256_loadu_si256(r.add(i + j) as *const __m256i));
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i)), h(0), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i + 16)), h(16), a1);
+            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i + 32)), h(32), a2);
+            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i + 48)), h(48), a3);
+            i += 64;
+        }
+        while i + 16 <= n {
+            let x = _mm512_cvtph_ps(_mm256_loadu_si256(r.add(i) as *const __m256i));
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i)), x, a0);
+            i += 16;
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+        while i < n {
+            s += *q.add(i) * half::f16::from_bits(*r.add(i)).to_f32();
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_avx2(q: *const f32, r: *const u16, n: usize) -> f32 {
+        let (mut a0, mut a1, mut a2, mut a3) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 32 <= n {
+            let h = |j: usize| _mm256_cvtph_ps(_mm_loadu_si128(r.add(i + j) as *const __m128i));
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), h(0), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i + 8)), h(8), a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i + 16)), h(16), a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i + 24)), h(24), a3);
+            i += 32;
+        }
+        while i + 8 <= n {
+            let x = _mm256_cvtph_ps(_mm_loadu_si128(r.add(i) as *const __m128i));
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), x, a0);
+            i += 8;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+        let lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+        let mut s = _mm_cvtss_f32(_mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1)));
+        while i < n {
+            s += *q.add(i) * half::f16::from_bits(*r.add(i)).to_f32();
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn rows_avx512(q: &[f32], rows: &[u16], dim: usize, idx: Option<&[u32]>, out: &mut [f32]) {
+        for (j, o) in out.iter_mut().enumerate() {
+            let r = idx.map_or(j, |ix| ix[j] as usize);
+            *o = dot_avx512(q.as_ptr(), rows.as_ptr().add(r * dim), dim);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn rows_avx2(q: &[f32], rows: &[u16], dim: usize, idx: Option<&[u32]>, out: &mut [f32]) {
+        for (j, o) in out.iter_mut().enumerate() {
+            let r = idx.map_or(j, |ix| ix[j] as usize);
+            *o = dot_avx2(q.as_ptr(), rows.as_ptr().add(r * dim), dim);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Path {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+fn path() -> Path {
+    match active_isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Path::Avx512,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if is_x86_feature_detected!("f16c") => Path::Avx2,
+        _ => Path::Scalar,
+    }
+}
+
+fn rows_impl(query: &[f32], rows: &[u16], dim: usize, idx: Option<&[u32]>, out: &mut [f32]) {
+    assert_eq!(query.len(), dim, "f16 kernels: query length differs from dim");
+    let needed = match idx {
+        None => out.len(),
+        Some(ix) => {
+            assert_eq!(ix.len(), out.len(), "f16 kernels: rows and out lengths differ");
+            ix.iter().map(|&r| r as usize + 1).max().unwrap_or(0)
+        }
+    };
+    assert!(needed.checked_mul(dim).is_some_and(|n| n <= rows.len()), "f16 kernels: a row lies outside the arena");
+    match path() {
+        // SAFETY: `path` returns a SIMD path only when the CPU has its features; the
+        // asserts above keep every row read inside `rows`.
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => unsafe { x86::rows_avx512(query, rows, dim, idx, out) },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => unsafe { x86::rows_avx2(query, rows, dim, idx, out) },
+        Path::Scalar => {
+            for (j, o) in out.iter_mut().enumerate() {
+                let r = idx.map_or(j, |ix| ix[j] as usize);
+                *o = scalar_dot(query, &rows[r * dim..(r + 1) * dim]);
+            }
+        }
+    }
+}
+
+/// out[i] = dot(query, f16 row i of `rows`) for i in 0..out.len().
+pub fn dot_rows_f16(query: &[f32], rows: &[u16], dim: usize, out: &mut [f32]) {
+    rows_impl(query, rows, dim, None, out)
+}
+
+/// out[j] = dot(query, f16 row `idx[j]` of `rows`).
+pub fn dot_gather_f16(query: &[f32], rows: &[u16], dim: usize, idx: &[u32], out: &mut [f32]) {
+    rows_impl(query, rows, dim, Some(idx), out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn every_path_matches_f64_on_the_rounded_values_and_the_bound_holds() {
+        let _guard = super::super::tests::FORCE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seed = 3;
+        for isa in super::super::supported_isas() {
+            super::super::force_isa(Some(isa)).unwrap();
+            for dim in [1usize, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 127, 384, 385, 1536, 1537] {
+                let norm = |v: Vec<f32>| {
+                    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    v.into_iter().map(|x| x / n).collect::<Vec<_>>()
+                };
+                let q = norm((0..dim).map(|_| lcg(&mut seed)).collect());
+                let rows: Vec<Vec<f32>> = (0..5).map(|_| norm((0..dim).map(|_| lcg(&mut seed)).collect())).collect();
+                let mut bits = vec![0u16; 5 * dim];
+                for (i, r) in rows.iter().enumerate() {
+                    to_f16_bits(r, &mut bits[i * dim..(i + 1) * dim]);
+                }
+                let mut out = vec![0.0f32; 5];
+                dot_rows_f16(&q, &bits, dim, &mut out);
+                let mut gathered = vec![0.0f32; 3];
+                dot_gather_f16(&q, &bits, dim, &[4, 0, 2], &mut gathered);
+                assert_eq!(gathered, vec![out[4], out[0], out[2]]);
+                for (i, r) in rows.iter().enumerate() {
+                    let on_rounded: f64 = (0..dim).map(|j| q[j] as f64 * f16::from_bits(bits[i * dim + j]).to_f32() as f64).sum();
+                    assert!((out[i] as f64 - on_rounded).abs() <= 1e-5, "{isa:?} dim {dim}");
+                    let exact: f64 = (0..dim).map(|j| q[j] as f64 * r[j] as f64).sum();
+                    assert!((out[i] as f64 - exact).abs() <= prescan_error_bound(dim) as f64, "{isa:?} dim {dim}");
+                }
+            }
+        }
+        super::super::force_isa(None).unwrap();
+    }
+}
