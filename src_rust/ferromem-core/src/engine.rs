@@ -520,8 +520,10 @@ impl Engine {
     }
 
     pub fn stats(&self) -> EngineStats {
-        let st = self.state.read();
+        // The writer mutex first, and released before the state lock: a writer holds the
+        // mutex while it waits for the state lock, so the other order could deadlock.
         let disk_bytes = self.writer.lock().as_ref().map_or(0, |w| w.disk_bytes());
+        let st = self.state.read();
         EngineStats {
             records: st.len(),
             dim: st.dim,
