@@ -68,7 +68,7 @@ struct Bench {
 
 impl Bench {
     fn wants(&self, label: &str) -> bool {
-        self.filter.as_deref().map_or(true, |f| label.contains(f))
+        self.filter.as_deref().is_none_or(|f| label.contains(f))
     }
 
     fn rows(&self, isa: Isa, arena: &[f32], n: usize, dim: usize) {

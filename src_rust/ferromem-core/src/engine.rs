@@ -62,6 +62,9 @@ pub struct EngineStats {
     pub operations: Vec<(&'static str, OpStats)>,
 }
 
+/// A record with its vector, as `get` and `list` return them.
+pub type RecordWithVector = (Record, Vec<f32>);
+
 enum OwnedOp {
     Put(Record, Vec<f32>),
     Delete(Arc<str>),
@@ -83,7 +86,7 @@ pub fn validate_vectors(data: &[f32], dim: usize) -> Result<()> {
     if dim == 0 || data.is_empty() {
         return Err(Error::InvalidVector("empty vector: a vector needs at least one value".into()));
     }
-    if data.len() % dim != 0 {
+    if !data.len().is_multiple_of(dim) {
         return Err(Error::InvalidVector(format!("{} values do not make rows of {dim}", data.len())));
     }
     for (r, row) in data.chunks_exact(dim).enumerate() {
@@ -366,7 +369,7 @@ impl Engine {
         })
     }
 
-    pub fn get(&self, ids: &[String]) -> Result<Vec<Option<(Record, Vec<f32>)>>> {
+    pub fn get(&self, ids: &[String]) -> Result<Vec<Option<RecordWithVector>>> {
         self.read_op(Op::get, |st| {
             Ok(ids.iter().map(|id| st.get(id).map(|(r, v)| (r.clone(), v.to_vec()))).collect())
         })
@@ -436,7 +439,7 @@ impl Engine {
         })
     }
 
-    pub fn list(&self, filter: &Filter, offset: usize, limit: Option<usize>) -> Result<Vec<(Record, Vec<f32>)>> {
+    pub fn list(&self, filter: &Filter, offset: usize, limit: Option<usize>) -> Result<Vec<RecordWithVector>> {
         self.read_op(Op::list, |st| {
             Ok(st.list(filter, offset, limit).into_iter().map(|(r, v)| (r.clone(), v.to_vec())).collect())
         })

@@ -206,7 +206,7 @@ fn dot_rows_matches_baseline_and_reads_only_its_rows() {
                 let query = random_values(&mut rng, dim, kind);
                 // One extra row of NaN after the n rows: out.len() bounds the rows read.
                 let mut arena = random_values(&mut rng, n * dim, kind);
-                arena.extend(std::iter::repeat(f32::NAN).take(dim));
+                arena.extend(std::iter::repeat_n(f32::NAN, dim));
                 for offset in [0, 1] {
                     let pq = Padded::new(&query, offset);
                     let pa = Padded::new(&arena, offset);
@@ -303,7 +303,7 @@ fn check_dot_rows_multi(
     let queries = random_values(rng, nq * dim, kind);
     // A NaN row after the n rows: n, not the arena's length, bounds the rows read.
     let mut arena = random_values(rng, n * dim, kind);
-    arena.extend(std::iter::repeat(f32::NAN).take(dim));
+    arena.extend(std::iter::repeat_n(f32::NAN, dim));
     let pq = Padded::new(&queries, offset);
     let pa = Padded::new(&arena, offset);
     let mut out = vec![f32::NAN; nq * n];
