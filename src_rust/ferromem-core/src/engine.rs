@@ -13,6 +13,7 @@ use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Changes, Durability, Storage, WriteOp};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RwLock};
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,8 +66,10 @@ pub struct EngineStats {
 /// A record with its vector, as `get` and `list` return them.
 pub type RecordWithVector = (Record, Vec<f32>);
 
-enum OwnedOp {
-    Put(Record, Vec<f32>),
+/// A change staged by a write. A vector is borrowed from the caller's buffer when it comes
+/// from one (saves), owned when it is copied out of the state (update, touch).
+enum OwnedOp<'v> {
+    Put(Record, Cow<'v, [f32]>),
     Delete(Arc<str>),
 }
 
@@ -248,7 +251,7 @@ impl Engine {
     /// One durable write: inside an exclusive transaction, catch up, let `build` compute the
     /// changes against the latest state (validation happens there), write, commit, then
     /// apply to the replica. Any error rolls everything back.
-    fn write_op<T>(&self, op: Op, build: impl FnOnce(&State) -> Result<(Vec<OwnedOp>, T)>) -> Result<T> {
+    fn write_op<'v, T>(&self, op: Op, build: impl FnOnce(&State) -> Result<(Vec<OwnedOp<'v>>, T)>) -> Result<T> {
         let t = Instant::now();
         self.check_open()?;
         let mut guard = self.writer.lock();
@@ -347,7 +350,7 @@ impl Engine {
             let ops = records
                 .into_iter()
                 .zip(vectors.chunks_exact(dim))
-                .map(|(rec, v)| OwnedOp::Put(rec, v.to_vec()))
+                .map(|(rec, v)| OwnedOp::Put(rec, Cow::Borrowed(v)))
                 .collect();
             Ok((ops, ()))
         })
@@ -400,7 +403,7 @@ impl Engine {
             if let Some(x) = p.source { rec.source = x }
             if let Some(x) = p.private { rec.private = x }
             let vector = p.vector.unwrap_or_else(|| old_vec.to_vec());
-            Ok((vec![OwnedOp::Put(rec, vector)], true))
+            Ok((vec![OwnedOp::Put(rec, Cow::Owned(vector))], true))
         })
     }
 
@@ -418,7 +421,7 @@ impl Engine {
                 .map(|(r, v)| {
                     let mut rec = r.clone();
                     rec.last_accessed = at;
-                    OwnedOp::Put(rec, v.to_vec())
+                    OwnedOp::Put(rec, Cow::Owned(v.to_vec()))
                 })
                 .collect();
             let n = ops.len();
