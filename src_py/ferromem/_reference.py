@@ -74,20 +74,6 @@ _LATENCY_SAMPLES = 4096
 # allocate one (nq x n) float64 matrix at once.
 _SCORE_CHUNK_ELEMENTS = 1 << 22
 
-_UPDATABLE_FIELDS = frozenset(
-    {
-        "content",
-        "scope",
-        "categories",
-        "metadata_json",
-        "importance",
-        "created_at",
-        "last_accessed",
-        "source",
-        "private",
-        "vector",
-    }
-)
 
 _MISSING = object()
 
@@ -234,6 +220,10 @@ class _Stored:
             self.vector.astype("<f4", copy=False).tobytes(),
             seq,
         )
+
+
+# Every stored field but the id and the derived metadata index can be updated.
+_UPDATABLE_FIELDS = frozenset(_Stored.__slots__) - {"id", "scalars"}
 
 
 def _metadata_scalars(metadata_json: str) -> dict[str, tuple]:

@@ -172,11 +172,11 @@ def _input_ndim(obj: Any) -> int:
         return 1  # not a vector at all: the conversion reports it
 
 
-def _query_matrix(query: Any, dim: int | None) -> tuple[np.ndarray, bool]:
-    """(queries as (nq, dim) float32, True when the caller passed a single vector)."""
+def _query_matrix(query: Any) -> tuple[np.ndarray, bool]:
+    """(queries as (nq, d) float32, True when the caller passed a single vector)."""
     if _input_ndim(query) == 1:
-        return _as_vector(query, dim).reshape(1, -1), True
-    return _as_matrix(query, dim), False
+        return _as_vector(query).reshape(1, -1), True
+    return _as_matrix(query), False
 
 
 class SearchResult:
@@ -325,13 +325,14 @@ class Store:
         private: Any,
     ) -> list[str]:
         self._check_open()
-        dim = self._engine.dim
+        # Vectors are not checked against the store's dimension here: the engine does it
+        # against its state caught up with other processes (asking first costs a catch-up).
         single = isinstance(ids, str) or (ids is None and _input_ndim(vectors) == 1)
         if single:
             id_list = [uuid.uuid4().hex if ids is None else check.check_id(ids)]
-            matrix = _as_vector(vectors, dim).reshape(1, -1)
+            matrix = _as_vector(vectors).reshape(1, -1)
         elif ids is None:
-            matrix = _as_matrix(vectors, dim)
+            matrix = _as_matrix(vectors)
             id_list = [uuid.uuid4().hex for _ in range(matrix.shape[0])]
         else:
             id_list = check.check_id_list(ids)
@@ -343,7 +344,7 @@ class Store:
                     f"id {duplicate!r} appears more than once in this batch; ids in one "
                     "call must be unique"
                 )
-            matrix = _as_matrix(vectors, dim)
+            matrix = _as_matrix(vectors)
             if matrix.shape[0] != len(id_list):
                 raise InvalidInputError(
                     f"{len(id_list)} ids but {matrix.shape[0]} vectors; pass one vector per id"
@@ -430,7 +431,7 @@ class Store:
         if private is not _UNSET:
             fields["private"] = check.check_bool(private, "private")
         if vector is not _UNSET:
-            fields["vector"] = _as_vector(vector, self._engine.dim)
+            fields["vector"] = _as_vector(vector)  # the engine checks the dimension
         if fields and not self._engine.update(record_id, fields):
             raise NotFoundError(f"no record with id {record_id!r}; use add() to create it")
         record = self.get(record_id)
@@ -512,7 +513,7 @@ class Store:
             scope=scope, categories=categories, where=where, source=source,
             include_private=include_private, visible_to=visible_to,
         )
-        queries, single = _query_matrix(query, self._engine.dim)
+        queries, single = _query_matrix(query)  # the engine checks the dimension
         ids, scores, offsets = self._engine.search(queries, min(k, _MAX_K), flt, min_score)
         results = [
             SearchResult(ids[offsets[i]:offsets[i + 1]], scores[offsets[i]:offsets[i + 1]], self)

@@ -19,7 +19,6 @@ pub mod state;
 pub mod storage;
 pub mod topk;
 
-pub use simd::half::prescan_error_bound;
 pub use engine::{Engine, Patch, ScopeInfo, WriteMode};
 pub use error::{Error, Result};
 pub use filter::{Filter, Privacy, Scalar};

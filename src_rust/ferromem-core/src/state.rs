@@ -137,8 +137,7 @@ impl State {
         self.arena.row_mut(s).copy_from_slice(vector);
         let inv = inverse_norm(vector);
         self.inv_norm[s] = inv;
-        let unit: Vec<f32> = vector.iter().map(|x| x * inv).collect();
-        simd::half::to_f16_bits(&unit, self.half.row_mut(s));
+        simd::half::to_f16_bits(vector, inv, self.half.row_mut(s));
         self.idx.insert(slot, &rec, &meta);
         self.ids.insert(rec.id.clone(), slot);
         self.live.insert(slot);
@@ -412,9 +411,5 @@ impl State {
     /// Approximate bytes held by the replica (arena, norms, ids), for stats.
     pub fn memory_bytes(&self) -> usize {
         self.arena.bytes() + self.half.bytes() + self.inv_norm.capacity() * 4 + self.slots.capacity() * std::mem::size_of::<Option<Slot>>()
-    }
-
-    pub fn scopes(&self) -> impl Iterator<Item = &String> {
-        self.idx.scopes.keys()
     }
 }

@@ -9,11 +9,11 @@
 use super::{active_isa, Isa};
 use half::f16;
 
-/// Rounds each value to the nearest binary16 (ties to even), as bits.
-pub fn to_f16_bits(v: &[f32], out: &mut [u16]) {
+/// Rounds each value times `scale` to the nearest binary16 (ties to even), as bits.
+pub fn to_f16_bits(v: &[f32], scale: f32, out: &mut [u16]) {
     assert_eq!(v.len(), out.len(), "to_f16_bits: lengths differ");
     for (o, &x) in out.iter_mut().zip(v) {
-        *o = f16::from_f32(x).to_bits();
+        *o = f16::from_f32(x * scale).to_bits();
     }
 }
 
@@ -183,7 +183,7 @@ mod tests {
                 let rows: Vec<Vec<f32>> = (0..5).map(|_| norm((0..dim).map(|_| lcg(&mut seed)).collect())).collect();
                 let mut bits = vec![0u16; 5 * dim];
                 for (i, r) in rows.iter().enumerate() {
-                    to_f16_bits(r, &mut bits[i * dim..(i + 1) * dim]);
+                    to_f16_bits(r, 1.0, &mut bits[i * dim..(i + 1) * dim]);
                 }
                 let mut out = vec![0.0f32; 5];
                 dot_rows_f16(&q, &bits, dim, &mut out);
