@@ -161,11 +161,29 @@ def check_text(value: Any, name: str) -> str:
     return value
 
 
-def check_scope(value: Any, name: str = "scope", error: type[Exception] = InvalidInputError) -> str:
-    """A scope path: a str that starts with '/'."""
+SCOPE_SYNTAXES = ("path", "any")
+
+
+def check_scope_syntax(value: Any) -> str:
+    if not isinstance(value, str) or value not in SCOPE_SYNTAXES:
+        raise InvalidInputError(
+            f"scope_syntax must be 'path' (scopes start with '/') or 'any' (any str, for "
+            f"callers whose scopes are free-form data), got {value!r}"
+        )
+    return value
+
+
+def check_scope(
+    value: Any,
+    name: str = "scope",
+    error: type[Exception] = InvalidInputError,
+    *,
+    free: bool = False,
+) -> str:
+    """A scope path: a str that starts with '/' (any str when ``free``)."""
     if not isinstance(value, str):
         raise error(f"{name} must be a str path such as '/project/agent', got {_type_name(value)}")
-    if not value.startswith("/"):
+    if not free and not value.startswith("/"):
         raise error(
             f"{name} must be a path that starts with '/', such as '/project/agent'; "
             f"got {value!r} (did you mean {'/' + value!r}?)"
@@ -175,12 +193,12 @@ def check_scope(value: Any, name: str = "scope", error: type[Exception] = Invali
     return value
 
 
-def scope_argument(value: Any, name: str = "scope") -> str:
+def scope_argument(value: Any, name: str = "scope", *, free: bool = False) -> str:
     """The scope argument of child_scopes/scope_info: None is the root; a trailing '/'
     is dropped so that '/a/' and '/a' name the same node."""
     if value is None:
         return "/"
-    scope = check_scope(value, name, InvalidFilterError)
+    scope = check_scope(value, name, InvalidFilterError, free=free)
     stripped = scope.rstrip("/")
     return stripped or "/"
 
@@ -357,6 +375,7 @@ def record_fields(
     sources: Any,
     private: Any,
     now: float,
+    free_scopes: bool = False,
 ) -> dict[str, list[Any]]:
     """Checks the per-record fields of add/upsert and returns one list of n per field.
 
@@ -376,7 +395,13 @@ def record_fields(
 
     out = {
         "contents": field(contents, "contents", lambda v: isinstance(v, str), check_text, ""),
-        "scopes": field(scopes, "scopes", lambda v: isinstance(v, str), check_scope, "/"),
+        "scopes": field(
+            scopes,
+            "scopes",
+            lambda v: isinstance(v, str),
+            lambda v, name: check_scope(v, name, free=free_scopes),
+            "/",
+        ),
         "categories": field(
             categories, "categories", _is_category_list, check_categories, []
         ),
@@ -493,12 +518,13 @@ def build_filter(
     include_private: Any = True,
     visible_to: Any = None,
     older_than: Any = None,
-    ids: list[str] | None = None,
+    ids: Any = None,
+    free_scopes: bool = False,
 ) -> dict[str, Any]:
     """The canonical filter dict of docs/architecture.md, holding only the criteria given."""
     flt: dict[str, Any] = {}
     if scope is not None:
-        flt["scope"] = check_scope(scope, "scope", InvalidFilterError)
+        flt["scope"] = check_scope(scope, "scope", InvalidFilterError, free=free_scopes)
     if categories is not None:
         if isinstance(categories, str):
             raise InvalidFilterError(
@@ -539,5 +565,14 @@ def build_filter(
     if older_than is not None:
         flt["older_than"] = check_timestamp(older_than, "older_than", InvalidFilterError)
     if ids is not None:
-        flt["ids"] = ids
+        if isinstance(ids, str):
+            raise InvalidFilterError(f"ids must be a list of str, got a str; pass [{ids!r}]")
+        if not isinstance(ids, (list, tuple, set, frozenset)):
+            raise InvalidFilterError(f"ids must be a list of str, got {_type_name(ids)}")
+        for item in ids:
+            if not isinstance(item, str):
+                raise InvalidFilterError(
+                    f"ids must be a list of str, got an item of type {_type_name(item)}"
+                )
+        flt["ids"] = sorted(set(ids))
     return flt

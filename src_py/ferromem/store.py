@@ -121,6 +121,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     dim: int | None = None,
     durability: str = "normal",
     engine: str = "auto",
+    scope_syntax: str = "path",
 ) -> Store:
     """Opens (or creates) a store.
 
@@ -129,9 +130,12 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     by the first vector). ``durability``: "normal" (acknowledged writes survive a process
     crash) or "full" (they also survive power loss; one fsync per write). ``engine``:
     "auto" (native if it loads, else the reference engine with a warning), "native" or
-    "reference".
+    "reference". ``scope_syntax``: "path" (a scope must start with '/', which catches
+    'a/b' typed for '/a/b') or "any" (any str is a scope, matched at the same boundaries;
+    for adapters whose callers' scopes are free-form data, such as CrewAI's).
     """
     path_text = check.check_path(path)
+    free_scopes = check.check_scope_syntax(scope_syntax) == "any"
     dim = check.check_dim(dim)
     durability = check.check_durability(durability)
     engine_factory, engine_name = _select_engine(check.check_engine(engine))
@@ -142,7 +146,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
             raise StorageError(
                 f"cannot create the directory of {path_text!r}: {exc}"
             ) from exc
-    return Store(engine_factory(path_text, dim, durability), engine_name)
+    return Store(engine_factory(path_text, dim, durability), engine_name, free_scopes=free_scopes)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -228,10 +232,11 @@ class Store:
     Thread-safe: any number of threads may call one Store at once.
     """
 
-    def __init__(self, engine: Any, engine_name: str):
+    def __init__(self, engine: Any, engine_name: str, *, free_scopes: bool = False):
         self._engine = engine
         self._engine_name = engine_name
         self._closed = False
+        self._free_scopes = free_scopes
 
     # ----------------------------------------------------------------- properties
 
@@ -362,6 +367,7 @@ class Store:
             sources=sources,
             private=private,
             now=time.time(),
+            free_scopes=self._free_scopes,
         )
         self._engine.upsert(
             id_list,
@@ -415,7 +421,7 @@ class Store:
         if content is not _UNSET:
             fields["content"] = check.check_text(content, "content")
         if scope is not _UNSET:
-            fields["scope"] = check.check_scope(scope)
+            fields["scope"] = check.check_scope(scope, free=self._free_scopes)
         if categories is not _UNSET:
             fields["categories"] = check.check_categories(categories)
         if metadata is not _UNSET:
@@ -466,7 +472,7 @@ class Store:
         id_list = None if ids is None else check.ids_or_single(ids)
         flt = check.build_filter(
             scope=scope, categories=categories, where=where, source=source,
-            older_than=older_than,
+            older_than=older_than, free_scopes=self._free_scopes,
         )
         # A scope of "/" matches everything, so it does not count as a criterion: a
         # caller passing the root scope through must not wipe the store by accident.
@@ -498,6 +504,7 @@ class Store:
         source: Any = None,
         include_private: Any = True,
         visible_to: Any = None,
+        ids: Any = None,
         min_score: Any = None,
     ) -> SearchResult | list[SearchResult]:
         """The k most similar records (cosine similarity, best first, ties by id).
@@ -511,7 +518,8 @@ class Store:
         min_score = check.check_min_score(min_score)
         flt = check.build_filter(
             scope=scope, categories=categories, where=where, source=source,
-            include_private=include_private, visible_to=visible_to,
+            include_private=include_private, visible_to=visible_to, ids=ids,
+            free_scopes=self._free_scopes,
         )
         queries, single = _query_matrix(query)  # the engine checks the dimension
         ids, scores, offsets = self._engine.search(queries, min(k, _MAX_K), flt, min_score)
@@ -542,6 +550,7 @@ class Store:
         source: Any = None,
         include_private: Any = True,
         visible_to: Any = None,
+        ids: Any = None,
         offset: Any = 0,
         limit: Any = None,
     ) -> builtins.list[Record]:
@@ -549,7 +558,8 @@ class Store:
         self._check_open()
         flt = check.build_filter(
             scope=scope, categories=categories, where=where, source=source,
-            include_private=include_private, visible_to=visible_to,
+            include_private=include_private, visible_to=visible_to, ids=ids,
+            free_scopes=self._free_scopes,
         )
         offset = check.check_offset(offset)
         limit = check.check_limit(limit)
@@ -566,12 +576,14 @@ class Store:
         source: Any = None,
         include_private: Any = True,
         visible_to: Any = None,
+        ids: Any = None,
     ) -> int:
         """How many records match."""
         self._check_open()
         flt = check.build_filter(
             scope=scope, categories=categories, where=where, source=source,
-            include_private=include_private, visible_to=visible_to,
+            include_private=include_private, visible_to=visible_to, ids=ids,
+            free_scopes=self._free_scopes,
         )
         return int(self._engine.count(flt))
 
@@ -581,7 +593,7 @@ class Store:
     def child_scopes(self, scope: Any = "/") -> builtins.list[str]:
         """The direct child scopes of ``scope`` that hold records (at or below them)."""
         self._check_open()
-        return builtins.list(self._engine.child_scopes(check.scope_argument(scope)))
+        return builtins.list(self._engine.child_scopes(check.scope_argument(scope, free=self._free_scopes)))
 
     def category_counts(
         self,
@@ -592,19 +604,21 @@ class Store:
         source: Any = None,
         include_private: Any = True,
         visible_to: Any = None,
+        ids: Any = None,
     ) -> dict[str, int]:
         """How many matching records have each category."""
         self._check_open()
         flt = check.build_filter(
             scope=scope, categories=categories, where=where, source=source,
-            include_private=include_private, visible_to=visible_to,
+            include_private=include_private, visible_to=visible_to, ids=ids,
+            free_scopes=self._free_scopes,
         )
         return dict(self._engine.category_counts(flt))
 
     def scope_info(self, scope: Any = "/") -> ScopeInfo:
         """A summary of the records at or below ``scope``."""
         self._check_open()
-        info = self._engine.scope_info(check.scope_argument(scope))
+        info = self._engine.scope_info(check.scope_argument(scope, free=self._free_scopes))
         return ScopeInfo(
             path=info["path"],
             record_count=int(info["record_count"]),
