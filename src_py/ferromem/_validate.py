@@ -161,29 +161,11 @@ def check_text(value: Any, name: str) -> str:
     return value
 
 
-SCOPE_SYNTAXES = ("path", "any")
-
-
-def check_scope_syntax(value: Any) -> str:
-    if not isinstance(value, str) or value not in SCOPE_SYNTAXES:
-        raise InvalidInputError(
-            f"scope_syntax must be 'path' (scopes start with '/') or 'any' (any str, for "
-            f"callers whose scopes are free-form data), got {value!r}"
-        )
-    return value
-
-
-def check_scope(
-    value: Any,
-    name: str = "scope",
-    error: type[Exception] = InvalidInputError,
-    *,
-    free: bool = False,
-) -> str:
-    """A scope path: a str that starts with '/' (any str when ``free``)."""
+def check_scope(value: Any, name: str = "scope", error: type[Exception] = InvalidInputError) -> str:
+    """A scope path: a str that starts with '/'."""
     if not isinstance(value, str):
         raise error(f"{name} must be a str path such as '/project/agent', got {_type_name(value)}")
-    if not free and not value.startswith("/"):
+    if not value.startswith("/"):
         raise error(
             f"{name} must be a path that starts with '/', such as '/project/agent'; "
             f"got {value!r} (did you mean {'/' + value!r}?)"
@@ -193,12 +175,12 @@ def check_scope(
     return value
 
 
-def scope_argument(value: Any, name: str = "scope", *, free: bool = False) -> str:
+def scope_argument(value: Any, name: str = "scope") -> str:
     """The scope argument of child_scopes/scope_info: None is the root; a trailing '/'
     is dropped so that '/a/' and '/a' name the same node."""
     if value is None:
         return "/"
-    scope = check_scope(value, name, InvalidFilterError, free=free)
+    scope = check_scope(value, name, InvalidFilterError)
     stripped = scope.rstrip("/")
     return stripped or "/"
 
@@ -375,7 +357,6 @@ def record_fields(
     sources: Any,
     private: Any,
     now: float,
-    free_scopes: bool = False,
 ) -> dict[str, list[Any]]:
     """Checks the per-record fields of add/upsert and returns one list of n per field.
 
@@ -395,13 +376,7 @@ def record_fields(
 
     out = {
         "contents": field(contents, "contents", lambda v: isinstance(v, str), check_text, ""),
-        "scopes": field(
-            scopes,
-            "scopes",
-            lambda v: isinstance(v, str),
-            lambda v, name: check_scope(v, name, free=free_scopes),
-            "/",
-        ),
+        "scopes": field(scopes, "scopes", lambda v: isinstance(v, str), check_scope, "/"),
         "categories": field(
             categories, "categories", _is_category_list, check_categories, []
         ),
@@ -519,12 +494,11 @@ def build_filter(
     visible_to: Any = None,
     older_than: Any = None,
     ids: Any = None,
-    free_scopes: bool = False,
 ) -> dict[str, Any]:
     """The canonical filter dict of docs/architecture.md, holding only the criteria given."""
     flt: dict[str, Any] = {}
     if scope is not None:
-        flt["scope"] = check_scope(scope, "scope", InvalidFilterError, free=free_scopes)
+        flt["scope"] = check_scope(scope, "scope", InvalidFilterError)
     if categories is not None:
         if isinstance(categories, str):
             raise InvalidFilterError(

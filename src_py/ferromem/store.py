@@ -13,6 +13,7 @@ import array
 import builtins
 import os
 import threading
+import sys
 import time
 import uuid
 import warnings
@@ -121,7 +122,6 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     dim: int | None = None,
     durability: str = "normal",
     engine: str = "auto",
-    scope_syntax: str = "path",
 ) -> Store:
     """Opens (or creates) a store.
 
@@ -130,12 +130,9 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     by the first vector). ``durability``: "normal" (acknowledged writes survive a process
     crash) or "full" (they also survive power loss; one fsync per write). ``engine``:
     "auto" (native if it loads, else the reference engine with a warning), "native" or
-    "reference". ``scope_syntax``: "path" (a scope must start with '/', which catches
-    'a/b' typed for '/a/b') or "any" (any str is a scope, matched at the same boundaries;
-    for adapters whose callers' scopes are free-form data, such as CrewAI's).
+    "reference".
     """
     path_text = check.check_path(path)
-    free_scopes = check.check_scope_syntax(scope_syntax) == "any"
     dim = check.check_dim(dim)
     durability = check.check_durability(durability)
     engine_factory, engine_name = _select_engine(check.check_engine(engine))
@@ -146,7 +143,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
             raise StorageError(
                 f"cannot create the directory of {path_text!r}: {exc}"
             ) from exc
-    return Store(engine_factory(path_text, dim, durability), engine_name, free_scopes=free_scopes)
+    return Store(engine_factory(path_text, dim, durability), engine_name)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -232,11 +229,10 @@ class Store:
     Thread-safe: any number of threads may call one Store at once.
     """
 
-    def __init__(self, engine: Any, engine_name: str, *, free_scopes: bool = False):
+    def __init__(self, engine: Any, engine_name: str):
         self._engine = engine
         self._engine_name = engine_name
         self._closed = False
-        self._free_scopes = free_scopes
 
     # ----------------------------------------------------------------- properties
 
@@ -367,7 +363,6 @@ class Store:
             sources=sources,
             private=private,
             now=time.time(),
-            free_scopes=self._free_scopes,
         )
         self._engine.upsert(
             id_list,
@@ -421,7 +416,7 @@ class Store:
         if content is not _UNSET:
             fields["content"] = check.check_text(content, "content")
         if scope is not _UNSET:
-            fields["scope"] = check.check_scope(scope, free=self._free_scopes)
+            fields["scope"] = check.check_scope(scope)
         if categories is not _UNSET:
             fields["categories"] = check.check_categories(categories)
         if metadata is not _UNSET:
@@ -472,7 +467,7 @@ class Store:
         id_list = None if ids is None else check.ids_or_single(ids)
         flt = check.build_filter(
             scope=scope, categories=categories, where=where, source=source,
-            older_than=older_than, free_scopes=self._free_scopes,
+            older_than=older_than,
         )
         # A scope of "/" matches everything, so it does not count as a criterion: a
         # caller passing the root scope through must not wipe the store by accident.
@@ -485,6 +480,15 @@ class Store:
         if id_list == []:
             return 0
         return int(self._engine.delete(id_list, restricting or None))
+
+    def clear(self) -> int:
+        """Deletes every record in one transaction and returns how many; unlike
+        :meth:`reset`, the dimension stays fixed."""
+        self._check_open()
+        # Engines refuse a criterion-less delete (the facade's guard against wiping a
+        # store by accident); "created before the largest finite time" is every record
+        # (created_at is always finite), said explicitly.
+        return int(self._engine.delete(None, {"older_than": sys.float_info.max}))
 
     def reset(self) -> None:
         """Deletes every record; the dimension is free again."""
@@ -519,7 +523,6 @@ class Store:
         flt = check.build_filter(
             scope=scope, categories=categories, where=where, source=source,
             include_private=include_private, visible_to=visible_to, ids=ids,
-            free_scopes=self._free_scopes,
         )
         queries, single = _query_matrix(query)  # the engine checks the dimension
         ids, scores, offsets = self._engine.search(queries, min(k, _MAX_K), flt, min_score)
@@ -559,7 +562,6 @@ class Store:
         flt = check.build_filter(
             scope=scope, categories=categories, where=where, source=source,
             include_private=include_private, visible_to=visible_to, ids=ids,
-            free_scopes=self._free_scopes,
         )
         offset = check.check_offset(offset)
         limit = check.check_limit(limit)
@@ -583,7 +585,6 @@ class Store:
         flt = check.build_filter(
             scope=scope, categories=categories, where=where, source=source,
             include_private=include_private, visible_to=visible_to, ids=ids,
-            free_scopes=self._free_scopes,
         )
         return int(self._engine.count(flt))
 
@@ -593,7 +594,7 @@ class Store:
     def child_scopes(self, scope: Any = "/") -> builtins.list[str]:
         """The direct child scopes of ``scope`` that hold records (at or below them)."""
         self._check_open()
-        return builtins.list(self._engine.child_scopes(check.scope_argument(scope, free=self._free_scopes)))
+        return builtins.list(self._engine.child_scopes(check.scope_argument(scope)))
 
     def category_counts(
         self,
@@ -611,14 +612,13 @@ class Store:
         flt = check.build_filter(
             scope=scope, categories=categories, where=where, source=source,
             include_private=include_private, visible_to=visible_to, ids=ids,
-            free_scopes=self._free_scopes,
         )
         return dict(self._engine.category_counts(flt))
 
     def scope_info(self, scope: Any = "/") -> ScopeInfo:
         """A summary of the records at or below ``scope``."""
         self._check_open()
-        info = self._engine.scope_info(check.scope_argument(scope, free=self._free_scopes))
+        info = self._engine.scope_info(check.scope_argument(scope))
         return ScopeInfo(
             path=info["path"],
             record_count=int(info["record_count"]),
