@@ -66,4 +66,7 @@ class HashingEmbedder:
             raise InvalidInputError("embed takes a list of texts; use embed_one for one text")
         return np.stack([self.embed_one(t) for t in texts]) if len(texts) else np.zeros((0, self.dim), np.float32)
 
-    __call__ = embed
+    def __call__(self, input: Sequence[str]) -> list[np.ndarray]:  # noqa: A002 - Chroma's name
+        """The embedding-function protocol CrewAI and ChromaDB call: a list of texts in, a
+        list of float32 vectors out (a list, not a matrix: callers test it for truth)."""
+        return list(self.embed(input))
