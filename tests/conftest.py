@@ -4,6 +4,7 @@ a call."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,16 @@ import numpy as np
 import pytest
 
 import ferromem
+
+# CrewAI tests run offline. CrewAI's trace collection would try the network, and its
+# tracing handler waits 5 s for a parent span on every Memory save run in Memory's
+# background thread, whatever the storage; the demo turns it off the same way.
+for _name, _value in (
+    ("CREWAI_TRACING_ENABLED", "false"),
+    ("CREWAI_DISABLE_TELEMETRY", "true"),
+    ("OTEL_SDK_DISABLED", "true"),
+):
+    os.environ.setdefault(_name, _value)
 
 
 def _native_engine_status() -> tuple[bool, str]:
