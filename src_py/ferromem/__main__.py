@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -21,35 +20,8 @@ import time
 import numpy as np
 
 import ferromem
+from ferromem._workload import AGENTS, memories as _memories
 from ferromem.embedders import HashingEmbedder
-
-AGENTS = ["researcher", "writer", "reviewer", "planner"]
-TOPICS = {
-    "billing": ["invoice", "refund", "payment", "card", "charge", "subscription", "plan", "receipt"],
-    "shipping": ["parcel", "courier", "delivery", "tracking", "warehouse", "customs", "address", "delay"],
-    "product": ["feature", "release", "bug", "roadmap", "design", "feedback", "pricing", "launch"],
-    "people": ["manager", "customer", "engineer", "vendor", "partner", "support", "team", "lead"],
-}
-VERBS = ["asked about", "reported", "confirmed", "rejected", "escalated", "noted", "prefers", "mentioned"]
-
-
-def _memories(n: int, seed: int = 7):
-    rnd = random.Random(seed)
-    topics = list(TOPICS)
-    for i in range(n):
-        topic = topics[i % len(topics)]
-        agent = AGENTS[(i // len(topics)) % len(AGENTS)]
-        words = rnd.sample(TOPICS[topic], 3)
-        text = f"The {rnd.choice(TOPICS['people'])} {rnd.choice(VERBS)} the {words[0]} {words[1]} and the {words[2]} (#{i})"
-        yield {
-            "id": f"mem-{i:06d}",
-            "content": text,
-            "scope": f"/crew/{agent}/{topic}",
-            "categories": [topic, "fact" if i % 3 else "decision"],
-            "importance": round(rnd.random(), 3),
-            "metadata": {"turn": i, "agent": agent},
-        }
-
 
 def _pct(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples) * 1e6, q)) if samples else float("nan")
@@ -147,6 +119,45 @@ def demo(args: argparse.Namespace) -> int:
     return 0 if mismatches == 0 else 1
 
 
+def crewai_demo(args: argparse.Namespace) -> int:
+    """The CrewAI Memory workload on ferromem and, when its dependencies load, on CrewAI's
+    default storage (LanceDB), side by side."""
+    from ferromem.crewai import demo as crewai_demo_module
+
+    backends = ("ferromem",) if args.ferromem_only else ("ferromem", "lancedb")
+    print(f"ferromem {ferromem.__version__}: CrewAI Memory on {' and '.join(backends)} "
+          f"({args.n} memories, {args.dim}-dim; no LLM, no network) ...", flush=True)
+    result = crewai_demo_module.run(n=args.n, dim=args.dim, recalls=args.recalls, backends=backends)
+    crewai_demo_module.print_report(result)
+    return 0
+
+
+def _crewai_available() -> bool:
+    try:
+        import crewai.memory.storage.backend  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def demo_cmd(args: argparse.Namespace) -> int:
+    if not args.store_only:
+        if _crewai_available():
+            args.n = args.n or 1000
+            args.dim = args.dim or 1536
+            args.recalls = args.recalls or 100
+            return crewai_demo(args)
+        print("CrewAI 1.x is not installed (pip install 'ferromem[crewai]'): running the "
+              "store-only demo instead.\n")
+    args.n = args.n or 2000
+    args.dim = args.dim or 384
+    args.recalls = args.recalls or 200
+    if args.n < 4:
+        print("ferromem demo: --n must be at least 4", file=sys.stderr)
+        return 2
+    return demo(args)
+
+
 def stats_cmd(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.path):
         print(f"ferromem stats: no store at {args.path}", file=sys.stderr)
@@ -161,20 +172,24 @@ def stats_cmd(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ferromem", description="ferromem: embedded vector memory for AI agents")
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run the main workload on the embedded default store and print timings")
-    d.add_argument("--n", type=int, default=2000, help="memories to remember (default 2000)")
-    d.add_argument("--dim", type=int, default=384, help="embedding dimension (default 384)")
-    d.add_argument("--recalls", type=int, default=200, help="recalls per filter kind (default 200)")
-    d.add_argument("--path", default=None, help="store path (default: a temporary file, removed afterwards)")
-    d.add_argument("--durability", default="normal", choices=["normal", "full"])
-    d.add_argument("--json", action="store_true", help="also print the engine's own statistics")
-    d.set_defaults(func=demo)
+    d = sub.add_parser(
+        "demo",
+        help="run a real CrewAI Memory workload on ferromem and on CrewAI's default storage "
+        "side by side (or, with --store-only or without CrewAI, the store alone)",
+    )
+    d.add_argument("--n", type=int, default=None, help="memories to remember (default 1000; store-only 2000)")
+    d.add_argument("--dim", type=int, default=None, help="embedding dimension (default 1536; store-only 384)")
+    d.add_argument("--recalls", type=int, default=None, help="recalls per filter kind (default 100; store-only 200)")
+    d.add_argument("--ferromem-only", action="store_true", help="CrewAI demo on ferromem only")
+    d.add_argument("--store-only", action="store_true", help="the ferromem store alone, no CrewAI")
+    d.add_argument("--path", default=None, help="store-only: store path (default: a temporary file)")
+    d.add_argument("--durability", default="normal", choices=["normal", "full"], help="store-only")
+    d.add_argument("--json", action="store_true", help="store-only: also print the engine's statistics")
+    d.set_defaults(func=demo_cmd)
     s = sub.add_parser("stats", help="print a store's counts, scopes and latency statistics")
     s.add_argument("path")
     s.set_defaults(func=stats_cmd)
     args = parser.parse_args(argv)
-    if args.command == "demo" and args.n < 4:
-        parser.error("--n must be at least 4")
     return args.func(args)
 
 

@@ -1,0 +1,727 @@
+"""CrewAI 1.x knowledge (RAG) storage backed by ferromem: :class:`RagClient`.
+
+:class:`RagClient` implements CrewAI's RAG ``BaseClient`` protocol
+(``crewai.rag.core.base_client``), sync and async, and behaves like CrewAI's
+``ChromaDBClient`` wherever CrewAI relies on it. :class:`KnowledgeStorage` is CrewAI's
+knowledge storage on a RagClient. To plug them in::
+
+    from crewai.knowledge.storage.factory import set_knowledge_storage_factory
+    from crewai.rag.factory import register_rag_client_factory
+    set_knowledge_storage_factory(knowledge_storage_factory)    # Knowledge(...) uses ferromem
+    register_rag_client_factory("ferromem", create_rag_client)  # create_client(RagConfig())
+    register_rag_client_factory("chromadb", create_rag_client)  # ChromaDBConfig -> ferromem
+
+(``ferromem.crewai.install()`` does this.)
+
+**Layout.** A client owns one directory (default ``$CREWAI_STORAGE_DIR/knowledge_ferromem``,
+else CrewAI's data directory ``/knowledge_ferromem``). Each collection is its own ferromem
+store file in it, so collections may have different embedding dimensions. The file name is
+the collection name percent-encoded to lower-case ASCII letters, digits, ``_`` and ``-``
+(everything else, upper-case letters included, becomes ``%XX`` of its UTF-8 bytes), so a
+name can never leave the directory and distinct names get distinct files even on
+case-insensitive file systems; a name too long for a file name is cut and ends in ``~``
+and its SHA-256 (``~`` never occurs otherwise). A collection exists while its file does.
+Stores are opened on first use and kept open until :meth:`RagClient.close`; several
+threads may share one client, and several clients or processes one directory.
+
+**Documents** are upserted exactly like ``ChromaDBClient.add_documents``: the id is
+``doc_id``, else ``metadata["doc_id"]``, else the SHA-256 of the content (with
+``"|" + json.dumps(metadata, sort_keys=True)`` appended when there is metadata), so adding
+the same content again replaces it; a list of metadata dicts means its first one; an id
+repeated in one call keeps its first position and its last content. ``batch_size``
+documents are embedded and written per transaction, so a failure leaves the earlier
+batches written, as with ChromaDB; every document is checked before the first batch.
+
+**Scores** are on the scale of CrewAI's Chroma client on its (default) cosine collections:
+``score = (1 + cosine) / 2``, clamped to [0, 1], so 1 is the same direction, 0.5 orthogonal
+and 0 opposite, and ``score_threshold`` values tuned for ChromaDB keep their meaning. The
+threshold is applied in the engine as ``min_score = 2 * threshold - 1`` on the cosine; a
+threshold of 0 or None, as in Chroma, filters nothing.
+
+**Metadata filters** are exact and applied before ranking, so a search returns
+min(limit, matching documents) results (ChromaDB's HNSW index can return fewer). A filter
+is CrewAI's ``{key: value, ...}`` (Python equality, as CrewAI compares metadata; see
+:mod:`ferromem.crewai._filters`), or the Chroma operator forms ``{key: {"$eq": value}}``
+and ``{"$and": [filter, ...]}``; any other operator raises
+:class:`~ferromem.exceptions.InvalidFilterError`.
+
+Differences from ChromaDBClient: searching a collection that does not exist returns []
+without creating it; metadata may be any JSON object (Chroma only takes scalars).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from crewai.knowledge.storage.base_knowledge_storage import BaseKnowledgeStorage
+from crewai.rag.config.base import BaseRagConfig
+from crewai.rag.core.base_client import BaseClient
+from crewai.rag.core.base_embeddings_provider import BaseEmbeddingsProvider
+from crewai.rag.embeddings.factory import build_embedder
+from crewai.rag.types import BaseRecord, SearchResult
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass as pyd_dataclass
+
+from .. import _validate as check
+from .. import store as _store
+from ..exceptions import (
+    DimensionMismatchError,
+    FerromemError,
+    InvalidFilterError,
+    InvalidInputError,
+    InvalidMetadataError,
+    InvalidVectorError,
+    NotFoundError,
+    StorageError,
+    StoreClosedError,
+)
+from ._filters import filter_ids, split_metadata_filter
+from .memory import STORE_SUFFIX
+
+__all__ = [
+    "RagClient",
+    "RagConfig",
+    "KnowledgeStorage",
+    "create_rag_client",
+    "knowledge_storage_factory",
+    "default_knowledge_path",
+    "CollectionExistsError",
+    "CollectionNotFoundError",
+    "InvalidDocumentError",
+]
+
+# What CrewAI embeds with when nothing is configured (ChromaDBConfig's default).
+DEFAULT_EMBEDDER: dict[str, Any] = {
+    "provider": "openai",
+    "config": {"model_name": "text-embedding-3-small"},
+}
+
+# File names stay under 255 bytes with the store's "-wal"/"-shm" companions.
+_MAX_STEM = 200
+_SAFE_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-")
+_COMPANIONS = ("", "-wal", "-shm")
+_UNSET: Any = object()
+
+
+class CollectionExistsError(FerromemError, ValueError):
+    """``create_collection`` was given the name of an existing collection."""
+
+
+class CollectionNotFoundError(NotFoundError, ValueError):
+    """``delete_collection`` was given the name of a collection that does not exist."""
+
+
+class InvalidDocumentError(InvalidInputError, TypeError):
+    """A document is not a dict with a str ``content``."""
+
+
+def default_knowledge_path() -> Path:
+    """``$CREWAI_STORAGE_DIR/knowledge_ferromem``, else CrewAI's platform data directory
+    ``/knowledge_ferromem`` (beside CrewAI's own ChromaDB files)."""
+    storage_dir = os.environ.get("CREWAI_STORAGE_DIR")
+    if storage_dir:
+        return Path(storage_dir) / "knowledge_ferromem"
+    from crewai_core.paths import db_storage_path
+
+    return Path(db_storage_path()) / "knowledge_ferromem"
+
+
+def collection_file_name(collection_name: str) -> str:
+    """The store file name of a collection (see the module docstring)."""
+    if not isinstance(collection_name, str) or not collection_name:
+        raise InvalidInputError(
+            f"collection_name must be a non-empty str, got {collection_name!r}"
+        )
+    # surrogatepass: a lone surrogate still maps to its own, distinct bytes.
+    raw = collection_name.encode("utf-8", "surrogatepass")
+    stem = "".join(chr(b) if b in _SAFE_BYTES else f"%{b:02X}" for b in raw)
+    if len(stem) > _MAX_STEM:
+        digest = hashlib.sha256(raw).hexdigest()
+        stem = stem[: _MAX_STEM - len(digest) - 1] + "~" + digest
+    return stem + STORE_SUFFIX
+
+
+class _DefaultEmbedder:
+    """CrewAI's default embedding function (ChromaDBConfig's), built on first use: building
+    it needs an OpenAI API key, which a client that never embeds must not require."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._function: Any = None
+
+    def _built(self) -> Any:
+        with self._lock:
+            if self._function is None:
+                self._function = build_embedder(DEFAULT_EMBEDDER)
+            return self._function
+
+    def __call__(self, input: list[str]) -> Any:  # noqa: A002 - the protocol's name
+        return self._built()(input)
+
+    def embed_query(self, input: list[str]) -> Any:  # noqa: A002
+        return self._built().embed_query(input=input)
+
+
+def _resolve_embedding_function(value: Any) -> Callable[..., Any]:
+    """A callable texts -> vectors from a callable or a CrewAI embedder config."""
+    if value is None:
+        return _DefaultEmbedder()
+    if callable(value) and not isinstance(value, type):
+        return value
+    if isinstance(value, (dict, BaseEmbeddingsProvider)):
+        return build_embedder(value)
+    if isinstance(value, type) and issubclass(value, BaseEmbeddingsProvider):
+        return build_embedder(value())
+    raise InvalidInputError(
+        "embedding_function must be a callable (list of texts -> vectors) or a CrewAI "
+        f"embedder config such as {DEFAULT_EMBEDDER!r}, got {type(value).__name__}"
+    )
+
+
+def _check_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInputError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _document_id(doc: Mapping[str, Any], metadata: Any) -> str:
+    """ChromaDB's id rule (crewai.rag.chromadb.utils._prepare_documents_for_chromadb)."""
+    if "doc_id" in doc:
+        return str(doc["doc_id"])
+    if isinstance(metadata, dict) and "doc_id" in metadata:
+        return str(metadata["doc_id"])
+    text = doc["content"]
+    if metadata:
+        try:
+            text = f"{text}|{json.dumps(metadata, sort_keys=True)}"
+        except (TypeError, ValueError) as exc:
+            raise InvalidMetadataError(f"metadata is not JSON serializable: {exc}") from exc
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _prepare_documents(
+    documents: Any,
+) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """(ids, contents, metadata) after checking every document; ids are unique."""
+    if not isinstance(documents, (list, tuple)):
+        raise InvalidDocumentError(
+            f"documents must be a list of dicts, got {type(documents).__name__}"
+        )
+    if not documents:
+        raise InvalidInputError("documents must not be empty")
+    positions: dict[str, int] = {}
+    ids: list[str] = []
+    texts: list[str] = []
+    metadatas: list[dict[str, Any]] = []
+    for i, doc in enumerate(documents):
+        name = f"documents[{i}]"
+        if not isinstance(doc, Mapping):
+            raise InvalidDocumentError(
+                f"{name} must be a dict with a 'content' str, got {type(doc).__name__}"
+            )
+        if "content" not in doc:
+            raise InvalidDocumentError(f"{name} has no 'content'")
+        content = doc["content"]
+        if not isinstance(content, str):
+            raise InvalidDocumentError(
+                f"{name}['content'] must be a str, got {type(content).__name__}"
+            )
+        check.check_text(content, f"{name}['content']")
+        metadata = doc.get("metadata")
+        if isinstance(metadata, list):
+            stored = metadata[0] if metadata and metadata[0] else {}
+        else:
+            stored = metadata or {}
+        check.metadata_json(stored, f"{name}['metadata']")
+        doc_id = check.check_id(_document_id(doc, metadata), f"{name} id")
+        if doc_id in positions:
+            at = positions[doc_id]
+            texts[at], metadatas[at] = content, stored
+        else:
+            positions[doc_id] = len(ids)
+            ids.append(doc_id)
+            texts.append(content)
+            metadatas.append(stored)
+    return ids, texts, metadatas
+
+
+def _equalities(metadata_filter: Any) -> list[tuple[str, Any]]:
+    """The (key, value) pairs that must all hold, from CrewAI's or Chroma's filter form."""
+    if not isinstance(metadata_filter, dict):
+        raise InvalidFilterError(
+            f"metadata_filter must be a dict, got {type(metadata_filter).__name__}"
+        )
+    pairs: list[tuple[str, Any]] = []
+    for key, value in metadata_filter.items():
+        if key == "$and":
+            if not isinstance(value, list):
+                raise InvalidFilterError(f"'$and' takes a list of filters, got {value!r}")
+            for clause in value:
+                pairs.extend(_equalities(clause))
+        elif isinstance(key, str) and key.startswith("$"):
+            raise InvalidFilterError(
+                f"unsupported filter operator {key!r}: ferromem takes {{key: value}}, "
+                "{key: {'$eq': value}} and {'$and': [...]}"
+            )
+        elif isinstance(value, dict) and any(
+            isinstance(k, str) and k.startswith("$") for k in value
+        ):
+            if list(value) != ["$eq"]:
+                raise InvalidFilterError(
+                    f"unsupported condition {value!r} on {key!r}: only '$eq' is supported"
+                )
+            pairs.append((key, value["$eq"]))
+        else:
+            pairs.append((key, value))
+    return pairs
+
+
+def _merge(pairs: list[tuple[str, Any]]) -> dict[str, Any] | None:
+    """One equality per key, or None when two of them contradict (nothing matches)."""
+    merged: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in merged and merged[key] != value:
+            return None
+        merged.setdefault(key, value)
+    return merged
+
+
+def _identity(file: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(file)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class RagClient(BaseClient):
+    """CrewAI RAG client (``crewai.rag.core.base_client.BaseClient``) on ferromem stores.
+
+    ``path``: the directory of the collections (default :func:`default_knowledge_path`).
+    ``embedding_function``: a callable list[str] -> vectors (a matrix, or one vector per
+    text) or a CrewAI embedder config (a ``{"provider": ..., "config": ...}`` dict or a
+    provider instance); None for CrewAI's default (OpenAI ``text-embedding-3-small``),
+    built on first use. A client embeds with its ``embedding_function`` attribute: assign
+    another callable to change it. The defaults are ``ChromaDBClient``'s. ``durability``: "normal"
+    or "full" for the stores (see :func:`ferromem.open`).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        embedding_function: Any = None,
+        default_limit: int = 5,
+        default_score_threshold: float = 0.6,
+        default_batch_size: int = 100,
+        durability: str = "normal",
+    ) -> None:
+        base = default_knowledge_path() if path is None else Path(os.fspath(path))
+        self._path = Path(os.path.abspath(base))
+        self.embedding_function = _resolve_embedding_function(embedding_function)
+        self.default_limit = _check_int(default_limit, "default_limit")
+        self.default_score_threshold = check.check_real(
+            default_score_threshold, "default_score_threshold"
+        )
+        self.default_batch_size = _check_int(default_batch_size, "default_batch_size")
+        self._durability = check.check_durability(durability)
+        self._lock = threading.Lock()
+        # collection name -> (open store, (st_dev, st_ino) of its file when opened)
+        self._stores: dict[str, tuple[_store.Store, tuple[int, int] | None]] = {}
+        self._closed = False
+
+    # ------------------------------------------------------------ attributes
+
+    @property
+    def path(self) -> Path:
+        """The directory holding the collections."""
+        return self._path
+
+    @property
+    def client(self) -> RagClient:
+        """The protocol's underlying client: ferromem has none apart from the stores this
+        object opens, so it is the RagClient itself."""
+        return self
+
+    def collection_path(self, collection_name: str) -> Path:
+        """The store file of a collection (it exists once the collection does)."""
+        return self._path / collection_file_name(collection_name)
+
+    # ------------------------------------------------------------ stores
+
+    def _collection(
+        self, collection_name: str, mode: Literal["get", "open", "create"]
+    ) -> _store.Store | None:
+        """The collection's open store. ``get``: None if the collection does not exist;
+        ``open``: created if missing; ``create``: CollectionExistsError if it exists."""
+        file = str(self.collection_path(collection_name))
+        with self._lock:
+            if self._closed:
+                raise StoreClosedError("the RagClient is closed; create a new one to use it")
+            identity = _identity(file)
+            cached = self._stores.get(collection_name)
+            if cached is not None:
+                if cached[1] == identity and mode != "create":
+                    return cached[0]
+                if cached[1] != identity:
+                    # Deleted (or deleted and created again) by another client or process.
+                    cached[0].close()
+                    del self._stores[collection_name]
+            if mode == "get" and identity is None:
+                return None
+            if mode == "create":
+                try:
+                    os.makedirs(self._path, exist_ok=True)
+                    os.close(os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+                except FileExistsError:
+                    raise CollectionExistsError(
+                        f"collection {collection_name!r} already exists; use "
+                        "get_or_create_collection() to reuse it"
+                    ) from None
+                except OSError as exc:
+                    raise StorageError(f"cannot create {file!r}: {exc}") from exc
+            store = _store.open(file, durability=self._durability)
+            self._stores[collection_name] = (store, _identity(file))
+            return store
+
+    def _embed(self, texts: list[str], *, query: bool = False) -> np.ndarray:
+        """The texts' vectors as one float32 (len(texts), dim) matrix."""
+        function = self.embedding_function
+        embed_query = getattr(function, "embed_query", None)
+        # Chroma embeds queries with embed_query when there is one (some models embed
+        # queries and documents differently).
+        raw = embed_query(input=texts) if query and callable(embed_query) else function(texts)
+        try:
+            matrix = np.asarray(raw, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InvalidVectorError(
+                f"the embedding function must return one vector of numbers per text: {exc}"
+            ) from exc
+        if matrix.ndim != 2 or matrix.shape[0] != len(texts):
+            raise InvalidVectorError(
+                f"the embedding function returned an array of shape {matrix.shape} for "
+                f"{len(texts)} texts; it must return one vector per text"
+            )
+        return matrix
+
+    @staticmethod
+    def _dimension_mismatch(collection_name: str, exc: DimensionMismatchError) -> DimensionMismatchError:
+        # CrewAI's KnowledgeStorage recognises this case by the words "dimension mismatch".
+        return DimensionMismatchError(
+            f"embedding dimension mismatch: collection {collection_name!r} holds "
+            f"{exc.expected}-dimensional vectors but the embedding function returned "
+            f"{exc.got}-dimensional ones; use the embedding model the collection was built "
+            "with, or delete the collection (e.g. `crewai reset-memories -a`) and add the "
+            "documents again",
+            exc.expected,
+            exc.got,
+        )
+
+    # ------------------------------------------------------------ BaseClient
+
+    def create_collection(self, *, collection_name: str) -> None:
+        """Creates an empty collection; CollectionExistsError (a ValueError) if it exists."""
+        self._collection(collection_name, "create")
+
+    def get_or_create_collection(self, *, collection_name: str) -> _store.Store:
+        """The collection's :class:`ferromem.Store`, created if missing. The client owns
+        it: close the client, not the store."""
+        return self._collection(collection_name, "open")
+
+    def add_documents(
+        self,
+        *,
+        collection_name: str,
+        documents: list[BaseRecord],
+        batch_size: int | None = None,
+    ) -> None:
+        """Upserts the documents (creating the collection if needed), embedding and
+        writing ``batch_size`` of them per transaction (default ``default_batch_size``).
+
+        Empty ``documents`` raise a ValueError; a document that is not a dict with a str
+        ``content`` raises InvalidDocumentError (a TypeError); an embedding dimension other
+        than the collection's raises DimensionMismatchError ("dimension mismatch")."""
+        size = self.default_batch_size if batch_size is None else _check_int(batch_size, "batch_size")
+        ids, texts, metadatas = _prepare_documents(documents)
+        store = self._collection(collection_name, "open")
+        for start in range(0, len(ids), size):
+            stop = start + size
+            vectors = self._embed(texts[start:stop])
+            try:
+                store.upsert(
+                    ids[start:stop], vectors, contents=texts[start:stop],
+                    metadata=metadatas[start:stop],
+                )
+            except DimensionMismatchError as exc:
+                raise self._dimension_mismatch(collection_name, exc) from exc
+
+    def search(
+        self,
+        *,
+        collection_name: str,
+        query: str,
+        limit: int | None = None,
+        metadata_filter: dict[str, Any] | None = None,
+        score_threshold: float | None = _UNSET,
+    ) -> list[SearchResult]:
+        """The ``limit`` documents most similar to ``query`` among those matching
+        ``metadata_filter``, best first, with score >= ``score_threshold`` (defaults:
+        ``default_limit``, ``default_score_threshold``; None or 0 means no threshold).
+        A collection that does not exist gives []."""
+        if not isinstance(query, str):
+            raise InvalidInputError(f"query must be a str, got {type(query).__name__}")
+        k = self.default_limit if limit is None else _check_int(limit, "limit")
+        if score_threshold is _UNSET:
+            score_threshold = self.default_score_threshold
+        threshold = None if score_threshold is None else check.check_real(score_threshold, "score_threshold")
+        merged = {} if metadata_filter is None else _merge(_equalities(metadata_filter))
+        where, residual = split_metadata_filter(merged or None)
+        store = self._collection(collection_name, "get")
+        if merged is None or store is None or store.dim is None:
+            return []
+        criteria: dict[str, Any] = {"where": where}
+        if residual:
+            criteria["ids"] = filter_ids(store, residual, where=where)
+            if not criteria["ids"]:
+                return []
+        vector = self._embed([query], query=True)[0]
+        try:
+            hits = store.search(
+                vector, k, min_score=2.0 * threshold - 1.0 if threshold else None, **criteria
+            )
+        except DimensionMismatchError as exc:
+            raise self._dimension_mismatch(collection_name, exc) from exc
+        return [
+            SearchResult(
+                id=record.id,
+                content=record.content,
+                metadata=record.metadata,
+                score=min(1.0, max(0.0, (1.0 + cosine) / 2.0)),
+            )
+            for record, cosine in zip(hits.records(), hits.scores.tolist())
+            if record is not None  # deleted by another thread since the search
+        ]
+
+    def delete_collection(self, *, collection_name: str) -> None:
+        """Deletes the collection's file; CollectionNotFoundError (a ValueError) if it
+        does not exist, as ChromaDB raises."""
+        file = str(self.collection_path(collection_name))
+        with self._lock:
+            cached = self._stores.pop(collection_name, None)
+            if cached is not None:
+                cached[0].close()
+            if _identity(file) is None:
+                raise CollectionNotFoundError(f"collection {collection_name!r} does not exist")
+            self._remove(file)
+
+    def reset(self) -> None:
+        """Deletes every collection in the directory."""
+        with self._lock:
+            for store, _ in self._stores.values():
+                store.close()
+            self._stores.clear()
+            try:
+                names = os.listdir(self._path)
+            except FileNotFoundError:
+                return
+            for name in names:
+                if name.endswith(STORE_SUFFIX):
+                    self._remove(str(self._path / name))
+
+    @staticmethod
+    def _remove(file: str) -> None:
+        # The log and shared-memory files go too: a store created later under the same
+        # name must not find them. A process still holding the old file keeps it (unlinked).
+        for companion in _COMPANIONS:
+            try:
+                os.remove(file + companion)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StorageError(f"cannot delete {file + companion!r}: {exc}") from exc
+
+    def close(self) -> None:
+        """Closes the open stores; later calls raise StoreClosedError. Idempotent."""
+        with self._lock:
+            self._closed = True
+            for store, _ in self._stores.values():
+                store.close()
+            self._stores.clear()
+
+    # ------------------------------------------------------------ async
+
+    async def acreate_collection(self, *, collection_name: str) -> None:
+        await asyncio.to_thread(self.create_collection, collection_name=collection_name)
+
+    async def aget_or_create_collection(self, *, collection_name: str) -> _store.Store:
+        return await asyncio.to_thread(
+            self.get_or_create_collection, collection_name=collection_name
+        )
+
+    async def aadd_documents(
+        self,
+        *,
+        collection_name: str,
+        documents: list[BaseRecord],
+        batch_size: int | None = None,
+    ) -> None:
+        await asyncio.to_thread(
+            self.add_documents, collection_name=collection_name, documents=documents,
+            batch_size=batch_size,
+        )
+
+    async def asearch(
+        self,
+        *,
+        collection_name: str,
+        query: str,
+        limit: int | None = None,
+        metadata_filter: dict[str, Any] | None = None,
+        score_threshold: float | None = _UNSET,
+    ) -> list[SearchResult]:
+        return await asyncio.to_thread(
+            self.search, collection_name=collection_name, query=query, limit=limit,
+            metadata_filter=metadata_filter, score_threshold=score_threshold,
+        )
+
+    async def adelete_collection(self, *, collection_name: str) -> None:
+        await asyncio.to_thread(self.delete_collection, collection_name=collection_name)
+
+    async def areset(self) -> None:
+        await asyncio.to_thread(self.reset)
+
+    def __repr__(self) -> str:
+        return f"RagClient(path={str(self._path)!r})"
+
+
+# ---------------------------------------------------------------- registration
+
+
+@pyd_dataclass(frozen=True)
+class RagConfig(BaseRagConfig):
+    """The ``"ferromem"`` RAG provider's config, for ``crewai.rag.factory.create_client``
+    once :func:`create_rag_client` is registered for ``"ferromem"``. ``embedding_function``,
+    ``limit``, ``score_threshold`` and ``batch_size`` as in CrewAI's configs; ``path`` and
+    ``durability`` as in :class:`RagClient`."""
+
+    provider: Literal["ferromem"] = field(default="ferromem", init=False)  # type: ignore[assignment]
+    path: str | Path | None = None
+    durability: Literal["normal", "full"] = "normal"
+
+
+def create_rag_client(config: BaseRagConfig) -> RagClient:
+    """A RAG client factory for ``register_rag_client_factory``: a :class:`RagConfig`, or
+    any CrewAI RAG config (e.g. ``ChromaDBConfig``, when registered for ``"chromadb"``), of
+    which the embedding function and the limits are used and the backend settings
+    (ChromaDB's tenant, database, persist directory) ignored: the collections live in
+    :func:`default_knowledge_path`."""
+    if not isinstance(config, BaseRagConfig):
+        raise InvalidInputError(
+            f"config must be a CrewAI RAG config (RagConfig, ChromaDBConfig, ...), got "
+            f"{type(config).__name__}"
+        )
+    own = isinstance(config, RagConfig)
+    return RagClient(
+        config.path if own else None,
+        embedding_function=config.embedding_function,
+        default_limit=config.limit,
+        default_score_threshold=config.score_threshold,
+        default_batch_size=config.batch_size,
+        durability=config.durability if own else "normal",
+    )
+
+
+class KnowledgeStorage(BaseKnowledgeStorage):
+    """CrewAI knowledge storage (``BaseKnowledgeStorage``) on a :class:`RagClient`.
+
+    The collection is ``"knowledge"``, or ``"knowledge_<collection_name>"``, as in CrewAI's
+    KnowledgeStorage. ``embedder``: a CrewAI embedder config (or a callable), None for
+    CrewAI's default; ``path``: the RagClient's directory; or ``client``: a RagClient to
+    use instead of both.
+
+    Unlike CrewAI's KnowledgeStorage, failures are raised, not logged and turned into [];
+    what callers rely on is kept: an empty query gives [], resetting a collection that was
+    never saved to does nothing, and an embedding dimension change raises a ValueError
+    that says "dimension mismatch".
+    """
+
+    collection_name: str | None = None
+    embedder: Any = Field(default=None, exclude=True)
+    path: str | Path | None = None
+    client: RagClient | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _init_client(self) -> KnowledgeStorage:
+        if self.client is None:
+            self.client = RagClient(self.path, embedding_function=self.embedder)
+        elif self.embedder is not None or self.path is not None:
+            raise InvalidInputError("pass either client, or embedder and path, not both")
+        return self
+
+    @property
+    def collection(self) -> str:
+        """The RAG collection this storage reads and writes."""
+        return f"knowledge_{self.collection_name}" if self.collection_name else "knowledge"
+
+    @staticmethod
+    def _query_text(query: Sequence[str]) -> str:
+        if isinstance(query, str) or not all(isinstance(q, str) for q in query):
+            raise InvalidInputError("query must be a list of str")
+        return " ".join(query)
+
+    def search(
+        self,
+        query: list[str],
+        limit: int = 5,
+        metadata_filter: dict[str, Any] | None = None,
+        score_threshold: float = 0.6,
+    ) -> list[SearchResult]:
+        if not query:
+            return []
+        return self.client.search(
+            collection_name=self.collection, query=self._query_text(query), limit=limit,
+            metadata_filter=metadata_filter, score_threshold=score_threshold,
+        )
+
+    def save(self, documents: list[str]) -> None:
+        if not documents:
+            return
+        self.client.add_documents(
+            collection_name=self.collection, documents=[{"content": doc} for doc in documents]
+        )
+
+    def reset(self) -> None:
+        try:
+            self.client.delete_collection(collection_name=self.collection)
+        except CollectionNotFoundError:
+            pass
+
+    async def asearch(
+        self,
+        query: list[str],
+        limit: int = 5,
+        metadata_filter: dict[str, Any] | None = None,
+        score_threshold: float = 0.6,
+    ) -> list[SearchResult]:
+        return await asyncio.to_thread(self.search, query, limit, metadata_filter, score_threshold)
+
+    async def asave(self, documents: list[str]) -> None:
+        await asyncio.to_thread(self.save, documents)
+
+    async def areset(self) -> None:
+        await asyncio.to_thread(self.reset)
+
+
+def knowledge_storage_factory(embedder: Any, collection_name: str | None) -> KnowledgeStorage:
+    """CrewAI's knowledge storage factory (``set_knowledge_storage_factory``): a
+    :class:`KnowledgeStorage` in :func:`default_knowledge_path`."""
+    return KnowledgeStorage(embedder=embedder, collection_name=collection_name)
