@@ -1,6 +1,9 @@
-"""Command line: ``python -m ferromem demo`` (or ``ferromem demo``) and ``ferromem stats PATH``.
+"""Command line: ``python -m ferromem demo`` (or ``ferromem demo``), ``ferromem import`` and
+``ferromem stats PATH``.
 
-``demo`` runs ferromem's main job on the embedded default store: an agent remembers many
+``demo`` runs a real CrewAI Memory workload on ferromem and on CrewAI's default storage
+side by side (see :mod:`ferromem.crewai.demo`). ``demo --store-only`` (also the fallback
+without CrewAI) runs ferromem's main job on the embedded default store: an agent remembers many
 items (scoped, categorised, with importance), recalls them with and without filters,
 forgets a scope, lists scopes, and reopens the store to show that everything persisted.
 It prints the latency of each step and checks every filtered recall against a brute-force
@@ -158,6 +161,36 @@ def demo_cmd(args: argparse.Namespace) -> int:
     return demo(args)
 
 
+def import_cmd(args: argparse.Namespace) -> int:
+    """Copies a CrewAI LanceDB memory store or ChromaDB knowledge store into ferromem."""
+    from ferromem.crewai import migrate
+
+    try:
+        if args.kind == "lancedb":
+            from ferromem.crewai.memory import default_memory_path
+
+            source = args.source or str(default_memory_path())
+            report = migrate.import_lancedb(source, args.to, table=args.table)
+            print(f"imported {report['imported']:,} memories from {source}; verified: every one is "
+                  f"in the destination ({report['destination_total']:,} records there)")
+        else:
+            from crewai.rag.chromadb.constants import DEFAULT_STORAGE_PATH
+
+            from ferromem.crewai.rag import default_knowledge_path
+
+            source = args.source or str(DEFAULT_STORAGE_PATH)
+            dest = args.to or str(default_knowledge_path())
+            reports = migrate.import_chromadb(source, dest, collections=args.collection)
+            for name, report in reports.items():
+                print(f"collection {name!r}: imported {report['imported']:,} documents; verified "
+                      f"({report['destination_total']:,} there)")
+            print(f"{len(reports)} collections from {source} into {dest}")
+    except migrate.MigrationError as exc:
+        print(f"ferromem import: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def stats_cmd(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.path):
         print(f"ferromem stats: no store at {args.path}", file=sys.stderr)
@@ -186,6 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--durability", default="normal", choices=["normal", "full"], help="store-only")
     d.add_argument("--json", action="store_true", help="store-only: also print the engine's statistics")
     d.set_defaults(func=demo_cmd)
+    imp = sub.add_parser(
+        "import",
+        help="copy a CrewAI LanceDB memory store or ChromaDB knowledge store into ferromem",
+    )
+    imp.add_argument("kind", choices=["lancedb", "chromadb"])
+    imp.add_argument("source", nargs="?", default=None,
+                     help="the source directory (default: CrewAI's own for that kind)")
+    imp.add_argument("--to", default=None,
+                     help="destination (default: where ferromem.crewai looks by default)")
+    imp.add_argument("--table", default="memories", help="lancedb: the table (default memories)")
+    imp.add_argument("--collection", action="append", default=None,
+                     help="chromadb: a collection to copy (repeatable; default all)")
+    imp.set_defaults(func=import_cmd)
     s = sub.add_parser("stats", help="print a store's counts, scopes and latency statistics")
     s.add_argument("path")
     s.set_defaults(func=stats_cmd)

@@ -94,6 +94,7 @@ __all__ = [
     "create_rag_client",
     "knowledge_storage_factory",
     "default_knowledge_path",
+    "collection_file_name",
     "CollectionExistsError",
     "CollectionNotFoundError",
     "InvalidDocumentError",
