@@ -47,15 +47,18 @@ class Record:
             private,
             vector,
         ) = row
-        # A view, so that marking it read-only never affects the engine's own array.
-        vector = np.asarray(vector, dtype=np.float32).view()
-        vector.flags.writeable = False
+        vector = np.asarray(vector, dtype=np.float32)
+        if vector.flags.writeable:
+            # A read-only view, so that the flag never affects an engine's own array (the
+            # native engine hands over a fresh array that is read-only already).
+            vector = vector.view()
+            vector.flags.writeable = False
         return cls(
             id=record_id,
             content=content,
             scope=scope,
             categories=tuple(categories),
-            metadata=json.loads(metadata_json),
+            metadata={} if metadata_json == "{}" else json.loads(metadata_json),
             importance=float(importance),
             created_at=float(created_at),
             last_accessed=float(last_accessed),

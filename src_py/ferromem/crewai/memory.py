@@ -111,6 +111,43 @@ def _from_epoch(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, timezone.utc).replace(tzinfo=None)
 
 
+_FIELDS = frozenset(MemoryRecord.model_fields)
+
+
+def _construct_fast(values: dict[str, Any]) -> MemoryRecord:
+    """A MemoryRecord from already-validated values, the way pydantic's model_construct
+    builds one (instance dict plus its three pydantic slots), at a fifth of the cost,
+    which matters per search result."""
+    record = object.__new__(MemoryRecord)
+    object.__setattr__(record, "__dict__", values)
+    object.__setattr__(record, "__pydantic_fields_set__", set(_FIELDS))
+    object.__setattr__(record, "__pydantic_extra__", None)
+    object.__setattr__(record, "__pydantic_private__", None)
+    return record
+
+
+def _fast_construct_works() -> bool:
+    """Checked once at import: the shortcut must equal model_construct on this pydantic."""
+    values = {
+        "id": "x", "content": "c", "scope": "/", "categories": ["a"], "metadata": {"k": 1},
+        "importance": 0.5, "created_at": _EPOCH, "last_accessed": _EPOCH, "embedding": [1.0],
+        "source": None, "private": False,
+    }
+    if set(values) != _FIELDS:
+        return False
+    try:
+        fast = _construct_fast(dict(values))
+        slow = MemoryRecord.model_construct(**values)
+        return fast == slow and fast.model_dump() == slow.model_dump() and repr(fast) == repr(slow)
+    except Exception:  # noqa: BLE001 - any failure means: use model_construct
+        return False
+
+
+_construct = _construct_fast if _fast_construct_works() else (
+    lambda values: MemoryRecord.model_construct(**values)
+)
+
+
 class MemoryStorage:
     """CrewAI ``StorageBackend`` on a ferromem store (one SQLite file, many processes).
 
@@ -120,6 +157,10 @@ class MemoryStorage:
     ``durability``: "normal" (survives a process crash) or "full" (also power loss).
     ``store``: an open :class:`ferromem.Store` to use instead of a path (in memory, or one
     store shared by several Memory objects); the caller keeps it, and close() leaves it open.
+    ``search_embeddings``: also return each search result's embedding. Off by default, as
+    in CrewAI's Qdrant Edge backend: no CrewAI caller reads it, and turning 10 vectors of
+    1536 floats into Python lists costs several times the search itself. get_record and
+    list_records always return embeddings.
     """
 
     def __init__(
@@ -130,6 +171,7 @@ class MemoryStorage:
         *,
         durability: str = "normal",
         store: _store.Store | None = None,
+        search_embeddings: bool = False,
     ) -> None:
         if store is not None:
             if path is not None:
@@ -142,6 +184,7 @@ class MemoryStorage:
             )
             self._owns_store = True
         self._vector_dim = vector_dim
+        self._search_embeddings = bool(search_embeddings)
         self._close_lock = threading.Lock()
 
     @staticmethod
@@ -232,7 +275,7 @@ class MemoryStorage:
             raise EmbeddingDimensionMismatchError(exc.expected, exc.got) from exc
 
     @staticmethod
-    def _to_record(record: Any) -> MemoryRecord:
+    def _to_record(record: Any, with_embedding: bool = True) -> MemoryRecord:
         metadata = record.metadata
         embedded = True
         scope = record.scope
@@ -240,21 +283,21 @@ class MemoryStorage:
             metadata = dict(metadata)
             embedded = not metadata.pop(_NO_EMBEDDING_KEY, False)
             scope = metadata.pop(_RAW_SCOPE_KEY, scope)
-        # The values were validated when saved: model_construct skips pydantic's
-        # validation, which would otherwise dominate a search (a 1536-float list each).
-        return MemoryRecord.model_construct(
-            id=record.id,
-            content=record.content,
-            scope=scope,
-            categories=list(record.categories),
-            metadata=metadata,
-            importance=record.importance,
-            created_at=_from_epoch(record.created_at),
-            last_accessed=_from_epoch(record.last_accessed),
-            embedding=record.vector.tolist() if embedded else None,
-            source=record.source,
-            private=record.private,
-        )
+        # The values were validated when saved: skipping pydantic's validation keeps the
+        # conversion from dominating a search.
+        return _construct({
+            "id": record.id,
+            "content": record.content,
+            "scope": scope,
+            "categories": list(record.categories),
+            "metadata": metadata,
+            "importance": record.importance,
+            "created_at": _from_epoch(record.created_at),
+            "last_accessed": _from_epoch(record.last_accessed),
+            "embedding": record.vector.tolist() if embedded and with_embedding else None,
+            "source": record.source,
+            "private": record.private,
+        })
 
     # ------------------------------------------------------------ StorageBackend
 
@@ -265,8 +308,30 @@ class MemoryStorage:
         self._write(records)
 
     def update(self, record: MemoryRecord) -> None:
-        """Replaces the record with the same id (saves it if there is none)."""
-        self._write([record])
+        """Replaces the record with the same id (saves it if there is none). A record
+        without an embedding keeps the stored vector: search results come without one."""
+        if record.embedding or not isinstance(record, MemoryRecord):
+            self._write([record])
+            return
+        existing = self._store.get(record.id) if isinstance(record.id, str) else None
+        if existing is None or _NO_EMBEDDING_KEY in existing.metadata:
+            self._write([record])
+            return
+        metadata = dict(record.metadata)
+        if canonical_scope(record.scope) != record.scope:
+            metadata[_RAW_SCOPE_KEY] = record.scope
+        self._store.update(
+            record.id,
+            content=record.content,
+            scope=canonical_scope(record.scope),
+            categories=list(record.categories),
+            metadata=metadata,
+            importance=record.importance,
+            created_at=_to_epoch(record.created_at, "created_at"),
+            last_accessed=_to_epoch(record.last_accessed, "last_accessed"),
+            source=record.source,
+            private=record.private,
+        )
 
     def touch_records(self, record_ids: list[str]) -> None:
         """Sets last_accessed to now for the given ids (missing ids are skipped)."""
@@ -317,12 +382,10 @@ class MemoryStorage:
             raise EmbeddingDimensionMismatchError(exc.expected, exc.got) from exc
         out = []
         for stored_record, score in zip(result.records(), result.scores.tolist()):
-            if stored_record is None:  # deleted by another thread since the search
+            # None: deleted by another thread since the search.
+            if stored_record is None or _NO_EMBEDDING_KEY in stored_record.metadata:
                 continue
-            record = self._to_record(stored_record)
-            if record.embedding is None:
-                continue
-            out.append((record, score))
+            out.append((self._to_record(stored_record, self._search_embeddings), score))
             if len(out) == limit:
                 break
         return out

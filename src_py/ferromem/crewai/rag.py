@@ -312,8 +312,8 @@ class RagClient(BaseClient):
     text) or a CrewAI embedder config (a ``{"provider": ..., "config": ...}`` dict or a
     provider instance); None for CrewAI's default (OpenAI ``text-embedding-3-small``),
     built on first use. A client embeds with its ``embedding_function`` attribute: assign
-    another callable to change it. The defaults are ``ChromaDBClient``'s. ``durability``: "normal"
-    or "full" for the stores (see :func:`ferromem.open`).
+    another callable to change it. The defaults are ``ChromaDBClient``'s. ``durability``:
+    "normal" or "full" for the stores (see :func:`ferromem.open`).
     """
 
     def __init__(
@@ -359,6 +359,10 @@ class RagClient(BaseClient):
 
     # ------------------------------------------------------------ stores
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError("the RagClient is closed; create a new one to use it")
+
     def _collection(
         self, collection_name: str, mode: Literal["get", "open", "create"]
     ) -> _store.Store | None:
@@ -366,8 +370,7 @@ class RagClient(BaseClient):
         ``open``: created if missing; ``create``: CollectionExistsError if it exists."""
         file = str(self.collection_path(collection_name))
         with self._lock:
-            if self._closed:
-                raise StoreClosedError("the RagClient is closed; create a new one to use it")
+            self._check_open()
             identity = _identity(file)
             cached = self._stores.get(collection_name)
             if cached is not None:
@@ -415,7 +418,9 @@ class RagClient(BaseClient):
         return matrix
 
     @staticmethod
-    def _dimension_mismatch(collection_name: str, exc: DimensionMismatchError) -> DimensionMismatchError:
+    def _dimension_mismatch(
+        collection_name: str, exc: DimensionMismatchError
+    ) -> DimensionMismatchError:
         # CrewAI's KnowledgeStorage recognises this case by the words "dimension mismatch".
         return DimensionMismatchError(
             f"embedding dimension mismatch: collection {collection_name!r} holds "
@@ -451,7 +456,9 @@ class RagClient(BaseClient):
         Empty ``documents`` raise a ValueError; a document that is not a dict with a str
         ``content`` raises InvalidDocumentError (a TypeError); an embedding dimension other
         than the collection's raises DimensionMismatchError ("dimension mismatch")."""
-        size = self.default_batch_size if batch_size is None else _check_int(batch_size, "batch_size")
+        size = (
+            self.default_batch_size if batch_size is None else _check_int(batch_size, "batch_size")
+        )
         ids, texts, metadatas = _prepare_documents(documents)
         store = self._collection(collection_name, "open")
         for start in range(0, len(ids), size):
@@ -483,7 +490,10 @@ class RagClient(BaseClient):
         k = self.default_limit if limit is None else _check_int(limit, "limit")
         if score_threshold is _UNSET:
             score_threshold = self.default_score_threshold
-        threshold = None if score_threshold is None else check.check_real(score_threshold, "score_threshold")
+        threshold = (
+            None if score_threshold is None
+            else check.check_real(score_threshold, "score_threshold")
+        )
         merged = {} if metadata_filter is None else _merge(_equalities(metadata_filter))
         where, residual = split_metadata_filter(merged or None)
         store = self._collection(collection_name, "get")
@@ -517,6 +527,7 @@ class RagClient(BaseClient):
         does not exist, as ChromaDB raises."""
         file = str(self.collection_path(collection_name))
         with self._lock:
+            self._check_open()
             cached = self._stores.pop(collection_name, None)
             if cached is not None:
                 cached[0].close()
@@ -527,6 +538,7 @@ class RagClient(BaseClient):
     def reset(self) -> None:
         """Deletes every collection in the directory."""
         with self._lock:
+            self._check_open()
             for store, _ in self._stores.values():
                 store.close()
             self._stores.clear()
@@ -614,7 +626,9 @@ class RagConfig(BaseRagConfig):
     ``limit``, ``score_threshold`` and ``batch_size`` as in CrewAI's configs; ``path`` and
     ``durability`` as in :class:`RagClient`."""
 
-    provider: Literal["ferromem"] = field(default="ferromem", init=False)  # type: ignore[assignment]
+    provider: Literal["ferromem"] = field(  # type: ignore[assignment]
+        default="ferromem", init=False
+    )
     path: str | Path | None = None
     durability: Literal["normal", "full"] = "normal"
 
@@ -664,6 +678,9 @@ class KnowledgeStorage(BaseKnowledgeStorage):
     def _init_client(self) -> KnowledgeStorage:
         if self.client is None:
             self.client = RagClient(self.path, embedding_function=self.embedder)
+        elif not isinstance(self.client, RagClient):
+            # BaseClient's pydantic schema accepts any value: check it here.
+            raise InvalidInputError(f"client must be a RagClient, got {type(self.client).__name__}")
         elif self.embedder is not None or self.path is not None:
             raise InvalidInputError("pass either client, or embedder and path, not both")
         return self
