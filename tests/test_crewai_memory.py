@@ -524,3 +524,18 @@ def test_bad_input_is_typed(storage):
         storage.search(vec("x"), metadata_filter=["k"])
     assert storage.count() == 1
     assert json.loads(json.dumps(storage.list_categories())) == {}
+
+
+def test_search_results_skip_embeddings_and_update_keeps_the_vector(tmp_path):
+    storage = MemoryStorage(tmp_path / "e")
+    storage.save([record("vector kept", id="v", scope="/a")])
+    [(hit, _)] = storage.search(vec("vector kept"), limit=1)
+    assert hit.embedding is None  # as in Qdrant Edge; get_record has it
+    storage.update(hit.model_copy(update={"content": "renamed"}))
+    assert np.allclose(storage.get_record("v").embedding, vec("vector kept"), atol=1e-7)
+    assert storage.get_record("v").content == "renamed"
+    storage.close()
+    with_vectors = MemoryStorage(tmp_path / "e", search_embeddings=True)
+    [(hit, _)] = with_vectors.search(vec("vector kept"), limit=1)
+    assert np.allclose(hit.embedding, vec("vector kept"), atol=1e-7)
+    with_vectors.close()
