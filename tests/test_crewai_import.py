@@ -86,3 +86,40 @@ def test_import_errors_are_clear(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MigrationError, match="cannot open LanceDB table"):
         import_lancedb(tmp_path / "empty", tmp_path / "d", progress=None)
+
+
+def test_import_chromadb_through_the_cli(tmp_path):
+    import chromadb
+    from chromadb.config import Settings
+
+    from ferromem.crewai import RagClient
+    from ferromem.embedders import HashingEmbedder
+
+    source = tmp_path / "chroma"
+    client = chromadb.PersistentClient(path=str(source), settings=Settings(anonymized_telemetry=False))
+    embed = HashingEmbedder(DIM)
+    docs = {
+        "knowledge": [f"fact number {i} about 'quoted' 100%_things 東京" for i in range(1500)],
+        "knowledge_Other-Name.v2": ["a tiny collection", "with two documents"],
+    }
+    for name, texts in docs.items():
+        col = client.create_collection(name, metadata={"hnsw:space": "cosine"}, embedding_function=None)
+        col.add(ids=[f"{name}-{i}" for i in range(len(texts))], documents=texts,
+                embeddings=[v.tolist() for v in embed(texts)],
+                metadatas=[{"i": i, "parity": "even" if i % 2 == 0 else "odd"} for i in range(len(texts))])
+    del client
+    dest = tmp_path / "ferro-knowledge"
+    done = _cli("chromadb", str(source), "--to", str(dest))
+    assert done.returncode == 0, done.stderr
+    assert "imported 1,500 documents" in done.stdout and "2 collections" in done.stdout
+    rag = RagClient(dest, embedding_function=embed)
+    hits = rag.search(collection_name="knowledge", query=docs["knowledge"][42], limit=3,
+                      metadata_filter={"parity": "even"})
+    assert hits[0]["id"] == "knowledge-42" and hits[0]["content"] == docs["knowledge"][42]
+    assert hits[0]["metadata"] == {"i": 42, "parity": "even"}
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert len(rag.search(collection_name="knowledge_Other-Name.v2", query="tiny", limit=5,
+                          score_threshold=0)) == 2
+    rag.close()
+    one = _cli("chromadb", str(source), "--to", str(tmp_path / "one"), "--collection", "nope")
+    assert one.returncode == 1 and "no collection ['nope']" in one.stderr

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TextIO
 
+import numpy as np
+
 from ..exceptions import FerromemError
 
 __all__ = ["import_lancedb", "import_chromadb", "MigrationError"]
@@ -169,17 +171,18 @@ def import_chromadb(
             total = col.count()
             seen: list[str] = []
             bar = _Progress(f"chromadb {name}", total, progress)
+            store = rag.get_or_create_collection(collection_name=name)
             for offset in range(0, total, batch):
                 got = col.get(include=["embeddings", "documents", "metadatas"], limit=batch, offset=offset)
-                rag.upsert_vectors(
-                    name, got["ids"], got["embeddings"],
-                    [d or "" for d in got["documents"]],
-                    [dict(m) if m else {} for m in got["metadatas"]],
-                )
+                if got["ids"]:
+                    store.upsert(
+                        got["ids"], np.asarray(got["embeddings"], dtype=np.float32),
+                        contents=[d or "" for d in got["documents"]],
+                        metadata=[dict(m) if m else {} for m in got["metadatas"]],
+                    )
                 seen.extend(got["ids"])
                 bar.advance(len(got["ids"]))
             bar.close()
-            store = rag.store_for(name)
             report[name] = _verify(seen, total, store.get_many, store.count(), f"documents of {name!r}")
     finally:
         rag.close()

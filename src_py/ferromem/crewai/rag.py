@@ -22,7 +22,8 @@ name can never leave the directory and distinct names get distinct files even on
 case-insensitive file systems; a name too long for a file name is cut and ends in ``~``
 and its SHA-256 (``~`` never occurs otherwise). A collection exists while its file does.
 Stores are opened on first use and kept open until :meth:`RagClient.close`; several
-threads may share one client, and several clients or processes one directory.
+threads may share one client, and several clients or processes one directory. Deleting a
+collection removes its files; every client notices at its next call on that collection.
 
 **Documents** are upserted exactly like ``ChromaDBClient.add_documents``: the id is
 ``doc_id``, else ``metadata["doc_id"]``, else the SHA-256 of the content (with
@@ -46,7 +47,9 @@ and ``{"$and": [filter, ...]}``; any other operator raises
 :class:`~ferromem.exceptions.InvalidFilterError`.
 
 Differences from ChromaDBClient: searching a collection that does not exist returns []
-without creating it; metadata may be any JSON object (Chroma only takes scalars).
+without creating it (Chroma creates it); metadata may be any JSON object (Chroma only
+takes scalars); errors are ferromem's typed errors, each also the builtin the protocol
+names (ValueError, TypeError).
 """
 
 from __future__ import annotations
