@@ -539,3 +539,37 @@ def test_search_results_skip_embeddings_and_update_keeps_the_vector(tmp_path):
     [(hit, _)] = with_vectors.search(vec("vector kept"), limit=1)
     assert np.allclose(hit.embedding, vec("vector kept"), atol=1e-7)
     with_vectors.close()
+
+
+def test_consolidation_through_a_stub_llm_updates_in_place(tmp_path):
+    """CrewAI's consolidation: a new memory whose cosine with a stored one reaches 0.85 goes
+    to the LLM, which here answers "update the old record, do not insert". The storage
+    sees CrewAI's search (cosine scores), update and no extra insert."""
+    import re
+
+    from crewai.llms.base_llm import BaseLLM
+
+    class ConsolidatingStub(BaseLLM):
+        calls: int = 0
+
+        def call(self, messages, tools=None, callbacks=None, available_functions=None,
+                 from_task=None, from_agent=None, response_model=None):
+            self.calls += 1
+            text = messages[-1]["content"] if isinstance(messages, list) else messages
+            record_id = re.search(r"id=(\S+) \|", text).group(1)
+            return json.dumps({"actions": [{"action": "update", "record_id": record_id,
+                                            "new_content": "The office wifi password is tulip43"}],
+                               "insert_new": False})
+
+    storage = MemoryStorage(tmp_path / "consolidate")
+    llm = ConsolidatingStub(model="stub")
+    memory = Memory(storage=storage, embedder=EMBED, llm=llm)  # consolidation_threshold 0.85
+    memory.remember("The office wifi password is tulip42", scope="/office", categories=["it"], importance=0.5)
+    first = storage.list_records()[0]
+    new = "The office wifi password is tulip42 today"
+    assert float(np.dot(vec(new), vec(first.content))) >= 0.85
+    memory.remember(new, scope="/office", categories=["it"], importance=0.5)
+    assert memory._llm_instance.calls == 1
+    [only] = storage.list_records()
+    assert (only.id, only.content) == (first.id, "The office wifi password is tulip43")
+    memory.close()
