@@ -824,3 +824,30 @@ def test_convert_shapes():
     with pytest.raises(ferromem.DimensionMismatchError) as info:
         _convert.as_matrix([[1, 2, 3]], dim=2)
     assert (info.value.expected, info.value.got) == (2, 3)
+
+
+def test_ids_filter_narrows_search_list_count_and_categories(store, rng):
+    vectors = unit_rows(rng, 6, 8)
+    store.add([f"r{i}" for i in range(6)], vectors, scopes=["/a", "/a", "/b", "/b", "/a", "/b"],
+              categories=[["x"], ["y"], ["x"], ["y"], ["x"], ["y"]])
+    wanted = ["r1", "r2", "r5", "missing"]
+    hits = store.search(vectors[0], 10, ids=wanted)
+    assert sorted(hits.ids) == ["r1", "r2", "r5"]
+    scores = vectors[[1, 2, 5]] @ vectors[0]
+    assert np.allclose(np.sort(hits.scores)[::-1], np.sort(scores)[::-1], atol=1e-6)
+    assert sorted(store.search(vectors[0], 10, ids=wanted, scope="/b").ids) == ["r2", "r5"]
+    assert store.count(ids=wanted) == 3 and store.count(ids=[]) == 0
+    assert [r.id for r in store.list(ids=("r5", "r1"))] == ["r1", "r5"]  # same time: by id
+    assert store.category_counts(ids=wanted) == {"x": 1, "y": 2}
+    for bad in ("r1", [1], 3):
+        with pytest.raises(ferromem.InvalidFilterError):
+            store.count(ids=bad)
+
+
+def test_clear_deletes_everything_and_keeps_the_dimension(store, rng):
+    store.add(["a", "b", "c"], unit_rows(rng, 3, 8))
+    assert store.clear() == 3
+    assert store.count() == 0 and store.dim == 8
+    with pytest.raises(ferromem.DimensionMismatchError):
+        store.add("d", unit_rows(rng, 1, 4)[0])
+    assert store.clear() == 0
