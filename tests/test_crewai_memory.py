@@ -522,6 +522,8 @@ def test_bad_input_is_typed(storage):
         storage.search([float("nan")] * DIM)
     with pytest.raises(ferromem.InvalidFilterError):
         storage.search(vec("x"), metadata_filter=["k"])
+    with pytest.raises(ferromem.InvalidMetadataError, match="reserved"):
+        storage.save([record("y", id="y", metadata={"\x00ferromem.scope": "/x"})])
     assert storage.count() == 1
     assert json.loads(json.dumps(storage.list_categories())) == {}
 

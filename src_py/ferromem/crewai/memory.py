@@ -48,7 +48,7 @@ from crewai.memory.storage.backend import EmbeddingDimensionMismatchError
 from crewai.memory.types import MemoryRecord, ScopeInfo
 
 from .. import store as _store
-from ..exceptions import DimensionMismatchError, InvalidInputError
+from ..exceptions import DimensionMismatchError, InvalidInputError, InvalidMetadataError
 from ._filters import filter_ids, split_metadata_filter
 
 __all__ = ["MemoryStorage", "DEFAULT_VECTOR_DIM", "default_memory_path"]
@@ -60,8 +60,9 @@ STORE_SUFFIX = ".ferro"
 
 # Reserved metadata keys, hidden from CrewAI. The NUL prefix cannot collide with a key a
 # caller would choose and keeps them out of the way of every metadata filter.
-_RAW_SCOPE_KEY = "\x00ferromem.scope"  # the scope as saved, when it is not canonical
-_NO_EMBEDDING_KEY = "\x00ferromem.no_embedding"  # saved without an embedding
+_RESERVED_PREFIX = "\x00ferromem."
+_RAW_SCOPE_KEY = _RESERVED_PREFIX + "scope"  # the scope as saved, when it is not canonical
+_NO_EMBEDDING_KEY = _RESERVED_PREFIX + "no_embedding"  # saved without an embedding
 _EPOCH = datetime(1970, 1, 1)
 
 
@@ -146,6 +147,19 @@ def _fast_construct_works() -> bool:
 _construct = _construct_fast if _fast_construct_works() else (
     lambda values: MemoryRecord.model_construct(**values)
 )
+
+
+def _stored_metadata(record: MemoryRecord) -> dict[str, Any]:
+    """The metadata as stored: the record's, plus its scope string when that is not
+    canonical (so it round-trips byte for byte)."""
+    metadata = dict(record.metadata)
+    if any(isinstance(key, str) and key.startswith(_RESERVED_PREFIX) for key in metadata):
+        raise InvalidMetadataError(
+            f"metadata keys starting with {_RESERVED_PREFIX!r} are reserved by ferromem"
+        )
+    if canonical_scope(record.scope) != record.scope:
+        metadata[_RAW_SCOPE_KEY] = record.scope
+    return metadata
 
 
 class MemoryStorage:
@@ -241,7 +255,7 @@ class MemoryStorage:
         vectors = []
         metadata = []
         for record in records:
-            meta = dict(record.metadata)
+            meta = _stored_metadata(record)
             if record.embedding:
                 vectors.append(record.embedding)
             else:
@@ -251,8 +265,6 @@ class MemoryStorage:
                     )
                 vectors.append(placeholder)
                 meta[_NO_EMBEDDING_KEY] = True
-            if canonical_scope(record.scope) != record.scope:
-                meta[_RAW_SCOPE_KEY] = record.scope
             metadata.append(meta)
         try:
             self._store.upsert(
@@ -317,9 +329,7 @@ class MemoryStorage:
         if existing is None or _NO_EMBEDDING_KEY in existing.metadata:
             self._write([record])
             return
-        metadata = dict(record.metadata)
-        if canonical_scope(record.scope) != record.scope:
-            metadata[_RAW_SCOPE_KEY] = record.scope
+        metadata = _stored_metadata(record)
         self._store.update(
             record.id,
             content=record.content,
