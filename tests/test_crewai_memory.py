@@ -494,9 +494,22 @@ def test_install_routes_memory_and_crew_through_ferromem(tmp_path, monkeypatch):
         task = Task(description="d", expected_output="e", agent=agent)
         crew = Crew(agents=[agent], tasks=[task], memory=True)
         assert isinstance(crew._memory._storage, MemoryStorage)
+        # Knowledge and the "ferromem" RAG provider.
+        from crewai.knowledge.knowledge import Knowledge
+        from crewai.rag.factory import create_client
+
+        from ferromem.crewai import KnowledgeStorage, RagClient, RagConfig
+
+        assert isinstance(Knowledge(collection_name="docs", sources=[]).storage, KnowledgeStorage)
+        assert isinstance(create_client(RagConfig(embedding_function=EMBED)), RagClient)
     finally:
         fc.uninstall()
     assert not fc.installed() and factory._factory is before
+    from crewai.knowledge.knowledge import Knowledge
+
+    from ferromem.crewai import KnowledgeStorage
+
+    assert not isinstance(Knowledge(collection_name="docs", sources=[]).storage, KnowledgeStorage)
     assert not isinstance(Memory(storage=str(tmp_path / "lance2"), embedder=EMBED)._storage, MemoryStorage)
 
 
