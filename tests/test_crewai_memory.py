@@ -588,3 +588,34 @@ def test_consolidation_through_a_stub_llm_updates_in_place(tmp_path):
     [only] = storage.list_records()
     assert (only.id, only.content) == (first.id, "The office wifi password is tulip43")
     memory.close()
+
+
+def test_crew_with_offline_embedder_spec_after_install(tmp_path, monkeypatch):
+    """The path a CrewAI user takes: install(), then a Crew with memory=True and an
+    embedder *spec* (CrewAI's "custom" provider), and Knowledge with the same spec."""
+    import ferromem.crewai as fc
+    from crewai import Agent, Crew, Task
+    from crewai.knowledge.knowledge import Knowledge
+    from crewai.knowledge.source.string_knowledge_source import StringKnowledgeSource
+
+    from ferromem.crewai import HashingEmbeddingFunction
+
+    monkeypatch.setenv("CREWAI_STORAGE_DIR", str(tmp_path / "home"))
+    spec = {"provider": "custom", "config": {"embedding_callable": HashingEmbeddingFunction.of_dim(DIM)}}
+    fc.install()
+    try:
+        agent = Agent(role="r", goal="g", backstory="b", llm="gpt-4o-mini")
+        crew = Crew(agents=[agent], tasks=[Task(description="d", expected_output="e", agent=agent)],
+                    memory=True, embedder=spec)
+        memory = crew._memory
+        memory.remember("the launch moved to friday", scope="/plans", categories=["dates"], importance=0.7)
+        [match] = memory.recall("launch friday", depth="shallow")
+        assert match.record.scope == "/crew/crew/plans" and memory._storage.store.dim == DIM
+        knowledge = Knowledge(collection_name="kb", embedder=spec,
+                              sources=[StringKnowledgeSource(content="The moon is made of rock.")])
+        knowledge.add_sources()
+        [hit] = knowledge.query(["moon rock"], score_threshold=0.3)
+        assert hit["content"] == "The moon is made of rock."
+        assert (tmp_path / "home" / "knowledge_ferromem").is_dir()
+    finally:
+        fc.uninstall()

@@ -26,6 +26,7 @@ _EXPORTS = {
     "RagConfig": "rag",
     "KnowledgeStorage": "rag",
     "create_rag_client": "rag",
+    "HashingEmbeddingFunction": "embedders",
     "install": "install",
     "uninstall": "install",
     "installed": "install",

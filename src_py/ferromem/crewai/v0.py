@@ -1,0 +1,486 @@
+"""CrewAI 0.x memory storages backed by ferromem: :class:`RAGStorage` and :class:`LTMStorage`.
+
+For CrewAI 0.x (tested with 0.203.2, its last release)::
+
+    from crewai.memory import EntityMemory, LongTermMemory, ShortTermMemory
+    from ferromem.crewai.v0 import LTMStorage, RAGStorage
+
+    crew = Crew(
+        agents=..., tasks=..., memory=True,
+        short_term_memory=ShortTermMemory(storage=RAGStorage("short_term", embedder=embed)),
+        entity_memory=EntityMemory(storage=RAGStorage("entities", embedder=embed)),
+        long_term_memory=LongTermMemory(storage=LTMStorage()),
+    )
+
+This module imports nothing from CrewAI when it is imported; CrewAI 0.x is used only to
+build an embedder from a CrewAI embedder config and to find CrewAI's default storage
+directory, when those are asked for.
+
+**RAGStorage** replaces ``crewai.memory.storage.rag_storage.RAGStorage`` (short-term,
+entity and external memory). Each collection (``memory_<type>`` or
+``memory_<type>_<agent roles>``, CrewAI's names) is one ferromem store file, by default in
+CrewAI's storage directory (``db_storage_path()``: the user data directory of the app
+named ``$CREWAI_STORAGE_DIR``, else of the current directory's name), beside CrewAI's own
+``chroma.sqlite3``. Where it differs from CrewAI's Chroma-backed storage:
+
+- **Errors are raised**, as ferromem's typed errors, instead of being logged and turned
+  into a silent no-op (CrewAI's save) or an empty result (CrewAI's search): a memory that
+  cannot be stored or searched says so. CrewAI's agents already catch save errors.
+- **Metadata** may be any JSON object (lists and nested objects too; Chroma takes only
+  scalars and drops keys whose value is None); a value JSON cannot represent exactly
+  raises :class:`~ferromem.exceptions.InvalidMetadataError`, a TypeError.
+- **Filters are exact and applied before ranking**, so a search returns min(limit,
+  matches) results. A filter is ``{key: value, ...}`` (all must hold, compared with
+  Python equality like CrewAI 1.x's backends, see :mod:`ferromem.crewai._filters`; Chroma
+  refuses more than one key), ``{key: {"$eq": value}}`` or ``{"$and": [filter, ...]}``;
+  any other operator raises :class:`~ferromem.exceptions.InvalidFilterError`.
+- **allow_reset=False** makes :meth:`RAGStorage.reset` raise
+  :class:`ResetNotAllowedError`; CrewAI 0.203.2 stores the flag and ignores it.
+- **A deep copy** (``Crew.copy()``, used by ``kickoff_for_each``, ``train`` and ``test``)
+  shares the store; CrewAI's own storage cannot be deep-copied once it has an embedder.
+- An embedder is not called at construction (CrewAI embeds the word "test" to check it).
+
+Ids, scores and result dicts are CrewAI's: the id of a saved value is the BLAKE2b hash of
+its text and metadata, so saving the same value and metadata again replaces it; a search
+returns ``[{"id", "content", "metadata", "score"}, ...]``, best first, where ``score`` is
+``(1 + cosine) / 2`` clamped to [0, 1] (CrewAI's conversion of Chroma's cosine distance),
+so ``score_threshold`` (default 0.6; 0 or None means none) keeps its meaning.
+
+**LTMStorage** replaces ``LTMSQLiteStorage`` (long-term memory): ``load`` returns exactly
+what CrewAI's does, in the same order, and several processes may write at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import _validate as check
+from .. import store as _store
+from ..exceptions import (
+    DimensionMismatchError,
+    FerromemError,
+    InvalidFilterError,
+    InvalidInputError,
+    InvalidVectorError,
+)
+from ._filters import filter_ids, split_metadata_filter
+
+__all__ = [
+    "RAGStorage",
+    "LTMStorage",
+    "ResetNotAllowedError",
+    "default_storage_dir",
+    "collection_file_name",
+]
+
+STORE_SUFFIX = ".ferro"
+LTM_FILE_NAME = "long_term_memory_storage" + STORE_SUFFIX
+
+# File names stay under 255 bytes with the store's "-wal"/"-shm" companions.
+_MAX_STEM = 200
+_SAFE_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+# The engine compares the cosine with min_score in float32; the threshold is applied
+# exactly afterwards, on the reported score. The margin keeps the engine from dropping a
+# result the exact test keeps; results only ever leave from the tail of the ranking.
+_THRESHOLD_MARGIN = 1e-6
+
+
+class ResetNotAllowedError(FerromemError, PermissionError):
+    """``reset()`` was called on a storage created with ``allow_reset=False``."""
+
+
+def default_storage_dir() -> Path:
+    """CrewAI 0.x's storage directory, ``crewai.utilities.paths.db_storage_path()``."""
+    try:
+        from crewai.utilities.paths import db_storage_path
+    except ImportError as exc:
+        raise ImportError(
+            f"the default storage location is CrewAI's; install crewai 0.x or pass a path ({exc})"
+        ) from exc
+    return Path(db_storage_path())
+
+
+def collection_file_name(collection_name: str) -> str:
+    """The store file name of a collection: the name percent-encoded to lower-case ASCII
+    letters, digits, ``_`` and ``-`` (so distinct names stay distinct files on
+    case-insensitive file systems and no name leaves the directory), cut and suffixed
+    with ``~`` and its SHA-256 when too long for a file name."""
+    raw = collection_name.encode("utf-8", "surrogatepass")
+    stem = "".join(chr(b) if b in _SAFE_BYTES else f"%{b:02X}" for b in raw)
+    if len(stem) > _MAX_STEM:
+        digest = hashlib.sha256(raw).hexdigest()
+        stem = stem[: _MAX_STEM - len(digest) - 1] + "~" + digest
+    return stem + STORE_SUFFIX
+
+
+def _sanitize_role(role: str) -> str:
+    """CrewAI's ``RAGStorage._sanitize_role``: the role as it appears in collection names."""
+    return role.replace("\n", "").replace(" ", "_").replace("/", "_")
+
+
+class _DefaultEmbedder:
+    """What CrewAI 0.x embeds with when nothing is configured (its default ChromaDBConfig:
+    OpenAI ``text-embedding-3-small`` with ``$OPENAI_API_KEY``), built on first use so that
+    a storage that never embeds needs no key."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._function: Any = None
+
+    def _built(self) -> Any:
+        with self._lock:
+            if self._function is None:
+                from chromadb.utils.embedding_functions.openai_embedding_function import (
+                    OpenAIEmbeddingFunction,
+                )
+
+                self._function = OpenAIEmbeddingFunction(
+                    api_key=os.getenv("OPENAI_API_KEY"), model_name="text-embedding-3-small"
+                )
+            return self._function
+
+    def __call__(self, input: list[str]) -> Any:  # noqa: A002 - the protocol's name
+        return self._built()(input)
+
+    def embed_query(self, input: list[str]) -> Any:  # noqa: A002
+        return self._built().embed_query(input=input)
+
+
+def _is_embeddings_provider(value: Any) -> bool:
+    try:
+        from crewai.rag.core.base_embeddings_provider import BaseEmbeddingsProvider
+    except ImportError:
+        return False
+    return isinstance(value, BaseEmbeddingsProvider)
+
+
+def _resolve_embedder(spec: Any) -> Callable[..., Any]:
+    """A callable texts -> vectors from a callable or a CrewAI embedder config (a
+    ``{"provider": ..., "config": ...}`` dict or a provider instance), built the way CrewAI
+    0.x builds it (``crewai.rag.embeddings.factory.build_embedder``)."""
+    if spec is None:
+        return _DefaultEmbedder()
+    if callable(spec) and not isinstance(spec, type):
+        return spec
+    if isinstance(spec, Mapping) or _is_embeddings_provider(spec):
+        from crewai.rag.embeddings.factory import build_embedder
+
+        return build_embedder(spec)
+    raise InvalidInputError(
+        "embedder must be a callable (list of texts -> vectors) or a CrewAI embedder "
+        "config such as {'provider': 'openai', 'config': {'model_name': "
+        f"'text-embedding-3-small'}}, got {type(spec).__name__}"
+    )
+
+
+def _equalities(metadata_filter: Any) -> list[tuple[str, Any]]:
+    """The (key, value) pairs that must all hold, from a Chroma ``where`` filter."""
+    if not isinstance(metadata_filter, dict):
+        raise InvalidFilterError(
+            f"filter must be a dict such as {{'key': 'value'}}, got "
+            f"{type(metadata_filter).__name__}"
+        )
+    pairs: list[tuple[str, Any]] = []
+    for key, value in metadata_filter.items():
+        if key == "$and":
+            if not isinstance(value, list):
+                raise InvalidFilterError(f"'$and' takes a list of filters, got {value!r}")
+            for clause in value:
+                pairs.extend(_equalities(clause))
+        elif isinstance(key, str) and key.startswith("$"):
+            raise InvalidFilterError(
+                f"unsupported filter operator {key!r}: ferromem takes {{key: value}}, "
+                "{key: {'$eq': value}} and {'$and': [...]}"
+            )
+        elif isinstance(value, dict) and any(
+            isinstance(k, str) and k.startswith("$") for k in value
+        ):
+            if list(value) != ["$eq"]:
+                raise InvalidFilterError(
+                    f"unsupported condition {value!r} on {key!r}: only '$eq' is supported"
+                )
+            pairs.append((key, value["$eq"]))
+        else:
+            pairs.append((key, value))
+    return pairs
+
+
+def _merge(pairs: list[tuple[str, Any]]) -> dict[str, Any] | None:
+    """One equality per key, or None when two of them contradict (nothing matches)."""
+    merged: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in merged and merged[key] != value:
+            return None
+        merged.setdefault(key, value)
+    return merged
+
+
+def _document_id(content: str, metadata: dict[str, Any], metadata_json: str) -> str:
+    """CrewAI 0.x's id of a saved value (``crewai.rag.chromadb.utils``): BLAKE2b-256 of the
+    text, with ``"|" + json.dumps(metadata, sort_keys=True)`` appended when there is
+    metadata. The JSON is taken of the validated metadata, so NumPy scalars hash as the
+    numbers they are stored as."""
+    text = content
+    if metadata:
+        text = f"{content}|{json.dumps(json.loads(metadata_json), sort_keys=True)}"
+    return hashlib.blake2b(text.encode(), digest_size=32).hexdigest()
+
+
+def _check_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidInputError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
+    return int(value)
+
+
+def _resolve_file(path: str | os.PathLike | None, file_name: str) -> Path:
+    """``path`` itself when it names a ``.ferro`` file, else ``file_name`` in the directory
+    ``path`` (CrewAI's storage directory when None)."""
+    if path is None:
+        return default_storage_dir() / file_name
+    base = Path(os.fspath(path))
+    return base if base.suffix == STORE_SUFFIX else base / file_name
+
+
+class _SharedOnCopy:
+    """Deep copies share the store. CrewAI deep-copies memories in ``Crew.copy()``; the
+    copy must keep reading and writing the same file (a native store handle cannot be
+    copied, and a second one would only duplicate it). Closing either closes both."""
+
+    _store: _store.Store
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        clone = copy.copy(self)
+        memo[id(self)] = clone
+        return clone
+
+    @property
+    def store(self) -> _store.Store:
+        """The underlying :class:`ferromem.Store`."""
+        return self._store
+
+    def close(self) -> None:
+        """Closes the store; later calls raise :class:`ferromem.StoreClosedError`."""
+        self._store.close()
+
+
+class RAGStorage(_SharedOnCopy):
+    """CrewAI 0.x ``RAGStorage`` on a ferromem store file (see the module docstring).
+
+    ``type``, ``allow_reset``, ``embedder_config``, ``crew``: as CrewAI's RAGStorage
+    (``type`` and the roles of ``crew.agents`` name the collection). ``embedder``: a
+    callable list[str] -> vectors (one per text, a matrix or a list) or a CrewAI embedder
+    config; give it or ``embedder_config``, not both; with neither, CrewAI's default
+    (OpenAI ``text-embedding-3-small``), built on first use. A callable's ``embed_query``,
+    when it has one, embeds search queries, as Chroma does. ``path``: a directory for the
+    collection's file (default CrewAI's storage directory) or a ``.ferro`` file.
+    ``durability``: "normal" (writes survive a process crash) or "full" (also power loss).
+    """
+
+    def __init__(
+        self,
+        type: str,  # noqa: A002 - CrewAI's parameter name
+        allow_reset: bool = True,
+        embedder_config: Any = None,
+        crew: Any = None,
+        path: str | os.PathLike | None = None,
+        *,
+        embedder: Any = None,
+        durability: str = "normal",
+    ) -> None:
+        if not isinstance(type, str) or not type:
+            raise InvalidInputError(f"type must be a non-empty str such as 'short_term', got {type!r}")
+        if embedder is not None and embedder_config is not None:
+            raise InvalidInputError("pass embedder or embedder_config, not both")
+        self.type = type
+        self.allow_reset = check.check_bool(allow_reset, "allow_reset")
+        self.embedder_config = embedder_config
+        self.crew = crew
+        self.path = path
+        self.agents = "_".join(_sanitize_role(agent.role) for agent in crew.agents) if crew else ""
+        self.collection_name = f"memory_{type}_{self.agents}" if self.agents else f"memory_{type}"
+        self.embedder = _resolve_embedder(embedder if embedder is not None else embedder_config)
+        self._store = _store.open(
+            _resolve_file(path, collection_file_name(self.collection_name)), durability=durability
+        )
+
+    def _embed(self, texts: list[str], *, query: bool = False) -> np.ndarray:
+        """The texts' vectors as one float32 (len(texts), dim) matrix."""
+        embed_query = getattr(self.embedder, "embed_query", None) if query else None
+        raw = embed_query(input=texts) if callable(embed_query) else self.embedder(texts)
+        try:
+            matrix = np.asarray(raw, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InvalidVectorError(
+                f"the embedder must return one vector of numbers per text: {exc}"
+            ) from exc
+        if matrix.ndim != 2 or matrix.shape[0] != len(texts):
+            raise InvalidVectorError(
+                f"the embedder returned an array of shape {matrix.shape} for {len(texts)} "
+                "texts; it must return one vector per text"
+            )
+        return matrix
+
+    def _dimension_mismatch(self, exc: DimensionMismatchError) -> DimensionMismatchError:
+        return DimensionMismatchError(
+            f"embedding dimension mismatch: {self._store.path} holds {exc.expected}-dimensional "
+            f"vectors but the embedder returned {exc.got}-dimensional ones; use the embedder "
+            "the memory was built with, or reset() it",
+            exc.expected,
+            exc.got,
+        )
+
+    def save(self, value: Any, metadata: dict[str, Any] | None) -> None:
+        """Stores ``value`` (a str) with its metadata; the same value and metadata saved
+        again replace the earlier record, as in CrewAI."""
+        content = check.check_text(value, "value")
+        metadata = {} if metadata is None else metadata
+        metadata_json = check.metadata_json(metadata)
+        doc_id = _document_id(content, metadata, metadata_json)
+        vector = self._embed([content])[0]
+        try:
+            self._store.upsert(doc_id, vector, contents=content, metadata=metadata)
+        except DimensionMismatchError as exc:
+            raise self._dimension_mismatch(exc) from exc
+
+    def search(
+        self,
+        query: str,
+        limit: int = 5,
+        filter: dict[str, Any] | None = None,  # noqa: A002 - CrewAI's parameter name
+        score_threshold: float | None = 0.6,
+    ) -> list[dict[str, Any]]:
+        """The ``limit`` records most similar to ``query`` among those matching
+        ``filter``, best first, as CrewAI's ``{"id", "content", "metadata", "score"}``
+        dicts with ``score >= score_threshold`` (0 or None: no threshold)."""
+        if not isinstance(query, str):
+            raise InvalidInputError(f"query must be a str, got {type(query).__name__}")
+        k = _check_int(limit, "limit")
+        if k < 1:
+            raise InvalidInputError(f"limit must be >= 1, got {k}")
+        threshold = (
+            None if score_threshold is None else check.check_real(score_threshold, "score_threshold")
+        )
+        merged = {} if filter is None else _merge(_equalities(filter))
+        where, residual = split_metadata_filter(merged or None)
+        if merged is None or self._store.dim is None:
+            return []
+        criteria: dict[str, Any] = {"where": where}
+        if residual:
+            criteria["ids"] = filter_ids(self._store, residual, where=where)
+            if not criteria["ids"]:
+                return []
+        vector = self._embed([query], query=True)[0]
+        min_score = 2.0 * threshold - 1.0 - _THRESHOLD_MARGIN if threshold else None
+        try:
+            hits = self._store.search(vector, k, min_score=min_score, **criteria)
+        except DimensionMismatchError as exc:
+            raise self._dimension_mismatch(exc) from exc
+        results = []
+        for record, cosine in zip(hits.records(), hits.scores.tolist()):
+            score = min(1.0, max(0.0, (1.0 + cosine) / 2.0))
+            # None: deleted by another thread since the search.
+            if record is None or (threshold and score < threshold):
+                continue
+            results.append(
+                {"id": record.id, "content": record.content, "metadata": record.metadata, "score": score}
+            )
+        return results
+
+    def reset(self) -> None:
+        """Deletes every record of the collection (its embedding dimension is free again).
+        Raises :class:`ResetNotAllowedError` when created with ``allow_reset=False``."""
+        if not self.allow_reset:
+            raise ResetNotAllowedError(
+                f"the {self.type} memory storage was created with allow_reset=False"
+            )
+        self._store.reset()
+
+    def __repr__(self) -> str:
+        return f"RAGStorage(type={self.type!r}, path={self._store.path!r})"
+
+
+# Field names of an LTMStorage record's stored metadata. The caller's metadata is nested
+# under its own key, so none of its keys can clash with these.
+_TASK = "task_description"
+_DATETIME = "datetime"
+_SCORE = "score"
+_METADATA = "metadata"
+# Long-term memory is looked up by exact task description, never by similarity, but every
+# ferromem record has a vector: all of them get this one, of dimension 1.
+_LTM_VECTOR = [1.0]
+
+
+class LTMStorage(_SharedOnCopy):
+    """CrewAI 0.x ``LTMSQLiteStorage`` on a ferromem store file.
+
+    ``db_path``: the store file (default ``long_term_memory_storage.ferro`` in CrewAI's
+    storage directory, beside CrewAI's ``long_term_memory_storage.db``). ``durability``:
+    "normal" (writes survive a process crash) or "full" (also power loss). Every save is
+    one transaction, so processes may save to one file at once and nothing is lost.
+    """
+
+    def __init__(
+        self, db_path: str | os.PathLike | None = None, *, durability: str = "normal"
+    ) -> None:
+        file = default_storage_dir() / LTM_FILE_NAME if db_path is None else Path(os.fspath(db_path))
+        self._store = _store.open(file, dim=1, durability=durability)
+        self.db_path = self._store.path
+
+    def save(
+        self,
+        task_description: str,
+        metadata: dict[str, Any],
+        datetime: str,
+        score: int | float | None,
+    ) -> None:
+        """Appends one entry. ``datetime`` is a str (CrewAI passes ``str(time.time())``);
+        ``score`` a number, or None, and comes back as a float, as from SQLite's REAL."""
+        task = check.check_text(task_description, "task_description")
+        when = check.check_text(datetime, "datetime")
+        value = None if score is None else check.check_real(score, "score")
+        check.metadata_json(metadata)
+        self._store.add(
+            None,
+            _LTM_VECTOR,
+            contents=task,
+            metadata={_TASK: task, _DATETIME: when, _SCORE: value, _METADATA: metadata},
+        )
+
+    def load(self, task_description: str, latest_n: int) -> list[dict[str, Any]] | None:
+        """The ``latest_n`` entries of this exact task description as
+        ``[{"metadata", "datetime", "score"}, ...]``, or None when there are none.
+
+        CrewAI's SQL order: ``datetime`` descending compared as text, then ``score``
+        ascending with None first, then save order. A negative ``latest_n`` means all, as
+        SQLite's ``LIMIT -1``."""
+        task = check.check_text(task_description, "task_description")
+        n = _check_int(latest_n, "latest_n")
+        rows = [record.metadata for record in sorted(
+            self._store.list(where={_TASK: task}), key=lambda r: (r.created_at, r.id)
+        )]
+        # Python's sort is stable (also with reverse=True): the later keys break the ties
+        # of the earlier ones.
+        rows.sort(key=lambda m: (m[_SCORE] is not None, m[_SCORE] or 0.0))
+        rows.sort(key=lambda m: m[_DATETIME], reverse=True)
+        if n >= 0:
+            rows = rows[:n]
+        if not rows:
+            return None
+        return [{"metadata": m[_METADATA], "datetime": m[_DATETIME], "score": m[_SCORE]} for m in rows]
+
+    def reset(self) -> None:
+        """Deletes every entry."""
+        self._store.clear()
+
+    def __repr__(self) -> str:
+        return f"LTMStorage(db_path={self.db_path!r})"
