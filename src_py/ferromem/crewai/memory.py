@@ -50,13 +50,13 @@ from crewai.memory.types import MemoryRecord, ScopeInfo
 from .. import store as _store
 from ..exceptions import DimensionMismatchError, InvalidInputError, InvalidMetadataError
 from ._filters import filter_ids, split_metadata_filter
+from ._names import STORE_SUFFIX
 
 __all__ = ["MemoryStorage", "DEFAULT_VECTOR_DIM", "default_memory_path"]
 
 # The dimension a store gets when its first save has no embedding at all: CrewAI's
 # default embedder (text-embedding-3-large), the value LanceDBStorage uses in that case.
 DEFAULT_VECTOR_DIM = 3072
-STORE_SUFFIX = ".ferro"
 
 # Reserved metadata keys, hidden from CrewAI. The NUL prefix cannot collide with a key a
 # caller would choose and keeps them out of the way of every metadata filter.

@@ -88,7 +88,7 @@ from ..exceptions import (
     StoreClosedError,
 )
 from ._filters import filter_ids, split_metadata_filter
-from .memory import STORE_SUFFIX
+from ._names import STORE_SUFFIX, collection_file_name
 
 __all__ = [
     "RagClient",
@@ -109,9 +109,6 @@ DEFAULT_EMBEDDER: dict[str, Any] = {
     "config": {"model_name": "text-embedding-3-small"},
 }
 
-# File names stay under 255 bytes with the store's "-wal"/"-shm" companions.
-_MAX_STEM = 200
-_SAFE_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-")
 _COMPANIONS = ("", "-wal", "-shm")
 _UNSET: Any = object()
 
@@ -137,21 +134,6 @@ def default_knowledge_path() -> Path:
     from crewai_core.paths import db_storage_path
 
     return Path(db_storage_path()) / "knowledge_ferromem"
-
-
-def collection_file_name(collection_name: str) -> str:
-    """The store file name of a collection (see the module docstring)."""
-    if not isinstance(collection_name, str) or not collection_name:
-        raise InvalidInputError(
-            f"collection_name must be a non-empty str, got {collection_name!r}"
-        )
-    # surrogatepass: a lone surrogate still maps to its own, distinct bytes.
-    raw = collection_name.encode("utf-8", "surrogatepass")
-    stem = "".join(chr(b) if b in _SAFE_BYTES else f"%{b:02X}" for b in raw)
-    if len(stem) > _MAX_STEM:
-        digest = hashlib.sha256(raw).hexdigest()
-        stem = stem[: _MAX_STEM - len(digest) - 1] + "~" + digest
-    return stem + STORE_SUFFIX
 
 
 class _DefaultEmbedder:

@@ -31,9 +31,10 @@ named ``$CREWAI_STORAGE_DIR``, else of the current directory's name), beside Cre
   raises :class:`~ferromem.exceptions.InvalidMetadataError`, a TypeError.
 - **Filters are exact and applied before ranking**, so a search returns min(limit,
   matches) results. A filter is ``{key: value, ...}`` (all must hold, compared with
-  Python equality like CrewAI 1.x's backends, see :mod:`ferromem.crewai._filters`; Chroma
-  refuses more than one key), ``{key: {"$eq": value}}`` or ``{"$and": [filter, ...]}``;
-  any other operator raises :class:`~ferromem.exceptions.InvalidFilterError`.
+  Python equality like CrewAI 1.x's backends, so ``True`` matches ``1``, see
+  :mod:`ferromem.crewai._filters`; Chroma refuses more than one key),
+  ``{key: {"$eq": value}}`` or ``{"$and": [filter, ...]}``; any other operator raises
+  :class:`~ferromem.exceptions.InvalidFilterError`.
 - **allow_reset=False** makes :meth:`RAGStorage.reset` raise
   :class:`ResetNotAllowedError`; CrewAI 0.203.2 stores the flag and ignores it.
 - **A deep copy** (``Crew.copy()``, used by ``kickoff_for_each``, ``train`` and ``test``)
@@ -56,7 +57,10 @@ import copy
 import hashlib
 import json
 import os
+import sys
 import threading
+import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -73,6 +77,7 @@ from ..exceptions import (
     InvalidVectorError,
 )
 from ._filters import filter_ids, split_metadata_filter
+from ._names import STORE_SUFFIX, collection_file_name
 
 __all__ = [
     "RAGStorage",
@@ -82,16 +87,11 @@ __all__ = [
     "collection_file_name",
 ]
 
-STORE_SUFFIX = ".ferro"
 LTM_FILE_NAME = "long_term_memory_storage" + STORE_SUFFIX
 
-# File names stay under 255 bytes with the store's "-wal"/"-shm" companions.
-_MAX_STEM = 200
-_SAFE_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-")
-
-# The engine compares the cosine with min_score in float32; the threshold is applied
-# exactly afterwards, on the reported score. The margin keeps the engine from dropping a
-# result the exact test keeps; results only ever leave from the tail of the ranking.
+# The engine compares its float32 cosines with min_score; the threshold is then applied
+# exactly, to the reported score. The margin keeps rounding in the engine from dropping a
+# result the exact test keeps (that test only removes results from the tail).
 _THRESHOLD_MARGIN = 1e-6
 
 
@@ -108,19 +108,6 @@ def default_storage_dir() -> Path:
             f"the default storage location is CrewAI's; install crewai 0.x or pass a path ({exc})"
         ) from exc
     return Path(db_storage_path())
-
-
-def collection_file_name(collection_name: str) -> str:
-    """The store file name of a collection: the name percent-encoded to lower-case ASCII
-    letters, digits, ``_`` and ``-`` (so distinct names stay distinct files on
-    case-insensitive file systems and no name leaves the directory), cut and suffixed
-    with ``~`` and its SHA-256 when too long for a file name."""
-    raw = collection_name.encode("utf-8", "surrogatepass")
-    stem = "".join(chr(b) if b in _SAFE_BYTES else f"%{b:02X}" for b in raw)
-    if len(stem) > _MAX_STEM:
-        digest = hashlib.sha256(raw).hexdigest()
-        stem = stem[: _MAX_STEM - len(digest) - 1] + "~" + digest
-    return stem + STORE_SUFFIX
 
 
 def _sanitize_role(role: str) -> str:
@@ -157,11 +144,9 @@ class _DefaultEmbedder:
 
 
 def _is_embeddings_provider(value: Any) -> bool:
-    try:
-        from crewai.rag.core.base_embeddings_provider import BaseEmbeddingsProvider
-    except ImportError:
-        return False
-    return isinstance(value, BaseEmbeddingsProvider)
+    # A provider instance can only exist once CrewAI's module is loaded: no import needed.
+    module = sys.modules.get("crewai.rag.core.base_embeddings_provider")
+    return module is not None and isinstance(value, module.BaseEmbeddingsProvider)
 
 
 def _resolve_embedder(spec: Any) -> Callable[..., Any]:
@@ -252,9 +237,9 @@ def _resolve_file(path: str | os.PathLike | None, file_name: str) -> Path:
 
 
 class _SharedOnCopy:
-    """Deep copies share the store. CrewAI deep-copies memories in ``Crew.copy()``; the
-    copy must keep reading and writing the same file (a native store handle cannot be
-    copied, and a second one would only duplicate it). Closing either closes both."""
+    """Deep copies share the store. CrewAI deep-copies memories in ``Crew.copy()``, and
+    the copy is the same memory: it reads and writes the same file through the same
+    handle (a store handle cannot be copied). Closing either closes both."""
 
     _store: _store.Store
 
@@ -298,7 +283,9 @@ class RAGStorage(_SharedOnCopy):
         durability: str = "normal",
     ) -> None:
         if not isinstance(type, str) or not type:
-            raise InvalidInputError(f"type must be a non-empty str such as 'short_term', got {type!r}")
+            raise InvalidInputError(
+                f"type must be a non-empty str such as 'short_term', got {type!r}"
+            )
         if embedder is not None and embedder_config is not None:
             raise InvalidInputError("pass embedder or embedder_config, not both")
         self.type = type
@@ -368,7 +355,8 @@ class RAGStorage(_SharedOnCopy):
         if k < 1:
             raise InvalidInputError(f"limit must be >= 1, got {k}")
         threshold = (
-            None if score_threshold is None else check.check_real(score_threshold, "score_threshold")
+            None if score_threshold is None
+            else check.check_real(score_threshold, "score_threshold")
         )
         merged = {} if filter is None else _merge(_equalities(filter))
         where, residual = split_metadata_filter(merged or None)
@@ -391,9 +379,10 @@ class RAGStorage(_SharedOnCopy):
             # None: deleted by another thread since the search.
             if record is None or (threshold and score < threshold):
                 continue
-            results.append(
-                {"id": record.id, "content": record.content, "metadata": record.metadata, "score": score}
-            )
+            results.append({
+                "id": record.id, "content": record.content, "metadata": record.metadata,
+                "score": score,
+            })
         return results
 
     def reset(self) -> None:
@@ -419,6 +408,21 @@ _METADATA = "metadata"
 # ferromem record has a vector: all of them get this one, of dimension 1.
 _LTM_VECTOR = [1.0]
 
+_stamp_lock = threading.Lock()
+_last_stamp = 0
+
+
+def _ltm_id() -> str:
+    """A new entry's id; ids sort in save order, the last tie-break of CrewAI's SQL (its
+    rowids). The stamp is wall-clock nanoseconds made strictly increasing within the
+    process, so saves order even where the clock is coarse or steps back; the random
+    suffix keeps ids of different processes apart."""
+    global _last_stamp
+    with _stamp_lock:
+        _last_stamp = max(time.time_ns(), _last_stamp + 1)
+        stamp = _last_stamp
+    return f"{stamp:020d}-{uuid.uuid4().hex[:16]}"
+
 
 class LTMStorage(_SharedOnCopy):
     """CrewAI 0.x ``LTMSQLiteStorage`` on a ferromem store file.
@@ -432,7 +436,9 @@ class LTMStorage(_SharedOnCopy):
     def __init__(
         self, db_path: str | os.PathLike | None = None, *, durability: str = "normal"
     ) -> None:
-        file = default_storage_dir() / LTM_FILE_NAME if db_path is None else Path(os.fspath(db_path))
+        file = (
+            default_storage_dir() / LTM_FILE_NAME if db_path is None else Path(os.fspath(db_path))
+        )
         self._store = _store.open(file, dim=1, durability=durability)
         self.db_path = self._store.path
 
@@ -450,7 +456,7 @@ class LTMStorage(_SharedOnCopy):
         value = None if score is None else check.check_real(score, "score")
         check.metadata_json(metadata)
         self._store.add(
-            None,
+            _ltm_id(),
             _LTM_VECTOR,
             contents=task,
             metadata={_TASK: task, _DATETIME: when, _SCORE: value, _METADATA: metadata},
@@ -465,9 +471,10 @@ class LTMStorage(_SharedOnCopy):
         SQLite's ``LIMIT -1``."""
         task = check.check_text(task_description, "task_description")
         n = _check_int(latest_n, "latest_n")
-        rows = [record.metadata for record in sorted(
-            self._store.list(where={_TASK: task}), key=lambda r: (r.created_at, r.id)
-        )]
+        rows = [
+            record.metadata
+            for record in sorted(self._store.list(where={_TASK: task}), key=lambda r: r.id)
+        ]
         # Python's sort is stable (also with reverse=True): the later keys break the ties
         # of the earlier ones.
         rows.sort(key=lambda m: (m[_SCORE] is not None, m[_SCORE] or 0.0))
@@ -476,7 +483,9 @@ class LTMStorage(_SharedOnCopy):
             rows = rows[:n]
         if not rows:
             return None
-        return [{"metadata": m[_METADATA], "datetime": m[_DATETIME], "score": m[_SCORE]} for m in rows]
+        return [
+            {"metadata": m[_METADATA], "datetime": m[_DATETIME], "score": m[_SCORE]} for m in rows
+        ]
 
     def reset(self) -> None:
         """Deletes every entry."""
