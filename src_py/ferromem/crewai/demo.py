@@ -155,6 +155,18 @@ def _workload(memory: Any, storage: Any, items: list[dict], embed: _TableEmbedde
     return t, seen
 
 
+def _quiet_crewai_console() -> None:
+    """CrewAI prints a panel for every memory save; thousands of them would bury the
+    table. Its console listener has no public switch, so its verbose flag is turned off
+    when it exists (nothing else changes: the events still fire)."""
+    try:
+        from crewai.events.event_listener import event_listener
+
+        event_listener.formatter.verbose = False
+    except (ImportError, AttributeError):
+        pass
+
+
 def _items(n: int) -> list[dict]:
     items = list(memories(n))
     for item in items:
@@ -170,6 +182,8 @@ def run(n: int = 1000, dim: int = 1536, recalls: int = 100, backends: tuple[str,
     ``{"timings": {backend: {op: [seconds]}}, "seen": {backend: {...}}, "n", "dim"}``."""
     from crewai import Memory
     from crewai.memory.storage.lancedb_storage import LanceDBStorage
+
+    _quiet_crewai_console()
 
     from ..embedders import HashingEmbedder
     from .memory import MemoryStorage
