@@ -436,6 +436,14 @@ def check_offset(offset: Any) -> int:
     return int(offset)
 
 
+def check_cache_size(value: Any) -> int:
+    if isinstance(value, _BOOL_TYPES) or not isinstance(value, _INTEGER_TYPES) or value < 0:
+        raise InvalidInputError(
+            f"cache_size must be an int >= 0 (0 turns the result cache off), got {value!r}"
+        )
+    return int(value)
+
+
 def check_limit(limit: Any) -> int | None:
     if limit is None:
         return None

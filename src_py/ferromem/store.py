@@ -122,6 +122,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     dim: int | None = None,
     durability: str = "normal",
     engine: str = "auto",
+    cache_size: int = 256,
 ) -> Store:
     """Opens (or creates) a store.
 
@@ -130,9 +131,12 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     by the first vector). ``durability``: "normal" (acknowledged writes survive a process
     crash) or "full" (they also survive power loss; one fsync per write). ``engine``:
     "auto" (native if it loads, else the reference engine with a warning), "native" or
-    "reference".
+    "reference". ``cache_size``: how many single-query searches the native engine keeps
+    the results of (0 turns the cache off); an entry serves a repeated search only while
+    no change that could alter its result has happened (docs/architecture.md).
     """
     path_text = check.check_path(path)
+    cache_size = check.check_cache_size(cache_size)
     dim = check.check_dim(dim)
     durability = check.check_durability(durability)
     engine_factory, engine_name = _select_engine(check.check_engine(engine))
@@ -143,12 +147,18 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
             raise StorageError(
                 f"cannot create the directory of {path_text!r}: {exc}"
             ) from exc
-    return Store(engine_factory(path_text, dim, durability), engine_name)
+    engine_instance = engine_factory(path_text, dim, durability)
+    set_capacity = getattr(engine_instance, "set_cache_capacity", None)
+    if set_capacity is not None:  # the reference engine keeps no cache
+        set_capacity(cache_size)
+    return Store(engine_instance, engine_name)
 
 
 # --------------------------------------------------------------------------- helpers
 
 _UNSET: Any = object()
+# stats()["cache"] of an engine without a result cache (the reference engine).
+_NO_CACHE = {"capacity": 0, "entries": 0, "hits": 0, "misses": 0, "hit_rate": 0.0}
 # k beyond any store size changes nothing (each query returns min(k, matches)); the
 # bound keeps a huge k from overflowing a native integer or pre-allocating.
 _MAX_K = 2**31 - 1
@@ -629,8 +639,9 @@ class Store:
         )
 
     def stats(self) -> dict[str, Any]:
-        """Engine, record count, dimension and per-operation latencies in microseconds
-        (``operations``: {name: {count, p50_us, p95_us, p99_us, max_us, ...}})."""
+        """Engine, record count, dimension, per-operation latencies in microseconds
+        (``operations``: {name: {count, p50_us, p95_us, p99_us, max_us, ...}}) and the
+        result cache (``cache``: {capacity, entries, hits, misses, hit_rate})."""
         self._check_open()
         raw = dict(self._engine.stats())
         nested = raw.get("operations")
@@ -645,6 +656,7 @@ class Store:
             }
         else:
             operations, extras = raw, {}
+        extras.setdefault("cache", dict(_NO_CACHE))
         return {
             "engine": self._engine_name,
             "records": int(self._engine.count({})),

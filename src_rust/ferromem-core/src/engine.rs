@@ -4,6 +4,7 @@
 //! applied to the replica; every operation first catches up with what other processes
 //! committed, so a store shared by processes answers with their writes included.
 
+use crate::cache::{CacheCounters, CacheStats, ResultCache, SearchKey};
 use crate::filter::Filter;
 use crate::metrics::{Metrics, Op, OpStats};
 use crate::record::{metadata_scalars, Record};
@@ -61,6 +62,7 @@ pub struct EngineStats {
     pub memory_bytes: usize,
     pub disk_bytes: u64,
     pub operations: Vec<(&'static str, OpStats)>,
+    pub cache: CacheStats,
 }
 
 /// A record with its vector, as `get` and `list` return them.
@@ -82,7 +84,13 @@ pub struct Engine {
     closed: AtomicBool,
     metrics: Metrics,
     path: Option<PathBuf>,
+    /// A leaf lock, taken under the state read lock only (see [`crate::cache`]).
+    cache: Mutex<ResultCache>,
+    cache_counters: CacheCounters,
 }
+
+/// Entries of the result cache of a newly opened engine (see [`Engine::set_cache_capacity`]).
+pub const DEFAULT_CACHE_ENTRIES: usize = 256;
 
 /// Checks a row-major matrix of `dim`-vectors: finite values and no all-zero row.
 pub fn validate_vectors(data: &[f32], dim: usize) -> Result<()> {
@@ -131,6 +139,8 @@ impl Engine {
             stale: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             metrics: Metrics::default(),
+            cache: Mutex::new(ResultCache::new(DEFAULT_CACHE_ENTRIES)),
+            cache_counters: CacheCounters::default(),
             path: path.map(Path::to_path_buf),
         };
         engine.metrics.record(Op::open, t);
@@ -368,8 +378,25 @@ impl Engine {
         let nq = queries.len() / dim;
         self.read_op(Op::search, |st| {
             st.check_dim(dim)?;
-            Ok(st.search(queries, nq, k, filter, min_score))
+            if nq != 1 || self.cache.lock().capacity() == 0 {
+                return Ok(st.search(queries, nq, k, filter, min_score));
+            }
+            // The state read lock held here keeps `search_generation` current throughout.
+            let key = SearchKey::new(queries, k, filter, min_score);
+            if let Some(hits) = self.cache.lock().get(&key, st.search_generation) {
+                self.cache_counters.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(vec![hits]);
+            }
+            self.cache_counters.misses.fetch_add(1, Ordering::Relaxed);
+            let results = st.search(queries, nq, k, filter, min_score);
+            self.cache.lock().insert(key, st.search_generation, results[0].clone());
+            Ok(results)
         })
+    }
+
+    /// Bounds the result cache to `entries` single-query searches (0 turns it off).
+    pub fn set_cache_capacity(&self, entries: usize) {
+        self.cache.lock().set_capacity(entries);
     }
 
     pub fn get(&self, ids: &[String]) -> Result<Vec<Option<RecordWithVector>>> {
@@ -536,6 +563,17 @@ impl Engine {
             memory_bytes: st.memory_bytes(),
             disk_bytes,
             operations: self.metrics.snapshot(),
+            cache: self.cache_stats(),
+        }
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        let c = self.cache.lock();
+        CacheStats {
+            capacity: c.capacity(),
+            entries: c.len(),
+            hits: self.cache_counters.hits.load(Ordering::Relaxed),
+            misses: self.cache_counters.misses.load(Ordering::Relaxed),
         }
     }
 }

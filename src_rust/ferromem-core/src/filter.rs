@@ -40,7 +40,7 @@ pub enum Privacy {
     VisibleTo(Option<String>),
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filter {
     pub scope: Option<String>,
     pub categories: Option<Vec<String>>,

@@ -6,8 +6,10 @@
 //! * [`simd`]: dot-product kernels with run-time ISA dispatch.
 //! * [`storage`]: the durable layer as a trait; SQLite (embedded) and in-memory.
 //! * [`metrics`]: per-operation latency histograms.
+//! * [`cache`]: results of repeated searches, invalidated exactly by the changes that matter.
 
 pub mod arena;
+pub mod cache;
 pub mod engine;
 pub mod error;
 pub mod filter;

@@ -49,6 +49,8 @@ pub struct State {
     /// Durable-layer position this replica reflects: reset generation and change sequence.
     pub epoch: u64,
     pub seq: u64,
+    /// Bumped by every change that can alter a search result (see [`crate::cache`]).
+    pub search_generation: u64,
     arena: Arena,
     /// The normalised vectors in binary16, scanned first by large searches.
     half: Arena<u16>,
@@ -77,10 +79,11 @@ impl State {
 
     /// Forgets every record and the dimension (the durable layer was reset).
     pub fn clear(&mut self) {
-        let (epoch, seq) = (self.epoch, self.seq);
+        let (epoch, seq, generation) = (self.epoch, self.seq, self.search_generation);
         *self = State::default();
         self.epoch = epoch;
         self.seq = seq;
+        self.search_generation = generation + 1;
     }
 
     pub fn len(&self) -> usize {
@@ -110,8 +113,12 @@ impl State {
             return Err(Error::DimensionMismatch { expected: dim, got: vector.len() });
         }
         let meta = metadata_scalars(&rec.metadata_json)?;
-        let slot = match self.ids.get(&*rec.id) {
-            Some(&slot) => {
+        let replaced = self.ids.get(&*rec.id).copied();
+        if !replaced.is_some_and(|slot| self.same_for_search(slot, &rec, vector)) {
+            self.search_generation += 1;
+        }
+        let slot = match replaced {
+            Some(slot) => {
                 let old = self.slots[slot as usize].take().expect("id map points at a live slot");
                 self.idx.remove(slot, &old.rec, &old.meta);
                 slot
@@ -145,9 +152,24 @@ impl State {
         Ok(())
     }
 
+    /// Whether replacing the record in `slot` by `rec` and `vector` leaves every search
+    /// result as it is: same vector and same filterable fields (a touch, a new content or
+    /// importance change nothing a search returns).
+    fn same_for_search(&self, slot: u32, rec: &Record, vector: &[f32]) -> bool {
+        let Some(old) = self.slots[slot as usize].as_ref().map(|s| &s.rec) else { return false };
+        old.scope == rec.scope
+            && old.categories == rec.categories
+            && old.metadata_json == rec.metadata_json
+            && old.source == rec.source
+            && old.private == rec.private
+            && old.created_at.to_bits() == rec.created_at.to_bits()
+            && self.arena.row(slot as usize).iter().zip(vector).all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+
     /// Removes a record; returns whether it existed.
     pub fn remove(&mut self, id: &str) -> bool {
         let Some(slot) = self.ids.remove(id) else { return false };
+        self.search_generation += 1;
         let s = slot as usize;
         let old = self.slots[s].take().expect("id map points at a live slot");
         self.idx.remove(slot, &old.rec, &old.meta);

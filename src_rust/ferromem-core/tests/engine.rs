@@ -252,3 +252,60 @@ fn two_phase_search_is_bit_identical_to_the_f32_scan() {
         }
     }
 }
+
+/// The result cache answers repeated searches and never serves a stale answer: every
+/// change that can alter a result (insert, delete, vector, filterable field, reset, another
+/// engine's write) misses; a touch does not. Checked against a cache-less engine.
+#[test]
+fn result_cache_is_exact_under_every_kind_of_write() {
+    use ferromem_core::Patch;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.ferro");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let dim = 8;
+    let cached = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    let other = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    let plain = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    plain.set_cache_capacity(0);
+    let recs: Vec<Record> = (0..40).map(|i| rec(&format!("r{i}"), if i % 2 == 0 { "/a" } else { "/b" }, &["c"], "{}", i as f64)).collect();
+    cached.upsert(recs, &vecs(&mut rng, 40, dim), dim, WriteMode::Insert).unwrap();
+    let q = vecs(&mut rng, 1, dim);
+    let scoped = Filter { scope: Some("/a".into()), ..Filter::default() };
+    let check = |why: &str| {
+        for f in [&Filter::default(), &scoped] {
+            let got = cached.search(&q, dim, 5, f, None).unwrap();
+            let want = plain.search(&q, dim, 5, f, None).unwrap();
+            assert_eq!(got, want, "stale cache after {why}");
+        }
+    };
+    check("the first search");
+    let misses = cached.cache_stats().misses;
+    check("nothing");
+    let s = cached.cache_stats();
+    assert_eq!((s.misses, s.hits), (misses, 2), "a repeated search must hit");
+    // The best hit of the unfiltered query, to move around.
+    let top = cached.search(&q, dim, 1, &Filter::default(), None).unwrap()[0][0].0.to_string();
+    let misses = cached.cache_stats().misses;
+    cached.touch(&[top.clone()], 1e9).unwrap();
+    check("a touch");
+    assert_eq!(cached.cache_stats().misses, misses, "a touch must not invalidate");
+    let moved = Patch { scope: Some("/b".into()), ..Patch::default() };
+    cached.update(&top, moved).unwrap();
+    check("a scope change");
+    let content_only = Patch { content: Some("new words".into()), importance: Some(0.9), ..Patch::default() };
+    cached.update(&top, content_only).unwrap();
+    check("a content change");
+    let near: Vec<f32> = q.iter().map(|x| x * 2.0).collect();
+    other.upsert(vec![rec("from-other", "/a", &[], "{}", 99.0)], &near, dim, WriteMode::Insert).unwrap();
+    check("another engine's insert");
+    assert_eq!(cached.search(&q, dim, 1, &scoped, None).unwrap()[0][0].0.as_ref(), "from-other");
+    let vector = Patch { vector: Some(vecs(&mut rng, 1, dim)), ..Patch::default() };
+    other.update("from-other", vector).unwrap();
+    check("another engine's vector change");
+    other.delete(&Filter { ids: Some(vec!["r2".into(), "r3".into()]), ..Filter::default() }).unwrap();
+    check("another engine's delete");
+    other.reset().unwrap();
+    other.upsert(vec![rec("after-reset", "/a", &[], "{}", 1.0)], &vecs(&mut rng, 1, dim), dim, WriteMode::Insert).unwrap();
+    check("a reset");
+    assert!(cached.cache_stats().entries <= 256);
+}

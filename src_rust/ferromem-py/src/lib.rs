@@ -475,7 +475,21 @@ impl PyEngine {
             ops.set_item(name, od)?;
         }
         d.set_item("operations", ops)?;
+        let c = s.cache;
+        let cache = PyDict::new(py);
+        cache.set_item("capacity", c.capacity)?;
+        cache.set_item("entries", c.entries)?;
+        cache.set_item("hits", c.hits)?;
+        cache.set_item("misses", c.misses)?;
+        let lookups = c.hits + c.misses;
+        cache.set_item("hit_rate", if lookups == 0 { 0.0 } else { c.hits as f64 / lookups as f64 })?;
+        d.set_item("cache", cache)?;
         Ok(d)
+    }
+
+    /// Bounds the result cache to `entries` single-query searches; 0 turns it off.
+    fn set_cache_capacity(&self, entries: usize) {
+        self.inner.set_cache_capacity(entries);
     }
 }
 
