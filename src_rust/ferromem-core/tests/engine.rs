@@ -286,7 +286,7 @@ fn result_cache_is_exact_under_every_kind_of_write() {
     // The best hit of the unfiltered query, to move around.
     let top = cached.search(&q, dim, 1, &Filter::default(), None).unwrap()[0][0].0.to_string();
     let misses = cached.cache_stats().misses;
-    cached.touch(&[top.clone()], 1e9).unwrap();
+    cached.touch(std::slice::from_ref(&top), 1e9).unwrap();
     check("a touch");
     assert_eq!(cached.cache_stats().misses, misses, "a touch must not invalidate");
     let moved = Patch { scope: Some("/b".into()), ..Patch::default() };
