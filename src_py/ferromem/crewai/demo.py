@@ -152,6 +152,9 @@ def _workload(memory: Any, storage: Any, items: list[dict], embed: _TableEmbedde
     seen["scopes"] = memory.list_scopes("/crew")
     seen["forget scope"] = _timed(t, "Memory.forget (scope)", memory.forget, scope="/crew/planner")
     seen["left"] = storage.count()
+    store = getattr(storage, "store", None)
+    if store is not None:
+        seen["cache"] = store.stats()["cache"]
     return t, seen
 
 
@@ -252,6 +255,11 @@ def print_report(result: dict[str, Any], write: Callable[[str], Any] = print) ->
     if a["scopes"] != b["scopes"]:
         write(f"  list_scopes('/crew'): {a['scopes']} vs {b['scopes']}")
     write(f"  forget(scope='/crew/planner') deleted {a['forget scope']} vs {b['forget scope']}")
+    if "cache" in a:
+        c = a["cache"]
+        write(f"  {ours} result cache: {c['hits']} hits, {c['misses']} misses "
+              f"({100 * c['hit_rate']:.0f}%): the workload repeats {len(QUERIES)} queries, and a "
+              "recall's touch of its results does not invalidate")
     write("  (orders differ where scores differ: ferromem scores cosine similarity, LanceDB "
           "1/(1+L2); with a filter, LanceDB filters after fetching 3x the limit, so it can return "
           "fewer results than match)")
