@@ -24,7 +24,8 @@ class StoreSearch:
     def setup(self, paths, n, filt):
         import ferromem
 
-        self.store = ferromem.open(paths[n])
+        # The same query runs every time: with the cache on, this would time cache hits.
+        self.store = ferromem.open(paths[n], cache_size=0)
         self.q = unit_rows(np.random.default_rng(1), 1, DIM)[0]
         self.kw = {
             "none": {},
@@ -38,6 +39,30 @@ class StoreSearch:
 
     def time_search_top10(self, paths, n, filt):
         self.store.search(self.q, 10, **self.kw)
+
+
+class StoreSearchCached:
+    """A repeated search answered by the result cache."""
+
+    params = [SIZES]
+    param_names = ["records"]
+    timeout = 600
+
+    def setup_cache(self):
+        return StoreSearch.setup_cache(self)
+
+    def setup(self, paths, n):
+        import ferromem
+
+        self.store = ferromem.open(paths[n])
+        self.q = unit_rows(np.random.default_rng(1), 1, DIM)[0]
+        self.store.search(self.q, 10)
+
+    def teardown(self, paths, n):
+        self.store.close()
+
+    def time_search_top10_cache_hit(self, paths, n):
+        self.store.search(self.q, 10)
 
 
 class StoreSave:
