@@ -12,8 +12,8 @@ from __future__ import annotations
 import array
 import builtins
 import os
-import threading
 import sys
+import threading
 import time
 import uuid
 import warnings
