@@ -3,7 +3,6 @@ into ferromem, checked record by record, through the real CLI in a subprocess.""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from datetime import datetime

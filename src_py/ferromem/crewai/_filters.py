@@ -17,7 +17,52 @@ from typing import Any
 
 from ..exceptions import InvalidFilterError
 
-__all__ = ["split_metadata_filter", "residual_matches", "filter_ids"]
+__all__ = ["chroma_where", "split_metadata_filter", "residual_matches", "filter_ids"]
+
+
+def _equalities(where: Any, name: str) -> list[tuple[str, Any]]:
+    """The (key, value) pairs that must all hold, from CrewAI's or Chroma's filter form."""
+    if not isinstance(where, dict):
+        raise InvalidFilterError(
+            f"{name} must be a dict such as {{'key': 'value'}}, got {type(where).__name__}"
+        )
+    pairs: list[tuple[str, Any]] = []
+    for key, value in where.items():
+        if key == "$and":
+            if not isinstance(value, list):
+                raise InvalidFilterError(f"'$and' takes a list of filters, got {value!r}")
+            for clause in value:
+                pairs.extend(_equalities(clause, name))
+        elif isinstance(key, str) and key.startswith("$"):
+            raise InvalidFilterError(
+                f"unsupported filter operator {key!r}: ferromem takes {{key: value}}, "
+                "{key: {'$eq': value}} and {'$and': [...]}"
+            )
+        elif isinstance(value, dict) and any(
+            isinstance(k, str) and k.startswith("$") for k in value
+        ):
+            if list(value) != ["$eq"]:
+                raise InvalidFilterError(
+                    f"unsupported condition {value!r} on {key!r}: only '$eq' is supported"
+                )
+            pairs.append((key, value["$eq"]))
+        else:
+            pairs.append((key, value))
+    return pairs
+
+
+def chroma_where(where: Any, name: str) -> dict[str, Any] | None:
+    """A RAG metadata filter (``{key: value}``, ``{key: {"$eq": value}}`` or ``{"$and":
+    [...]}``, the forms CrewAI's Chroma clients pass) as one equality per key: {} for no
+    filter, None when two equalities on one key contradict (nothing matches)."""
+    if where is None:
+        return {}
+    merged: dict[str, Any] = {}
+    for key, value in _equalities(where, name):
+        if key in merged and merged[key] != value:
+            return None
+        merged.setdefault(key, value)
+    return merged
 
 
 def _engine_agrees(value: Any) -> bool:

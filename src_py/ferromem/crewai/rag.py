@@ -79,7 +79,6 @@ from .. import store as _store
 from ..exceptions import (
     DimensionMismatchError,
     FerromemError,
-    InvalidFilterError,
     InvalidInputError,
     InvalidMetadataError,
     InvalidVectorError,
@@ -87,7 +86,7 @@ from ..exceptions import (
     StorageError,
     StoreClosedError,
 )
-from ._filters import filter_ids, split_metadata_filter
+from ._filters import chroma_where, filter_ids, split_metadata_filter
 from ._names import STORE_SUFFIX, collection_file_name
 
 __all__ = [
@@ -238,47 +237,6 @@ def _prepare_documents(
             texts.append(content)
             metadatas.append(stored)
     return ids, texts, metadatas
-
-
-def _equalities(metadata_filter: Any) -> list[tuple[str, Any]]:
-    """The (key, value) pairs that must all hold, from CrewAI's or Chroma's filter form."""
-    if not isinstance(metadata_filter, dict):
-        raise InvalidFilterError(
-            f"metadata_filter must be a dict, got {type(metadata_filter).__name__}"
-        )
-    pairs: list[tuple[str, Any]] = []
-    for key, value in metadata_filter.items():
-        if key == "$and":
-            if not isinstance(value, list):
-                raise InvalidFilterError(f"'$and' takes a list of filters, got {value!r}")
-            for clause in value:
-                pairs.extend(_equalities(clause))
-        elif isinstance(key, str) and key.startswith("$"):
-            raise InvalidFilterError(
-                f"unsupported filter operator {key!r}: ferromem takes {{key: value}}, "
-                "{key: {'$eq': value}} and {'$and': [...]}"
-            )
-        elif isinstance(value, dict) and any(
-            isinstance(k, str) and k.startswith("$") for k in value
-        ):
-            if list(value) != ["$eq"]:
-                raise InvalidFilterError(
-                    f"unsupported condition {value!r} on {key!r}: only '$eq' is supported"
-                )
-            pairs.append((key, value["$eq"]))
-        else:
-            pairs.append((key, value))
-    return pairs
-
-
-def _merge(pairs: list[tuple[str, Any]]) -> dict[str, Any] | None:
-    """One equality per key, or None when two of them contradict (nothing matches)."""
-    merged: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in merged and merged[key] != value:
-            return None
-        merged.setdefault(key, value)
-    return merged
 
 
 def _identity(file: str) -> tuple[int, int] | None:
@@ -479,7 +437,7 @@ class RagClient(BaseClient):
             None if score_threshold is None
             else check.check_real(score_threshold, "score_threshold")
         )
-        merged = {} if metadata_filter is None else _merge(_equalities(metadata_filter))
+        merged = chroma_where(metadata_filter, "metadata_filter")
         where, residual = split_metadata_filter(merged or None)
         store = self._collection(collection_name, "get")
         if merged is None or store is None or store.dim is None:

@@ -72,11 +72,10 @@ from .. import store as _store
 from ..exceptions import (
     DimensionMismatchError,
     FerromemError,
-    InvalidFilterError,
     InvalidInputError,
     InvalidVectorError,
 )
-from ._filters import filter_ids, split_metadata_filter
+from ._filters import chroma_where, filter_ids, split_metadata_filter
 from ._names import STORE_SUFFIX, collection_file_name
 
 __all__ = [
@@ -166,48 +165,6 @@ def _resolve_embedder(spec: Any) -> Callable[..., Any]:
         "config such as {'provider': 'openai', 'config': {'model_name': "
         f"'text-embedding-3-small'}}, got {type(spec).__name__}"
     )
-
-
-def _equalities(metadata_filter: Any) -> list[tuple[str, Any]]:
-    """The (key, value) pairs that must all hold, from a Chroma ``where`` filter."""
-    if not isinstance(metadata_filter, dict):
-        raise InvalidFilterError(
-            f"filter must be a dict such as {{'key': 'value'}}, got "
-            f"{type(metadata_filter).__name__}"
-        )
-    pairs: list[tuple[str, Any]] = []
-    for key, value in metadata_filter.items():
-        if key == "$and":
-            if not isinstance(value, list):
-                raise InvalidFilterError(f"'$and' takes a list of filters, got {value!r}")
-            for clause in value:
-                pairs.extend(_equalities(clause))
-        elif isinstance(key, str) and key.startswith("$"):
-            raise InvalidFilterError(
-                f"unsupported filter operator {key!r}: ferromem takes {{key: value}}, "
-                "{key: {'$eq': value}} and {'$and': [...]}"
-            )
-        elif isinstance(value, dict) and any(
-            isinstance(k, str) and k.startswith("$") for k in value
-        ):
-            if list(value) != ["$eq"]:
-                raise InvalidFilterError(
-                    f"unsupported condition {value!r} on {key!r}: only '$eq' is supported"
-                )
-            pairs.append((key, value["$eq"]))
-        else:
-            pairs.append((key, value))
-    return pairs
-
-
-def _merge(pairs: list[tuple[str, Any]]) -> dict[str, Any] | None:
-    """One equality per key, or None when two of them contradict (nothing matches)."""
-    merged: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in merged and merged[key] != value:
-            return None
-        merged.setdefault(key, value)
-    return merged
 
 
 def _document_id(content: str, metadata: dict[str, Any], metadata_json: str) -> str:
@@ -358,7 +315,7 @@ class RAGStorage(_SharedOnCopy):
             None if score_threshold is None
             else check.check_real(score_threshold, "score_threshold")
         )
-        merged = {} if filter is None else _merge(_equalities(filter))
+        merged = chroma_where(filter, "filter")
         where, residual = split_metadata_filter(merged or None)
         if merged is None or self._store.dim is None:
             return []
