@@ -18,17 +18,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-EXIT_NO_CREWAI0 = 3
-MARKER = "FERROMEM-RESULT: "
+from _common import MARKER, require_crewai0  # the scripts run from this directory
 
-try:
-    import crewai
-except Exception as exc:  # noqa: BLE001 - any import failure means: no usable crewai
-    print(f"cannot import crewai: {type(exc).__name__}: {exc}")
-    sys.exit(EXIT_NO_CREWAI0)
-if not crewai.__version__.startswith("0."):
-    print(f"crewai {crewai.__version__} is installed, not 0.x")
-    sys.exit(EXIT_NO_CREWAI0)
+crewai = require_crewai0()
 
 import numpy as np  # noqa: E402
 from crewai import LLM, Agent, Crew, Task  # noqa: E402

@@ -15,18 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_NO_CREWAI0 = 3
-MARKER = "FERROMEM-RESULT: "
+from _common import MARKER, require_crewai0  # the scripts run from this directory
 START_TIMEOUT_S = 120.0
 
-try:
-    import crewai
-except Exception as exc:  # noqa: BLE001 - any import failure means: no usable crewai
-    print(f"cannot import crewai: {type(exc).__name__}: {exc}")
-    sys.exit(EXIT_NO_CREWAI0)
-if not crewai.__version__.startswith("0."):
-    print(f"crewai {crewai.__version__} is installed, not 0.x")
-    sys.exit(EXIT_NO_CREWAI0)
+crewai = require_crewai0()
 
 from crewai.memory import LongTermMemory, ShortTermMemory  # noqa: E402
 from crewai.memory.long_term.long_term_memory_item import LongTermMemoryItem  # noqa: E402
