@@ -81,11 +81,11 @@ from ..exceptions import (
     FerromemError,
     InvalidInputError,
     InvalidMetadataError,
-    InvalidVectorError,
     NotFoundError,
     StorageError,
     StoreClosedError,
 )
+from ._embedding import embedding_matrix
 from ._filters import chroma_where, filter_ids, split_metadata_filter
 from ._names import STORE_SUFFIX, collection_file_name
 
@@ -341,24 +341,7 @@ class RagClient(BaseClient):
             return store
 
     def _embed(self, texts: list[str], *, query: bool = False) -> np.ndarray:
-        """The texts' vectors as one float32 (len(texts), dim) matrix."""
-        function = self.embedding_function
-        embed_query = getattr(function, "embed_query", None)
-        # Chroma embeds queries with embed_query when there is one (some models embed
-        # queries and documents differently).
-        raw = embed_query(input=texts) if query and callable(embed_query) else function(texts)
-        try:
-            matrix = np.asarray(raw, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise InvalidVectorError(
-                f"the embedding function must return one vector of numbers per text: {exc}"
-            ) from exc
-        if matrix.ndim != 2 or matrix.shape[0] != len(texts):
-            raise InvalidVectorError(
-                f"the embedding function returned an array of shape {matrix.shape} for "
-                f"{len(texts)} texts; it must return one vector per text"
-            )
-        return matrix
+        return embedding_matrix(self.embedding_function, texts, query=query)
 
     @staticmethod
     def _dimension_mismatch(

@@ -73,8 +73,8 @@ from ..exceptions import (
     DimensionMismatchError,
     FerromemError,
     InvalidInputError,
-    InvalidVectorError,
 )
+from ._embedding import embedding_matrix
 from ._filters import chroma_where, filter_ids, split_metadata_filter
 from ._names import STORE_SUFFIX, collection_file_name
 
@@ -258,21 +258,7 @@ class RAGStorage(_SharedOnCopy):
         )
 
     def _embed(self, texts: list[str], *, query: bool = False) -> np.ndarray:
-        """The texts' vectors as one float32 (len(texts), dim) matrix."""
-        embed_query = getattr(self.embedder, "embed_query", None) if query else None
-        raw = embed_query(input=texts) if callable(embed_query) else self.embedder(texts)
-        try:
-            matrix = np.asarray(raw, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise InvalidVectorError(
-                f"the embedder must return one vector of numbers per text: {exc}"
-            ) from exc
-        if matrix.ndim != 2 or matrix.shape[0] != len(texts):
-            raise InvalidVectorError(
-                f"the embedder returned an array of shape {matrix.shape} for {len(texts)} "
-                "texts; it must return one vector per text"
-            )
-        return matrix
+        return embedding_matrix(self.embedder, texts, query=query)
 
     def _dimension_mismatch(self, exc: DimensionMismatchError) -> DimensionMismatchError:
         return DimensionMismatchError(

@@ -1,0 +1,33 @@
+"""Calling an embedding function the way CrewAI's Chroma clients do, for the 1.x and 0.x
+adapters alike (so it imports nothing from CrewAI)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..exceptions import InvalidVectorError
+
+__all__ = ["embedding_matrix"]
+
+
+def embedding_matrix(function: Callable[..., Any], texts: list[str], *, query: bool = False) -> np.ndarray:
+    """The texts' vectors as one float32 (len(texts), dim) matrix. Queries go to the
+    function's ``embed_query`` when it has one, as Chroma does (some models embed queries
+    and documents differently)."""
+    embed_query = getattr(function, "embed_query", None) if query else None
+    raw = embed_query(input=texts) if callable(embed_query) else function(texts)
+    try:
+        matrix = np.asarray(raw, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidVectorError(
+            f"the embedding function must return one vector of numbers per text: {exc}"
+        ) from exc
+    if matrix.ndim != 2 or matrix.shape[0] != len(texts):
+        raise InvalidVectorError(
+            f"the embedding function returned an array of shape {matrix.shape} for "
+            f"{len(texts)} texts; it must return one vector per text"
+        )
+    return matrix
