@@ -29,6 +29,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+# Strings that break hand-built SQL, LIKE patterns, paths or encodings, for the
+# round-trip tests of every adapter. Quotes, SQL LIKE wildcards, backslashes, control characters, NUL, non-BMP and
+# right-to-left text, combining and zero-width characters, empty and blank strings.
+HOSTILE = [
+    'it\'s "quoted"', "50%_off", "5_%xoff", "%", "_", "back\\slash\\\\", "C:\\path\\to",
+    "tab\tnew\nline", "nul\x00byte", "茶🍵 ✓", "עברית RTL", "e\u0301 combining",
+    "zero\u200bwidth", "", " ", "'; DROP TABLE memories; --", "price $5", "a.b[0]",
+    '{"json": 1}',
+]
+
 import numpy as np
 
 TESTS_DIR = Path(__file__).resolve().parent

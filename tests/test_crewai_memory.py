@@ -28,19 +28,11 @@ from crewai.memory.types import MemoryRecord, ScopeInfo  # noqa: E402
 import ferromem  # noqa: E402
 from ferromem.crewai import MemoryStorage  # noqa: E402
 from ferromem.embedders import HashingEmbedder  # noqa: E402
+from _helpers import HOSTILE  # noqa: E402 - tests/ is on sys.path
 
 DIM = 64
 EMBED = HashingEmbedder(DIM)
 
-HOSTILE = [
-    "it's a \"quote\"",
-    "100% _wild_ %_%",
-    "back\\slash\\\\ and \\' escape",
-    "naïve café 東京 🚀",
-    "'; DROP TABLE memories; --",
-    "line\nbreak\ttab",
-    "",
-]
 
 
 def vec(text: str) -> list[float]:

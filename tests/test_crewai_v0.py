@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from _helpers import HOSTILE
+
 from ferromem.crewai.v0 import LTMStorage, RAGStorage, ResetNotAllowedError
 from ferromem.embedders import HashingEmbedder
 from ferromem.exceptions import (
@@ -42,14 +44,6 @@ DRIVER_TIMEOUT_S = 300
 # Reported scores come from float32 vectors; the references are float64.
 TOL = 1e-5
 
-# Quotes, SQL LIKE wildcards, backslashes, control characters, NUL, non-BMP and
-# right-to-left text, combining and zero-width characters, empty and blank strings.
-HOSTILE = [
-    'it\'s "quoted"', "50%_off", "5_%xoff", "%", "_", "back\\slash\\\\", "C:\\path\\to",
-    "tab\tnew\nline", "nul\x00byte", "茶🍵 ✓", "עברית RTL", "e\u0301 combining",
-    "zero\u200bwidth", "", " ", "'; DROP TABLE memories; --", "price $5", "a.b[0]",
-    '{"json": 1}',
-]
 
 
 # ---------------------------------------------------------------------------- drivers

@@ -3,6 +3,7 @@ adapters alike (so it imports nothing from CrewAI)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,29 @@ import numpy as np
 
 from ..exceptions import InvalidVectorError
 
-__all__ = ["embedding_matrix"]
+__all__ = ["embedding_matrix", "_DefaultEmbedder"]
+
+
+class _DefaultEmbedder:
+    """A CrewAI default embedding function, built by ``build`` on first use: building it
+    needs an OpenAI API key, which a client or storage that never embeds must not require."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._function: Any = None
+
+    def _built(self) -> Any:
+        with self._lock:
+            if self._function is None:
+                self._function = self._build()
+            return self._function
+
+    def __call__(self, input: list[str]) -> Any:  # noqa: A002 - the protocol's name
+        return self._built()(input)
+
+    def embed_query(self, input: list[str]) -> Any:  # noqa: A002
+        return self._built().embed_query(input=input)
 
 
 def embedding_matrix(function: Callable[..., Any], texts: list[str], *, query: bool = False) -> np.ndarray:

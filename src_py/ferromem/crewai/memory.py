@@ -248,9 +248,8 @@ class MemoryStorage:
                     dim = len(record.embedding)
                 elif len(record.embedding) != dim:
                     raise EmbeddingDimensionMismatchError(dim, len(record.embedding))
-        stored = self._store.dim
-        if dim is not None and stored is not None and dim != stored:
-            raise EmbeddingDimensionMismatchError(stored, dim)
+        # The store's own dimension is checked by the engine (DimensionMismatchError below),
+        # against its state caught up with other processes.
         placeholder = None
         vectors = []
         metadata = []
@@ -261,7 +260,7 @@ class MemoryStorage:
             else:
                 if placeholder is None:
                     placeholder = self._placeholder(
-                        dim or stored or self._vector_dim or DEFAULT_VECTOR_DIM
+                        dim or self._store.dim or self._vector_dim or DEFAULT_VECTOR_DIM
                     )
                 vectors.append(placeholder)
                 meta[_NO_EMBEDDING_KEY] = True
@@ -365,11 +364,9 @@ class MemoryStorage:
         matching every filter."""
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise InvalidInputError(f"limit must be an int, got {type(limit).__name__}")
-        stored = self._store.dim
-        if stored is None or limit <= 0:
+        if limit <= 0:
             return []
-        if len(query_embedding) != stored:
-            raise EmbeddingDimensionMismatchError(stored, len(query_embedding))
+        # An empty store answers [] and a wrong dimension raises: both come from the engine.
         where, residual = split_metadata_filter(metadata_filter)
         criteria: dict[str, Any] = {
             "scope": _prefix(scope_prefix),

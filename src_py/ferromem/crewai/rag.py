@@ -85,7 +85,7 @@ from ..exceptions import (
     StorageError,
     StoreClosedError,
 )
-from ._embedding import embedding_matrix
+from ._embedding import _DefaultEmbedder, embedding_matrix
 from ._filters import chroma_where, filter_ids, split_metadata_filter
 from ._names import STORE_SUFFIX, collection_file_name
 
@@ -135,31 +135,10 @@ def default_knowledge_path() -> Path:
     return Path(db_storage_path()) / "knowledge_ferromem"
 
 
-class _DefaultEmbedder:
-    """CrewAI's default embedding function (ChromaDBConfig's), built on first use: building
-    it needs an OpenAI API key, which a client that never embeds must not require."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._function: Any = None
-
-    def _built(self) -> Any:
-        with self._lock:
-            if self._function is None:
-                self._function = build_embedder(DEFAULT_EMBEDDER)
-            return self._function
-
-    def __call__(self, input: list[str]) -> Any:  # noqa: A002 - the protocol's name
-        return self._built()(input)
-
-    def embed_query(self, input: list[str]) -> Any:  # noqa: A002
-        return self._built().embed_query(input=input)
-
-
 def _resolve_embedding_function(value: Any) -> Callable[..., Any]:
     """A callable texts -> vectors from a callable or a CrewAI embedder config."""
     if value is None:
-        return _DefaultEmbedder()
+        return _DefaultEmbedder(lambda: build_embedder(DEFAULT_EMBEDDER))
     if callable(value) and not isinstance(value, type):
         return value
     if isinstance(value, (dict, BaseEmbeddingsProvider)):

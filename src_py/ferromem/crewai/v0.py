@@ -74,7 +74,7 @@ from ..exceptions import (
     FerromemError,
     InvalidInputError,
 )
-from ._embedding import embedding_matrix
+from ._embedding import _DefaultEmbedder, embedding_matrix
 from ._filters import chroma_where, filter_ids, split_metadata_filter
 from ._names import STORE_SUFFIX, collection_file_name
 
@@ -114,32 +114,16 @@ def _sanitize_role(role: str) -> str:
     return role.replace("\n", "").replace(" ", "_").replace("/", "_")
 
 
-class _DefaultEmbedder:
-    """What CrewAI 0.x embeds with when nothing is configured (its default ChromaDBConfig:
-    OpenAI ``text-embedding-3-small`` with ``$OPENAI_API_KEY``), built on first use so that
-    a storage that never embeds needs no key."""
+def _openai_default() -> Any:
+    """What CrewAI 0.x embeds with when nothing is configured: its default ChromaDBConfig's
+    OpenAI ``text-embedding-3-small`` with ``$OPENAI_API_KEY``."""
+    from chromadb.utils.embedding_functions.openai_embedding_function import (
+        OpenAIEmbeddingFunction,
+    )
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._function: Any = None
-
-    def _built(self) -> Any:
-        with self._lock:
-            if self._function is None:
-                from chromadb.utils.embedding_functions.openai_embedding_function import (
-                    OpenAIEmbeddingFunction,
-                )
-
-                self._function = OpenAIEmbeddingFunction(
-                    api_key=os.getenv("OPENAI_API_KEY"), model_name="text-embedding-3-small"
-                )
-            return self._function
-
-    def __call__(self, input: list[str]) -> Any:  # noqa: A002 - the protocol's name
-        return self._built()(input)
-
-    def embed_query(self, input: list[str]) -> Any:  # noqa: A002
-        return self._built().embed_query(input=input)
+    return OpenAIEmbeddingFunction(
+        api_key=os.getenv("OPENAI_API_KEY"), model_name="text-embedding-3-small"
+    )
 
 
 def _is_embeddings_provider(value: Any) -> bool:
@@ -153,7 +137,7 @@ def _resolve_embedder(spec: Any) -> Callable[..., Any]:
     ``{"provider": ..., "config": ...}`` dict or a provider instance), built the way CrewAI
     0.x builds it (``crewai.rag.embeddings.factory.build_embedder``)."""
     if spec is None:
-        return _DefaultEmbedder()
+        return _DefaultEmbedder(_openai_default)
     if callable(spec) and not isinstance(spec, type):
         return spec
     if isinstance(spec, Mapping) or _is_embeddings_provider(spec):
