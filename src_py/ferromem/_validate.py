@@ -444,6 +444,41 @@ def check_cache_size(value: Any) -> int:
     return int(value)
 
 
+INDEX_MODES = ("auto", "exact", "hnsw")
+MAX_EF_SEARCH = 100_000
+
+
+def check_index(value: Any) -> str:
+    if not isinstance(value, str) or value not in INDEX_MODES:
+        raise InvalidInputError(
+            f"index must be one of {', '.join(map(repr, INDEX_MODES))}, got {value!r}"
+        )
+    return value
+
+
+def check_ef_search(value: Any) -> int:
+    if (
+        isinstance(value, _BOOL_TYPES)
+        or not isinstance(value, _INTEGER_TYPES)
+        or not 1 <= value <= MAX_EF_SEARCH
+    ):
+        raise InvalidInputError(
+            f"ef_search must be an int between 1 and {MAX_EF_SEARCH}, got {value!r}"
+        )
+    return int(value)
+
+
+def check_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, _BOOL_TYPES) or not isinstance(value, (int, float)):
+        raise InvalidInputError(f"timeout must be a number >= 0 or None, got {_type_name(value)}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise InvalidInputError(f"timeout must be a finite number >= 0 or None, got {value}")
+    return value
+
+
 def check_limit(limit: Any) -> int | None:
     if limit is None:
         return None

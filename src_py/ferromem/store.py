@@ -123,6 +123,8 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     durability: str = "normal",
     engine: str = "auto",
     cache_size: int = 256,
+    index: str = "auto",
+    ef_search: int = 64,
 ) -> Store:
     """Opens (or creates) a store.
 
@@ -134,9 +136,17 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     "reference". ``cache_size``: how many single-query searches the native engine keeps
     the results of (0 turns the cache off); an entry serves a repeated search only while
     no change that could alter its result has happened (docs/architecture.md).
+    ``index``: "auto" (an HNSW graph once the store holds 2^25 values, e.g. 21,845
+    records of 1536 dimensions; exact scans below that), "exact" (always exact) or "hnsw"
+    (the graph at any size). The graph is built in a background thread; until it is
+    published, and for filters that select few records, searches are exact scans.
+    ``ef_search``: how many graph results a search re-scores exactly (at least k);
+    higher is slower and closer to exact. The reference engine always scans exactly.
     """
     path_text = check.check_path(path)
     cache_size = check.check_cache_size(cache_size)
+    index = check.check_index(index)
+    ef_search = check.check_ef_search(ef_search)
     dim = check.check_dim(dim)
     durability = check.check_durability(durability)
     engine_factory, engine_name = _select_engine(check.check_engine(engine))
@@ -151,7 +161,10 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     set_capacity = getattr(engine_instance, "set_cache_capacity", None)
     if set_capacity is not None:  # the reference engine keeps no cache
         set_capacity(cache_size)
-    return Store(engine_instance, engine_name)
+    set_index = getattr(engine_instance, "set_index", None)
+    if set_index is not None:  # the reference engine always scans exactly
+        set_index(index, ef_search)
+    return Store(engine_instance, engine_name, index=index, ef_search=ef_search)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -159,6 +172,9 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
 _UNSET: Any = object()
 # stats()["cache"] of an engine without a result cache (the reference engine).
 _NO_CACHE = {"capacity": 0, "entries": 0, "hits": 0, "misses": 0, "hit_rate": 0.0}
+# stats()["index"] of an engine without a graph (the reference engine).
+_NO_GRAPH = {"active": "exact", "graph_nodes": 0, "pending": 0, "graph_bytes": 0, "builds": 0,
+             "building": False}
 # k beyond any store size changes nothing (each query returns min(k, matches)); the
 # bound keeps a huge k from overflowing a native integer or pre-allocating.
 _MAX_K = 2**31 - 1
@@ -239,9 +255,11 @@ class Store:
     Thread-safe: any number of threads may call one Store at once.
     """
 
-    def __init__(self, engine: Any, engine_name: str):
+    def __init__(self, engine: Any, engine_name: str, *, index: str = "auto", ef_search: int = 64):
         self._engine = engine
         self._engine_name = engine_name
+        self._index = index
+        self._ef_search = ef_search
         self._closed = False
 
     # ----------------------------------------------------------------- properties
@@ -641,7 +659,10 @@ class Store:
     def stats(self) -> dict[str, Any]:
         """Engine, record count, dimension, per-operation latencies in microseconds
         (``operations``: {name: {count, p50_us, p95_us, p99_us, max_us, ...}}) and the
-        result cache (``cache``: {capacity, entries, hits, misses, hit_rate})."""
+        result cache (``cache``: {capacity, entries, hits, misses, hit_rate}) and the
+        search index (``index``: {mode, active ("hnsw" while searches use the graph, else
+        "exact"), ef_search, graph_nodes, pending (records scanned exactly beside the
+        graph), graph_bytes, builds, building})."""
         self._check_open()
         raw = dict(self._engine.stats())
         nested = raw.get("operations")
@@ -657,6 +678,7 @@ class Store:
         else:
             operations, extras = raw, {}
         extras.setdefault("cache", dict(_NO_CACHE))
+        extras.setdefault("index", {"mode": self._index, "ef_search": self._ef_search, **_NO_GRAPH})
         return {
             "engine": self._engine_name,
             "records": int(self._engine.count({})),
@@ -666,6 +688,18 @@ class Store:
         }
 
     # ----------------------------------------------------------------- lifecycle
+
+    def wait_for_index(self, timeout: float | None = None) -> bool:
+        """Blocks until the background graph build covers every record (when the index
+        mode wants a graph at this size); False if ``timeout`` seconds passed first.
+        Searches never need this: they scan exactly whatever the graph does not cover.
+        Useful before timing searches, and in tests."""
+        timeout = check.check_timeout(timeout)
+        self._check_open()
+        wait = getattr(self._engine, "wait_for_index", None)
+        if wait is None:  # the reference engine has no graph
+            return True
+        return bool(wait(timeout))
 
     def close(self) -> None:
         """Closes the store; closing twice is harmless. Further calls raise

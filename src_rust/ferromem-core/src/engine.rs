@@ -8,7 +8,7 @@ use crate::cache::{CacheCounters, CacheStats, ResultCache, SearchKey};
 use crate::filter::Filter;
 use crate::metrics::{Metrics, Op, OpStats};
 use crate::record::{metadata_scalars, Record};
-use crate::state::{Hit, State};
+use crate::state::{Hit, IndexConfig, IndexStats, State};
 use crate::storage::memory::MemoryStorage;
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Changes, Durability, Storage, WriteOp};
@@ -17,9 +17,9 @@ use parking_lot::{Mutex, RwLock};
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How `upsert` treats an id that already exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +63,10 @@ pub struct EngineStats {
     pub disk_bytes: u64,
     pub operations: Vec<(&'static str, OpStats)>,
     pub cache: CacheStats,
+    pub index: IndexStats,
+    /// Graph builds published since the engine opened.
+    pub index_builds: u64,
+    pub index_building: bool,
 }
 
 /// A record with its vector, as `get` and `list` return them.
@@ -75,8 +79,29 @@ enum OwnedOp<'v> {
     Delete(Arc<str>),
 }
 
+/// The background graph builder's shared flags (see [`Engine::kick_index_build`]).
+#[derive(Default)]
+struct IndexBuilder {
+    /// A builder thread is running (at most one per engine).
+    running: AtomicBool,
+    /// Set by `close`: the builder stops between batches.
+    stop: AtomicBool,
+    /// Callers of `wait_for_index`: while any waits, every pending change is linked.
+    flush_waiters: AtomicUsize,
+    builds: AtomicU64,
+}
+
+/// Bounds on the graph parameters: beyond them a graph costs more than an exact scan.
+const MAX_M: usize = 128;
+const MAX_EF: usize = 100_000;
+
+/// How long the builder holds the state read lock per batch: a writer waits at most this
+/// long for it.
+const BUILD_BATCH: Duration = Duration::from_millis(4);
+
 pub struct Engine {
-    state: RwLock<State>,
+    /// Shared with the background graph builder.
+    state: Arc<RwLock<State>>,
     writer: Mutex<Option<Box<dyn Storage>>>,
     reader: Mutex<Option<Box<dyn Storage>>>,
     /// Set when a catch-up failed half-way, so the next operation retries it.
@@ -87,6 +112,7 @@ pub struct Engine {
     /// A leaf lock, taken under the state read lock only (see [`crate::cache`]).
     cache: Mutex<ResultCache>,
     cache_counters: CacheCounters,
+    builder: Arc<IndexBuilder>,
 }
 
 /// Entries of the result cache of a newly opened engine (see [`Engine::set_cache_capacity`]).
@@ -133,7 +159,7 @@ impl Engine {
         state.seq = seq;
         state.dim = stored_dim.or(dim);
         let engine = Engine {
-            state: RwLock::new(state),
+            state: Arc::new(RwLock::new(state)),
             writer: Mutex::new(Some(writer)),
             reader: Mutex::new(Some(reader)),
             stale: AtomicBool::new(false),
@@ -142,8 +168,12 @@ impl Engine {
             cache: Mutex::new(ResultCache::new(DEFAULT_CACHE_ENTRIES)),
             cache_counters: CacheCounters::default(),
             path: path.map(Path::to_path_buf),
+            builder: Arc::new(IndexBuilder::default()),
         };
         engine.metrics.record(Op::open, t);
+        // A large store's graph is built in the background: opening never waits on it,
+        // and searches scan exactly until it is published.
+        engine.kick_index_build();
         Ok(engine)
     }
 
@@ -229,6 +259,8 @@ impl Engine {
         if result.is_err() {
             self.stale.store(true, Ordering::Release);
         }
+        drop(guard);
+        self.kick_index_build();
         self.metrics.record(Op::catch_up, t);
         result
     }
@@ -317,6 +349,7 @@ impl Engine {
             }
         }
         drop(guard);
+        self.kick_index_build();
         self.metrics.record(op, t);
         Ok(out)
     }
@@ -540,9 +573,69 @@ impl Engine {
         Ok(())
     }
 
+    /// Sets the index mode and search width; a graph the new mode wants is built in the
+    /// background (searches stay exact scans until it is published).
+    pub fn set_index(&self, config: IndexConfig) -> Result<()> {
+        self.check_open()?;
+        if config.ef_search == 0 || config.ef_search > MAX_EF {
+            return Err(Error::InvalidInput(format!("ef_search must be between 1 and {MAX_EF}")));
+        }
+        if !(2..=MAX_M).contains(&config.params.m) || config.params.ef_construction == 0 || config.params.ef_construction > MAX_EF {
+            return Err(Error::InvalidInput(format!("m must be between 2 and {MAX_M}, ef_construction between 1 and {MAX_EF}")));
+        }
+        self.state.write().set_index(config);
+        self.kick_index_build();
+        Ok(())
+    }
+
+    /// Starts the background graph builder when a build is due and none runs. Cheap when
+    /// nothing is due (one read lock).
+    fn kick_index_build(&self) {
+        let b = &self.builder;
+        if b.stop.load(Ordering::Acquire) || b.running.load(Ordering::Acquire) {
+            return;
+        }
+        if !self.state.read().graph_build_due(b.flush_waiters.load(Ordering::Acquire) > 0) {
+            return;
+        }
+        if b.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (state, builder) = (Arc::clone(&self.state), Arc::clone(&self.builder));
+        let spawned = std::thread::Builder::new().name("ferromem-index".into()).spawn(move || build_graphs(&state, &builder));
+        if spawned.is_err() {
+            // No thread to be had: searches stay exact scans; the next write tries again.
+            self.builder.running.store(false, Ordering::Release);
+        }
+    }
+
+    /// Waits until every record is covered by the graph (when the index mode wants one);
+    /// false when `timeout` passed first. Changes made meanwhile are linked too.
+    pub fn wait_for_index(&self, timeout: Option<Duration>) -> Result<bool> {
+        self.check_open()?;
+        self.catch_up()?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.builder.flush_waiters.fetch_add(1, Ordering::AcqRel);
+        let done = loop {
+            self.kick_index_build();
+            let due = self.state.read().graph_build_due(true);
+            if !due && !self.builder.running.load(Ordering::Acquire) {
+                break true;
+            }
+            if self.is_closed() || deadline.is_some_and(|d| Instant::now() >= d) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        self.builder.flush_waiters.fetch_sub(1, Ordering::AcqRel);
+        self.check_open()?;
+        Ok(done)
+    }
+
     /// Closes the durable layer; every later call fails with Closed. Idempotent.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        self.builder.stop.store(true, Ordering::Release);
         // Wait for an in-flight write to finish, then drop the connections.
         self.writer.lock().take();
         self.reader.lock().take();
@@ -564,6 +657,9 @@ impl Engine {
             disk_bytes,
             operations: self.metrics.snapshot(),
             cache: self.cache_stats(),
+            index: st.index_stats(),
+            index_builds: self.builder.builds.load(Ordering::Relaxed),
+            index_building: self.builder.running.load(Ordering::Relaxed),
         }
     }
 
@@ -574,6 +670,60 @@ impl Engine {
             entries: c.len(),
             hits: self.cache_counters.hits.load(Ordering::Relaxed),
             misses: self.cache_counters.misses.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // The builder holds its own reference to the state; tell it to stop early.
+        self.builder.stop.store(true, Ordering::Release);
+    }
+}
+
+/// The background graph builder: while a build is due, copy the published graph (or start
+/// one), link the pending records into the copy in batches under the state *read* lock
+/// (searches go on; a writer waits at most one batch), then publish the copy under a brief
+/// write lock. A reset or reload during a build voids it and the loop starts over.
+fn build_graphs(state: &RwLock<State>, builder: &IndexBuilder) {
+    let mut scratch = Vec::new();
+    loop {
+        let flush = builder.flush_waiters.load(Ordering::Acquire) > 0;
+        let build = {
+            let st = state.read();
+            if builder.stop.load(Ordering::Acquire) || !st.graph_build_due(flush) {
+                None
+            } else {
+                st.begin_graph_build()
+            }
+        };
+        let Some(mut build) = build else {
+            builder.running.store(false, Ordering::Release);
+            // A write that found the builder still running did not start another: look again.
+            let due = state.read().graph_build_due(builder.flush_waiters.load(Ordering::Acquire) > 0);
+            if due && !builder.stop.load(Ordering::Acquire) && !builder.running.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            return;
+        };
+        let mut next = 0;
+        let mut void = false;
+        while next < build.todo.len() {
+            if builder.stop.load(Ordering::Acquire) {
+                builder.running.store(false, Ordering::Release);
+                return;
+            }
+            let st = state.read();
+            if !st.graph_build_is_current(&build) {
+                void = true;
+                break;
+            }
+            next = st.extend_graph_build(&mut build, next, Instant::now() + BUILD_BATCH, &mut scratch);
+            drop(st);
+            std::thread::yield_now();
+        }
+        if !void && state.write().publish_graph(build) {
+            builder.builds.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod engine;
 pub mod error;
 pub mod filter;
+pub mod hnsw;
 pub mod index;
 pub mod metrics;
 pub mod record;

@@ -4,6 +4,7 @@
 
 use crate::arena::{Arena, CHUNK_ROWS};
 use crate::filter::{child_of, scope_matches, Filter, Scalar};
+use crate::hnsw::{Hnsw, HnswParams};
 use crate::index::FilterIndexes;
 use crate::record::{metadata_scalars, Record};
 use crate::simd;
@@ -35,12 +36,98 @@ const PRESCAN_MAX_QUERIES: usize = 2;
 /// Candidates beyond k kept by the pre-scan, so that the exactness check rarely fails.
 const PRESCAN_EXTRA: usize = 32;
 
+/// Which search a store uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexMode {
+    /// The graph once the store holds at least `AUTO_MIN_VALUES` values (rows x dim),
+    /// the exact scan below that.
+    Auto,
+    /// Always the exact scan.
+    Exact,
+    /// The graph at any size.
+    Hnsw,
+}
+
+impl IndexMode {
+    pub fn from_name(s: &str) -> Option<IndexMode> {
+        match s {
+            "auto" => Some(IndexMode::Auto),
+            "exact" => Some(IndexMode::Exact),
+            "hnsw" => Some(IndexMode::Hnsw),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexMode::Auto => "auto",
+            IndexMode::Exact => "exact",
+            IndexMode::Hnsw => "hnsw",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexConfig {
+    pub mode: IndexMode,
+    /// Width of a graph search (results considered before re-scoring); at least k is used.
+    pub ef_search: usize,
+    pub params: HnswParams,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig { mode: IndexMode::Auto, ef_search: DEFAULT_EF_SEARCH, params: HnswParams::default() }
+    }
+}
+
+pub const DEFAULT_EF_SEARCH: usize = 64;
+/// `IndexMode::Auto` uses the graph from this many stored values on (2^25: 21,845 records
+/// of 1536 dimensions, 87,381 of 384), where an exact scan passes ~2 ms here.
+pub const AUTO_MIN_VALUES: usize = 1 << 25;
+/// Records changed since the graph was built are scanned exactly beside it; a rebuild
+/// starts once this many have gathered (their scan then costs about what a graph search does).
+pub const PENDING_REBUILD: u64 = 1024;
+/// A filter whose candidates hold at most this many values (rows x dim), or fewer than
+/// 1/`SELECTIVE_RATIO` of the records, is answered by an exact scan of its candidates:
+/// cheaper than a graph walk that must pass many rejected nodes, and exact.
+const FILTER_EXACT_VALUES: u64 = 1 << 22;
+const SELECTIVE_RATIO: u64 = 20;
+
+/// A graph being built off the write path (see `crate::engine`): the slots still to link,
+/// and the index generation it belongs to (a reset or reload makes it void).
+pub struct GraphBuild {
+    pub graph: Hnsw,
+    pub todo: Vec<u32>,
+    pub generation: u64,
+}
+
 /// What a scan computes: exact cosine scores in f32, or dot products of the unit query
 /// with the half-precision unit rows (phase one of `State::search`).
 #[derive(Clone, Copy)]
 enum Scan<'a> {
     Exact { q_inv: &'a [f32], min_score: Option<f32> },
     Half,
+}
+
+/// A filter as the graph search applies it: the candidate bitmap from the indexes (None:
+/// every record), the unindexed `older_than` bound, and how many records match at most.
+struct GraphPlan {
+    allowed: Option<RoaringBitmap>,
+    older_than: Option<f64>,
+    matching: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexStats {
+    pub mode: IndexMode,
+    pub ef_search: usize,
+    /// Whether searches use the graph now.
+    pub active: bool,
+    pub graph_nodes: usize,
+    /// Records searched exactly beside the graph (all of them while none is built).
+    pub pending: usize,
+    pub graph_bytes: usize,
 }
 
 #[derive(Default)]
@@ -56,6 +143,16 @@ pub struct State {
     half: Arena<u16>,
     /// 1/|v| per slot; 0.0 marks a free slot (stored vectors are never all zeros).
     inv_norm: Vec<f32>,
+    /// Bumped whenever a slot gets a different vector; the graph remembers the version it
+    /// linked, so a changed or reused slot is never returned from a stale node.
+    slot_version: Vec<u32>,
+    /// The published graph, when one is built (see `crate::hnsw`).
+    ann: Option<Arc<Hnsw>>,
+    /// Live slots the graph does not cover at their current version: scanned exactly.
+    unindexed: RoaringBitmap,
+    pub index: IndexConfig,
+    /// Bumped by `clear`: a graph built before it is void.
+    index_generation: u64,
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
     ids: HashMap<Arc<str>, u32>,
@@ -80,10 +177,13 @@ impl State {
     /// Forgets every record and the dimension (the durable layer was reset).
     pub fn clear(&mut self) {
         let (epoch, seq, generation) = (self.epoch, self.seq, self.search_generation);
+        let (index, index_generation) = (self.index, self.index_generation);
         *self = State::default();
         self.epoch = epoch;
         self.seq = seq;
         self.search_generation = generation + 1;
+        self.index = index;
+        self.index_generation = index_generation + 1;
     }
 
     pub fn len(&self) -> usize {
@@ -114,7 +214,8 @@ impl State {
         }
         let meta = metadata_scalars(&rec.metadata_json)?;
         let replaced = self.ids.get(&*rec.id).copied();
-        if !replaced.is_some_and(|slot| self.same_for_search(slot, &rec, vector)) {
+        let same_vector = replaced.is_some_and(|slot| self.same_vector(slot, vector));
+        if !(same_vector && self.same_filterables(replaced.expect("replaced"), &rec)) {
             self.search_generation += 1;
         }
         let slot = match replaced {
@@ -134,6 +235,7 @@ impl State {
                     }
                     self.slots.push(None);
                     self.inv_norm.push(0.0);
+                    self.slot_version.push(0);
                     self.arena.push_row();
                     self.half.push_row();
                     slot
@@ -141,6 +243,10 @@ impl State {
             },
         };
         let s = slot as usize;
+        if !same_vector {
+            self.slot_version[s] = self.slot_version[s].wrapping_add(1);
+            self.unindexed.insert(slot);
+        }
         self.arena.row_mut(s).copy_from_slice(vector);
         let inv = inverse_norm(vector);
         self.inv_norm[s] = inv;
@@ -152,10 +258,10 @@ impl State {
         Ok(())
     }
 
-    /// Whether replacing the record in `slot` by `rec` and `vector` leaves every search
-    /// result as it is: same vector and same filterable fields (a touch, a new content or
-    /// importance change nothing a search returns).
-    fn same_for_search(&self, slot: u32, rec: &Record, vector: &[f32]) -> bool {
+    /// Whether replacing the record in `slot` by `rec` (with the same vector) leaves every
+    /// search result as it is: same filterable fields (a touch, a new content or importance
+    /// change nothing a search returns).
+    fn same_filterables(&self, slot: u32, rec: &Record) -> bool {
         let Some(old) = self.slots[slot as usize].as_ref().map(|s| &s.rec) else { return false };
         old.scope == rec.scope
             && old.categories == rec.categories
@@ -163,7 +269,11 @@ impl State {
             && old.source == rec.source
             && old.private == rec.private
             && old.created_at.to_bits() == rec.created_at.to_bits()
-            && self.arena.row(slot as usize).iter().zip(vector).all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+
+    /// Whether `slot` holds exactly `vector` (bit for bit).
+    fn same_vector(&self, slot: u32, vector: &[f32]) -> bool {
+        self.arena.row(slot as usize).iter().zip(vector).all(|(a, b)| a.to_bits() == b.to_bits())
     }
 
     /// Removes a record; returns whether it existed.
@@ -175,6 +285,7 @@ impl State {
         self.idx.remove(slot, &old.rec, &old.meta);
         self.inv_norm[s] = 0.0;
         self.live.remove(slot);
+        self.unindexed.remove(slot);
         self.free.push(slot);
         // The slot is reused by the next insert; reopening a store packs the arena densely.
         true
@@ -285,17 +396,21 @@ impl State {
         if self.is_empty() || k == 0 {
             return vec![Vec::new(); nq];
         }
+        if let Some(graph) = self.usable_graph() {
+            if let Some(plan) = self.graph_plan(f, dim) {
+                return self.search_graph(graph, &plan, queries, nq, dim, k, f, min_score);
+            }
+        }
+        self.search_exact(queries, nq, dim, k, f, min_score)
+    }
+
+    /// The exact search of `search` (one or two phases, see there).
+    fn search_exact(&self, queries: &[f32], nq: usize, dim: usize, k: usize, f: &Filter, min_score: Option<f32>) -> Vec<Vec<Hit>> {
         let q_inv: Vec<f32> = queries.chunks_exact(dim).map(inverse_norm).collect();
         let candidates = if f.is_empty() { None } else { Some(self.select(f)) };
         let rows = candidates.as_ref().map_or(self.slots.len(), |c| c.len());
-        let exact_score = |q: usize, slot: u32| -> f32 {
-            let dot = simd::dot_f32(&queries[q * dim..(q + 1) * dim], self.arena.row(slot as usize));
-            (dot * self.inv_norm[slot as usize] * q_inv[q]).clamp(-1.0, 1.0)
-        };
-        let finish = |mut hits: Vec<(f32, u32)>| -> Vec<Hit> {
-            hits.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| self.id_of(a.1).cmp(self.id_of(b.1))));
-            hits.into_iter().map(|(s, slot)| (self.id_of(slot).clone(), s)).collect()
-        };
+        let exact_score = |q: usize, slot: u32| self.exact_score(&queries[q * dim..(q + 1) * dim], q_inv[q], slot);
+        let finish = |hits: Vec<(f32, u32)>| self.finish(hits);
         let k1 = k.saturating_add(PRESCAN_EXTRA);
         if rows.saturating_mul(dim) < PRESCAN_MIN_VALUES || rows <= k1 || nq > PRESCAN_MAX_QUERIES {
             let heaps = self.scan(queries, nq, dim, k, candidates.as_deref(), Scan::Exact { q_inv: &q_inv, min_score });
@@ -316,7 +431,7 @@ impl State {
                 if let Some(m) = min_score {
                     exact.retain(|e| e.0 >= m);
                 }
-                exact.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| self.id_of(a.1).cmp(self.id_of(b.1))));
+                self.sort_hits(&mut exact);
                 // The score a record left out would have to reach to change the answer.
                 let bar = if exact.len() >= k { Some(exact[k - 1].0) } else { min_score };
                 if complete || bar.is_some_and(|bar| a_min + eps < bar) {
@@ -329,6 +444,183 @@ impl State {
                 }
             })
             .collect()
+    }
+
+    /// The cosine of `query` (with 1/|query| = `q_inv`) and the record in `slot`, computed
+    /// exactly as the scans compute it.
+    fn exact_score(&self, query: &[f32], q_inv: f32, slot: u32) -> f32 {
+        let dot = simd::dot_f32(query, self.arena.row(slot as usize));
+        (dot * self.inv_norm[slot as usize] * q_inv).clamp(-1.0, 1.0)
+    }
+
+    /// Score descending, ties by id ascending: the order of every search result.
+    fn sort_hits(&self, hits: &mut [(f32, u32)]) {
+        hits.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| self.id_of(a.1).cmp(self.id_of(b.1))));
+    }
+
+    fn finish(&self, mut hits: Vec<(f32, u32)>) -> Vec<Hit> {
+        self.sort_hits(&mut hits);
+        hits.into_iter().map(|(s, slot)| (self.id_of(slot).clone(), s)).collect()
+    }
+
+    /// Whether the index mode asks for the graph at the store's current size.
+    pub fn graph_wanted(&self) -> bool {
+        match self.index.mode {
+            IndexMode::Exact => false,
+            IndexMode::Hnsw => true,
+            IndexMode::Auto => (self.live.len() as usize).saturating_mul(self.dim.unwrap_or(0)) >= AUTO_MIN_VALUES,
+        }
+    }
+
+    fn usable_graph(&self) -> Option<&Hnsw> {
+        self.ann.as_deref().filter(|g| self.graph_wanted() && Some(g.dim()) == self.dim)
+    }
+
+    /// The slot's version while it holds a record; None for a free slot.
+    #[inline]
+    fn current_version(&self, slot: u32) -> Option<u32> {
+        match self.inv_norm.get(slot as usize) {
+            Some(&inv) if inv != 0.0 => Some(self.slot_version[slot as usize]),
+            _ => None,
+        }
+    }
+
+    /// How a filter is searched with the graph, or None when an exact scan of its
+    /// candidates is the better (and exact) answer: a selective filter.
+    fn graph_plan(&self, f: &Filter, dim: usize) -> Option<GraphPlan> {
+        if f.is_empty() {
+            return Some(GraphPlan { allowed: None, older_than: None, matching: self.live.len() });
+        }
+        let allowed = self.idx.candidates(f, &self.live, |id| self.ids.get(id).copied());
+        let matching = allowed.as_ref().map_or(self.live.len(), |b| b.len());
+        if matching.saturating_mul(dim as u64) <= FILTER_EXACT_VALUES || matching.saturating_mul(SELECTIVE_RATIO) < self.live.len() {
+            return None;
+        }
+        Some(GraphPlan { allowed, older_than: f.older_than, matching })
+    }
+
+    /// Graph search: per query, up to ef nodes accepted by the filter are found in the graph
+    /// and re-scored in f32 exactly, the records changed since the graph was built are
+    /// scored exactly, and the best k of both are returned. A query for which the graph
+    /// finds fewer than k of the matching records (a filter that splits the graph) is
+    /// answered by the exact scan instead.
+    #[allow(clippy::too_many_arguments)]
+    fn search_graph(&self, graph: &Hnsw, plan: &GraphPlan, queries: &[f32], nq: usize, dim: usize, k: usize, f: &Filter, min_score: Option<f32>) -> Vec<Vec<Hit>> {
+        let accepts = |slot: u32| {
+            plan.allowed.as_ref().is_none_or(|b| b.contains(slot))
+                && plan.older_than.is_none_or(|t| self.slots[slot as usize].as_ref().is_some_and(|x| x.rec.created_at < t))
+        };
+        let pending: Vec<u32> = self.unindexed.iter().filter(|&s| accepts(s)).collect();
+        let current = |s: u32| self.current_version(s);
+        let ef = self.index.ef_search.max(k);
+        let one = |q: usize| -> Vec<Hit> {
+            let query = &queries[q * dim..(q + 1) * dim];
+            let q_inv = inverse_norm(query);
+            let unit: Vec<f32> = query.iter().map(|x| x * q_inv).collect();
+            let found = graph.search(&unit, ef, &self.half, &|s| graph.is_current(s, &current) && accepts(s));
+            let reached = found.len() + pending.len();
+            let mut hits: Vec<(f32, u32)> = found.into_iter().chain(pending.iter().map(|&s| (0.0, s))).map(|(_, s)| (self.exact_score(query, q_inv, s), s)).collect();
+            if reached < k && (reached as u64) < plan.matching {
+                return self.search_exact(query, 1, dim, k, f, min_score).pop().expect("one query");
+            }
+            if let Some(m) = min_score {
+                hits.retain(|h| h.0 >= m);
+            }
+            self.sort_hits(&mut hits);
+            hits.truncate(k);
+            self.finish(hits)
+        };
+        if nq >= 4 {
+            (0..nq).into_par_iter().map(one).collect()
+        } else {
+            (0..nq).map(one).collect()
+        }
+    }
+
+    /// Whether a graph build should run now: the graph is wanted and either none is
+    /// published or `PENDING_REBUILD` records changed since (any change when `flush`).
+    pub fn graph_build_due(&self, flush: bool) -> bool {
+        let threshold = if flush || self.ann.is_none() { 1 } else { PENDING_REBUILD };
+        self.graph_wanted() && self.dim.is_some() && self.unindexed.len() >= threshold
+    }
+
+    /// Starts a graph build from the published graph (a copy; searches keep using the
+    /// original) or, when more than half its nodes are stale, from nothing.
+    pub fn begin_graph_build(&self) -> Option<GraphBuild> {
+        let dim = self.dim?;
+        let reuse = self.ann.as_deref().filter(|g| {
+            let current = self.live.len() - self.unindexed.len();
+            g.dim() == dim && g.params() == self.index.params && (g.nodes() as u64) < 2 * current.max(1)
+        });
+        let (graph, todo) = match reuse {
+            Some(g) => (g.clone(), self.unindexed.iter().collect()),
+            None => (Hnsw::new(dim, self.index.params), self.live.iter().collect()),
+        };
+        Some(GraphBuild { graph, todo, generation: self.index_generation })
+    }
+
+    /// Links the slots `build.todo[from..]` into the build's graph until `deadline`;
+    /// returns where it stopped. Slots freed or already current are skipped.
+    pub fn extend_graph_build(&self, build: &mut GraphBuild, from: usize, deadline: std::time::Instant, scratch: &mut Vec<f32>) -> usize {
+        let current = |s: u32| self.current_version(s);
+        let mut i = from;
+        while i < build.todo.len() {
+            let slot = build.todo[i];
+            i += 1;
+            if let Some(v) = current(slot) {
+                if build.graph.version(slot) != Some(v) {
+                    build.graph.insert(slot, v, &self.half, &current, scratch);
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        i
+    }
+
+    /// Whether `build` still belongs to this state (no reset or reload since it began).
+    pub fn graph_build_is_current(&self, build: &GraphBuild) -> bool {
+        build.generation == self.index_generation
+    }
+
+    /// Publishes a finished build: searches use it from now on, and the records it covers
+    /// at their current version leave the exact-scanned set. False when the build is void.
+    pub fn publish_graph(&mut self, build: GraphBuild) -> bool {
+        if !self.graph_build_is_current(&build) || Some(build.graph.dim()) != self.dim {
+            return false;
+        }
+        let g = build.graph;
+        let covered: Vec<u32> = self.unindexed.iter().filter(|&s| g.version(s).is_some() && g.version(s) == self.current_version(s)).collect();
+        for s in covered {
+            self.unindexed.remove(s);
+        }
+        self.ann = Some(Arc::new(g));
+        // Approximate results may differ from the previous graph's: cached ones are void.
+        self.search_generation += 1;
+        true
+    }
+
+    /// Changes the index mode or search width (results may change: the cache is voided).
+    pub fn set_index(&mut self, config: IndexConfig) {
+        if config.params != self.index.params {
+            self.ann = None;
+            self.unindexed = self.live.clone();
+        }
+        self.index = config;
+        self.search_generation += 1;
+    }
+
+    /// (graph nodes, graph memory) and the records scanned exactly beside the graph.
+    pub fn index_stats(&self) -> IndexStats {
+        IndexStats {
+            mode: self.index.mode,
+            ef_search: self.index.ef_search,
+            active: self.usable_graph().is_some(),
+            graph_nodes: self.ann.as_ref().map_or(0, |g| g.nodes()),
+            pending: if self.ann.is_some() { self.unindexed.len() as usize } else { self.len() },
+            graph_bytes: self.ann.as_ref().map_or(0, |g| g.memory_bytes()),
+        }
     }
 
     /// Top-`k` heaps, one per query, over `candidates` (or every slot), in blocks of rows
@@ -432,6 +724,10 @@ impl State {
 
     /// Approximate bytes held by the replica (arena, norms, ids), for stats.
     pub fn memory_bytes(&self) -> usize {
-        self.arena.bytes() + self.half.bytes() + self.inv_norm.capacity() * 4 + self.slots.capacity() * std::mem::size_of::<Option<Slot>>()
+        self.arena.bytes()
+            + self.half.bytes()
+            + self.inv_norm.capacity() * 8
+            + self.slots.capacity() * std::mem::size_of::<Option<Slot>>()
+            + self.ann.as_ref().map_or(0, |g| g.memory_bytes())
     }
 }

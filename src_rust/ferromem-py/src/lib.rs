@@ -6,6 +6,8 @@
 //! read in place, never copied. Errors become the classes of `ferromem/exceptions.py`.
 
 use ferromem_core::engine::EngineStats;
+use ferromem_core::hnsw::HnswParams;
+use ferromem_core::state::{IndexConfig, IndexMode};
 use ferromem_core::{simd, Durability, Engine, Error, Filter, Patch, Privacy, Record, Scalar, WriteMode};
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::buffer::PyBuffer;
@@ -484,7 +486,39 @@ impl PyEngine {
         let lookups = c.hits + c.misses;
         cache.set_item("hit_rate", if lookups == 0 { 0.0 } else { c.hits as f64 / lookups as f64 })?;
         d.set_item("cache", cache)?;
+        let i = s.index;
+        let index = PyDict::new(py);
+        index.set_item("mode", i.mode.name())?;
+        index.set_item("active", if i.active { "hnsw" } else { "exact" })?;
+        index.set_item("ef_search", i.ef_search)?;
+        index.set_item("graph_nodes", i.graph_nodes)?;
+        index.set_item("pending", i.pending)?;
+        index.set_item("graph_bytes", i.graph_bytes)?;
+        index.set_item("builds", s.index_builds)?;
+        index.set_item("building", s.index_building)?;
+        d.set_item("index", index)?;
         Ok(d)
+    }
+
+    /// Index mode ("auto" | "exact" | "hnsw"), graph search width and graph shape.
+    #[pyo3(signature = (mode, ef_search, m = 16, ef_construction = 128))]
+    fn set_index(&self, py: Python<'_>, mode: &str, ef_search: usize, m: usize, ef_construction: usize) -> PyResult<()> {
+        let mode = IndexMode::from_name(mode).ok_or_else(|| to_py_err(Error::InvalidInput(format!("index must be 'auto', 'exact' or 'hnsw', not {mode:?}"))))?;
+        let config = IndexConfig { mode, ef_search, params: HnswParams { m, ef_construction } };
+        let engine = &self.inner;
+        py.detach(|| engine.set_index(config)).map_err(to_py_err)
+    }
+
+    /// Blocks (GIL released) until the graph covers every record; False on timeout.
+    #[pyo3(signature = (timeout = None))]
+    fn wait_for_index(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let timeout = match timeout {
+            Some(t) if !(t.is_finite() && t >= 0.0) => return Err(to_py_err(Error::InvalidInput("timeout must be a finite number >= 0".into()))),
+            Some(t) => Some(std::time::Duration::from_secs_f64(t)),
+            None => None,
+        };
+        let engine = &self.inner;
+        py.detach(|| engine.wait_for_index(timeout)).map_err(to_py_err)
     }
 
     /// Bounds the result cache to `entries` single-query searches; 0 turns it off.

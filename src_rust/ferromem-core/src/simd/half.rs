@@ -149,6 +149,22 @@ fn rows_impl(query: &[f32], rows: &[u16], dim: usize, idx: Option<&[u32]>, out: 
     }
 }
 
+/// dot(query, one f16 row): the distance of graph search (`crate::hnsw`), where rows are
+/// visited one at a time.
+#[inline]
+pub fn dot_f16(query: &[f32], row: &[u16]) -> f32 {
+    assert_eq!(query.len(), row.len(), "dot_f16: lengths differ");
+    match path() {
+        // SAFETY: `path` returns a SIMD path only when the CPU has its features; both slices
+        // hold `len` values (checked above).
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => unsafe { x86::dot_avx512(query.as_ptr(), row.as_ptr(), row.len()) },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => unsafe { x86::dot_avx2(query.as_ptr(), row.as_ptr(), row.len()) },
+        Path::Scalar => scalar_dot(query, row),
+    }
+}
+
 /// out[i] = dot(query, f16 row i of `rows`) for i in 0..out.len().
 pub fn dot_rows_f16(query: &[f32], rows: &[u16], dim: usize, out: &mut [f32]) {
     rows_impl(query, rows, dim, None, out)
@@ -190,6 +206,7 @@ mod tests {
                 let mut gathered = vec![0.0f32; 3];
                 dot_gather_f16(&q, &bits, dim, &[4, 0, 2], &mut gathered);
                 assert_eq!(gathered, vec![out[4], out[0], out[2]]);
+                assert_eq!(dot_f16(&q, &bits[4 * dim..5 * dim]), out[4]);
                 for (i, r) in rows.iter().enumerate() {
                     let on_rounded: f64 = (0..dim).map(|j| q[j] as f64 * f16::from_bits(bits[i * dim + j]).to_f32() as f64).sum();
                     assert!((out[i] as f64 - on_rounded).abs() <= 1e-5, "{isa:?} dim {dim}");

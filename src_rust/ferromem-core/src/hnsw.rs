@@ -1,0 +1,503 @@
+//! A hierarchical navigable small-world graph (HNSW, Malkov & Yashunin 2016) over the slots
+//! of the state, for approximate search in large stores.
+//!
+//! Nodes are slots; the graph holds no vectors of its own. Distances are dot products of
+//! a unit f32 query with the unit half-precision rows the state already keeps
+//! (`State::half`), so the index costs only its links: (2M + 1) u32 per node on layer 0
+//! (132 bytes at M = 16) plus the rare upper layers.
+//!
+//! The graph is built off the write path (see `crate::engine`'s index builder) and published
+//! whole, so a search never sees one half-linked. A node remembers the slot version it was
+//! linked with; when a record is deleted or its vector replaced the node stays as a
+//! waypoint (its links still route searches) but is never returned: callers pass an
+//! `accept` predicate that checks liveness, version and filter. Changed records are
+//! re-linked by the next build, from the search the insertion does.
+//!
+//! Scores returned here are approximate (f16 rows); the state re-scores the results in f32.
+
+use crate::arena::Arena;
+use crate::simd::half::dot_f16;
+use half::f16;
+use std::cell::RefCell;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
+
+/// A level value that marks a slot without a node.
+const ABSENT: u8 = u8::MAX;
+/// Levels above this are never drawn (probability M^-16).
+const MAX_LEVEL: u8 = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HnswParams {
+    /// Links per node on the upper layers; layer 0 keeps 2M.
+    pub m: usize,
+    /// Width of the search that finds a new node's neighbours.
+    pub ef_construction: usize,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        HnswParams { m: 16, ef_construction: 128 }
+    }
+}
+
+/// A similarity and the slot it belongs to, ordered by similarity (ties by slot, so heaps
+/// are deterministic).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Scored(f32, u32);
+
+impl Eq for Scored {}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scored {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0).then_with(|| other.1.cmp(&self.1))
+    }
+}
+
+/// Per-thread visited marks: one u32 stamp per slot, so starting a search is O(1).
+struct Visited {
+    marks: Vec<u32>,
+    stamp: u32,
+}
+
+thread_local! {
+    static VISITED: RefCell<Visited> = const { RefCell::new(Visited { marks: Vec::new(), stamp: 0 }) };
+}
+
+impl Visited {
+    fn start(&mut self, slots: usize) {
+        if self.marks.len() < slots {
+            self.marks.resize(slots, 0);
+        }
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.marks.fill(0);
+            self.stamp = 1;
+        }
+    }
+
+    /// Marks `slot`; returns whether it was already marked in this search.
+    #[inline]
+    fn check_and_mark(&mut self, slot: u32) -> bool {
+        let m = &mut self.marks[slot as usize];
+        let seen = *m == self.stamp;
+        *m = self.stamp;
+        seen
+    }
+}
+
+#[derive(Clone)]
+pub struct Hnsw {
+    params: HnswParams,
+    dim: usize,
+    /// Level of each slot's node, `ABSENT` for none.
+    levels: Vec<u8>,
+    /// The slot version each node was linked with (see `State::slot_version`).
+    versions: Vec<u32>,
+    /// Layer 0: per slot, a count then up to 2M neighbours.
+    layer0: Vec<u32>,
+    /// Layers 1..=level of the nodes that have them: per layer a count then up to M.
+    upper: HashMap<u32, Box<[u32]>>,
+    entry: Option<u32>,
+    top: u8,
+    nodes: usize,
+}
+
+impl Hnsw {
+    pub fn new(dim: usize, params: HnswParams) -> Hnsw {
+        assert!(params.m >= 2 && params.ef_construction >= 1, "hnsw: m >= 2 and ef_construction >= 1");
+        Hnsw { params, dim, levels: Vec::new(), versions: Vec::new(), layer0: Vec::new(), upper: HashMap::new(), entry: None, top: 0, nodes: 0 }
+    }
+
+    pub fn params(&self) -> HnswParams {
+        self.params
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Slots that have a node (valid or not).
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
+    /// The version `slot` was linked with, or None when it has no node.
+    #[inline]
+    pub fn version(&self, slot: u32) -> Option<u32> {
+        match self.levels.get(slot as usize) {
+            Some(&l) if l != ABSENT => Some(self.versions[slot as usize]),
+            _ => None,
+        }
+    }
+
+    /// Bytes held by the links and per-node fields.
+    pub fn memory_bytes(&self) -> usize {
+        self.layer0.capacity() * 4
+            + self.levels.capacity()
+            + self.versions.capacity() * 4
+            + self.upper.values().map(|v| v.len() * 4 + 16).sum::<usize>()
+    }
+
+    fn m0(&self) -> usize {
+        2 * self.params.m
+    }
+
+    fn max_links(&self, level: u8) -> usize {
+        if level == 0 {
+            self.m0()
+        } else {
+            self.params.m
+        }
+    }
+
+    #[inline]
+    fn links(&self, slot: u32, level: u8) -> &[u32] {
+        let list = if level == 0 {
+            let w = self.m0() + 1;
+            &self.layer0[slot as usize * w..(slot as usize + 1) * w]
+        } else {
+            let w = self.params.m + 1;
+            let all = &self.upper[&slot];
+            &all[(level as usize - 1) * w..level as usize * w]
+        };
+        &list[1..1 + list[0] as usize]
+    }
+
+    fn set_links(&mut self, slot: u32, level: u8, nbrs: &[u32]) {
+        let list = if level == 0 {
+            let w = self.m0() + 1;
+            &mut self.layer0[slot as usize * w..(slot as usize + 1) * w]
+        } else {
+            let w = self.params.m + 1;
+            let all = self.upper.get_mut(&slot).expect("upper layers of a node above layer 0");
+            &mut all[(level as usize - 1) * w..level as usize * w]
+        };
+        debug_assert!(nbrs.len() < list.len());
+        list[0] = nbrs.len() as u32;
+        list[1..1 + nbrs.len()].copy_from_slice(nbrs);
+    }
+
+    /// The level of a new node: geometric with ratio 1/M, drawn from a hash of the slot and
+    /// version so that builds are reproducible.
+    fn draw_level(&self, slot: u32, version: u32) -> u8 {
+        let mut x = ((slot as u64) << 32 | version as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        let u = ((x >> 11) as f64 + 1.0) / (1u64 << 53) as f64; // (0, 1]
+        let ml = 1.0 / (self.params.m as f64).ln();
+        ((-u.ln() * ml).floor() as u64).min(MAX_LEVEL as u64) as u8
+    }
+
+    fn grow_to(&mut self, slots: usize) {
+        if self.levels.len() < slots {
+            self.levels.resize(slots, ABSENT);
+            self.versions.resize(slots, 0);
+            self.layer0.resize(slots * (self.m0() + 1), 0);
+        }
+    }
+
+    /// Greedy walk on one layer towards `q` from `from`.
+    fn greedy(&self, q: &[f32], mut cur: Scored, level: u8, rows: &Arena<u16>) -> Scored {
+        loop {
+            let mut moved = false;
+            for &nb in self.links(cur.1, level) {
+                let s = dot_f16(q, rows.row(nb as usize));
+                if s > cur.0 {
+                    cur = Scored(s, nb);
+                    moved = true;
+                }
+            }
+            if !moved {
+                return cur;
+            }
+        }
+    }
+
+    /// Beam search of width `ef` on one layer. Every node is walked through; only those
+    /// `accept` admits enter the result, so a filtered search keeps going until it has
+    /// `ef` admitted nodes or the reachable graph is exhausted. Best first.
+    fn search_layer(&self, q: &[f32], entries: &[Scored], ef: usize, level: u8, rows: &Arena<u16>, accept: &dyn Fn(u32) -> bool) -> Vec<Scored> {
+        VISITED.with(|v| {
+            let mut visited = v.borrow_mut();
+            visited.start(self.levels.len());
+            let mut frontier: BinaryHeap<Scored> = BinaryHeap::new();
+            let mut best: BinaryHeap<Reverse<Scored>> = BinaryHeap::new();
+            for &e in entries {
+                if !visited.check_and_mark(e.1) {
+                    frontier.push(e);
+                    if accept(e.1) {
+                        best.push(Reverse(e));
+                    }
+                }
+            }
+            while best.len() > ef {
+                best.pop();
+            }
+            let mut fresh: Vec<u32> = Vec::with_capacity(self.m0());
+            while let Some(c) = frontier.pop() {
+                if best.len() >= ef && c.0 < best.peek().expect("non-empty").0 .0 {
+                    break;
+                }
+                // The rows of a node's neighbours lie anywhere in memory: a search is bound
+                // by the latency of fetching them, so request each a few rows ahead.
+                fresh.clear();
+                fresh.extend(self.links(c.1, level).iter().copied().filter(|&nb| !visited.check_and_mark(nb)));
+                for &nb in fresh.iter().take(PREFETCH_AHEAD) {
+                    prefetch_row(rows.row(nb as usize));
+                }
+                for (i, &nb) in fresh.iter().enumerate() {
+                    if let Some(&ahead) = fresh.get(i + PREFETCH_AHEAD) {
+                        prefetch_row(rows.row(ahead as usize));
+                    }
+                    let s = dot_f16(q, rows.row(nb as usize));
+                    if best.len() < ef || s > best.peek().expect("non-empty").0 .0 {
+                        frontier.push(Scored(s, nb));
+                        if accept(nb) {
+                            best.push(Reverse(Scored(s, nb)));
+                            if best.len() > ef {
+                                best.pop();
+                            }
+                        }
+                    }
+                }
+            }
+            let mut out: Vec<Scored> = best.into_iter().map(|r| r.0).collect();
+            out.sort_by(|a, b| b.cmp(a));
+            out
+        })
+    }
+
+    /// Up to `ef` accepted slots near the unit query `q`, best first, with their f16
+    /// similarity. Empty when the graph is.
+    pub fn search(&self, q: &[f32], ef: usize, rows: &Arena<u16>, accept: &dyn Fn(u32) -> bool) -> Vec<(f32, u32)> {
+        let Some(entry) = self.entry else { return Vec::new() };
+        let mut cur = Scored(dot_f16(q, rows.row(entry as usize)), entry);
+        for level in (1..=self.top).rev() {
+            cur = self.greedy(q, cur, level, rows);
+        }
+        self.search_layer(q, &[cur], ef.max(1), 0, rows, accept).into_iter().map(|s| (s.0, s.1)).collect()
+    }
+
+    /// The neighbour-selection heuristic of the paper (algorithm 4): keep a candidate only
+    /// when it is closer to the base than to every neighbour already kept, which spreads
+    /// the links over directions and keeps clusters connected. `cands` best first.
+    fn select(&self, cands: &[Scored], m: usize, rows: &Arena<u16>, scratch: &mut Vec<f32>) -> Vec<u32> {
+        let mut kept: Vec<u32> = Vec::with_capacity(m);
+        for c in cands {
+            if kept.len() >= m {
+                break;
+            }
+            to_f32(rows.row(c.1 as usize), scratch);
+            if kept.iter().all(|&k| dot_f16(scratch, rows.row(k as usize)) <= c.0) {
+                kept.push(c.1);
+            }
+        }
+        kept
+    }
+
+    /// Whether `slot`'s node is current: its record is live (`current` gives the slot's
+    /// version, None for a free slot) and was linked at that version.
+    #[inline]
+    pub fn is_current(&self, slot: u32, current: &dyn Fn(u32) -> Option<u32>) -> bool {
+        let v = self.version(slot);
+        v.is_some() && v == current(slot)
+    }
+
+    /// Links `slot` (its unit f16 row in `rows`, at `version`) into the graph; a slot that
+    /// already has a node is re-linked from a fresh search (its vector changed). New links
+    /// go only to current nodes (`is_current`); the others are only walked through.
+    pub fn insert(&mut self, slot: u32, version: u32, rows: &Arena<u16>, current: &dyn Fn(u32) -> Option<u32>, scratch: &mut Vec<f32>) {
+        assert_eq!(rows.row(slot as usize).len(), self.dim, "hnsw: row length differs from the graph's dim");
+        self.grow_to(slot as usize + 1);
+        let existing = self.levels[slot as usize];
+        let level = if existing == ABSENT { self.draw_level(slot, version) } else { existing };
+        if existing == ABSENT {
+            self.nodes += 1;
+            self.levels[slot as usize] = level;
+            if level > 0 {
+                self.upper.insert(slot, vec![0u32; level as usize * (self.params.m + 1)].into_boxed_slice());
+            }
+        }
+        self.versions[slot as usize] = version;
+        let Some(entry) = self.entry else {
+            self.entry = Some(slot);
+            self.top = level;
+            return;
+        };
+        let mut q = Vec::with_capacity(self.dim);
+        to_f32(rows.row(slot as usize), &mut q);
+        let mut cur = Scored(dot_f16(&q, rows.row(entry as usize)), entry);
+        for l in (level.saturating_add(1)..=self.top).rev() {
+            cur = self.greedy(&q, cur, l, rows);
+        }
+        let mut entries = vec![cur];
+        for l in (0..=level.min(self.top)).rev() {
+            let found = self.search_layer(&q, &entries, self.params.ef_construction, l, rows, &|s| s != slot && self.is_current(s, current));
+            let nbrs = self.select(&found, self.params.m, rows, scratch);
+            self.set_links(slot, l, &nbrs);
+            for &nb in &nbrs {
+                self.link_back(nb, slot, l, rows, current, scratch);
+            }
+            if !found.is_empty() {
+                entries = found;
+            }
+        }
+        if level > self.top || entry == slot {
+            self.entry = Some(slot);
+            self.top = self.top.max(level);
+        }
+    }
+
+    /// Adds `new` to `node`'s links on `level`; a full list is re-selected by the
+    /// heuristic among its current links and `new` (stale links are dropped first).
+    fn link_back(&mut self, node: u32, new: u32, level: u8, rows: &Arena<u16>, current: &dyn Fn(u32) -> Option<u32>, scratch: &mut Vec<f32>) {
+        let max = self.max_links(level);
+        let links_now = self.links(node, level);
+        if links_now.contains(&new) {
+            return;
+        }
+        if links_now.len() < max {
+            let mut v = links_now.to_vec();
+            v.push(new);
+            self.set_links(node, level, &v);
+            return;
+        }
+        to_f32(rows.row(node as usize), scratch);
+        let base = scratch.clone();
+        let mut cands: Vec<Scored> = links_now
+            .iter()
+            .copied()
+            .chain(std::iter::once(new))
+            .filter(|&s| s == new || self.is_current(s, current))
+            .map(|s| Scored(dot_f16(&base, rows.row(s as usize)), s))
+            .collect();
+        cands.sort_by(|a, b| b.cmp(a));
+        let kept = self.select(&cands, max, rows, scratch);
+        self.set_links(node, level, &kept);
+    }
+}
+
+/// Neighbour rows requested ahead of the one being scored.
+const PREFETCH_AHEAD: usize = 6;
+
+/// Asks the CPU to bring `row` into cache (a hint; no effect on results).
+#[inline(always)]
+fn prefetch_row(row: &[u16]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = std::mem::size_of_val(row);
+        let base = row.as_ptr() as *const i8;
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: prefetching never faults, and base + off lies inside `row`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
+/// Unpacks a binary16 row into `out` (cleared first).
+fn to_f32(row: &[u16], out: &mut Vec<f32>) {
+    out.clear();
+    out.extend(row.iter().map(|&b| f16::from_bits(b).to_f32()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simd::half::to_f16_bits;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// `n` unit rows around 20 random centres (clustered, like text embeddings).
+    fn clustered(n: usize, dim: usize, seed: &mut u64) -> (Arena<u16>, Vec<Vec<f32>>) {
+        let centres: Vec<Vec<f32>> = (0..20).map(|_| (0..dim).map(|_| lcg(seed)).collect()).collect();
+        let mut arena = Arena::new(dim);
+        let mut rows = Vec::new();
+        for i in 0..n {
+            let c = &centres[i % 20];
+            let v: Vec<f32> = c.iter().map(|&x| x + 0.6 * lcg(seed)).collect();
+            let inv = 1.0 / v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let unit: Vec<f32> = v.iter().map(|x| x * inv).collect();
+            let r = arena.push_row();
+            to_f16_bits(&unit, 1.0, arena.row_mut(r));
+            rows.push(unit);
+        }
+        (arena, rows)
+    }
+
+    fn exact_top(rows: &[Vec<f32>], q: &[f32], k: usize, accept: impl Fn(u32) -> bool) -> Vec<u32> {
+        let mut s: Vec<(f32, u32)> = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| accept(*i as u32))
+            .map(|(i, r)| (r.iter().zip(q).map(|(a, b)| a * b).sum::<f32>(), i as u32))
+            .collect();
+        s.sort_by(|a, b| b.0.total_cmp(&a.0));
+        s.into_iter().take(k).map(|x| x.1).collect()
+    }
+
+    #[test]
+    fn recall_is_high_and_filters_and_validity_are_respected() {
+        let mut seed = 11;
+        let (dim, n) = (32, 3000);
+        let (arena, rows) = clustered(n, dim, &mut seed);
+        let mut g = Hnsw::new(dim, HnswParams::default());
+        let mut scratch = Vec::new();
+        for s in 0..n as u32 {
+            g.insert(s, 1, &arena, &|_| Some(1), &mut scratch);
+        }
+        assert_eq!(g.nodes(), n);
+        let (mut hits, mut total) = (0, 0);
+        for t in 0..100 {
+            let q = &rows[(t * 29) % n];
+            let found: Vec<u32> = g.search(q, 64, &arena, &|_| true).into_iter().take(10).map(|x| x.1).collect();
+            let truth = exact_top(&rows, q, 10, |_| true);
+            hits += truth.iter().filter(|t| found.contains(t)).count();
+            total += 10;
+            // A filter admits only what it says, dead nodes included in the walk.
+            let odd = g.search(q, 32, &arena, &|s| s % 2 == 1);
+            assert!(odd.iter().all(|x| x.1 % 2 == 1));
+            assert!(odd.len() == 32);
+        }
+        let recall = hits as f64 / total as f64;
+        assert!(recall >= 0.95, "recall@10 {recall}");
+    }
+
+    #[test]
+    fn relinking_a_changed_node_and_a_single_node_graph() {
+        let mut seed = 5;
+        let dim = 16;
+        let (mut arena, _) = clustered(500, dim, &mut seed);
+        let mut g = Hnsw::new(dim, HnswParams { m: 4, ef_construction: 16 });
+        let mut scratch = Vec::new();
+        g.insert(0, 1, &arena, &|_| Some(1), &mut scratch);
+        assert_eq!(g.search(&vec![1.0 / 4.0; dim], 5, &arena, &|_| true).len(), 1);
+        for s in 1..500u32 {
+            g.insert(s, 1, &arena, &|_| Some(1), &mut scratch);
+        }
+        // Slot 7 gets a new vector: the opposite of slot 3's; re-linked at version 2.
+        let v3: Vec<f32> = arena.row(3).iter().map(|&b| -f16::from_bits(b).to_f32()).collect();
+        to_f16_bits(&v3, 1.0, arena.row_mut(7));
+        g.insert(7, 2, &arena, &|s| Some(if s == 7 { 2 } else { 1 }), &mut scratch);
+        assert_eq!(g.version(7), Some(2));
+        assert_eq!(g.nodes(), 500);
+        let found = g.search(&v3, 16, &arena, &|_| true);
+        assert_eq!(found[0].1, 7);
+        assert_eq!(g.version(600), None);
+    }
+}

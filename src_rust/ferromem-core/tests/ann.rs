@@ -1,0 +1,201 @@
+//! The graph index through the engine: recall against brute force, exact scores, filters
+//! (selective ones exact), deletes and changed vectors never returned stale, resets during
+//! a build, the auto threshold and the builder's shutdown.
+
+use ferromem_core::hnsw::HnswParams;
+use ferromem_core::state::{IndexConfig, IndexMode};
+use ferromem_core::{Durability, Engine, Filter, Patch, Record, WriteMode};
+use rand::{Rng, SeedableRng};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn rec(i: usize) -> Record {
+    Record {
+        id: Arc::from(format!("r{i:05}")),
+        content: String::new(),
+        scope: format!("/s{}", i % 10),
+        categories: vec![format!("c{}", i % 3)],
+        metadata_json: "{}".into(),
+        importance: 0.5,
+        created_at: i as f64,
+        last_accessed: i as f64,
+        source: None,
+        private: false,
+    }
+}
+
+/// `n` vectors around 25 centres, like text embeddings (clustered, not uniform).
+fn clustered(rng: &mut impl Rng, n: usize, dim: usize) -> Vec<f32> {
+    let centres: Vec<Vec<f32>> = (0..25).map(|_| (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect();
+    (0..n).flat_map(|i| centres[i % 25].iter().map(|&c| c + 0.5 * rng.gen_range(-1.0f32..1.0)).collect::<Vec<_>>()).collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    (dot / (na * nb)) as f32
+}
+
+/// Brute-force top-k ids of `q` among `live` (index, vector) pairs passing `keep`.
+fn brute(q: &[f32], vectors: &[f32], dim: usize, live: &HashSet<usize>, k: usize, keep: impl Fn(usize) -> bool) -> Vec<String> {
+    let mut s: Vec<(f32, usize)> = live.iter().copied().filter(|&i| keep(i)).map(|i| (cosine(q, &vectors[i * dim..(i + 1) * dim]), i)).collect();
+    s.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    s.into_iter().take(k).map(|(_, i)| format!("r{i:05}")).collect()
+}
+
+fn hnsw(ef_search: usize) -> IndexConfig {
+    IndexConfig { mode: IndexMode::Hnsw, ef_search, params: HnswParams::default() }
+}
+
+fn load(e: &Engine, vectors: &[f32], dim: usize) {
+    let n = vectors.len() / dim;
+    for start in (0..n).step_by(1000) {
+        let end = (start + 1000).min(n);
+        e.upsert((start..end).map(rec).collect(), &vectors[start * dim..end * dim], dim, WriteMode::Insert).unwrap();
+    }
+}
+
+#[test]
+fn graph_search_is_close_to_exact_and_never_returns_what_it_must_not() {
+    let (n, dim, k) = (4000, 48, 10);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut vectors = clustered(&mut rng, n, dim);
+    let e = Engine::open(None, None, Durability::Normal).unwrap();
+    e.set_cache_capacity(0);
+    load(&e, &vectors, dim);
+    e.set_index(hnsw(160)).unwrap();
+    assert!(e.wait_for_index(Some(Duration::from_secs(120))).unwrap());
+    let st = e.stats().index;
+    assert!(st.active && st.pending == 0 && st.graph_nodes == n, "{st:?}");
+
+    let mut live: HashSet<usize> = (0..n).collect();
+    let queries = clustered(&mut rng, 60, dim);
+    let (mut hits, mut total) = (0, 0);
+    for q in queries.chunks_exact(dim) {
+        let got = e.search(q, dim, k, &Filter::default(), None).unwrap().pop().unwrap();
+        let truth = brute(q, &vectors, dim, &live, k, |_| true);
+        hits += got.iter().filter(|h| truth.contains(&h.0.to_string())).count();
+        total += k;
+        // Scores are the exact cosine (re-scored in f32), in order.
+        for (id, score) in &got {
+            let i: usize = id[1..].parse().unwrap();
+            assert!((score - cosine(q, &vectors[i * dim..(i + 1) * dim])).abs() < 1e-5);
+        }
+        assert!(got.windows(2).all(|w| w[0].1 >= w[1].1));
+    }
+    let recall = hits as f64 / total as f64;
+    assert!(recall >= 0.95, "recall@10 {recall}");
+
+    // A selective filter (one scope in ten, few values) is answered exactly.
+    let scoped = Filter { scope: Some("/s3".into()), ..Filter::default() };
+    for q in queries.chunks_exact(dim).take(10) {
+        let got: Vec<String> = e.search(q, dim, k, &scoped, None).unwrap().pop().unwrap().into_iter().map(|h| h.0.to_string()).collect();
+        assert_eq!(got, brute(q, &vectors, dim, &live, k, |i| i % 10 == 3));
+    }
+    // A broad filter walks the graph and admits only matching records.
+    let broad = Filter { categories: Some(vec!["c0".into(), "c1".into()]), ..Filter::default() };
+    for q in queries.chunks_exact(dim).take(10) {
+        let got = e.search(q, dim, k, &broad, None).unwrap().pop().unwrap();
+        assert_eq!(got.len(), k);
+        assert!(got.iter().all(|h| h.0[1..].parse::<usize>().unwrap() % 3 != 2));
+    }
+
+    // Deleted records are never returned, though their nodes stay in the graph.
+    let deleted: Vec<String> = (0..n).step_by(13).map(|i| format!("r{i:05}")).collect();
+    e.delete(&Filter { ids: Some(deleted.clone()), ..Filter::default() }).unwrap();
+    for i in (0..n).step_by(13) {
+        live.remove(&i);
+    }
+    for q in queries.chunks_exact(dim) {
+        for h in e.search(q, dim, 50, &Filter::default(), None).unwrap().pop().unwrap() {
+            assert!(!deleted.contains(&h.0.to_string()), "{} was deleted", h.0);
+        }
+    }
+
+    // A changed vector is found at once (scanned exactly beside the graph) and never under
+    // its old one; after a flush the graph covers it.
+    let q0 = &queries[..dim];
+    let old = &vectors[5 * dim..6 * dim].to_vec();
+    e.update("r00005", Patch { vector: Some(q0.to_vec()), ..Patch::default() }).unwrap();
+    vectors[5 * dim..6 * dim].copy_from_slice(q0);
+    assert_eq!(e.stats().index.pending, 1);
+    let top = e.search(q0, dim, 1, &Filter::default(), None).unwrap().pop().unwrap();
+    assert_eq!((&*top[0].0, top[0].1), ("r00005", 1.0));
+    let around_old = e.search(old, dim, 5, &Filter::default(), None).unwrap().pop().unwrap();
+    assert!(around_old.iter().all(|h| &*h.0 != "r00005" || (h.1 - cosine(old, q0)).abs() < 1e-5));
+    assert!(e.wait_for_index(Some(Duration::from_secs(60))).unwrap());
+    assert_eq!(e.stats().index.pending, 0);
+    let top = e.search(q0, dim, 1, &Filter::default(), None).unwrap().pop().unwrap();
+    assert_eq!(&*top[0].0, "r00005");
+
+    // min_score holds; a batch (searched in parallel) equals its single queries.
+    for h in e.search(q0, dim, 100, &Filter::default(), Some(0.6)).unwrap().pop().unwrap() {
+        assert!(h.1 >= 0.6);
+    }
+    let batch = e.search(&queries[..6 * dim], dim, k, &Filter::default(), None).unwrap();
+    for (i, q) in queries[..6 * dim].chunks_exact(dim).enumerate() {
+        assert_eq!(batch[i], e.search(q, dim, k, &Filter::default(), None).unwrap()[0]);
+    }
+    // Asking for more than the graph search keeps (ef) still returns k.
+    assert_eq!(e.search(q0, dim, 500, &Filter::default(), None).unwrap()[0].len(), 500);
+}
+
+#[test]
+fn a_reset_during_a_build_voids_it() {
+    let (n, dim) = (20_000, 32);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let vectors = clustered(&mut rng, n, dim);
+    let e = Engine::open(None, None, Durability::Normal).unwrap();
+    load(&e, &vectors, dim);
+    e.set_index(hnsw(32)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    e.reset().unwrap();
+    e.upsert((0..10).map(rec).collect(), &vectors[..10 * dim], dim, WriteMode::Insert).unwrap();
+    assert!(e.wait_for_index(Some(Duration::from_secs(60))).unwrap());
+    let st = e.stats().index;
+    assert_eq!((st.graph_nodes, st.pending), (10, 0), "{st:?}");
+    let got = e.search(&vectors[..dim], dim, 20, &Filter::default(), None).unwrap().pop().unwrap();
+    assert_eq!(got.len(), 10);
+}
+
+#[test]
+fn auto_mode_leaves_small_stores_to_the_exact_scan() {
+    let dim = 64;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let vectors = clustered(&mut rng, 2000, dim);
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(Some(&dir.path().join("s.ferro")), None, Durability::Normal).unwrap();
+    load(&e, &vectors, dim);
+    assert!(e.wait_for_index(Some(Duration::from_secs(5))).unwrap());
+    let s = e.stats();
+    assert_eq!((s.index.mode, s.index.active, s.index.graph_nodes, s.index_builds), (IndexMode::Auto, false, 0, 0));
+    // Switching to the graph builds one; switching to exact stops using it.
+    e.set_index(hnsw(16)).unwrap();
+    assert!(e.wait_for_index(Some(Duration::from_secs(60))).unwrap());
+    assert!(e.stats().index.active);
+    e.set_index(IndexConfig { mode: IndexMode::Exact, ..hnsw(16) }).unwrap();
+    assert!(!e.stats().index.active);
+    // Bad parameters are typed errors.
+    assert!(e.set_index(hnsw(0)).is_err());
+    assert!(e.set_index(IndexConfig { params: HnswParams { m: 1, ef_construction: 8 }, ..hnsw(8) }).is_err());
+}
+
+#[test]
+fn close_stops_the_builder() {
+    let (n, dim) = (20_000, 64);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let vectors = clustered(&mut rng, n, dim);
+    let e = Engine::open(None, None, Durability::Normal).unwrap();
+    load(&e, &vectors, dim);
+    e.set_index(hnsw(16)).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    e.close();
+    let t = std::time::Instant::now();
+    while e.stats().index_building {
+        assert!(t.elapsed() < Duration::from_secs(5), "the builder kept running after close");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(e.wait_for_index(None).is_err());
+}
