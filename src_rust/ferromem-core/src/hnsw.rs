@@ -92,6 +92,17 @@ impl Visited {
     }
 }
 
+/// The version of a slot's record, None for a free slot (see `State::current_version`).
+pub type Current<'a> = dyn Fn(u32) -> Option<u32> + Sync + 'a;
+
+/// Neighbours chosen for a node, per layer from 0 (see `Hnsw::plan_insert`).
+pub struct PlannedInsert {
+    slot: u32,
+    version: u32,
+    level: u8,
+    links: Vec<Vec<u32>>,
+}
+
 #[derive(Clone)]
 pub struct Hnsw {
     params: HnswParams,
@@ -306,7 +317,7 @@ impl Hnsw {
     /// Whether `slot`'s node is current: its record is live (`current` gives the slot's
     /// version, None for a free slot) and was linked at that version.
     #[inline]
-    pub fn is_current(&self, slot: u32, current: &dyn Fn(u32) -> Option<u32>) -> bool {
+    pub fn is_current(&self, slot: u32, current: &Current<'_>) -> bool {
         let v = self.version(slot);
         v.is_some() && v == current(slot)
     }
@@ -314,12 +325,47 @@ impl Hnsw {
     /// Links `slot` (its unit f16 row in `rows`, at `version`) into the graph; a slot that
     /// already has a node is re-linked from a fresh search (its vector changed). New links
     /// go only to current nodes (`is_current`); the others are only walked through.
-    pub fn insert(&mut self, slot: u32, version: u32, rows: &Arena<u16>, current: &dyn Fn(u32) -> Option<u32>, scratch: &mut Vec<f32>) {
+    pub fn insert(&mut self, slot: u32, version: u32, rows: &Arena<u16>, current: &Current<'_>, scratch: &mut Vec<f32>) {
+        let plan = self.plan_insert(slot, version, rows, current, scratch);
+        self.apply_insert(plan, rows, current, scratch);
+    }
+
+    /// The read-only half of `insert`: the searches that choose the new node's neighbours
+    /// on each of its layers. Plans for different slots can be made in parallel against
+    /// one graph and applied one after the other (they do not see each other, which costs
+    /// nothing measurable once the graph holds a few thousand nodes).
+    pub fn plan_insert(&self, slot: u32, version: u32, rows: &Arena<u16>, current: &Current<'_>, scratch: &mut Vec<f32>) -> PlannedInsert {
         assert_eq!(rows.row(slot as usize).len(), self.dim, "hnsw: row length differs from the graph's dim");
+        let level = match self.levels.get(slot as usize) {
+            Some(&l) if l != ABSENT => l,
+            _ => self.draw_level(slot, version),
+        };
+        let mut links = Vec::new();
+        if let Some(entry) = self.entry {
+            let mut q = Vec::with_capacity(self.dim);
+            to_f32(rows.row(slot as usize), &mut q);
+            let mut cur = Scored(dot_f16(&q, rows.row(entry as usize)), entry);
+            for l in (level.saturating_add(1)..=self.top).rev() {
+                cur = self.greedy(&q, cur, l, rows);
+            }
+            let mut entries = vec![cur];
+            links = vec![Vec::new(); level.min(self.top) as usize + 1];
+            for l in (0..=level.min(self.top)).rev() {
+                let found = self.search_layer(&q, &entries, self.params.ef_construction, l, rows, &|s| s != slot && self.is_current(s, current));
+                links[l as usize] = self.select(&found, self.params.m, rows, scratch);
+                if !found.is_empty() {
+                    entries = found;
+                }
+            }
+        }
+        PlannedInsert { slot, version, level, links }
+    }
+
+    /// The writing half of `insert`: the node's links, the links back to it, the entry point.
+    pub fn apply_insert(&mut self, plan: PlannedInsert, rows: &Arena<u16>, current: &Current<'_>, scratch: &mut Vec<f32>) {
+        let PlannedInsert { slot, version, level, links } = plan;
         self.grow_to(slot as usize + 1);
-        let existing = self.levels[slot as usize];
-        let level = if existing == ABSENT { self.draw_level(slot, version) } else { existing };
-        if existing == ABSENT {
+        if self.levels[slot as usize] == ABSENT {
             self.nodes += 1;
             self.levels[slot as usize] = level;
             if level > 0 {
@@ -327,38 +373,27 @@ impl Hnsw {
             }
         }
         self.versions[slot as usize] = version;
-        let Some(entry) = self.entry else {
+        if self.entry.is_none() {
             self.entry = Some(slot);
             self.top = level;
             return;
-        };
-        let mut q = Vec::with_capacity(self.dim);
-        to_f32(rows.row(slot as usize), &mut q);
-        let mut cur = Scored(dot_f16(&q, rows.row(entry as usize)), entry);
-        for l in (level.saturating_add(1)..=self.top).rev() {
-            cur = self.greedy(&q, cur, l, rows);
         }
-        let mut entries = vec![cur];
-        for l in (0..=level.min(self.top)).rev() {
-            let found = self.search_layer(&q, &entries, self.params.ef_construction, l, rows, &|s| s != slot && self.is_current(s, current));
-            let nbrs = self.select(&found, self.params.m, rows, scratch);
-            self.set_links(slot, l, &nbrs);
-            for &nb in &nbrs {
+        for (l, nbrs) in links.iter().enumerate() {
+            let l = l as u8;
+            self.set_links(slot, l, nbrs);
+            for &nb in nbrs {
                 self.link_back(nb, slot, l, rows, current, scratch);
             }
-            if !found.is_empty() {
-                entries = found;
-            }
         }
-        if level > self.top || entry == slot {
+        if level > self.top {
             self.entry = Some(slot);
-            self.top = self.top.max(level);
+            self.top = level;
         }
     }
 
     /// Adds `new` to `node`'s links on `level`; a full list is re-selected by the
     /// heuristic among its current links and `new` (stale links are dropped first).
-    fn link_back(&mut self, node: u32, new: u32, level: u8, rows: &Arena<u16>, current: &dyn Fn(u32) -> Option<u32>, scratch: &mut Vec<f32>) {
+    fn link_back(&mut self, node: u32, new: u32, level: u8, rows: &Arena<u16>, current: &Current<'_>, scratch: &mut Vec<f32>) {
         let max = self.max_links(level);
         let links_now = self.links(node, level);
         if links_now.contains(&new) {

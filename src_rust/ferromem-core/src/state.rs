@@ -93,6 +93,10 @@ pub const PENDING_REBUILD: u64 = 1024;
 /// cheaper than a graph walk that must pass many rejected nodes, and exact.
 const FILTER_EXACT_VALUES: u64 = 1 << 22;
 const SELECTIVE_RATIO: u64 = 20;
+/// Graph builds link this many records per parallel round once the graph holds
+/// `BUILD_PARALLEL_MIN_NODES` (before that, one by one, so the first nodes see each other).
+const BUILD_PARALLEL_BATCH: usize = 16;
+const BUILD_PARALLEL_MIN_NODES: usize = 1024;
 
 /// A graph being built off the write path (see `crate::engine`): the slots still to link,
 /// and the index generation it belongs to (a reset or reload makes it void).
@@ -565,11 +569,26 @@ impl State {
         let current = |s: u32| self.current_version(s);
         let mut i = from;
         while i < build.todo.len() {
-            let slot = build.todo[i];
-            i += 1;
-            if let Some(v) = current(slot) {
-                if build.graph.version(slot) != Some(v) {
+            let mut batch: Vec<(u32, u32)> = Vec::with_capacity(BUILD_PARALLEL_BATCH);
+            while i < build.todo.len() && batch.len() < BUILD_PARALLEL_BATCH {
+                let slot = build.todo[i];
+                i += 1;
+                if let Some(v) = current(slot) {
+                    if build.graph.version(slot) != Some(v) {
+                        batch.push((slot, v));
+                    }
+                }
+            }
+            if build.graph.nodes() < BUILD_PARALLEL_MIN_NODES || rayon::current_num_threads() < 2 {
+                for (slot, v) in batch {
                     build.graph.insert(slot, v, &self.half, &current, scratch);
+                }
+            } else {
+                // The neighbour searches (nearly all the work) in parallel, the linking after.
+                let graph = &build.graph;
+                let plans: Vec<_> = batch.par_iter().map_init(Vec::new, |sc, &(slot, v)| graph.plan_insert(slot, v, &self.half, &current, sc)).collect();
+                for plan in plans {
+                    build.graph.apply_insert(plan, &self.half, &current, scratch);
                 }
             }
             if std::time::Instant::now() >= deadline {

@@ -1,0 +1,197 @@
+"""The HNSW graph index through the public API (index="hnsw").
+
+Recall is measured on real text embeddings (the first 20,000 MiniLM passages of the shared
+data set and 200 real queries) against a NumPy brute force; scores must be the exact
+cosine of the ids returned; selective filters must be exact; deletes and changed vectors
+must never be returned stale; a second engine on the same file must see the first one's
+writes; bad index options are typed errors. The graph is built in a background thread,
+so tests call wait_for_index() where they need it built.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ferromem
+from ferromem.exceptions import InvalidInputError
+
+from _helpers import shared_data_dir
+
+N_PASSAGES = 20_000
+N_QUERIES = 200
+NPZ = "docs-minilm384.npz"
+
+pytestmark = pytest.mark.skipif(
+    getattr(ferromem.store, "_core", None) is None, reason="the native engine is not built"
+)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    folder = shared_data_dir()
+    if folder is None or not (folder / NPZ).is_file():
+        pytest.skip(
+            f"real embeddings absent: {NPZ} not found (set FERROMEM_SHARED_DATA to its "
+            "folder, or place it at <repo>/../shared/data)"
+        )
+    with np.load(folder / NPZ) as arrays:
+        passages = arrays["passages"][:N_PASSAGES].astype(np.float32)
+        queries = arrays["queries"][:: 1000 // N_QUERIES][:N_QUERIES].astype(np.float32)
+    unit = passages / np.linalg.norm(passages, axis=1, keepdims=True)
+    q_unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    return passages, queries, q_unit @ unit.T
+
+
+def _scopes(n: int) -> list[str]:
+    return [f"/team{i % 4}/agent{i % 40}" for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def graph_store(minilm):
+    passages, _, _ = minilm
+    store = ferromem.open(None, index="hnsw", cache_size=0)
+    n = len(passages)
+    scopes = _scopes(n)
+    for start in range(0, n, 5000):
+        idx = range(start, min(n, start + 5000))
+        store.add(
+            [f"p{i}" for i in idx], passages[start:start + 5000],
+            scopes=scopes[start:start + 5000],
+            categories=[["even" if i % 2 == 0 else "odd"] for i in idx],
+        )
+    assert store.wait_for_index(timeout=600)
+    yield store
+    store.close()
+
+
+def _recall(store, queries, truth, k=10, **filters) -> float:
+    hits = 0
+    for qi, q in enumerate(queries):
+        got = store.search(q, k=k, **filters)
+        cut = np.sort(truth[qi])[-k] - 1e-4  # a tie at rank k may go either way
+        hits += sum(truth[qi, int(i[1:])] >= cut for i in got.ids)
+    return hits / (k * len(queries))
+
+
+def test_recall_on_real_embeddings_and_exact_scores(graph_store, minilm):
+    passages, queries, truth = minilm
+    index = graph_store.stats()["index"]
+    assert index["mode"] == "hnsw" and index["active"] == "hnsw"
+    assert index["graph_nodes"] == N_PASSAGES and index["pending"] == 0
+    assert _recall(graph_store, queries, truth) >= 0.97
+    # The scores returned are the exact cosine of the ids returned, best first.
+    for qi in range(0, N_QUERIES, 10):
+        got = graph_store.search(queries[qi], k=10)
+        expected = truth[qi, [int(i[1:]) for i in got.ids]]
+        np.testing.assert_allclose(got.scores, expected, atol=1e-5)
+        assert list(got.scores) == sorted(got.scores, reverse=True)
+
+
+def test_a_wider_search_is_closer_to_exact(minilm, graph_store):
+    _, queries, truth = minilm
+    narrow = _recall(graph_store, queries[:60], truth[:60])
+    graph_store._engine.set_index("hnsw", 400)
+    try:
+        wide = _recall(graph_store, queries[:60], truth[:60])
+    finally:
+        graph_store._engine.set_index("hnsw", 64)
+    assert wide >= narrow and wide >= 0.99
+
+
+def test_filters_under_the_graph(graph_store, minilm):
+    _, queries, truth = minilm
+    scopes = np.array(_scopes(N_PASSAGES))
+    # Selective (one agent in forty): answered by an exact scan of its candidates.
+    agent = "/team1/agent5"
+    members = np.flatnonzero(scopes == agent)
+    for qi in range(20):
+        got = graph_store.search(queries[qi], k=10, scope=agent)
+        order = members[np.argsort(-truth[qi, members], kind="stable")][:10]
+        assert [int(i[1:]) for i in got.ids] == order.tolist()
+    # Broad (half the store): walks the graph, admits only matches, keeps recall.
+    for qi in range(20):
+        got = graph_store.search(queries[qi], k=10, categories=["even"])
+        assert len(got) == 10 and all(int(i[1:]) % 2 == 0 for i in got.ids)
+    even = np.where(np.arange(N_PASSAGES) % 2 == 0, truth, -2.0)
+    assert _recall(graph_store, queries[:50], even[:50], categories=["even"]) >= 0.95
+
+
+def test_deleted_and_changed_records_are_never_stale(minilm):
+    passages, queries, _ = minilm
+    n = 6000
+    store = ferromem.open(None, index="hnsw", cache_size=0)
+    store.add([f"p{i}" for i in range(n)], passages[:n])
+    assert store.wait_for_index(timeout=300)
+    gone = [f"p{i}" for i in range(0, n, 7)]
+    assert store.delete(gone) == len(gone)
+    for q in queries[:30]:
+        assert not set(store.search(q, k=40).ids) & set(gone)
+    # A record moved onto a query is its top hit at once (scanned beside the graph)...
+    store.update("p1", vector=queries[0])
+    assert store.stats()["index"]["pending"] == 1
+    top = store.search(queries[0], k=1)
+    assert top.ids[0] == "p1" and top.scores[0] == pytest.approx(1.0, abs=1e-6)
+    # ... and after the next build, from the graph.
+    assert store.wait_for_index(timeout=60)
+    assert store.stats()["index"]["pending"] == 0
+    assert store.search(queries[0], k=1).ids[0] == "p1"
+    # Batches equal their single queries.
+    batch = store.search(queries[:8], k=10)
+    for q, got in zip(queries[:8], batch):
+        single = store.search(q, k=10)
+        assert list(got.ids) == list(single.ids)
+        np.testing.assert_array_equal(got.scores, single.scores)
+    store.close()
+
+
+def test_a_second_engine_sees_writes_before_its_graph_covers_them(tmp_path, minilm):
+    passages, queries, _ = minilm
+    path = tmp_path / "shared.ferro"
+    reader = ferromem.open(path, index="hnsw", cache_size=0)
+    writer = ferromem.open(path, index="hnsw")
+    writer.add([f"p{i}" for i in range(3000)], passages[:3000])
+    assert reader.wait_for_index(timeout=300)
+    writer.add(["new"], queries[3].reshape(1, -1))
+    assert reader.search(queries[3], k=1).ids[0] == "new"
+    writer.close()
+    reader.close()
+
+
+def test_auto_keeps_small_stores_exact_and_the_reference_engine_reports_exact(minilm):
+    passages, _, _ = minilm
+    store = ferromem.open(None)
+    store.add([f"p{i}" for i in range(500)], passages[:500])
+    assert store.wait_for_index(timeout=10)
+    index = store.stats()["index"]
+    assert (index["mode"], index["active"], index["graph_nodes"]) == ("auto", "exact", 0)
+    store.close()
+    ref = ferromem.open(None, engine="reference", index="hnsw")
+    assert ref.wait_for_index() is True
+    assert ref.stats()["index"]["active"] == "exact"
+    ref.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"index": "fast"},
+        {"index": None},
+        {"index": "HNSW"},
+        {"ef_search": 0},
+        {"ef_search": True},
+        {"ef_search": "64"},
+        {"ef_search": 10**9},
+    ],
+)
+def test_bad_index_options_are_typed_errors(kwargs):
+    with pytest.raises(InvalidInputError):
+        ferromem.open(None, **kwargs)
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), float("inf"), "1", True])
+def test_bad_wait_timeouts_are_typed_errors(timeout):
+    store = ferromem.open(None)
+    with pytest.raises(InvalidInputError):
+        store.wait_for_index(timeout=timeout)
+    store.close()
