@@ -5,6 +5,7 @@
 //! committed, so a store shared by processes answers with their writes included.
 
 use crate::cache::{CacheCounters, CacheStats, ResultCache, SearchKey};
+use crate::coalesce::{group, Coalescer, Job};
 use crate::filter::Filter;
 use crate::metrics::{Metrics, Op, OpStats};
 use crate::record::{metadata_scalars, Record};
@@ -67,6 +68,9 @@ pub struct EngineStats {
     /// Graph builds published since the engine opened.
     pub index_builds: u64,
     pub index_building: bool,
+    /// Single-query searches that ran in a batch shared with others, and those batches.
+    pub coalesced_searches: u64,
+    pub coalesced_batches: u64,
 }
 
 /// A record with its vector, as `get` and `list` return them.
@@ -113,6 +117,9 @@ pub struct Engine {
     cache: Mutex<ResultCache>,
     cache_counters: CacheCounters,
     builder: Arc<IndexBuilder>,
+    coalescer: Coalescer,
+    coalesced_searches: AtomicU64,
+    coalesced_batches: AtomicU64,
 }
 
 /// Entries of the result cache of a newly opened engine (see [`Engine::set_cache_capacity`]).
@@ -169,6 +176,9 @@ impl Engine {
             cache_counters: CacheCounters::default(),
             path: path.map(Path::to_path_buf),
             builder: Arc::new(IndexBuilder::default()),
+            coalescer: Coalescer::default(),
+            coalesced_searches: AtomicU64::new(0),
+            coalesced_batches: AtomicU64::new(0),
         };
         engine.metrics.record(Op::open, t);
         // A large store's graph is built in the background: opening never waits on it,
@@ -399,7 +409,10 @@ impl Engine {
         })
     }
 
-    /// Exact top-k by cosine for each of the `queries` (row-major, `dim` per row).
+    /// Top-k by cosine for each of the `queries` (row-major, `dim` per row): exact scans,
+    /// or the graph (see [`crate::hnsw`]) when the index mode says so. A repeated single
+    /// query may be answered from the result cache; concurrent single queries that scan a
+    /// large store run as one batch (see [`crate::coalesce`]).
     pub fn search(&self, queries: &[f32], dim: usize, k: usize, filter: &Filter, min_score: Option<f32>) -> Result<Vec<Vec<Hit>>> {
         if k == 0 {
             return Err(Error::InvalidInput("k must be at least 1".into()));
@@ -409,22 +422,66 @@ impl Engine {
         }
         validate_vectors(queries, dim)?;
         let nq = queries.len() / dim;
-        self.read_op(Op::search, |st| {
+        let t = Instant::now();
+        self.check_open()?;
+        self.catch_up()?;
+        {
+            let st = self.state.read();
             st.check_dim(dim)?;
-            if nq != 1 || self.cache.lock().capacity() == 0 {
-                return Ok(st.search(queries, nq, k, filter, min_score));
-            }
             // The state read lock held here keeps `search_generation` current throughout.
-            let key = SearchKey::new(queries, k, filter, min_score);
-            if let Some(hits) = self.cache.lock().get(&key, st.search_generation) {
-                self.cache_counters.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(vec![hits]);
+            let key = (nq == 1 && self.cache.lock().capacity() > 0).then(|| SearchKey::new(queries, k, filter, min_score));
+            if let Some(key) = &key {
+                if let Some(hits) = self.cache.lock().get(key, st.search_generation) {
+                    self.cache_counters.hits.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.record(Op::search, t);
+                    return Ok(vec![hits]);
+                }
+                self.cache_counters.misses.fetch_add(1, Ordering::Relaxed);
             }
-            self.cache_counters.misses.fetch_add(1, Ordering::Relaxed);
-            let results = st.search(queries, nq, k, filter, min_score);
-            self.cache.lock().insert(key, st.search_generation, results[0].clone());
-            Ok(results)
-        })
+            if nq != 1 || !st.scan_is_worth_sharing(filter) {
+                let results = st.search(queries, nq, k, filter, min_score);
+                if let Some(key) = key {
+                    self.cache.lock().insert(key, st.search_generation, results[0].clone());
+                }
+                self.metrics.record(Op::search, t);
+                return Ok(results);
+            }
+        }
+        // Waiting for a batch must not hold the state lock: a writer queued behind it would
+        // block the batch's own read lock.
+        let job = Job::new(queries.to_vec(), k, filter.clone(), min_score);
+        let (hits, _) = self.coalescer.submit(job, |batch| self.run_search_batch(batch));
+        self.metrics.record(Op::search, t);
+        Ok(vec![hits])
+    }
+
+    /// Runs a batch of coalesced single-query searches under one read lock: one
+    /// multi-query scan per group of jobs with the same k, filter and min_score.
+    fn run_search_batch(&self, batch: &[Arc<Job>]) {
+        let st = self.state.read();
+        let caching = self.cache.lock().capacity() > 0;
+        for jobs in group(batch) {
+            let (k, filter, min_score) = (jobs[0].k, &jobs[0].filter, jobs[0].min_score);
+            let dim = jobs[0].query.len();
+            if st.dim != Some(dim) {
+                // The store was reset (by another process) and refilled at another
+                // dimension since these callers checked: nothing of theirs matches.
+                jobs.iter().for_each(|j| j.answer(Vec::new()));
+                continue;
+            }
+            let queries: Vec<f32> = jobs.iter().flat_map(|j| j.query.iter().copied()).collect();
+            let results = st.search_each(&queries, jobs.len(), k, filter, min_score);
+            for (job, hits) in jobs.iter().zip(results) {
+                if caching {
+                    self.cache.lock().insert(SearchKey::new(&job.query, k, filter, min_score), st.search_generation, hits.clone());
+                }
+                job.answer(hits);
+            }
+        }
+        if batch.len() > 1 {
+            self.coalesced_searches.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.coalesced_batches.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Bounds the result cache to `entries` single-query searches (0 turns it off).
@@ -660,6 +717,8 @@ impl Engine {
             index: st.index_stats(),
             index_builds: self.builder.builds.load(Ordering::Relaxed),
             index_building: self.builder.running.load(Ordering::Relaxed),
+            coalesced_searches: self.coalesced_searches.load(Ordering::Relaxed),
+            coalesced_batches: self.coalesced_batches.load(Ordering::Relaxed),
         }
     }
 

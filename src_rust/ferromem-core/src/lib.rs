@@ -10,6 +10,7 @@
 
 pub mod arena;
 pub mod cache;
+pub mod coalesce;
 pub mod engine;
 pub mod error;
 pub mod filter;

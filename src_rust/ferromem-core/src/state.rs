@@ -97,6 +97,9 @@ const SELECTIVE_RATIO: u64 = 20;
 /// `BUILD_PARALLEL_MIN_NODES` (before that, one by one, so the first nodes see each other).
 const BUILD_PARALLEL_BATCH: usize = 16;
 const BUILD_PARALLEL_MIN_NODES: usize = 1024;
+/// Concurrent single-query scans of at least this many values (4 MB of f32 rows) run as
+/// one batch; smaller ones finish before a batch would form.
+const SHARED_SCAN_MIN_VALUES: usize = 1 << 20;
 
 /// A graph being built off the write path (see `crate::engine`): the slots still to link,
 /// and the index generation it belongs to (a reset or reload makes it void).
@@ -110,7 +113,9 @@ pub struct GraphBuild {
 /// with the half-precision unit rows (phase one of `State::search`).
 #[derive(Clone, Copy)]
 enum Scan<'a> {
-    Exact { q_inv: &'a [f32], min_score: Option<f32> },
+    /// `each`: several queries are scored one by one over each block (bit-identical to
+    /// scanning for each alone) instead of by the multi-query kernel.
+    Exact { q_inv: &'a [f32], min_score: Option<f32>, each: bool },
     Half,
 }
 
@@ -162,6 +167,13 @@ pub struct State {
     ids: HashMap<Arc<str>, u32>,
     live: RoaringBitmap,
     idx: FilterIndexes,
+}
+
+/// An upper bound on the difference between two f32 cosine scores of the same unit-norm
+/// pair summed in different orders: each sum is within d 2^-24 of the exact value (a worst
+/// case), plus slack for the scaling.
+fn reordered_sum_bound(dim: usize) -> f32 {
+    (2.0 * dim as f64 * 2f64.powi(-24) + 1e-6) as f32
 }
 
 pub fn inverse_norm(v: &[f32]) -> f32 {
@@ -405,24 +417,51 @@ impl State {
                 return self.search_graph(graph, &plan, queries, nq, dim, k, f, min_score);
             }
         }
-        self.search_exact(queries, nq, dim, k, f, min_score)
+        self.search_exact(queries, nq, dim, k, f, min_score, false)
     }
 
-    /// The exact search of `search` (one or two phases, see there).
-    fn search_exact(&self, queries: &[f32], nq: usize, dim: usize, k: usize, f: &Filter, min_score: Option<f32>) -> Vec<Vec<Hit>> {
+    /// As `search`, but every query's result is bit-identical to what searching it alone
+    /// returns (coalesced single queries, see [`crate::coalesce`]): batches share each
+    /// block of rows while it is in cache, but score it with the single-query kernels
+    /// instead of the multi-query one (whose different summation order may move the last
+    /// bit of a score).
+    pub fn search_each(&self, queries: &[f32], nq: usize, k: usize, f: &Filter, min_score: Option<f32>) -> Vec<Vec<Hit>> {
+        let Some(dim) = self.dim else { return vec![Vec::new(); nq] };
+        if self.is_empty() || k == 0 {
+            return vec![Vec::new(); nq];
+        }
+        if let Some(graph) = self.usable_graph() {
+            if let Some(plan) = self.graph_plan(f, dim) {
+                return self.search_graph(graph, &plan, queries, nq, dim, k, f, min_score);
+            }
+        }
+        self.search_exact(queries, nq, dim, k, f, min_score, true)
+    }
+
+    /// The exact search of `search` (one or two phases, see there); `each`: score every
+    /// query as if alone (see `search_each`).
+    #[allow(clippy::too_many_arguments)]
+    fn search_exact(&self, queries: &[f32], nq: usize, dim: usize, k: usize, f: &Filter, min_score: Option<f32>, each: bool) -> Vec<Vec<Hit>> {
         let q_inv: Vec<f32> = queries.chunks_exact(dim).map(inverse_norm).collect();
         let candidates = if f.is_empty() { None } else { Some(self.select(f)) };
         let rows = candidates.as_ref().map_or(self.slots.len(), |c| c.len());
         let exact_score = |q: usize, slot: u32| self.exact_score(&queries[q * dim..(q + 1) * dim], q_inv[q], slot);
         let finish = |hits: Vec<(f32, u32)>| self.finish(hits);
         let k1 = k.saturating_add(PRESCAN_EXTRA);
-        if rows.saturating_mul(dim) < PRESCAN_MIN_VALUES || rows <= k1 || nq > PRESCAN_MAX_QUERIES {
-            let heaps = self.scan(queries, nq, dim, k, candidates.as_deref(), Scan::Exact { q_inv: &q_inv, min_score });
+        if rows.saturating_mul(dim) < PRESCAN_MIN_VALUES || rows <= k1 || (nq > PRESCAN_MAX_QUERIES && !each) {
+            let heaps = self.scan(queries, nq, dim, k, candidates.as_deref(), Scan::Exact { q_inv: &q_inv, min_score, each });
             return heaps.into_iter().map(|h| finish(h.into_entries())).collect();
         }
-        let unit: Vec<f32> = queries.chunks_exact(dim).zip(&q_inv).flat_map(|(q, &inv)| q.iter().map(move |x| x * inv)).collect();
-        let approx = self.scan(&unit, nq, dim, k1, candidates.as_deref(), Scan::Half);
-        let eps = simd::half::prescan_error_bound(dim);
+        let (approx, eps) = if nq > PRESCAN_MAX_QUERIES {
+            // A coalesced batch (`each`): phase one is the multi-query f32 kernel, whose
+            // scores differ from the single-query kernel's only by summation order; phase
+            // two below makes every answer bit-identical to the query's own scan.
+            let heaps = self.scan(queries, nq, dim, k1, candidates.as_deref(), Scan::Exact { q_inv: &q_inv, min_score: None, each: false });
+            (heaps, reordered_sum_bound(dim))
+        } else {
+            let unit: Vec<f32> = queries.chunks_exact(dim).zip(&q_inv).flat_map(|(q, &inv)| q.iter().map(move |x| x * inv)).collect();
+            (self.scan(&unit, nq, dim, k1, candidates.as_deref(), Scan::Half), simd::half::prescan_error_bound(dim))
+        };
         approx
             .into_iter()
             .enumerate()
@@ -443,7 +482,7 @@ impl State {
                     finish(exact)
                 } else {
                     let q_one = &queries[q * dim..(q + 1) * dim];
-                    let heaps = self.scan(q_one, 1, dim, k, candidates.as_deref(), Scan::Exact { q_inv: &q_inv[q..q + 1], min_score });
+                    let heaps = self.scan(q_one, 1, dim, k, candidates.as_deref(), Scan::Exact { q_inv: &q_inv[q..q + 1], min_score, each });
                     finish(heaps.into_iter().next().expect("one query").into_entries())
                 }
             })
@@ -525,7 +564,7 @@ impl State {
             let reached = found.len() + pending.len();
             let mut hits: Vec<(f32, u32)> = found.into_iter().chain(pending.iter().map(|&s| (0.0, s))).map(|(_, s)| (self.exact_score(query, q_inv, s), s)).collect();
             if reached < k && (reached as u64) < plan.matching {
-                return self.search_exact(query, 1, dim, k, f, min_score).pop().expect("one query");
+                return self.search_exact(query, 1, dim, k, f, min_score, true).pop().expect("one query");
             }
             if let Some(m) = min_score {
                 hits.retain(|h| h.0 >= m);
@@ -539,6 +578,25 @@ impl State {
         } else {
             (0..nq).map(one).collect()
         }
+    }
+
+    /// Whether a single-query search with this filter is a scan big enough that
+    /// concurrent ones should share it (see [`crate::coalesce`]): an exact scan (no graph
+    /// in use for it) over at least `SHARED_SCAN_MIN_VALUES` values.
+    pub fn scan_is_worth_sharing(&self, f: &Filter) -> bool {
+        let Some(dim) = self.dim else { return false };
+        if (self.live.len() as usize).saturating_mul(dim) < SHARED_SCAN_MIN_VALUES {
+            return false;
+        }
+        if self.usable_graph().is_some() && self.graph_plan(f, dim).is_some() {
+            return false;
+        }
+        let rows = if f.is_empty() {
+            self.live.len()
+        } else {
+            self.idx.candidates(f, &self.live, |id| self.ids.get(id).copied()).map_or(self.live.len(), |b| b.len())
+        };
+        (rows as usize).saturating_mul(dim) >= SHARED_SCAN_MIN_VALUES
     }
 
     /// Whether a graph build should run now: the graph is wanted and either none is
@@ -652,10 +710,12 @@ impl State {
             scores.resize(n * nq, 0.0);
             let slots_of_block: Option<&[u32]> = candidates.map(|c| &c[start..end]);
             match (slots_of_block, mode) {
-                (None, Scan::Exact { .. }) => {
+                (None, Scan::Exact { each, .. }) => {
                     let block = self.arena.block(start, end);
-                    if nq == 1 {
-                        simd::dot_rows(queries, block, dim, &mut scores[..n]);
+                    if nq == 1 || each {
+                        for q in 0..nq {
+                            simd::dot_rows(&queries[q * dim..(q + 1) * dim], block, dim, &mut scores[q * n..(q + 1) * n]);
+                        }
                     } else {
                         simd::dot_rows_multi(queries, nq, block, dim, n, &mut scores[..n * nq]);
                     }
@@ -698,7 +758,7 @@ impl State {
                     }
                     let raw = scores[q * n + i];
                     let score = match mode {
-                        Scan::Exact { q_inv, min_score } => {
+                        Scan::Exact { q_inv, min_score, .. } => {
                             let s = (raw * inv * q_inv[q]).clamp(-1.0, 1.0);
                             if min_score.is_some_and(|m| s < m) {
                                 continue;

@@ -199,3 +199,39 @@ fn close_stops_the_builder() {
     }
     assert!(e.wait_for_index(None).is_err());
 }
+
+#[test]
+fn concurrent_single_queries_share_scans_and_get_their_own_answers() {
+    // 4,000 x 512 = 2M values: above the size where concurrent scans are batched.
+    let (n, dim, k) = (4000, 512, 5);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let vectors = clustered(&mut rng, n, dim);
+    let e = Engine::open(None, None, Durability::Normal).unwrap();
+    e.set_cache_capacity(0);
+    load(&e, &vectors, dim);
+    let queries = clustered(&mut rng, 64, dim);
+    let scoped = Filter { scope: Some("/s1".into()), ..Filter::default() };
+    let all = Filter::default();
+    let expected: Vec<_> = queries
+        .chunks_exact(dim)
+        .enumerate()
+        .map(|(i, q)| e.search(q, dim, k + i % 3, if i % 2 == 0 { &scoped } else { &all }, None).unwrap().pop().unwrap())
+        .collect();
+    let start = std::sync::Barrier::new(16);
+    std::thread::scope(|s| {
+        for t in 0..16 {
+            let (e, queries, expected, scoped, all, start) = (&e, &queries, &expected, &scoped, &all, &start);
+            s.spawn(move || {
+                start.wait();
+                for round in 0..32 {
+                    let i = (t * 32 + round) % 64;
+                    let f = if i % 2 == 0 { scoped } else { all };
+                    let got = e.search(&queries[i * dim..(i + 1) * dim], dim, k + i % 3, f, None).unwrap().pop().unwrap();
+                    assert_eq!(got, expected[i]);
+                }
+            });
+        }
+    });
+    let st = e.stats();
+    assert!(st.coalesced_batches > 0 && st.coalesced_searches >= 2 * st.coalesced_batches, "{} {}", st.coalesced_searches, st.coalesced_batches);
+}

@@ -497,6 +497,10 @@ impl PyEngine {
         index.set_item("builds", s.index_builds)?;
         index.set_item("building", s.index_building)?;
         d.set_item("index", index)?;
+        let coalesced = PyDict::new(py);
+        coalesced.set_item("searches", s.coalesced_searches)?;
+        coalesced.set_item("batches", s.coalesced_batches)?;
+        d.set_item("coalesced", coalesced)?;
         Ok(d)
     }
 
