@@ -448,6 +448,22 @@ INDEX_MODES = ("auto", "exact", "hnsw")
 MAX_EF_SEARCH = 100_000
 
 
+PRECISIONS = ("f32", "f16")
+
+
+def check_precision(value: Any, path: str | None) -> str:
+    if not isinstance(value, str) or value not in PRECISIONS:
+        raise InvalidInputError(
+            f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {value!r}"
+        )
+    if value == "f16" and path is None:
+        raise InvalidInputError(
+            "precision='f16' keeps the exact vectors on disk only, and an in-memory store "
+            "has no disk: give a path or use precision='f32'"
+        )
+    return value
+
+
 def check_index(value: Any) -> str:
     if not isinstance(value, str) or value not in INDEX_MODES:
         raise InvalidInputError(

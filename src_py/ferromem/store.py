@@ -125,6 +125,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     cache_size: int = 256,
     index: str = "auto",
     ef_search: int = 64,
+    precision: str = "f32",
 ) -> Store:
     """Opens (or creates) a store.
 
@@ -142,11 +143,16 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     published, and for filters that select few records, searches are exact scans.
     ``ef_search``: how many graph results a search re-scores exactly (at least k);
     higher is slower and closer to exact. The reference engine always scans exactly.
+    ``precision``: "f32" (exact scores; the vectors and a half-precision copy in memory,
+    6 bytes a value) or "f16" (only the half-precision copy, 2 bytes a value; scores
+    within about 1e-3 of the exact cosine; ``get`` and ``list`` read the exact vectors
+    from the file, so it needs a path). The reference engine always holds f32.
     """
     path_text = check.check_path(path)
     cache_size = check.check_cache_size(cache_size)
     index = check.check_index(index)
     ef_search = check.check_ef_search(ef_search)
+    precision = check.check_precision(precision, path_text)
     dim = check.check_dim(dim)
     durability = check.check_durability(durability)
     engine_factory, engine_name = _select_engine(check.check_engine(engine))
@@ -157,7 +163,10 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
             raise StorageError(
                 f"cannot create the directory of {path_text!r}: {exc}"
             ) from exc
-    engine_instance = engine_factory(path_text, dim, durability)
+    if engine_name == "native":
+        engine_instance = engine_factory(path_text, dim, durability, precision)
+    else:  # the reference engine holds f32 whatever is asked
+        engine_instance = engine_factory(path_text, dim, durability)
     set_capacity = getattr(engine_instance, "set_cache_capacity", None)
     if set_capacity is not None:  # the reference engine keeps no cache
         set_capacity(cache_size)
@@ -678,6 +687,7 @@ class Store:
         else:
             operations, extras = raw, {}
         extras.setdefault("cache", dict(_NO_CACHE))
+        extras.setdefault("precision", "f32")
         extras.setdefault("index", {"mode": self._index, "ef_search": self._ef_search, **_NO_GRAPH})
         return {
             "engine": self._engine_name,

@@ -9,7 +9,7 @@ use crate::coalesce::{group, Coalescer, Job};
 use crate::filter::Filter;
 use crate::metrics::{Metrics, Op, OpStats};
 use crate::record::{metadata_scalars, Record};
-use crate::state::{Hit, IndexConfig, IndexStats, State};
+use crate::state::{Hit, IndexConfig, IndexStats, Precision, State};
 use crate::storage::memory::MemoryStorage;
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Changes, Durability, Storage, WriteOp};
@@ -62,6 +62,7 @@ pub struct EngineStats {
     pub dim: Option<usize>,
     pub memory_bytes: usize,
     pub disk_bytes: u64,
+    pub precision: Precision,
     pub operations: Vec<(&'static str, OpStats)>,
     pub cache: CacheStats,
     pub index: IndexStats,
@@ -147,15 +148,27 @@ pub fn validate_vectors(data: &[f32], dim: usize) -> Result<()> {
 impl Engine {
     /// Opens (or creates) a store. `path` None keeps everything in memory.
     pub fn open(path: Option<&Path>, dim: Option<usize>, durability: Durability) -> Result<Engine> {
+        Engine::open_with(path, dim, durability, Precision::F32)
+    }
+
+    /// Opens a store holding its vectors in memory at `precision` (see [`Precision`]);
+    /// f16 needs a path: the exact vectors live in the durable layer only.
+    pub fn open_with(path: Option<&Path>, dim: Option<usize>, durability: Durability, precision: Precision) -> Result<Engine> {
         let t = Instant::now();
         if dim == Some(0) {
             return Err(Error::InvalidInput("dim must be at least 1".into()));
+        }
+        if precision == Precision::F16 && path.is_none() {
+            return Err(Error::InvalidInput(
+                "precision 'f16' keeps the exact vectors on disk only, and an in-memory store has no disk: give a path or use 'f32'".into(),
+            ));
         }
         let (mut writer, reader): (Box<dyn Storage>, Box<dyn Storage>) = match path {
             None => (Box::new(MemoryStorage), Box::new(MemoryStorage)),
             Some(p) => (Box::new(SqliteStorage::open(p, durability)?), Box::new(SqliteStorage::open(p, durability)?)),
         };
         let mut state = State::new();
+        state.precision = precision;
         let (epoch, seq, stored_dim) = writer.load_each(&mut |r| state.put(r.rec, &r.vector))?;
         if let (Some(want), Some(have)) = (dim, stored_dim) {
             if want != have {
@@ -490,9 +503,38 @@ impl Engine {
     }
 
     pub fn get(&self, ids: &[String]) -> Result<Vec<Option<RecordWithVector>>> {
-        self.read_op(Op::get, |st| {
-            Ok(ids.iter().map(|id| st.get(id).map(|(r, v)| (r.clone(), v.to_vec()))).collect())
-        })
+        self.read_with_vectors(Op::get, |st| ids.iter().map(|id| st.get(id).map(|(r, v)| (r.clone(), v.to_vec()))).collect())
+    }
+
+    /// A read that returns records with their vectors. Under f16 precision the replica
+    /// has no exact vectors: they are read from the durable layer at the replica's exact
+    /// position (epoch, seq); if another connection committed in between, catch up and
+    /// read again, so a record never comes back with another version's vector.
+    fn read_with_vectors(&self, op: Op, f: impl Fn(&State) -> Vec<Option<RecordWithVector>>) -> Result<Vec<Option<RecordWithVector>>> {
+        let t = Instant::now();
+        self.check_open()?;
+        loop {
+            self.catch_up()?;
+            let (mut out, epoch, seq, precision) = {
+                let st = self.state.read();
+                (f(&st), st.epoch, st.seq, st.precision)
+            };
+            if precision == Precision::F32 {
+                self.metrics.record(op, t);
+                return Ok(out);
+            }
+            let ids: Vec<Arc<str>> = out.iter().flatten().map(|(r, _)| r.id.clone()).collect();
+            let vectors = {
+                let mut guard = self.reader.lock();
+                guard.as_mut().ok_or(Error::Closed)?.vectors_at(epoch, seq, &ids)?
+            };
+            let Some(vectors) = vectors else { continue };
+            for ((_, v), stored) in out.iter_mut().flatten().zip(vectors) {
+                *v = stored.ok_or_else(|| Error::Storage("a record of the replica is missing from the store file".into()))?;
+            }
+            self.metrics.record(op, t);
+            return Ok(out);
+        }
     }
 
     /// Changes some fields of one record; false when the id does not exist.
@@ -504,7 +546,7 @@ impl Engine {
             metadata_scalars(m)?;
         }
         self.write_op(Op::update, |st| {
-            let Some((old, old_vec)) = st.get(id) else { return Ok((Vec::new(), false)) };
+            let Some((old, _)) = st.get(id) else { return Ok((Vec::new(), false)) };
             if let Some(v) = &patch.vector {
                 st.check_dim(v.len())?;
             }
@@ -519,7 +561,8 @@ impl Engine {
             if let Some(x) = p.last_accessed { rec.last_accessed = x }
             if let Some(x) = p.source { rec.source = x }
             if let Some(x) = p.private { rec.private = x }
-            let vector = p.vector.unwrap_or_else(|| old_vec.to_vec());
+            // No new vector: an empty one keeps the stored vector (nothing re-written).
+            let vector = p.vector.unwrap_or_default();
             Ok((vec![OwnedOp::Put(rec, Cow::Owned(vector))], true))
         })
     }
@@ -535,10 +578,11 @@ impl Engine {
                 .iter()
                 .filter(|id| seen.insert(id.as_str()))
                 .filter_map(|id| st.get(id))
-                .map(|(r, v)| {
+                .map(|(r, _)| {
                     let mut rec = r.clone();
                     rec.last_accessed = at;
-                    OwnedOp::Put(rec, Cow::Owned(v.to_vec()))
+                    // An empty vector keeps the stored one: a touch rewrites no vector.
+                    OwnedOp::Put(rec, Cow::Borrowed(&[][..]))
                 })
                 .collect();
             let n = ops.len();
@@ -560,9 +604,8 @@ impl Engine {
     }
 
     pub fn list(&self, filter: &Filter, offset: usize, limit: Option<usize>) -> Result<Vec<RecordWithVector>> {
-        self.read_op(Op::list, |st| {
-            Ok(st.list(filter, offset, limit).into_iter().map(|(r, v)| (r.clone(), v.to_vec())).collect())
-        })
+        let rows = self.read_with_vectors(Op::list, |st| st.list(filter, offset, limit).into_iter().map(|(r, v)| Some((r.clone(), v.to_vec()))).collect())?;
+        Ok(rows.into_iter().flatten().collect())
     }
 
     pub fn count(&self, filter: &Filter) -> Result<usize> {
@@ -711,6 +754,7 @@ impl Engine {
             records: st.len(),
             dim: st.dim,
             memory_bytes: st.memory_bytes(),
+            precision: st.precision,
             disk_bytes,
             operations: self.metrics.snapshot(),
             cache: self.cache_stats(),

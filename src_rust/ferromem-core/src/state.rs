@@ -36,6 +36,36 @@ const PRESCAN_MAX_QUERIES: usize = 2;
 /// Candidates beyond k kept by the pre-scan, so that the exactness check rarely fails.
 const PRESCAN_EXTRA: usize = 32;
 
+/// How vectors are held in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// The f32 vectors as stored, plus their unit half-precision copy for the pre-scan:
+    /// exact scores.
+    #[default]
+    F32,
+    /// Only the unit half-precision copy (a third of the memory): scores within
+    /// `simd::half::prescan_error_bound` of the exact cosine. The exact vectors stay in the
+    /// durable layer, where `get` and `list` read them.
+    F16,
+}
+
+impl Precision {
+    pub fn from_name(s: &str) -> Option<Precision> {
+        match s {
+            "f32" => Some(Precision::F32),
+            "f16" => Some(Precision::F16),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
 /// Which search a store uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexMode {
@@ -160,6 +190,8 @@ pub struct State {
     /// Live slots the graph does not cover at their current version: scanned exactly.
     unindexed: RoaringBitmap,
     pub index: IndexConfig,
+    /// Set before the first record is put; kept across `clear`.
+    pub precision: Precision,
     /// Bumped by `clear`: a graph built before it is void.
     index_generation: u64,
     slots: Vec<Option<Slot>>,
@@ -193,8 +225,9 @@ impl State {
     /// Forgets every record and the dimension (the durable layer was reset).
     pub fn clear(&mut self) {
         let (epoch, seq, generation) = (self.epoch, self.seq, self.search_generation);
-        let (index, index_generation) = (self.index, self.index_generation);
+        let (index, index_generation, precision) = (self.index, self.index_generation, self.precision);
         *self = State::default();
+        self.precision = precision;
         self.epoch = epoch;
         self.seq = seq;
         self.search_generation = generation + 1;
@@ -222,15 +255,22 @@ impl State {
     }
 
     /// Inserts or replaces a record. The caller has validated the vector (finite, non-zero,
-    /// right length) and the metadata JSON.
+    /// right length) and the metadata JSON. An empty `vector` replaces the other fields of
+    /// an existing record and keeps its vector (see `WriteOp::Put`).
     pub fn put(&mut self, rec: Record, vector: &[f32]) -> Result<()> {
+        if vector.is_empty() {
+            return self.put_fields(rec);
+        }
         let dim = *self.dim.get_or_insert(vector.len());
         if dim != vector.len() {
             return Err(Error::DimensionMismatch { expected: dim, got: vector.len() });
         }
         let meta = metadata_scalars(&rec.metadata_json)?;
         let replaced = self.ids.get(&*rec.id).copied();
-        let same_vector = replaced.is_some_and(|slot| self.same_vector(slot, vector));
+        let inv = inverse_norm(vector);
+        let mut half_row = vec![0u16; dim];
+        simd::half::to_f16_bits(vector, inv, &mut half_row);
+        let same_vector = replaced.is_some_and(|slot| self.same_vector(slot, vector, &half_row));
         if !(same_vector && self.same_filterables(replaced.expect("replaced"), &rec)) {
             self.search_generation += 1;
         }
@@ -245,14 +285,16 @@ impl State {
                 None => {
                     let slot = u32::try_from(self.slots.len())
                         .map_err(|_| Error::InvalidInput("a store holds at most 2^32 records".into()))?;
-                    if self.arena.rows() == 0 && self.slots.is_empty() {
+                    if self.slots.is_empty() {
                         self.arena = Arena::new(dim);
                         self.half = Arena::new(dim);
                     }
                     self.slots.push(None);
                     self.inv_norm.push(0.0);
                     self.slot_version.push(0);
-                    self.arena.push_row();
+                    if self.precision == Precision::F32 {
+                        self.arena.push_row();
+                    }
                     self.half.push_row();
                     slot
                 }
@@ -263,10 +305,11 @@ impl State {
             self.slot_version[s] = self.slot_version[s].wrapping_add(1);
             self.unindexed.insert(slot);
         }
-        self.arena.row_mut(s).copy_from_slice(vector);
-        let inv = inverse_norm(vector);
+        if self.precision == Precision::F32 {
+            self.arena.row_mut(s).copy_from_slice(vector);
+        }
         self.inv_norm[s] = inv;
-        simd::half::to_f16_bits(vector, inv, self.half.row_mut(s));
+        self.half.row_mut(s).copy_from_slice(&half_row);
         self.idx.insert(slot, &rec, &meta);
         self.ids.insert(rec.id.clone(), slot);
         self.live.insert(slot);
@@ -287,9 +330,29 @@ impl State {
             && old.created_at.to_bits() == rec.created_at.to_bits()
     }
 
-    /// Whether `slot` holds exactly `vector` (bit for bit).
-    fn same_vector(&self, slot: u32, vector: &[f32]) -> bool {
-        self.arena.row(slot as usize).iter().zip(vector).all(|(a, b)| a.to_bits() == b.to_bits())
+    /// Whether `slot` holds exactly `vector` (bit for bit), or under f16 precision, where
+    /// searches see only the unit half-precision row, that row (`half_row`).
+    fn same_vector(&self, slot: u32, vector: &[f32], half_row: &[u16]) -> bool {
+        match self.precision {
+            Precision::F32 => self.arena.row(slot as usize).iter().zip(vector).all(|(a, b)| a.to_bits() == b.to_bits()),
+            Precision::F16 => self.half.row(slot as usize) == half_row,
+        }
+    }
+
+    /// Replaces the fields of an existing record, keeping its vector.
+    fn put_fields(&mut self, rec: Record) -> Result<()> {
+        let Some(&slot) = self.ids.get(&*rec.id) else {
+            return Err(Error::InvalidInput(format!("record {:?} does not exist: a new record needs a vector", &*rec.id)));
+        };
+        let meta = metadata_scalars(&rec.metadata_json)?;
+        if !self.same_filterables(slot, &rec) {
+            self.search_generation += 1;
+        }
+        let old = self.slots[slot as usize].take().expect("id map points at a live slot");
+        self.idx.remove(slot, &old.rec, &old.meta);
+        self.idx.insert(slot, &rec, &meta);
+        self.slots[slot as usize] = Some(Slot { rec, meta });
+        Ok(())
     }
 
     /// Removes a record; returns whether it existed.
@@ -312,10 +375,15 @@ impl State {
         Some(self.slot(slot))
     }
 
+    /// A record and its vector; the vector is empty under f16 precision (the engine reads
+    /// it from the durable layer).
     fn slot(&self, slot: u32) -> (&Record, &[f32]) {
         let s = slot as usize;
         let rec = &self.slots[s].as_ref().expect("live slot").rec;
-        (rec, self.arena.row(s))
+        match self.precision {
+            Precision::F32 => (rec, self.arena.row(s)),
+            Precision::F16 => (rec, &[]),
+        }
     }
 
     fn id_of(&self, slot: u32) -> &Arc<str> {
@@ -447,6 +515,23 @@ impl State {
         let rows = candidates.as_ref().map_or(self.slots.len(), |c| c.len());
         let exact_score = |q: usize, slot: u32| self.exact_score(&queries[q * dim..(q + 1) * dim], q_inv[q], slot);
         let finish = |hits: Vec<(f32, u32)>| self.finish(hits);
+        if self.precision == Precision::F16 {
+            // One pass over the only copy there is; scores as `exact_score` computes them.
+            let unit: Vec<f32> = queries.chunks_exact(dim).zip(&q_inv).flat_map(|(q, &inv)| q.iter().map(move |x| x * inv)).collect();
+            let heaps = self.scan(&unit, nq, dim, k, candidates.as_deref(), Scan::Half);
+            return heaps
+                .into_iter()
+                .enumerate()
+                .map(|(q, h)| {
+                    let query = &queries[q * dim..(q + 1) * dim];
+                    let mut hits: Vec<(f32, u32)> = h.into_entries().into_iter().map(|(_, slot)| (self.exact_score(query, q_inv[q], slot), slot)).collect();
+                    if let Some(m) = min_score {
+                        hits.retain(|e| e.0 >= m);
+                    }
+                    finish(hits)
+                })
+                .collect();
+        }
         let k1 = k.saturating_add(PRESCAN_EXTRA);
         if rows.saturating_mul(dim) < PRESCAN_MIN_VALUES || rows <= k1 || (nq > PRESCAN_MAX_QUERIES && !each) {
             let heaps = self.scan(queries, nq, dim, k, candidates.as_deref(), Scan::Exact { q_inv: &q_inv, min_score, each });
@@ -491,9 +576,15 @@ impl State {
 
     /// The cosine of `query` (with 1/|query| = `q_inv`) and the record in `slot`, computed
     /// exactly as the scans compute it.
+    /// (Under f16 precision: the query against the unit half-precision row.)
     fn exact_score(&self, query: &[f32], q_inv: f32, slot: u32) -> f32 {
-        let dot = simd::dot_f32(query, self.arena.row(slot as usize));
-        (dot * self.inv_norm[slot as usize] * q_inv).clamp(-1.0, 1.0)
+        match self.precision {
+            Precision::F32 => {
+                let dot = simd::dot_f32(query, self.arena.row(slot as usize));
+                (dot * self.inv_norm[slot as usize] * q_inv).clamp(-1.0, 1.0)
+            }
+            Precision::F16 => (simd::half::dot_f16(query, self.half.row(slot as usize)) * q_inv).clamp(-1.0, 1.0),
+        }
     }
 
     /// Score descending, ties by id ascending: the order of every search result.

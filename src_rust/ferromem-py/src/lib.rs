@@ -7,7 +7,7 @@
 
 use ferromem_core::engine::EngineStats;
 use ferromem_core::hnsw::HnswParams;
-use ferromem_core::state::{IndexConfig, IndexMode};
+use ferromem_core::state::{IndexConfig, IndexMode, Precision};
 use ferromem_core::{simd, Durability, Engine, Error, Filter, Patch, Privacy, Record, Scalar, WriteMode};
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::buffer::PyBuffer;
@@ -200,12 +200,14 @@ struct PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (path=None, dim=None, durability="normal"))]
-    fn new(py: Python<'_>, path: Option<PathBuf>, dim: Option<usize>, durability: &str) -> PyResult<PyEngine> {
+    #[pyo3(signature = (path=None, dim=None, durability="normal", precision="f32"))]
+    fn new(py: Python<'_>, path: Option<PathBuf>, dim: Option<usize>, durability: &str, precision: &str) -> PyResult<PyEngine> {
         let durability = Durability::from_name(durability).ok_or_else(|| {
             to_py_err(Error::InvalidInput(format!("durability must be 'normal' or 'full', not {durability:?}")))
         })?;
-        let engine = py.detach(|| Engine::open(path.as_deref(), dim, durability)).map_err(to_py_err)?;
+        let precision = Precision::from_name(precision)
+            .ok_or_else(|| to_py_err(Error::InvalidInput(format!("precision must be 'f32' or 'f16', not {precision:?}"))))?;
+        let engine = py.detach(|| Engine::open_with(path.as_deref(), dim, durability, precision)).map_err(to_py_err)?;
         Ok(PyEngine { inner: Arc::new(engine) })
     }
 
@@ -465,6 +467,7 @@ impl PyEngine {
         d.set_item("memory_bytes", s.memory_bytes)?;
         d.set_item("disk_bytes", s.disk_bytes)?;
         d.set_item("isa", simd::active_isa().name())?;
+        d.set_item("precision", s.precision.name())?;
         let ops = PyDict::new(py);
         for (name, o) in s.operations {
             let od = PyDict::new(py);

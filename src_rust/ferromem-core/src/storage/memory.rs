@@ -2,6 +2,7 @@
 
 use super::{Changes, Storage, StoredRecord, WriteOp};
 use crate::Result;
+use std::sync::Arc;
 
 #[derive(Default)]
 pub struct MemoryStorage;
@@ -31,5 +32,8 @@ impl Storage for MemoryStorage {
     fn rollback(&mut self) {}
     fn disk_bytes(&self) -> u64 {
         0
+    }
+    fn vectors_at(&mut self, _epoch: u64, _seq: u64, _ids: &[Arc<str>]) -> Result<Option<Vec<Option<Vec<f32>>>>> {
+        Ok(None)
     }
 }

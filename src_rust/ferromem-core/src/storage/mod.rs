@@ -8,6 +8,7 @@
 pub mod memory;
 pub mod sqlite;
 
+use std::sync::Arc;
 use crate::record::Record;
 use crate::Result;
 
@@ -38,6 +39,8 @@ pub enum Changes {
 
 /// One change inside a write transaction.
 pub enum WriteOp<'a> {
+    /// Inserts or replaces a record. An empty `vector` keeps the stored one (the record
+    /// exists: an update of other fields, or a touch), so no vector is rewritten.
     Put { rec: &'a Record, vector: &'a [f32] },
     Delete { id: &'a str },
 }
@@ -89,4 +92,8 @@ pub trait Storage: Send {
     fn rollback(&mut self);
     /// Bytes the store occupies on disk (0 in memory).
     fn disk_bytes(&self) -> u64;
+    /// The stored vectors of `ids` (None for an id not stored), read consistently, or None
+    /// when the store is no longer at (epoch, seq): the caller catches up and asks again.
+    /// Stores that keep no vectors (in memory) return None.
+    fn vectors_at(&mut self, epoch: u64, seq: u64, ids: &[Arc<str>]) -> Result<Option<Vec<Option<Vec<f32>>>>>;
 }

@@ -278,11 +278,35 @@ impl Storage for SqliteStorage {
             let mut put = self.conn.prepare_cached(&format!(
                 "INSERT OR REPLACE INTO records({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
             ))?;
+            let mut put_fields = self.conn.prepare_cached(
+                "UPDATE records SET content = ?2, scope = ?3, categories = ?4, metadata = ?5, importance = ?6, \
+                 created_at = ?7, last_accessed = ?8, source = ?9, private = ?10, seq = ?11 WHERE id = ?1",
+            )?;
             let mut untomb = self.conn.prepare_cached("DELETE FROM tombstones WHERE id = ?1")?;
             let mut del = self.conn.prepare_cached("DELETE FROM records WHERE id = ?1")?;
             let mut tomb = self.conn.prepare_cached("INSERT OR REPLACE INTO tombstones(id, seq) VALUES (?1, ?2)")?;
             for op in ops {
                 match op {
+                    WriteOp::Put { rec, vector } if vector.is_empty() => {
+                        let categories = serde_json::to_string(&rec.categories)
+                            .map_err(|e| Error::InvalidInput(format!("categories: {e}")))?;
+                        let n = put_fields.execute(params![
+                            &*rec.id,
+                            rec.content,
+                            rec.scope,
+                            categories,
+                            rec.metadata_json,
+                            rec.importance,
+                            rec.created_at,
+                            rec.last_accessed,
+                            rec.source,
+                            rec.private as i64,
+                            seq_i
+                        ])?;
+                        if n != 1 {
+                            return Err(Error::Storage(format!("record {:?} vanished inside its write transaction", &*rec.id)));
+                        }
+                    }
                     WriteOp::Put { rec, vector } => {
                         let categories = serde_json::to_string(&rec.categories)
                             .map_err(|e| Error::InvalidInput(format!("categories: {e}")))?;
@@ -338,6 +362,22 @@ impl Storage for SqliteStorage {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
         self.in_write = false;
+    }
+
+    fn vectors_at(&mut self, epoch: u64, seq: u64, ids: &[Arc<str>]) -> Result<Option<Vec<Option<Vec<f32>>>>> {
+        self.in_read(|s| {
+            let (db_epoch, db_seq, _) = s.meta()?;
+            if (db_epoch, db_seq) != (epoch, seq) {
+                return Ok(None);
+            }
+            let mut stmt = s.conn.prepare_cached("SELECT vector FROM records WHERE id = ?1")?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let blob: Option<Vec<u8>> = stmt.query_row(params![&**id], |r| r.get(0)).optional()?;
+                out.push(blob.map(|b| blob_to_vector(&b)).transpose()?);
+            }
+            Ok(Some(out))
+        })
     }
 
     fn disk_bytes(&self) -> u64 {

@@ -1,0 +1,102 @@
+"""precision="f16": a third of the vector memory, recall@10 >= 0.995 against the exact
+f32 search, exact vectors back from get/list, and every write path keeping them exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ferromem
+from ferromem.exceptions import InvalidInputError
+
+from _helpers import shared_data_dir
+
+pytestmark = pytest.mark.skipif(
+    getattr(ferromem.store, "_core", None) is None, reason="the native engine is not built"
+)
+
+
+def _recall(exact_store, half_store, queries, k=10, **filters) -> float:
+    same = 0
+    for q in queries:
+        want = set(exact_store.search(q, k=k, **filters).ids)
+        got = half_store.search(q, k=k, **filters)
+        assert len(got) == len(want)
+        same += len(want & set(got.ids))
+    return same / (k * len(queries))
+
+
+@pytest.fixture()
+def random_pair(tmp_path):
+    rng = np.random.default_rng(5)
+    n, dim = 5000, 384
+    vectors = rng.standard_normal((n, dim), dtype=np.float32)
+    path = tmp_path / "p.ferro"
+    full = ferromem.open(path, index="exact", cache_size=0)
+    full.add([f"r{i}" for i in range(n)], vectors, scopes=[f"/s{i % 5}" for i in range(n)])
+    half = ferromem.open(path, precision="f16", index="exact", cache_size=0)
+    yield full, half, vectors, rng.standard_normal((100, dim), dtype=np.float32)
+    half.close()
+    full.close()
+
+
+def test_recall_memory_and_scores_on_random_vectors(random_pair):
+    full, half, vectors, queries = random_pair
+    assert half.stats()["precision"] == "f16" and full.stats()["precision"] == "f32"
+    assert half.stats()["memory_bytes"] <= 0.5 * full.stats()["memory_bytes"]
+    assert _recall(full, half, queries) >= 0.995
+    assert _recall(full, half, queries[:30], scope="/s3") >= 0.995
+    for q in queries[:20]:
+        exact = dict(full.search(q, k=10))
+        for rid, score in half.search(q, k=10):
+            if rid in exact:
+                assert abs(score - exact[rid]) <= 1e-3
+
+
+def test_exact_vectors_survive_every_write_path(random_pair):
+    full, half, vectors, queries = random_pair
+    np.testing.assert_array_equal(half.get("r17").vector, vectors[17])
+    listed = half.list(scope="/s2", limit=5)
+    for rec in listed:
+        np.testing.assert_array_equal(rec.vector, vectors[int(rec.id[1:])])
+    half.update("r17", content="edited", metadata={"k": 1})
+    half.touch(["r17", "r18"])
+    for store in (full, half):
+        rec = store.get("r17")
+        assert rec.content == "edited" and rec.metadata == {"k": 1}
+        np.testing.assert_array_equal(rec.vector, vectors[17])
+    half.update("r18", vector=queries[0])
+    np.testing.assert_array_equal(full.get("r18").vector, queries[0])
+    assert half.search(queries[0], k=1).ids[0] == "r18"
+    full.add("fresh", queries[1])
+    assert half.search(queries[1], k=1).ids[0] == "fresh"
+    np.testing.assert_array_equal(half.get("fresh").vector, queries[1])
+
+
+def test_f16_with_the_graph_on_real_embeddings(tmp_path):
+    folder = shared_data_dir()
+    if folder is None or not (folder / "docs-minilm384.npz").is_file():
+        pytest.skip("real embeddings absent (FERROMEM_SHARED_DATA or <repo>/../shared/data)")
+    with np.load(folder / "docs-minilm384.npz") as arrays:
+        passages = arrays["passages"][:10_000].astype(np.float32)
+        queries = arrays["queries"][:100].astype(np.float32)
+    path = tmp_path / "m.ferro"
+    full = ferromem.open(path, index="exact", cache_size=0)
+    full.add([f"p{i}" for i in range(len(passages))], passages)
+    half = ferromem.open(path, precision="f16", index="hnsw", cache_size=0)
+    assert half.wait_for_index(timeout=300)
+    assert half.stats()["index"]["active"] == "hnsw"
+    assert _recall(full, half, queries) >= 0.95
+    half.close()
+    full.close()
+
+
+@pytest.mark.parametrize("precision", ["f8", "F16", None, 16, "bf16"])
+def test_bad_precisions_are_typed_errors(tmp_path, precision):
+    with pytest.raises(InvalidInputError):
+        ferromem.open(tmp_path / "x.ferro", precision=precision)
+
+
+def test_f16_needs_a_file():
+    with pytest.raises(InvalidInputError, match="in-memory"):
+        ferromem.open(None, precision="f16")
