@@ -195,3 +195,19 @@ def test_bad_wait_timeouts_are_typed_errors(timeout):
     with pytest.raises(InvalidInputError):
         store.wait_for_index(timeout=timeout)
     store.close()
+
+
+def test_the_graph_is_saved_on_close_and_reopens_without_a_build(tmp_path, minilm):
+    passages, queries, _ = minilm
+    path = tmp_path / "saved.ferro"
+    store = ferromem.open(path, index="hnsw", cache_size=0)
+    store.add([f"p{i}" for i in range(4000)], passages[:4000])
+    assert store.wait_for_index(timeout=300)
+    before = [list(store.search(q, k=10).ids) for q in queries[:20]]
+    store.close()
+    assert (tmp_path / "saved.ferro.hnsw").is_file()
+    again = ferromem.open(path, index="hnsw", cache_size=0)
+    index = again.stats()["index"]
+    assert (index["active"], index["graph_nodes"], index["builds"]) == ("hnsw", 4000, 0)
+    assert [list(again.search(q, k=10).ids) for q in queries[:20]] == before
+    again.close()

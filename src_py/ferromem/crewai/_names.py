@@ -11,7 +11,8 @@ __all__ = ["STORE_SUFFIX", "collection_file_name"]
 
 STORE_SUFFIX = ".ferro"
 
-# File names stay under 255 bytes with the store's "-wal"/"-shm" companions.
+# File names stay under 255 bytes with the store's companions ("-wal", "-shm", ".hnsw"
+# and the graph's temporary ".hnsw.tmp<pid>").
 _MAX_STEM = 200
 _SAFE_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-")
 

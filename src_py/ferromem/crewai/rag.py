@@ -108,7 +108,7 @@ DEFAULT_EMBEDDER: dict[str, Any] = {
     "config": {"model_name": "text-embedding-3-small"},
 }
 
-_COMPANIONS = ("", "-wal", "-shm")
+_COMPANIONS = ("", "-wal", "-shm", ".hnsw")  # .hnsw: the saved graph index
 _UNSET: Any = object()
 
 

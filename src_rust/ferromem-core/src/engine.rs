@@ -178,6 +178,13 @@ impl Engine {
         state.epoch = epoch;
         state.seq = seq;
         state.dim = stored_dim.or(dim);
+        if let Some(p) = path {
+            // The graph saved by the last close, when it was written at exactly this store
+            // position; otherwise it is rebuilt in the background.
+            if let Ok(bytes) = std::fs::read(graph_file(p)) {
+                state.install_graph_file(&bytes);
+            }
+        }
         let engine = Engine {
             state: Arc::new(RwLock::new(state)),
             writer: Mutex::new(Some(writer)),
@@ -734,11 +741,33 @@ impl Engine {
 
     /// Closes the durable layer; every later call fails with Closed. Idempotent.
     pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
         self.builder.stop.store(true, Ordering::Release);
         // Wait for an in-flight write to finish, then drop the connections.
-        self.writer.lock().take();
+        let writer = self.writer.lock().take();
         self.reader.lock().take();
+        if writer.is_some() {
+            self.save_graph();
+        }
+    }
+
+    /// Writes the published graph beside the store file, so the next open needs no
+    /// rebuild. The file is only a cache: it is written whole then renamed over the old
+    /// one, read back only when it matches the store's exact position, and a failure to
+    /// write it costs a rebuild, nothing else.
+    fn save_graph(&self) {
+        let Some(path) = &self.path else { return };
+        let Some(bytes) = self.state.read().graph_file_bytes() else {
+            let _ = std::fs::remove_file(graph_file(path));
+            return;
+        };
+        let target = graph_file(path);
+        let tmp = target.with_extension(format!("hnsw.tmp{}", std::process::id()));
+        if std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &target)).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -779,9 +808,16 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        // The builder holds its own reference to the state; tell it to stop early.
-        self.builder.stop.store(true, Ordering::Release);
+        // Stops the builder (it holds its own reference to the state) and saves the graph.
+        self.close();
     }
+}
+
+/// The graph file of the store at `path`: `<path>.hnsw`.
+pub fn graph_file(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".hnsw");
+    PathBuf::from(name)
 }
 
 /// The background graph builder: while a build is due, copy the published graph (or start

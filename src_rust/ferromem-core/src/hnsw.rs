@@ -420,6 +420,138 @@ impl Hnsw {
     }
 }
 
+/// The graph file's first bytes (format version 1).
+const FILE_MAGIC: &[u8; 8] = b"FMHNSW01";
+
+/// FNV-1a over the file's body: a torn or foreign file is refused, never half-read.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Where a saved graph belongs: the store's position when it was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SavedAt {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl Hnsw {
+    /// The graph as bytes, with nodes named by record id (slots are renumbered when a store
+    /// is reopened). Only current nodes are kept (`is_current`): links to the others
+    /// are dropped.
+    pub fn to_bytes<'a>(&self, at: SavedAt, current: &Current<'_>, id_of: impl Fn(u32) -> &'a str) -> Vec<u8> {
+        let kept: Vec<u32> = (0..self.levels.len() as u32).filter(|&s| self.is_current(s, current)).collect();
+        let index_of: HashMap<u32, u32> = kept.iter().enumerate().map(|(i, &s)| (s, i as u32)).collect();
+        let mut out = Vec::with_capacity(kept.len() * (self.m0() + 24) * 4);
+        out.extend_from_slice(FILE_MAGIC);
+        for x in [at.epoch, at.seq] {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        for x in [self.dim, self.params.m, self.params.ef_construction, kept.len()] {
+            out.extend_from_slice(&(x as u32).to_le_bytes());
+        }
+        for &s in &kept {
+            let id = id_of(s).as_bytes();
+            out.extend_from_slice(&(id.len() as u32).to_le_bytes());
+            out.extend_from_slice(id);
+            out.push(self.levels[s as usize]);
+        }
+        for &s in &kept {
+            for level in 0..=self.levels[s as usize] {
+                let links: Vec<u32> = self.links(s, level).iter().filter_map(|nb| index_of.get(nb).copied()).collect();
+                out.extend_from_slice(&(links.len() as u32).to_le_bytes());
+                for l in links {
+                    out.extend_from_slice(&l.to_le_bytes());
+                }
+            }
+        }
+        let sum = fnv1a(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// Reads a graph written by `to_bytes`, mapping record ids to this replica's slots
+    /// (`slot_of`, with the slot's current version). None when the bytes are not a whole
+    /// graph file, or when it was written at another store position than `expected`, with
+    /// other parameters, or names a record the replica does not hold.
+    pub fn from_bytes(bytes: &[u8], expected: SavedAt, dim: usize, params: HnswParams, slot_of: impl Fn(&str) -> Option<(u32, u32)>) -> Option<Hnsw> {
+        let body = bytes.len().checked_sub(8).map(|n| &bytes[..n])?;
+        if !body.starts_with(FILE_MAGIC) || fnv1a(body).to_le_bytes() != bytes[body.len()..] {
+            return None;
+        }
+        let mut r = Reader { bytes: body, at: FILE_MAGIC.len() };
+        let at = SavedAt { epoch: r.u64()?, seq: r.u64()? };
+        let (fdim, m, efc, count) = (r.u32()? as usize, r.u32()? as usize, r.u32()? as usize, r.u32()? as usize);
+        if at != expected || fdim != dim || (HnswParams { m, ef_construction: efc }) != params {
+            return None;
+        }
+        let mut g = Hnsw::new(dim, params);
+        let mut slots = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = r.u32()? as usize;
+            let id = std::str::from_utf8(r.take(len)?).ok()?;
+            let level = r.u8()?;
+            if level > MAX_LEVEL {
+                return None;
+            }
+            let (slot, version) = slot_of(id)?;
+            g.grow_to(slot as usize + 1);
+            if g.levels[slot as usize] != ABSENT {
+                return None; // an id twice
+            }
+            g.levels[slot as usize] = level;
+            g.versions[slot as usize] = version;
+            if level > 0 {
+                g.upper.insert(slot, vec![0u32; level as usize * (params.m + 1)].into_boxed_slice());
+            }
+            g.nodes += 1;
+            if g.entry.is_none() || level > g.top {
+                g.entry = Some(slot);
+                g.top = level;
+            }
+            slots.push(slot);
+        }
+        for &slot in &slots {
+            for level in 0..=g.levels[slot as usize] {
+                let n = r.u32()? as usize;
+                if n > g.max_links(level) {
+                    return None;
+                }
+                let mut links = Vec::with_capacity(n);
+                for _ in 0..n {
+                    links.push(*slots.get(r.u32()? as usize)?);
+                }
+                g.set_links(slot, level, &links);
+            }
+        }
+        (r.at == body.len()).then_some(g)
+    }
+}
+
+/// A bounds-checked little-endian cursor over a graph file.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let out = self.bytes.get(self.at..end)?;
+        self.at = end;
+        Some(out)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
 /// Neighbour rows requested ahead of the one being scored.
 const PREFETCH_AHEAD: usize = 6;
 

@@ -4,7 +4,7 @@
 
 use crate::arena::{Arena, CHUNK_ROWS};
 use crate::filter::{child_of, scope_matches, Filter, Scalar};
-use crate::hnsw::{Hnsw, HnswParams};
+use crate::hnsw::{Hnsw, HnswParams, SavedAt};
 use crate::index::FilterIndexes;
 use crate::record::{metadata_scalars, Record};
 use crate::simd;
@@ -767,6 +767,27 @@ impl State {
         // Approximate results may differ from the previous graph's: cached ones are void.
         self.search_generation += 1;
         true
+    }
+
+    /// The published graph as a file's bytes (see `Hnsw::to_bytes`), or None without one.
+    pub fn graph_file_bytes(&self) -> Option<Vec<u8>> {
+        let g = self.ann.as_deref()?;
+        let current = |s: u32| self.current_version(s);
+        Some(g.to_bytes(SavedAt { epoch: self.epoch, seq: self.seq }, &current, |s| self.id_of(s)))
+    }
+
+    /// Publishes a graph read from a file written at this replica's exact position; false
+    /// (and nothing changes) when the file does not fit it.
+    pub fn install_graph_file(&mut self, bytes: &[u8]) -> bool {
+        let Some(dim) = self.dim else { return false };
+        let at = SavedAt { epoch: self.epoch, seq: self.seq };
+        let graph = Hnsw::from_bytes(bytes, at, dim, self.index.params, |id| {
+            let slot = *self.ids.get(id)?;
+            Some((slot, self.current_version(slot)?))
+        });
+        let Some(graph) = graph else { return false };
+        let build = GraphBuild { graph, todo: Vec::new(), generation: self.index_generation };
+        self.publish_graph(build)
     }
 
     /// Changes the index mode or search width (results may change: the cache is voided).

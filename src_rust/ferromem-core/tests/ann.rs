@@ -235,3 +235,56 @@ fn concurrent_single_queries_share_scans_and_get_their_own_answers() {
     let st = e.stats();
     assert!(st.coalesced_batches > 0 && st.coalesced_searches >= 2 * st.coalesced_batches, "{} {}", st.coalesced_searches, st.coalesced_batches);
 }
+
+#[test]
+fn the_graph_is_saved_on_close_and_reused_only_at_the_same_store_position() {
+    let (n, dim, k) = (3000, 32, 10);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let vectors = clustered(&mut rng, n, dim);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.ferro");
+    let graph_path = ferromem_core::engine::graph_file(&path);
+    let queries = clustered(&mut rng, 20, dim);
+    let answers = {
+        let e = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+        load(&e, &vectors, dim);
+        e.set_index(hnsw(64)).unwrap();
+        assert!(e.wait_for_index(Some(Duration::from_secs(60))).unwrap());
+        let a: Vec<_> = queries.chunks_exact(dim).map(|q| e.search(q, dim, k, &Filter::default(), None).unwrap()).collect();
+        e.close();
+        a
+    };
+    assert!(graph_path.is_file());
+    // Reopened unchanged: the saved graph is published at open, no build runs, and the
+    // answers are the same.
+    let e = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    e.set_index(hnsw(64)).unwrap();
+    let st = e.stats();
+    assert!(st.index.active && st.index.graph_nodes == n && st.index.pending == 0 && st.index_builds == 0, "{:?}", st.index);
+    for (q, a) in queries.chunks_exact(dim).zip(&answers) {
+        assert_eq!(&e.search(q, dim, k, &Filter::default(), None).unwrap(), a);
+    }
+    // A write after the save makes the file stale: the next open ignores it and builds.
+    e.upsert(vec![rec(n)], &vectors[..dim], dim, WriteMode::Insert).unwrap();
+    drop(e); // saves the graph at the new position
+    let saved = std::fs::read(&graph_path).unwrap();
+    let other = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    other.upsert(vec![rec(n + 1)], &vectors[dim..2 * dim], dim, WriteMode::Insert).unwrap();
+    drop(other);
+    std::fs::write(&graph_path, &saved).unwrap(); // one write behind the store
+    let e = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    e.set_index(hnsw(64)).unwrap();
+    assert_eq!(e.stats().index.graph_nodes, 0);
+    assert!(e.wait_for_index(Some(Duration::from_secs(60))).unwrap());
+    assert_eq!(e.stats().index.graph_nodes, n + 2);
+    e.close();
+    // A torn or foreign file is refused, never half-read: the graph is rebuilt.
+    let mut bytes = std::fs::read(&graph_path).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&graph_path, &bytes).unwrap();
+    let e = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    e.set_index(hnsw(64)).unwrap();
+    assert_eq!(e.stats().index.graph_nodes, 0);
+    assert!(e.wait_for_index(Some(Duration::from_secs(60))).unwrap());
+    assert_eq!(e.search(&vectors[..dim], dim, 1, &Filter::default(), None).unwrap()[0].len(), 1);
+}
