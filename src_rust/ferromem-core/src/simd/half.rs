@@ -9,9 +9,22 @@
 use super::{active_isa, Isa};
 use half::f16;
 
-/// Rounds each value times `scale` to the nearest binary16 (ties to even), as bits.
+/// Rounds each value times `scale` to the nearest binary16 (ties to even), as bits. Every
+/// store and load of a vector converts it, so the conversion uses the CPU's F16C
+/// instructions where present (bit-identical to the portable rounding, which a test
+/// checks on every path).
 pub fn to_f16_bits(v: &[f32], scale: f32, out: &mut [u16]) {
     assert_eq!(v.len(), out.len(), "to_f16_bits: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if path() != Path::Scalar && is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU has AVX (every SIMD path implies it) and F16C; lengths are equal.
+        unsafe { x86::to_f16_f16c(v, scale, out) };
+        return;
+    }
+    to_f16_portable(v, scale, out);
+}
+
+fn to_f16_portable(v: &[f32], scale: f32, out: &mut [u16]) {
     for (o, &x) in out.iter_mut().zip(v) {
         *o = f16::from_f32(x * scale).to_bits();
     }
@@ -57,6 +70,20 @@ mod x86 {
             i += 1;
         }
         s
+    }
+
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) unsafe fn to_f16_f16c(v: &[f32], scale: f32, out: &mut [u16]) {
+        let s = _mm256_set1_ps(scale);
+        let n = v.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            let x = _mm256_mul_ps(_mm256_loadu_ps(v.as_ptr().add(i)), s);
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+            _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, h);
+            i += 8;
+        }
+        super::to_f16_portable(&v[i..], scale, &mut out[i..]);
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -178,6 +205,31 @@ pub fn dot_gather_f16(query: &[f32], rows: &[u16], dim: usize, idx: &[u32], out:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conversion_is_bit_identical_on_every_path() {
+        let _guard = super::super::tests::FORCE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seed = 9;
+        let mut values: Vec<f32> = (0..4099).map(|_| lcg(&mut seed) * 3.0).collect();
+        // Ties, subnormal and overflowing results, zeros of both signs, extremes.
+        values.extend([
+            0.0, -0.0, 1.0, -1.0, 65504.0, 65520.0, 1e6, -1e6, 6.1e-5, 6.0e-8, 3.0e-8, 2.9e-8, 1e-10,
+            1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11), f32::MIN_POSITIVE, f32::MAX, f32::MIN,
+        ]);
+        for scale in [1.0f32, 0.3, 1e-3, 7.0] {
+            let mut want = vec![0u16; values.len()];
+            to_f16_portable(&values, scale, &mut want);
+            for isa in super::super::supported_isas() {
+                super::super::force_isa(Some(isa)).unwrap();
+                for len in [0, 1, 7, 8, 9, 31, values.len()] {
+                    let mut got = vec![0u16; len];
+                    to_f16_bits(&values[..len], scale, &mut got);
+                    assert_eq!(got, want[..len], "{isa:?} scale {scale} len {len}");
+                }
+            }
+        }
+        super::super::force_isa(None).unwrap();
+    }
 
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
