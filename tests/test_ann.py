@@ -95,7 +95,7 @@ def test_a_wider_search_is_closer_to_exact(minilm, graph_store):
     try:
         wide = _recall(graph_store, queries[:60], truth[:60])
     finally:
-        graph_store._engine.set_index("hnsw", 64)
+        graph_store._engine.set_index("hnsw", 96)
     assert wide >= narrow and wide >= 0.99
 
 

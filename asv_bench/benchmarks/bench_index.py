@@ -29,7 +29,7 @@ def _real_data():
 class GraphSearchRealEmbeddings:
     """HNSW on 20,000 MiniLM passages: latency and recall@10 by ef_search."""
 
-    params = [[32, 64, 128]]
+    params = [[32, 64, 96, 128]]
     param_names = ["ef_search"]
     timeout = 900
     number = 50

@@ -124,7 +124,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     engine: str = "auto",
     cache_size: int = 256,
     index: str = "auto",
-    ef_search: int = 64,
+    ef_search: int = 96,
     precision: str = "f32",
 ) -> Store:
     """Opens (or creates) a store.
@@ -264,7 +264,7 @@ class Store:
     Thread-safe: any number of threads may call one Store at once.
     """
 
-    def __init__(self, engine: Any, engine_name: str, *, index: str = "auto", ef_search: int = 64):
+    def __init__(self, engine: Any, engine_name: str, *, index: str = "auto", ef_search: int = 96):
         self._engine = engine
         self._engine_name = engine_name
         self._index = index

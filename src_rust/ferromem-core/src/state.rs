@@ -111,7 +111,7 @@ impl Default for IndexConfig {
     }
 }
 
-pub const DEFAULT_EF_SEARCH: usize = 64;
+pub const DEFAULT_EF_SEARCH: usize = 96;
 /// `IndexMode::Auto` uses the graph from this many stored values on (2^25: 21,845 records
 /// of 1536 dimensions, 87,381 of 384), where an exact scan passes ~2 ms here.
 pub const AUTO_MIN_VALUES: usize = 1 << 25;
