@@ -172,6 +172,30 @@ def test_auto_keeps_small_stores_exact_and_the_reference_engine_reports_exact(mi
     ref.close()
 
 
+def test_set_index_changes_an_open_store(graph_store, minilm):
+    _, queries, truth = minilm
+    graph_store.set_index(ef_search=400)
+    try:
+        index = graph_store.stats()["index"]
+        assert (index["mode"], index["ef_search"], index["m"], index["ef_construction"]) == ("hnsw", 400, 16, 128)
+        assert _recall(graph_store, queries[:40], truth[:40]) >= 0.99
+        graph_store.set_index("exact")
+        assert graph_store.stats()["index"]["active"] == "exact"
+        assert _recall(graph_store, queries[:40], truth[:40]) == 1.0
+        with pytest.raises(InvalidInputError):
+            graph_store.set_index("fast")
+        with pytest.raises(InvalidInputError):
+            graph_store.set_index(ef_search=0)
+        assert graph_store.stats()["index"]["mode"] == "exact"  # a refused change changes nothing
+    finally:
+        graph_store.set_index("hnsw", ef_search=96)
+    assert graph_store.stats()["index"]["active"] == "hnsw"
+    ref = ferromem.open(None, engine="reference")
+    ref.set_index("hnsw", ef_search=10)
+    assert ref.stats()["index"]["mode"] == "hnsw" and ref.stats()["index"]["active"] == "exact"
+    ref.close()
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -182,8 +182,8 @@ _UNSET: Any = object()
 # stats()["cache"] of an engine without a result cache (the reference engine).
 _NO_CACHE = {"capacity": 0, "entries": 0, "hits": 0, "misses": 0, "hit_rate": 0.0}
 # stats()["index"] of an engine without a graph (the reference engine).
-_NO_GRAPH = {"active": "exact", "graph_nodes": 0, "pending": 0, "graph_bytes": 0, "builds": 0,
-             "building": False}
+_NO_GRAPH = {"m": None, "ef_construction": None, "active": "exact", "graph_nodes": 0,
+             "pending": 0, "graph_bytes": 0, "builds": 0, "building": False}
 # k beyond any store size changes nothing (each query returns min(k, matches)); the
 # bound keeps a huge k from overflowing a native integer or pre-allocating.
 _MAX_K = 2**31 - 1
@@ -698,6 +698,18 @@ class Store:
         }
 
     # ----------------------------------------------------------------- lifecycle
+
+    def set_index(self, index: str | None = None, *, ef_search: int | None = None) -> None:
+        """Changes the index mode and/or the graph search width of this open store (the
+        same values as :func:`ferromem.open`; None keeps the current one). A graph the new
+        mode wants is built in the background; cached results are dropped."""
+        index = self._index if index is None else check.check_index(index)
+        ef_search = self._ef_search if ef_search is None else check.check_ef_search(ef_search)
+        self._check_open()
+        set_index = getattr(self._engine, "set_index", None)
+        if set_index is not None:  # the reference engine always scans exactly
+            set_index(index, ef_search)
+        self._index, self._ef_search = index, ef_search
 
     def wait_for_index(self, timeout: float | None = None) -> bool:
         """Blocks until the background graph build covers every record (when the index

@@ -161,6 +161,7 @@ struct GraphPlan {
 pub struct IndexStats {
     pub mode: IndexMode,
     pub ef_search: usize,
+    pub params: HnswParams,
     /// Whether searches use the graph now.
     pub active: bool,
     pub graph_nodes: usize,
@@ -822,6 +823,7 @@ impl State {
         IndexStats {
             mode: self.index.mode,
             ef_search: self.index.ef_search,
+            params: self.index.params,
             active: self.usable_graph().is_some(),
             graph_nodes: self.ann.as_ref().map_or(0, |g| g.nodes()),
             pending: if self.ann.is_some() { self.unindexed.len() as usize } else { self.len() },

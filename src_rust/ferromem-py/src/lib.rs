@@ -494,6 +494,8 @@ impl PyEngine {
         index.set_item("mode", i.mode.name())?;
         index.set_item("active", if i.active { "hnsw" } else { "exact" })?;
         index.set_item("ef_search", i.ef_search)?;
+        index.set_item("m", i.params.m)?;
+        index.set_item("ef_construction", i.params.ef_construction)?;
         index.set_item("graph_nodes", i.graph_nodes)?;
         index.set_item("pending", i.pending)?;
         index.set_item("graph_bytes", i.graph_bytes)?;
