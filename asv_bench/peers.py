@@ -405,17 +405,7 @@ class FerromemPeer(Peer):
     def tune(self, knob):
         if knob is None:
             return
-        # ef_search is fixed at open. The engine takes a new width without rebuilding the
-        # graph through the call ferromem.open makes; if that call's signature changed, the
-        # store is reopened with the new ef_search and its graph rebuilt (not timed).
-        try:
-            self.store._engine.set_index(self.index, knob)
-            return
-        except (AttributeError, TypeError):
-            pass
-        self.store.close()
-        self.store = self._open(knob)
-        self.store.wait_for_index()
+        self.store.set_index(ef_search=knob)  # the graph stays; only the search width changes
 
     def search(self, q, k):
         return self.store.search(q, k=k)
