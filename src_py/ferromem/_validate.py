@@ -451,11 +451,16 @@ MAX_EF_SEARCH = 100_000
 PRECISIONS = ("f32", "f16")
 
 
-def check_precision(value: Any, path: str | None) -> str:
-    if not isinstance(value, str) or value not in PRECISIONS:
+def _check_one_of(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
         raise InvalidInputError(
-            f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {value!r}"
+            f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
         )
+    return value
+
+
+def check_precision(value: Any, path: str | None) -> str:
+    _check_one_of("precision", value, PRECISIONS)
     if value == "f16" and path is None:
         raise InvalidInputError(
             "precision='f16' keeps the exact vectors on disk only, and an in-memory store "
@@ -465,11 +470,7 @@ def check_precision(value: Any, path: str | None) -> str:
 
 
 def check_index(value: Any) -> str:
-    if not isinstance(value, str) or value not in INDEX_MODES:
-        raise InvalidInputError(
-            f"index must be one of {', '.join(map(repr, INDEX_MODES))}, got {value!r}"
-        )
-    return value
+    return _check_one_of("index", value, INDEX_MODES)
 
 
 def check_ef_search(value: Any) -> int:

@@ -491,16 +491,7 @@ impl State {
     /// answer is the exact one. Otherwise (ties at the cut, near-duplicates) that query is
     /// answered by the one-phase f32 scan.
     pub fn search(&self, queries: &[f32], nq: usize, k: usize, f: &Filter, min_score: Option<f32>) -> Vec<Vec<Hit>> {
-        let Some(dim) = self.dim else { return vec![Vec::new(); nq] };
-        if self.is_empty() || k == 0 {
-            return vec![Vec::new(); nq];
-        }
-        if let Some(graph) = self.usable_graph() {
-            if let Some(plan) = self.graph_plan(f, dim) {
-                return self.search_graph(graph, &plan, queries, nq, dim, k, f, min_score);
-            }
-        }
-        self.search_exact(queries, nq, dim, k, f, min_score, false)
+        self.search_with(queries, nq, k, f, min_score, false)
     }
 
     /// As `search`, but every query's result is bit-identical to what searching it alone
@@ -509,6 +500,12 @@ impl State {
     /// instead of the multi-query one (whose different summation order may move the last
     /// bit of a score).
     pub fn search_each(&self, queries: &[f32], nq: usize, k: usize, f: &Filter, min_score: Option<f32>) -> Vec<Vec<Hit>> {
+        self.search_with(queries, nq, k, f, min_score, true)
+    }
+
+    /// The graph when the mode and the filter call for it (each query searched on its
+    /// own, so `each` holds there by construction), else the exact scan.
+    fn search_with(&self, queries: &[f32], nq: usize, k: usize, f: &Filter, min_score: Option<f32>, each: bool) -> Vec<Vec<Hit>> {
         let Some(dim) = self.dim else { return vec![Vec::new(); nq] };
         if self.is_empty() || k == 0 {
             return vec![Vec::new(); nq];
@@ -518,7 +515,7 @@ impl State {
                 return self.search_graph(graph, &plan, queries, nq, dim, k, f, min_score);
             }
         }
-        self.search_exact(queries, nq, dim, k, f, min_score, true)
+        self.search_exact(queries, nq, dim, k, f, min_score, each)
     }
 
     /// The exact search of `search` (one or two phases, see there); `each`: score every

@@ -13,7 +13,7 @@
 use super::{Changes, Durability, Snapshot, Storage, StoredRecord, WriteOp};
 use crate::record::Record;
 use crate::{Error, Result};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, ToSql};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -287,44 +287,33 @@ impl Storage for SqliteStorage {
             let mut tomb = self.conn.prepare_cached("INSERT OR REPLACE INTO tombstones(id, seq) VALUES (?1, ?2)")?;
             for op in ops {
                 match op {
-                    WriteOp::Put { rec, vector } if vector.is_empty() => {
-                        let categories = serde_json::to_string(&rec.categories)
-                            .map_err(|e| Error::InvalidInput(format!("categories: {e}")))?;
-                        let n = put_fields.execute(params![
-                            &*rec.id,
-                            rec.content,
-                            rec.scope,
-                            categories,
-                            rec.metadata_json,
-                            rec.importance,
-                            rec.created_at,
-                            rec.last_accessed,
-                            rec.source,
-                            rec.private as i64,
-                            seq_i
-                        ])?;
-                        if n != 1 {
-                            return Err(Error::Storage(format!("record {:?} vanished inside its write transaction", &*rec.id)));
-                        }
-                    }
                     WriteOp::Put { rec, vector } => {
                         let categories = serde_json::to_string(&rec.categories)
                             .map_err(|e| Error::InvalidInput(format!("categories: {e}")))?;
-                        put.execute(params![
-                            &*rec.id,
-                            rec.content,
-                            rec.scope,
-                            categories,
-                            rec.metadata_json,
-                            rec.importance,
-                            rec.created_at,
-                            rec.last_accessed,
-                            rec.source,
-                            rec.private as i64,
-                            vector_to_blob(vector),
-                            seq_i
-                        ])?;
-                        untomb.execute(params![&*rec.id])?;
+                        let (id, private): (&str, i64) = (&rec.id, rec.private as i64);
+                        let fields: [&dyn ToSql; 10] = [
+                            &id,
+                            &rec.content,
+                            &rec.scope,
+                            &categories,
+                            &rec.metadata_json,
+                            &rec.importance,
+                            &rec.created_at,
+                            &rec.last_accessed,
+                            &rec.source,
+                            &private,
+                        ];
+                        if vector.is_empty() {
+                            // The record exists (the engine checked inside this transaction).
+                            let n = put_fields.execute(params_from_iter(fields.into_iter().chain([&seq_i as &dyn ToSql])))?;
+                            if n != 1 {
+                                return Err(Error::Storage(format!("record {:?} vanished inside its write transaction", &*rec.id)));
+                            }
+                        } else {
+                            let blob = vector_to_blob(vector);
+                            put.execute(params_from_iter(fields.into_iter().chain([&blob as &dyn ToSql, &seq_i])))?;
+                            untomb.execute(params![&*rec.id])?;
+                        }
                     }
                     WriteOp::Delete { id } => {
                         del.execute(params![id])?;
