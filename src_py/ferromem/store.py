@@ -126,6 +126,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     index: str = "auto",
     ef_search: int = 96,
     precision: str = "f32",
+    fast_open: bool = False,
 ) -> Store:
     """Opens (or creates) a store.
 
@@ -147,6 +148,11 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     6 bytes a value) or "f16" (only the half-precision copy, 2 bytes a value; scores
     within about 1e-3 of the exact cosine; ``get`` and ``list`` read the exact vectors
     from the file, so it needs a path). The reference engine always holds f32.
+    ``fast_open``: keep a store image beside the file (``<path>.image``, written at close
+    when the store changed) and open from it: the vectors are mapped and paged in on use
+    instead of read out of SQLite, so a large store opens in milliseconds. It costs disk
+    (about 1.5x the vectors' bytes for "f32", 0.5x for "f16"); without it, an image left
+    by an earlier open is removed at close. Native engine with a path only.
     """
     path_text = check.check_path(path)
     cache_size = check.check_cache_size(cache_size)
@@ -155,6 +161,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     precision = check.check_precision(precision, path_text)
     dim = check.check_dim(dim)
     durability = check.check_durability(durability)
+    fast_open = check.check_bool(fast_open, "fast_open")
     engine_factory, engine_name = _select_engine(check.check_engine(engine))
     if path_text is not None:
         try:
@@ -164,8 +171,8 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
                 f"cannot create the directory of {path_text!r}: {exc}"
             ) from exc
     if engine_name == "native":
-        engine_instance = engine_factory(path_text, dim, durability, precision)
-    else:  # the reference engine holds f32 whatever is asked
+        engine_instance = engine_factory(path_text, dim, durability, precision, fast_open)
+    else:  # the reference engine holds f32 and reads the file whatever is asked
         engine_instance = engine_factory(path_text, dim, durability)
     set_capacity = getattr(engine_instance, "set_cache_capacity", None)
     if set_capacity is not None:  # the reference engine keeps no cache
@@ -671,7 +678,8 @@ class Store:
         result cache (``cache``: {capacity, entries, hits, misses, hit_rate}) and the
         search index (``index``: {mode, active ("hnsw" while searches use the graph, else
         "exact"), ef_search, graph_nodes, pending (records scanned exactly beside the
-        graph), graph_bytes, builds, building})."""
+        graph), graph_bytes, builds, building}) and the store image (``fast_open``:
+        {enabled, opened_from_image})."""
         self._check_open()
         raw = dict(self._engine.stats())
         nested = raw.get("operations")
@@ -688,6 +696,7 @@ class Store:
             operations, extras = raw, {}
         extras.setdefault("cache", dict(_NO_CACHE))
         extras.setdefault("precision", "f32")
+        extras.setdefault("fast_open", {"enabled": False, "opened_from_image": False})
         extras.setdefault("index", {"mode": self._index, "ef_search": self._ef_search, **_NO_GRAPH})
         return {
             "engine": self._engine_name,

@@ -7,6 +7,7 @@
 use crate::cache::{CacheCounters, CacheStats, ResultCache, SearchKey};
 use crate::coalesce::{group, Coalescer, Job};
 use crate::filter::Filter;
+use crate::image::{self, image_file};
 use crate::metrics::{Metrics, Op, OpStats};
 use crate::record::{metadata_scalars, Record};
 use crate::state::{Hit, IndexConfig, IndexStats, Precision, State};
@@ -29,6 +30,22 @@ pub enum WriteMode {
     Insert,
     /// An existing id is replaced, whole.
     Upsert,
+}
+
+/// How a store is opened (see [`Engine::open_opts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenOptions {
+    pub durability: Durability,
+    pub precision: Precision,
+    /// Keep a store image beside the file (written at close when the store changed) and
+    /// open from it when it fits: see [`crate::image`].
+    pub fast_open: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { durability: Durability::Normal, precision: Precision::F32, fast_open: false }
+    }
 }
 
 /// Fields to change in `update`; None leaves a field as it is.
@@ -72,6 +89,10 @@ pub struct EngineStats {
     /// Single-query searches that ran in a batch shared with others, and those batches.
     pub coalesced_searches: u64,
     pub coalesced_batches: u64,
+    /// Whether the store keeps an image (`OpenOptions::fast_open`), and whether this
+    /// engine was opened from one.
+    pub fast_open: bool,
+    pub opened_from_image: bool,
 }
 
 /// A record with its vector, as `get` and `list` return them.
@@ -121,6 +142,11 @@ pub struct Engine {
     coalescer: Coalescer,
     coalesced_searches: AtomicU64,
     coalesced_batches: AtomicU64,
+    fast_open: bool,
+    opened_from_image: bool,
+    /// The (epoch, seq) of the image beside the store when it is known to hold exactly
+    /// that replica (opened from it, or written by this engine): no rewrite needed.
+    image_at: Mutex<Option<(u64, u64)>>,
 }
 
 /// Entries of the result cache of a newly opened engine (see [`Engine::set_cache_capacity`]).
@@ -154,6 +180,14 @@ impl Engine {
     /// Opens a store holding its vectors in memory at `precision` (see [`Precision`]);
     /// f16 needs a path: the exact vectors live in the durable layer only.
     pub fn open_with(path: Option<&Path>, dim: Option<usize>, durability: Durability, precision: Precision) -> Result<Engine> {
+        Engine::open_opts(path, dim, OpenOptions { durability, precision, fast_open: false })
+    }
+
+    /// Opens a store with every option. With `fast_open`, a store that has an image that
+    /// fits (see [`crate::image`]) maps it and applies the changes committed after it,
+    /// instead of reading every row.
+    pub fn open_opts(path: Option<&Path>, dim: Option<usize>, opts: OpenOptions) -> Result<Engine> {
+        let OpenOptions { durability, precision, fast_open } = opts;
         let t = Instant::now();
         if dim == Some(0) {
             return Err(Error::InvalidInput("dim must be at least 1".into()));
@@ -167,17 +201,36 @@ impl Engine {
             None => (Box::new(MemoryStorage), Box::new(MemoryStorage)),
             Some(p) => (Box::new(SqliteStorage::open(p, durability)?), Box::new(SqliteStorage::open(p, durability)?)),
         };
-        let mut state = State::new();
-        state.precision = precision;
-        let (epoch, seq, stored_dim) = writer.load_each(&mut |r| state.put(r.rec, &r.vector))?;
-        if let (Some(want), Some(have)) = (dim, stored_dim) {
+        let from_image = match path {
+            Some(p) if fast_open => {
+                let (epoch, seq, stored_dim, token) = writer.image_position()?;
+                token.and_then(|token| {
+                    let expected = image::Expected { token: &token, epoch, seq, dim: stored_dim };
+                    image::load(&image_file(p), &expected, precision)
+                })
+            }
+            _ => None,
+        };
+        let image_at = from_image.as_ref().map(|st| (st.epoch, st.seq));
+        let state = match from_image {
+            Some(state) => state,
+            None => {
+                let mut state = State::new();
+                state.precision = precision;
+                let (epoch, seq, stored_dim) = writer.load_each(&mut |r| state.put(r.rec, &r.vector))?;
+                state.epoch = epoch;
+                state.seq = seq;
+                state.dim = stored_dim;
+                state
+            }
+        };
+        let mut state = state;
+        if let (Some(want), Some(have)) = (dim, state.dim) {
             if want != have {
                 return Err(Error::DimensionMismatch { expected: have, got: want });
             }
         }
-        state.epoch = epoch;
-        state.seq = seq;
-        state.dim = stored_dim.or(dim);
+        state.dim = state.dim.or(dim);
         if let Some(p) = path {
             // The graph saved by the last close, when it was written at exactly this store
             // position; otherwise it is rebuilt in the background.
@@ -199,7 +252,15 @@ impl Engine {
             coalescer: Coalescer::default(),
             coalesced_searches: AtomicU64::new(0),
             coalesced_batches: AtomicU64::new(0),
+            fast_open,
+            opened_from_image: image_at.is_some(),
+            image_at: Mutex::new(image_at),
         };
+        if image_at.is_some() {
+            // The image may be older than the store: apply what was committed after it.
+            engine.stale.store(true, Ordering::Release);
+            engine.catch_up()?;
+        }
         engine.metrics.record(Op::open, t);
         // A large store's graph is built in the background: opening never waits on it,
         // and searches scan exactly until it is published.
@@ -748,8 +809,36 @@ impl Engine {
         // Wait for an in-flight write to finish, then drop the connections.
         let writer = self.writer.lock().take();
         self.reader.lock().take();
-        if writer.is_some() {
+        if let Some(mut writer) = writer {
             self.save_graph();
+            self.save_image(writer.as_mut());
+        }
+    }
+
+    /// With `fast_open`, writes the store image when the replica changed since the image
+    /// beside the store was written, then records its token in the store (see
+    /// [`crate::image`]). Without, leaves any image alone: another process may be using
+    /// the store with `fast_open`, and an image that no longer fits is never used. A
+    /// failure costs the next open its speed, nothing else.
+    fn save_image(&self, writer: &mut dyn Storage) {
+        let Some(path) = &self.path else { return };
+        if !self.fast_open {
+            return;
+        }
+        let target = image_file(path);
+        let st = self.state.read();
+        if st.is_empty() {
+            let _ = std::fs::remove_file(&target);
+            return;
+        }
+        let at = (st.epoch, st.seq);
+        let mut image_at = self.image_at.lock();
+        if *image_at == Some(at) && target.exists() {
+            return;
+        }
+        let token = image::new_token();
+        if image::write(&st, &target, &token).is_ok() && writer.set_image_token(&token).is_ok() {
+            *image_at = Some(at);
         }
     }
 
@@ -792,6 +881,8 @@ impl Engine {
             index_building: self.builder.running.load(Ordering::Relaxed),
             coalesced_searches: self.coalesced_searches.load(Ordering::Relaxed),
             coalesced_batches: self.coalesced_batches.load(Ordering::Relaxed),
+            fast_open: self.fast_open,
+            opened_from_image: self.opened_from_image,
         }
     }
 

@@ -7,6 +7,7 @@
 //! * [`storage`]: the durable layer as a trait; SQLite (embedded) and in-memory.
 //! * [`metrics`]: per-operation latency histograms.
 //! * [`cache`]: results of repeated searches, invalidated exactly by the changes that matter.
+//! * [`image`]: the store image written at close, which the next open maps.
 
 pub mod arena;
 pub mod cache;
@@ -15,6 +16,7 @@ pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod hnsw;
+pub mod image;
 pub mod index;
 pub mod metrics;
 pub mod record;
@@ -23,7 +25,7 @@ pub mod state;
 pub mod storage;
 pub mod topk;
 
-pub use engine::{Engine, Patch, ScopeInfo, WriteMode};
+pub use engine::{Engine, OpenOptions, Patch, ScopeInfo, WriteMode};
 pub use error::{Error, Result};
 pub use filter::{Filter, Privacy, Scalar};
 pub use record::Record;

@@ -805,6 +805,45 @@ impl State {
         self.publish_graph(build)
     }
 
+    /// The live records in slot order, each with its f32 vector (None under f16
+    /// precision), its unit half-precision row and 1/|v|: what a store image holds.
+    pub fn image_rows(&self) -> impl Iterator<Item = (&Record, Option<&[f32]>, &[u16], f32)> + '_ {
+        self.live.iter().map(move |slot| {
+            let s = slot as usize;
+            let rec = &self.slots[s].as_ref().expect("live slot").rec;
+            let vector = (self.precision == Precision::F32).then(|| self.arena.row(s));
+            (rec, vector, self.half.row(s), self.inv_norm[s])
+        })
+    }
+
+    /// A replica at (epoch, seq) from a store image: row `i` of `arena` (f32 precision
+    /// only), `half` and `inv_norm` belongs to `records[i]`. Errors (and the image is not
+    /// used) when a record's metadata does not parse or an id repeats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_image(precision: Precision, dim: usize, epoch: u64, seq: u64, records: Vec<Record>, arena: Arena, half: Arena<u16>, inv_norm: Vec<f32>) -> Result<State> {
+        let n = records.len();
+        assert!(half.rows() == n && inv_norm.len() == n && (precision == Precision::F16 || arena.rows() == n));
+        let mut st = State { precision, dim: Some(dim), epoch, seq, arena, half, inv_norm, ..State::default() };
+        st.slot_version = vec![1; n];
+        st.slots.reserve_exact(n);
+        st.ids.reserve(n);
+        for (slot, rec) in records.into_iter().enumerate() {
+            let slot = slot as u32;
+            if st.inv_norm[slot as usize] <= 0.0 || !st.inv_norm[slot as usize].is_finite() {
+                return Err(Error::Corrupt(format!("record {:?} has no valid norm", &*rec.id)));
+            }
+            let meta = metadata_scalars(&rec.metadata_json)?;
+            if st.ids.insert(rec.id.clone(), slot).is_some() {
+                return Err(Error::Corrupt(format!("record {:?} appears twice", &*rec.id)));
+            }
+            st.idx.insert(slot, &rec, &meta);
+            st.slots.push(Some(Slot { rec, meta }));
+        }
+        st.live.insert_range(0..n as u32);
+        st.unindexed = st.live.clone();
+        Ok(st)
+    }
+
     /// Changes the index mode or search width (results may change: the cache is voided).
     pub fn set_index(&mut self, config: IndexConfig) {
         if config.params != self.index.params {

@@ -8,7 +8,7 @@
 use ferromem_core::engine::EngineStats;
 use ferromem_core::hnsw::HnswParams;
 use ferromem_core::state::{IndexConfig, IndexMode, Precision};
-use ferromem_core::{simd, Durability, Engine, Error, Filter, Patch, Privacy, Record, Scalar, WriteMode};
+use ferromem_core::{simd, Durability, Engine, Error, Filter, OpenOptions, Patch, Privacy, Record, Scalar, WriteMode};
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyTypeError;
@@ -200,14 +200,15 @@ struct PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (path=None, dim=None, durability="normal", precision="f32"))]
-    fn new(py: Python<'_>, path: Option<PathBuf>, dim: Option<usize>, durability: &str, precision: &str) -> PyResult<PyEngine> {
+    #[pyo3(signature = (path=None, dim=None, durability="normal", precision="f32", fast_open=false))]
+    fn new(py: Python<'_>, path: Option<PathBuf>, dim: Option<usize>, durability: &str, precision: &str, fast_open: bool) -> PyResult<PyEngine> {
         let durability = Durability::from_name(durability).ok_or_else(|| {
             to_py_err(Error::InvalidInput(format!("durability must be 'normal' or 'full', not {durability:?}")))
         })?;
         let precision = Precision::from_name(precision)
             .ok_or_else(|| to_py_err(Error::InvalidInput(format!("precision must be 'f32' or 'f16', not {precision:?}"))))?;
-        let engine = py.detach(|| Engine::open_with(path.as_deref(), dim, durability, precision)).map_err(to_py_err)?;
+        let opts = OpenOptions { durability, precision, fast_open };
+        let engine = py.detach(|| Engine::open_opts(path.as_deref(), dim, opts)).map_err(to_py_err)?;
         Ok(PyEngine { inner: Arc::new(engine) })
     }
 
@@ -506,6 +507,10 @@ impl PyEngine {
         coalesced.set_item("searches", s.coalesced_searches)?;
         coalesced.set_item("batches", s.coalesced_batches)?;
         d.set_item("coalesced", coalesced)?;
+        let image = PyDict::new(py);
+        image.set_item("enabled", s.fast_open)?;
+        image.set_item("opened_from_image", s.opened_from_image)?;
+        d.set_item("fast_open", image)?;
         Ok(d)
     }
 

@@ -96,4 +96,13 @@ pub trait Storage: Send {
     /// when the store is no longer at (epoch, seq): the caller catches up and asks again.
     /// Stores that keep no vectors (in memory) return None.
     fn vectors_at(&mut self, epoch: u64, seq: u64, ids: &[Arc<str>]) -> Result<Option<Vec<Option<Vec<f32>>>>>;
+    /// The store's (epoch, seq, dim) and the token of its image (see [`crate::image`]),
+    /// read consistently; a store without images has none.
+    fn image_position(&mut self) -> Result<(u64, u64, Option<usize>, Option<String>)> {
+        Ok((0, 0, None, None))
+    }
+    /// Records `token` as the store's current image, in a transaction of its own.
+    fn set_image_token(&mut self, _token: &str) -> Result<()> {
+        Ok(())
+    }
 }

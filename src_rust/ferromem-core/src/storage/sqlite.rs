@@ -2,7 +2,8 @@
 //! extension, so no system library is needed). Schema version 1:
 //!
 //! ```sql
-//! meta(key TEXT PRIMARY KEY, value TEXT)   -- schema_version, dim ('' = none), seq, epoch
+//! meta(key TEXT PRIMARY KEY, value TEXT)   -- schema_version, dim ('' = none), seq, epoch,
+//!                                          -- image (token of the store image, if any)
 //! records(id TEXT PRIMARY KEY, content, scope, categories /*JSON array*/, metadata /*JSON object*/,
 //!         importance, created_at, last_accessed, source, private, vector /*LE f32 BLOB*/, seq)
 //! tombstones(id TEXT PRIMARY KEY, seq)     -- deletions, so other replicas can catch up
@@ -369,8 +370,29 @@ impl Storage for SqliteStorage {
         })
     }
 
+    fn image_position(&mut self) -> Result<(u64, u64, Option<usize>, Option<String>)> {
+        self.in_read(|s| {
+            let (epoch, seq, dim) = s.meta()?;
+            let token = s.conn.query_row("SELECT value FROM meta WHERE key = 'image'", [], |r| r.get(0)).optional()?;
+            Ok((epoch, seq, dim, token))
+        })
+    }
+
+    fn set_image_token(&mut self, token: &str) -> Result<()> {
+        self.begin_write()?;
+        let r = self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('image', ?1)", params![token]);
+        match r {
+            Ok(_) => self.commit(),
+            Err(e) => {
+                self.rollback();
+                Err(e.into())
+            }
+        }
+    }
+
     fn disk_bytes(&self) -> u64 {
-        ["", "-wal", "-shm"]
+        // The store file with its WAL, and the caches beside it (graph, image).
+        ["", "-wal", "-shm", ".hnsw", ".image"]
             .iter()
             .filter_map(|suffix| {
                 let mut p = self.path.clone().into_os_string();

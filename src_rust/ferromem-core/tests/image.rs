@@ -1,0 +1,233 @@
+//! The store image (`fast_open`): an engine opened from it holds exactly what an engine
+//! reading the store file holds, whatever happened after the image was written (writes,
+//! deletes, a reset, a crash, a restored backup, a damaged image), and writes to mapped
+//! rows never reach the image file. Engines opened without `fast_open` leave images alone.
+
+use ferromem_core::image::image_file;
+use ferromem_core::state::{IndexConfig, IndexMode, Precision};
+use ferromem_core::{Durability, Engine, Filter, OpenOptions, Patch, Record, WriteMode};
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+use std::sync::Arc;
+
+const DIM: usize = 24;
+
+fn rec(i: usize) -> Record {
+    Record {
+        id: Arc::from(format!("r{i:05}")),
+        content: format!("content {i} ✓"),
+        scope: format!("/crew/a{}", i % 5),
+        categories: (0..i % 3).map(|c| format!("cat{c}")).collect(),
+        metadata_json: format!("{{\"turn\": {}, \"tag\": \"t{}\"}}", i, i % 7),
+        importance: (i % 10) as f64 / 10.0,
+        created_at: i as f64,
+        last_accessed: i as f64 + 0.5,
+        source: (i % 2 == 0).then(|| format!("src{}", i % 4)),
+        private: i % 6 == 0,
+    }
+}
+
+fn vectors(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n * DIM).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+fn opts(fast_open: bool, precision: Precision) -> OpenOptions {
+    OpenOptions { durability: Durability::Normal, precision, fast_open }
+}
+
+fn open(path: &Path, fast_open: bool) -> Engine {
+    Engine::open_opts(Some(path), None, opts(fast_open, Precision::F32)).unwrap()
+}
+
+fn fill(e: &Engine, range: std::ops::Range<usize>, seed: u64) {
+    let n = range.len();
+    e.upsert(range.map(rec).collect(), &vectors(n, seed), DIM, WriteMode::Upsert).unwrap();
+}
+
+/// Everything an engine holds, in id order, with vectors as bits.
+fn content(e: &Engine) -> Vec<(Record, Vec<u32>)> {
+    let mut all: Vec<_> = e
+        .list(&Filter::default(), 0, None)
+        .unwrap()
+        .into_iter()
+        .map(|(r, v)| (r, v.iter().map(|x| x.to_bits()).collect()))
+        .collect();
+    all.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    all
+}
+
+/// Asserts that `got` answers like `want`: same records and vectors, same searches (with
+/// and without filters).
+fn assert_same(got: &Engine, want: &Engine) {
+    assert_eq!(content(got), content(want));
+    let queries = vectors(8, 99);
+    let filters = [
+        Filter::default(),
+        Filter { scope: Some("/crew/a2".into()), ..Filter::default() },
+        Filter { categories: Some(vec!["cat1".into()]), ..Filter::default() },
+    ];
+    for f in &filters {
+        assert_eq!(got.search(&queries, DIM, 7, f, None).unwrap(), want.search(&queries, DIM, 7, f, None).unwrap());
+        assert_eq!(got.count(f).unwrap(), want.count(f).unwrap());
+    }
+}
+
+#[test]
+fn an_image_opens_to_exactly_the_stored_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.ferro");
+    // More than one chunk of rows (4096), so full chunks are mapped and the last is copied.
+    let e = open(&path, true);
+    fill(&e, 0..5000, 1);
+    e.delete(&Filter { ids: Some(vec!["r00007".into(), "r04999".into()]), ..Filter::default() }).unwrap();
+    assert!(!e.stats().opened_from_image);
+    drop(e);
+    assert!(image_file(&path).exists(), "close writes the image");
+
+    let fast = open(&path, true);
+    assert!(fast.stats().opened_from_image);
+    let plain = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    assert!(!plain.stats().opened_from_image);
+    assert_same(&fast, &plain);
+    drop(plain);
+
+    // Writes to mapped rows, to the copied last chunk and beyond, deletes: all as on a
+    // store read from the file, and the image file itself never changes.
+    let before = std::fs::read(image_file(&path)).unwrap();
+    fill(&fast, 100..200, 2); // new vectors for mapped rows
+    fill(&fast, 5000..9000, 3); // the copied partial chunk, then new chunks
+    fast.update("r00300", Patch { content: Some("new".into()), ..Patch::default() }).unwrap();
+    fast.delete(&Filter { scope: Some("/crew/a3".into()), ..Filter::default() }).unwrap();
+    assert_eq!(std::fs::read(image_file(&path)).unwrap(), before, "a private mapping never writes the file");
+    let plain = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    assert_same(&fast, &plain);
+    drop(plain);
+    drop(fast);
+
+    // The image rewritten at close serves the next open.
+    let again = open(&path, true);
+    assert!(again.stats().opened_from_image);
+    let plain = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    assert_same(&again, &plain);
+}
+
+#[test]
+fn changes_after_the_image_are_applied_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.ferro");
+    let e = open(&path, true);
+    fill(&e, 0..600, 4);
+    drop(e); // image at this position
+    let image = std::fs::read(image_file(&path)).unwrap();
+
+    // A process that opened from the image, wrote and died without closing.
+    let crashed = open(&path, true);
+    assert!(crashed.stats().opened_from_image);
+    fill(&crashed, 550..800, 5);
+    crashed.delete(&Filter { scope: Some("/crew/a1".into()), ..Filter::default() }).unwrap();
+    crashed.update("r00002", Patch { vector: Some(vectors(1, 6)), scope: Some("/moved".into()), ..Patch::default() }).unwrap();
+    crashed.touch(&["r00003".into()], 1e9).unwrap();
+    std::mem::forget(crashed);
+    assert_eq!(std::fs::read(image_file(&path)).unwrap(), image, "no close, no new image");
+
+    let fast = open(&path, true);
+    assert!(fast.stats().opened_from_image, "an older image is used, with the changes after it");
+    let plain = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    assert_same(&fast, &plain);
+}
+
+#[test]
+fn an_image_that_does_not_fit_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.ferro");
+    let e = open(&path, true);
+    fill(&e, 0..300, 7);
+    drop(e);
+    let backup = dir.path().join("backup.ferro");
+    std::fs::copy(&path, &backup).unwrap();
+    let e = open(&path, true);
+    fill(&e, 300..400, 8);
+    drop(e);
+
+    // A restored backup: its token names the older image, not the one beside it.
+    std::fs::copy(&backup, &path).unwrap();
+    let fast = open(&path, true);
+    assert!(!fast.stats().opened_from_image);
+    assert_eq!(fast.count(&Filter::default()).unwrap(), 300);
+    drop(fast); // writes an image of the restored store
+
+    // Damaged images: a flipped byte in the records, a truncated file, garbage.
+    let good = std::fs::read(image_file(&path)).unwrap();
+    let mut flipped = good.clone();
+    flipped[4096 + 10] ^= 0x40;
+    for bad in [flipped, good[..good.len() - 4096].to_vec(), vec![7u8; 10_000]] {
+        std::fs::write(image_file(&path), &bad).unwrap();
+        let e = open(&path, true);
+        assert!(!e.stats().opened_from_image);
+        let plain = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+        assert_same(&e, &plain);
+        std::mem::forget(e); // keep the damaged image for the next round
+    }
+
+    // A reset after the image: a new epoch.
+    std::fs::write(image_file(&path), &good).unwrap();
+    let plain = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    plain.reset().unwrap();
+    fill(&plain, 0..5, 9);
+    drop(plain);
+    let fast = open(&path, true);
+    assert!(!fast.stats().opened_from_image);
+    assert_eq!(fast.count(&Filter::default()).unwrap(), 5);
+}
+
+#[test]
+fn images_across_precisions_and_without_fast_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.ferro");
+    let e = open(&path, true);
+    fill(&e, 0..500, 10);
+    drop(e);
+    // An f32 image also serves f16 (it holds the half-precision rows).
+    let half = Engine::open_opts(Some(&path), None, opts(true, Precision::F16)).unwrap();
+    assert!(half.stats().opened_from_image);
+    let half_plain = Engine::open_opts(Some(&path), None, opts(false, Precision::F16)).unwrap();
+    assert_same(&half, &half_plain);
+    std::mem::forget(half_plain);
+    fill(&half, 500..520, 11);
+    drop(half); // an f16 image: no f32 rows
+    // ... which cannot serve f32: read from the file instead.
+    let full = open(&path, true);
+    assert!(!full.stats().opened_from_image);
+    let plain = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    assert_same(&full, &plain);
+    drop(full); // f32 image again
+    let written = std::fs::read(image_file(&path)).unwrap();
+    fill(&plain, 600..610, 14);
+    drop(plain); // without fast_open: the image is left as it is (and no longer fits)
+    assert_eq!(std::fs::read(image_file(&path)).unwrap(), written);
+    let fast = open(&path, true);
+    assert!(fast.stats().opened_from_image, "an older image, with the changes after it");
+    let plain = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    assert_same(&fast, &plain);
+    // An in-memory store has no image and opens as always.
+    let mem = Engine::open_opts(None, None, opts(true, Precision::F32)).unwrap();
+    fill(&mem, 0..10, 12);
+    assert!(!mem.stats().opened_from_image);
+}
+
+#[test]
+fn the_saved_graph_serves_a_store_opened_from_its_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.ferro");
+    let e = open(&path, true);
+    e.set_index(IndexConfig { mode: IndexMode::Hnsw, ..IndexConfig::default() }).unwrap();
+    fill(&e, 0..2000, 13);
+    assert!(e.wait_for_index(None).unwrap());
+    drop(e);
+    let fast = open(&path, true);
+    fast.set_index(IndexConfig { mode: IndexMode::Hnsw, ..IndexConfig::default() }).unwrap();
+    let s = fast.stats();
+    assert!(s.opened_from_image);
+    assert!(s.index.active && s.index.graph_nodes == 2000 && s.index.pending == 0, "{:?}", s.index);
+}
