@@ -641,17 +641,28 @@ def parse_crash_id(record_id: str) -> tuple[int, int, int, int]:
 
 def crash_writer_main(argv: list[str]) -> None:
     """Open the store and save batches forever; print each batch's ids only after the
-    save returned. The parent kills this process with SIGKILL at a random moment."""
+    save returned. The parent kills this process with SIGKILL at a random moment.
+
+    With a sixth argument "fast_open", the store is opened with ``fast_open=True`` and
+    now and then closed (which writes the store image) and opened again (from it), so
+    that some kills land while an image is written or mapped."""
     path, engine, durability, cycle, seed = argv[0], argv[1], argv[2], int(argv[3]), int(argv[4])
+    fast_open = argv[5:6] == ["fast_open"]
     import ferromem
 
-    store = ferromem.open(path, engine=engine, durability=durability)
+    def reopen():
+        return ferromem.open(path, engine=engine, durability=durability, fast_open=fast_open)
+
+    store = reopen()
     out = sys.stdout
     out.write("ready\n")
     out.flush()
     rng = random.Random(seed)
     batch = 0
     while True:
+        if fast_open and rng.random() < 0.15:
+            store.close()
+            store = reopen()
         # Mostly small batches; now and then a large one, so that some kills land
         # inside a commit and all-or-nothing is really put to the test.
         size = 200 if rng.random() < 0.05 else rng.choice((1, 1, 1, 2, 3, 5, 8))

@@ -39,6 +39,7 @@ from _helpers import (
     open_store,
     parse_crash_id,
     record_mismatches,
+    require_engine,
 )
 
 pytestmark = [
@@ -210,6 +211,37 @@ def test_acknowledged_saves_survive_sigkill(engine, durability, tmp_path):
         with open_store(engine, path, durability=durability) as store:
             check_store_after_crash(store, acknowledged, context)
     assert acknowledged, "no save was ever acknowledged: the test checked nothing"
+
+
+def test_fast_open_survives_sigkill(tmp_path):
+    """The same kills with ``fast_open``: the writer writes store images (at each of its
+    closes) and opens from them; the parent opens from the image its last close left, and
+    from whatever the killed writer left, and must see every acknowledged record."""
+    require_engine("native")
+    cycles = env_int("FERROMEM_CRASH_CYCLES", 25)
+    path = tmp_path / "crash.ferro"
+    rng = random.Random("crash-fast-open")
+    acknowledged: set[str] = set()
+    from_image = 0
+    for cycle in range(cycles):
+        child = Child(child_command("crash_writer", path, "native", "normal", cycle,
+                                    rng.getrandbits(32), "fast_open"))
+        try:
+            moment = kill_at_random_moment(child, rng)
+        finally:
+            if child.proc.poll() is None:
+                child.kill()
+        for ids in child.acks:
+            acknowledged.update(ids)
+        context = f"fast_open cycle {cycle}, killed {moment}"
+        with open_store("native", path, fast_open=True) as store:
+            from_image += store.stats()["fast_open"]["opened_from_image"]
+            check_store_after_crash(store, acknowledged, context)
+        # What the image gave must be what the file holds.
+        with open_store("native", path) as plain:
+            check_store_after_crash(plain, acknowledged, context + " (read from the file)")
+    assert acknowledged, "no save was ever acknowledged: the test checked nothing"
+    assert from_image >= cycles // 2, f"only {from_image} of {cycles} reopens used the image"
 
 
 @pytest.mark.parametrize("engine", engine_params())
