@@ -91,3 +91,35 @@ class StoreSave:
         return self.store.stats()["disk_bytes"] / max(1, self.store.count())
 
     track_disk_bytes_per_record.unit = "bytes"
+
+
+class StoreOpen:
+    """Open an existing store and answer its first search, read from the SQLite file or
+    mapped from its store image (``fast_open=True``)."""
+
+    params = [[10_000, 100_000], [False, True]]
+    param_names = ["records", "fast_open"]
+    timeout = 1200
+    number = 1
+    repeat = (3, 10, 120.0)
+
+    def setup_cache(self):
+        import ferromem
+
+        paths = {}
+        for n in self.params[0]:
+            paths[n] = build_store(os.path.abspath(f"open-{n}.ferro"), n, DIM)
+            with ferromem.open(paths[n], fast_open=True):
+                pass  # writes the image
+        return paths
+
+    def setup(self, paths, n, fast_open):
+        self.q = unit_rows(np.random.default_rng(3), 1, DIM)[0]
+
+    def time_open_and_first_search(self, paths, n, fast_open):
+        import ferromem
+
+        store = ferromem.open(paths[n], index="exact", fast_open=fast_open)
+        store.search(self.q, 10)
+        # Timed too: closing a store that did not change writes nothing.
+        store.close()
