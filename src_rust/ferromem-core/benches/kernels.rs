@@ -9,6 +9,8 @@
 //! * `dot_rows`: one query against every row; the arena is streamed once per pass, so
 //!   100k x 1536 (614 MB) measures memory bandwidth and 10k x 384 (15 MB) mostly the
 //!   last-level cache.
+//! * `dot_rows_f16`, `dot_rows_i8`: the same with the rows stored as binary16 and as int8
+//!   (half and a quarter of the bytes).
 //! * `dot_gather`: one query against 10% of the rows in random order (a filtered search).
 //! * `dot_rows_multi`: a batch of queries against every row, reported in GFLOP/s (2 flops
 //!   per multiply-add) next to the same work done as one `dot_rows` per query.
@@ -94,6 +96,41 @@ impl Bench {
             gbps,
             secs * 1e9 / n as f64
         );
+    }
+
+    /// One query against every row stored as binary16 and as int8 (`simd::half`,
+    /// `simd::int8`): the same rows, fewer bytes.
+    fn rows_narrow(&self, isa: Isa, arena: &[f32], n: usize, dim: usize) {
+        let values = &arena[..n * dim];
+        let mut half = vec![0u16; values.len()];
+        simd::half::to_f16_bits(values, 1.0, &mut half);
+        let mut int8 = vec![0i8; values.len()];
+        for (row, out) in values.chunks_exact(dim).zip(int8.chunks_exact_mut(dim)) {
+            simd::int8::quantize_i8(row, out);
+        }
+        let label = format!("dot_rows_f16    {n:>6} x {dim:<5} {:<7}", isa.name());
+        if self.wants(&label) {
+            let query = fill(dim, 7);
+            let mut out = vec![0.0f32; n];
+            let t = best_time(5, self.budget, || {
+                simd::half::dot_rows_f16(black_box(&query), black_box(&half), dim, &mut out);
+                black_box(&out);
+            });
+            let secs = t.as_secs_f64();
+            println!("{label} {:>8.2} GB/s {:>9.1} ns/row", (n * dim * 2) as f64 / secs / 1e9, secs * 1e9 / n as f64);
+        }
+        let label = format!("dot_rows_i8     {n:>6} x {dim:<5} {:<7} ({})", isa.name(), simd::int8::path_name(isa));
+        if self.wants(&label) {
+            let mut query = vec![0i8; dim];
+            simd::int8::quantize_i8(&fill(dim, 7), &mut query);
+            let mut out = vec![0i32; n];
+            let t = best_time(5, self.budget, || {
+                simd::int8::dot_rows_i8(black_box(&query), black_box(&int8), dim, &mut out);
+                black_box(&out);
+            });
+            let secs = t.as_secs_f64();
+            println!("{label} {:>8.2} GB/s {:>9.1} ns/row", (n * dim) as f64 / secs / 1e9, secs * 1e9 / n as f64);
+        }
     }
 
     fn gather(&self, isa: Isa, arena: &[f32], n: usize, dim: usize, rows: &[u32]) {
@@ -188,6 +225,8 @@ fn main() {
         simd::force_isa(Some(isa)).expect("supported");
         bench.rows(isa, &big_arena, big.0, big.1);
         bench.rows(isa, &small_arena, small.0, small.1);
+        bench.rows_narrow(isa, &big_arena, big.0, big.1);
+        bench.rows_narrow(isa, &small_arena, small.0, small.1);
         bench.gather(isa, &big_arena, big.0, big.1, &big_gather);
         bench.gather(isa, &small_arena, small.0, small.1, &small_gather);
     }

@@ -9,7 +9,7 @@ use ferromem_core::engine::EngineStats;
 use ferromem_core::hnsw::HnswParams;
 use ferromem_core::state::{IndexConfig, IndexMode, Precision};
 use ferromem_core::{simd, Durability, Engine, Error, Filter, OpenOptions, Patch, Privacy, Record, Scalar, WriteMode};
-use numpy::{PyArray1, PyArrayMethods};
+use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -572,6 +572,60 @@ fn force_isa(name: Option<&str>) -> PyResult<()> {
     simd::force_isa(isa).map_err(|e| to_py_err(Error::InvalidInput(e.to_string())))
 }
 
+/// The rows of a C-contiguous matrix, their dimension and count, checked against the query.
+fn contiguous<'a, T: numpy::Element>(a: &'a numpy::PyReadonlyArray2<'_, T>, query_len: usize) -> PyResult<(&'a [T], usize, usize)> {
+    let (n, dim) = (a.shape()[0], a.shape()[1]);
+    if dim == 0 {
+        return Err(to_py_err(Error::InvalidInput("rows need at least one value".into())));
+    }
+    if dim != query_len {
+        return Err(to_py_err(Error::InvalidInput(format!("rows have {dim} values, the query {query_len}"))));
+    }
+    let rows = a.as_slice().map_err(|_| to_py_err(Error::InvalidInput("rows must be C-contiguous".into())))?;
+    Ok((rows, dim, n))
+}
+
+/// dot(query, row) for every row of a float32 matrix, on the active SIMD path, one
+/// thread (benchmarks of the kernels themselves; searches use them through the engine).
+#[pyfunction]
+fn dot_rows_f32<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, rows: numpy::PyReadonlyArray2<'py, f32>) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let q = query.as_slice().map_err(|_| to_py_err(Error::InvalidInput("the query must be contiguous".into())))?;
+    let (r, dim, n) = contiguous(&rows, q.len())?;
+    let mut out = vec![0.0f32; n];
+    py.detach(|| simd::dot_rows(q, r, dim, &mut out));
+    Ok(PyArray1::from_vec(py, out))
+}
+
+/// The same with the rows as binary16 (a float16 matrix viewed as uint16).
+#[pyfunction]
+fn dot_rows_f16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, rows: numpy::PyReadonlyArray2<'py, u16>) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let q = query.as_slice().map_err(|_| to_py_err(Error::InvalidInput("the query must be contiguous".into())))?;
+    let (r, dim, n) = contiguous(&rows, q.len())?;
+    let mut out = vec![0.0f32; n];
+    py.detach(|| simd::half::dot_rows_f16(q, r, dim, &mut out));
+    Ok(PyArray1::from_vec(py, out))
+}
+
+/// The exact int32 dot products of an int8 query with every row of an int8 matrix.
+#[pyfunction]
+fn dot_rows_i8<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, i8>, rows: numpy::PyReadonlyArray2<'py, i8>) -> PyResult<Bound<'py, PyArray1<i32>>> {
+    let q = query.as_slice().map_err(|_| to_py_err(Error::InvalidInput("the query must be contiguous".into())))?;
+    let (r, dim, n) = contiguous(&rows, q.len())?;
+    if dim > simd::int8::MAX_DIM {
+        return Err(to_py_err(Error::InvalidInput(format!("int8 kernels take at most {} values", simd::int8::MAX_DIM))));
+    }
+    let mut out = vec![0i32; n];
+    py.detach(|| simd::int8::dot_rows_i8(q, r, dim, &mut out));
+    Ok(PyArray1::from_vec(py, out))
+}
+
+/// The int8 kernel path an ISA runs ("avx512-vnni", "avx2" or "scalar").
+#[pyfunction]
+fn int8_path(name: &str) -> PyResult<&'static str> {
+    let isa = simd::Isa::from_name(name).ok_or_else(|| PyTypeError::new_err(format!("unknown ISA {name:?}")))?;
+    Ok(simd::int8::path_name(isa))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
@@ -579,6 +633,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simd_isa, m)?)?;
     m.add_function(wrap_pyfunction!(supported_isas, m)?)?;
     m.add_function(wrap_pyfunction!(force_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(dot_rows_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(dot_rows_f16, m)?)?;
+    m.add_function(wrap_pyfunction!(dot_rows_i8, m)?)?;
+    m.add_function(wrap_pyfunction!(int8_path, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

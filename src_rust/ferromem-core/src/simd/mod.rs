@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 mod scalar;
 pub mod half;
+pub mod int8;
 
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;
