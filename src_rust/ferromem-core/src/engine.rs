@@ -212,7 +212,7 @@ impl Engine {
             _ => None,
         };
         let image_at = from_image.as_ref().map(|st| (st.epoch, st.seq));
-        let state = match from_image {
+        let mut state = match from_image {
             Some(state) => state,
             None => {
                 let mut state = State::new();
@@ -224,7 +224,6 @@ impl Engine {
                 state
             }
         };
-        let mut state = state;
         if let (Some(want), Some(have)) = (dim, state.dim) {
             if want != have {
                 return Err(Error::DimensionMismatch { expected: have, got: want });
