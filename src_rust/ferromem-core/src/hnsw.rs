@@ -16,6 +16,7 @@
 //! Scores returned here are approximate (f16 rows); the state re-scores the results in f32.
 
 use crate::arena::Arena;
+use crate::cursor::Reader;
 use crate::simd::half::dot_f16;
 use half::f16;
 use std::cell::RefCell;
@@ -525,30 +526,6 @@ impl Hnsw {
             }
         }
         (r.at == body.len()).then_some(g)
-    }
-}
-
-/// A bounds-checked little-endian cursor over a graph file.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.at.checked_add(n)?;
-        let out = self.bytes.get(self.at..end)?;
-        self.at = end;
-        Some(out)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
 }
 

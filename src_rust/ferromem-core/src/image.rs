@@ -29,6 +29,7 @@
 //! ```
 
 use crate::arena::{Arena, Chunk, CHUNK_ROWS};
+use crate::cursor::Reader;
 use crate::record::Record;
 use crate::state::{Precision, State};
 use memmap2::{MmapMut, MmapOptions};
@@ -216,57 +217,29 @@ struct Header {
     half_off: usize,
 }
 
-/// A bounds-checked little-endian cursor.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let out = self.bytes.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(out)
+/// One record as `encode_record` wrote it.
+fn read_record(r: &mut Reader<'_>) -> Option<Record> {
+    let id = r.str()?;
+    let content = r.str()?.to_owned();
+    let scope = r.str()?.to_owned();
+    let n = r.u32()? as usize;
+    let mut categories = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        categories.push(r.str()?.to_owned());
     }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn f64(&mut self) -> Option<f64> {
-        Some(f64::from_bits(self.u64()?))
-    }
-    fn str(&mut self) -> Option<&'a str> {
-        let n = self.u32()? as usize;
-        std::str::from_utf8(self.take(n)?).ok()
-    }
-    fn record(&mut self) -> Option<Record> {
-        let id = self.str()?;
-        let content = self.str()?.to_owned();
-        let scope = self.str()?.to_owned();
-        let n = self.u32()? as usize;
-        let mut categories = Vec::with_capacity(n.min(1024));
-        for _ in 0..n {
-            categories.push(self.str()?.to_owned());
-        }
-        let metadata_json = self.str()?.to_owned();
-        let source = match self.u8()? {
-            0 => None,
-            1 => Some(self.str()?.to_owned()),
-            _ => return None,
-        };
-        let (importance, created_at, last_accessed) = (self.f64()?, self.f64()?, self.f64()?);
-        let private = match self.u8()? {
-            0 => false,
-            1 => true,
-            _ => return None,
-        };
-        Some(Record { id: id.into(), content, scope, categories, metadata_json, importance, created_at, last_accessed, source, private })
-    }
+    let metadata_json = r.str()?.to_owned();
+    let source = match r.u8()? {
+        0 => None,
+        1 => Some(r.str()?.to_owned()),
+        _ => return None,
+    };
+    let (importance, created_at, last_accessed) = (r.f64()?, r.f64()?, r.f64()?);
+    let private = match r.u8()? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    Some(Record { id: id.into(), content, scope, categories, metadata_json, importance, created_at, last_accessed, source, private })
 }
 
 fn parse_header(bytes: &[u8]) -> Option<Header> {
@@ -373,7 +346,7 @@ pub fn load(file: &Path, expected: &Expected<'_>, precision: Precision) -> Optio
     let mut r = Reader { bytes: &map[..h.records.0 + h.records.1], at: h.records.0 };
     let mut records = Vec::with_capacity(h.rows);
     for _ in 0..h.rows {
-        records.push(r.record()?);
+        records.push(read_record(&mut r)?);
     }
     if r.at != h.records.0 + h.records.1 {
         return None;

@@ -12,6 +12,7 @@
 pub mod arena;
 pub mod cache;
 pub mod coalesce;
+mod cursor;
 pub mod engine;
 pub mod error;
 pub mod filter;
