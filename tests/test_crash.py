@@ -156,6 +156,22 @@ def kill_at_random_moment(child: Child, rng: random.Random) -> str:
     return moment
 
 
+def run_and_kill_writer(rng: random.Random, acknowledged: set[str], path, engine: str,
+                        durability: str, cycle: int, *mode: str) -> str:
+    """One cycle: start a crash_writer child (``mode``: its optional extra argument), kill
+    it at a random moment, add the ids it acknowledged to ``acknowledged``; returns the
+    moment of the kill."""
+    child = Child(child_command("crash_writer", path, engine, durability, cycle, rng.getrandbits(32), *mode))
+    try:
+        moment = kill_at_random_moment(child, rng)
+    finally:
+        if child.proc.poll() is None:
+            child.kill()
+    for ids in child.acks:
+        acknowledged.update(ids)
+    return moment
+
+
 def check_store_after_crash(store, acknowledged: set[str], context: str) -> int:
     """Every acknowledged record is intact, batches are all-or-nothing, nothing else."""
     present = store.list()
@@ -198,14 +214,7 @@ def test_acknowledged_saves_survive_sigkill(engine, durability, tmp_path):
     rng = random.Random(f"crash-{engine}-{durability}")
     acknowledged: set[str] = set()
     for cycle in range(cycles):
-        child = Child(child_command("crash_writer", path, engine, durability, cycle, rng.getrandbits(32)))
-        try:
-            moment = kill_at_random_moment(child, rng)
-        finally:
-            if child.proc.poll() is None:
-                child.kill()
-        for ids in child.acks:
-            acknowledged.update(ids)
+        moment = run_and_kill_writer(rng, acknowledged, path, engine, durability, cycle)
         context = f"{engine}/{durability} cycle {cycle}, killed {moment}"
         # The store must open without error after every kill, with the same settings.
         with open_store(engine, path, durability=durability) as store:
@@ -224,15 +233,7 @@ def test_fast_open_survives_sigkill(tmp_path):
     acknowledged: set[str] = set()
     from_image = 0
     for cycle in range(cycles):
-        child = Child(child_command("crash_writer", path, "native", "normal", cycle,
-                                    rng.getrandbits(32), "fast_open"))
-        try:
-            moment = kill_at_random_moment(child, rng)
-        finally:
-            if child.proc.poll() is None:
-                child.kill()
-        for ids in child.acks:
-            acknowledged.update(ids)
+        moment = run_and_kill_writer(rng, acknowledged, path, "native", "normal", cycle, "fast_open")
         context = f"fast_open cycle {cycle}, killed {moment}"
         with open_store("native", path, fast_open=True) as store:
             from_image += store.stats()["fast_open"]["opened_from_image"]

@@ -151,8 +151,9 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     ``fast_open``: keep a store image beside the file (``<path>.image``, written at close
     when the store changed) and open from it: the vectors are mapped and paged in on use
     instead of read out of SQLite, so a large store opens in milliseconds. It costs disk
-    (about 1.5x the vectors' bytes for "f32", 0.5x for "f16"); without it, an image left
-    by an earlier open is removed at close. Native engine with a path only.
+    (about 1.5x the vectors' bytes for "f32", 0.5x for "f16"). The image is a cache,
+    used only when it fits the store; stores opened without ``fast_open`` leave it alone,
+    and deleting it is always safe. Native engine with a path only.
     """
     path_text = check.check_path(path)
     cache_size = check.check_cache_size(cache_size)

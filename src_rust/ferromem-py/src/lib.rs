@@ -572,8 +572,12 @@ fn force_isa(name: Option<&str>) -> PyResult<()> {
     simd::force_isa(isa).map_err(|e| to_py_err(Error::InvalidInput(e.to_string())))
 }
 
-/// The rows of a C-contiguous matrix, their dimension and count, checked against the query.
-fn contiguous<'a, T: numpy::Element>(a: &'a numpy::PyReadonlyArray2<'_, T>, query_len: usize) -> PyResult<(&'a [T], usize, usize)> {
+/// The query's values, the rows of a C-contiguous matrix, their dimension and count;
+/// both contiguous, the rows as long as the query.
+#[allow(clippy::type_complexity)]
+fn query_and_rows<'a, Q: numpy::Element, T: numpy::Element>(query: &'a numpy::PyReadonlyArray1<'_, Q>, a: &'a numpy::PyReadonlyArray2<'_, T>) -> PyResult<(&'a [Q], &'a [T], usize, usize)> {
+    let q = query.as_slice().map_err(|_| to_py_err(Error::InvalidInput("the query must be contiguous".into())))?;
+    let query_len = q.len();
     let (n, dim) = (a.shape()[0], a.shape()[1]);
     if dim == 0 {
         return Err(to_py_err(Error::InvalidInput("rows need at least one value".into())));
@@ -582,15 +586,14 @@ fn contiguous<'a, T: numpy::Element>(a: &'a numpy::PyReadonlyArray2<'_, T>, quer
         return Err(to_py_err(Error::InvalidInput(format!("rows have {dim} values, the query {query_len}"))));
     }
     let rows = a.as_slice().map_err(|_| to_py_err(Error::InvalidInput("rows must be C-contiguous".into())))?;
-    Ok((rows, dim, n))
+    Ok((q, rows, dim, n))
 }
 
 /// dot(query, row) for every row of a float32 matrix, on the active SIMD path, one
 /// thread (benchmarks of the kernels themselves; searches use them through the engine).
 #[pyfunction]
 fn dot_rows_f32<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, rows: numpy::PyReadonlyArray2<'py, f32>) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let q = query.as_slice().map_err(|_| to_py_err(Error::InvalidInput("the query must be contiguous".into())))?;
-    let (r, dim, n) = contiguous(&rows, q.len())?;
+    let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     let mut out = vec![0.0f32; n];
     py.detach(|| simd::dot_rows(q, r, dim, &mut out));
     Ok(PyArray1::from_vec(py, out))
@@ -599,8 +602,7 @@ fn dot_rows_f32<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, 
 /// The same with the rows as binary16 (a float16 matrix viewed as uint16).
 #[pyfunction]
 fn dot_rows_f16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, rows: numpy::PyReadonlyArray2<'py, u16>) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let q = query.as_slice().map_err(|_| to_py_err(Error::InvalidInput("the query must be contiguous".into())))?;
-    let (r, dim, n) = contiguous(&rows, q.len())?;
+    let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     let mut out = vec![0.0f32; n];
     py.detach(|| simd::half::dot_rows_f16(q, r, dim, &mut out));
     Ok(PyArray1::from_vec(py, out))
@@ -609,8 +611,7 @@ fn dot_rows_f16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, 
 /// The exact int32 dot products of an int8 query with every row of an int8 matrix.
 #[pyfunction]
 fn dot_rows_i8<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, i8>, rows: numpy::PyReadonlyArray2<'py, i8>) -> PyResult<Bound<'py, PyArray1<i32>>> {
-    let q = query.as_slice().map_err(|_| to_py_err(Error::InvalidInput("the query must be contiguous".into())))?;
-    let (r, dim, n) = contiguous(&rows, q.len())?;
+    let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     if dim > simd::int8::MAX_DIM {
         return Err(to_py_err(Error::InvalidInput(format!("int8 kernels take at most {} values", simd::int8::MAX_DIM))));
     }
