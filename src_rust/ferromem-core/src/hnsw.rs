@@ -1,9 +1,10 @@
 //! A hierarchical navigable small-world graph (HNSW, Malkov & Yashunin 2016) over the slots
 //! of the state, for approximate search in large stores.
 //!
-//! Nodes are slots; the graph holds no vectors of its own. Distances are dot products of
-//! a unit f32 query with the unit half-precision rows the state already keeps
-//! (`State::half`), so the index costs only its links: (2M + 1) u32 per node on layer 0
+//! Nodes are slots; the graph holds no vectors of its own. Distances are dot products with
+//! the rows the state already keeps for its scans ([`GraphRows`]): a unit f32 query with
+//! the unit half-precision rows, or, under int8 precision, the quantised unit query with
+//! the int8 rows. So the index costs only its links: (2M + 1) u32 per node on layer 0
 //! (132 bytes at M = 16) plus the rare upper layers.
 //!
 //! The graph is built off the write path (see `crate::engine`'s index builder) and published
@@ -13,11 +14,13 @@
 //! `accept` predicate that checks liveness, version and filter. Changed records are
 //! re-linked by the next build, from the search the insertion does.
 //!
-//! Scores returned here are approximate (f16 rows); the state re-scores the results in f32.
+//! Scores returned here are approximate (f16 or int8 rows); the state re-scores the results
+//! (in f32, or from the exact vectors on disk under int8 precision).
 
 use crate::arena::Arena;
 use crate::cursor::Reader;
 use crate::simd::half::dot_f16;
+use crate::simd::int8::{dot_i8, quantize_i8};
 use half::f16;
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
@@ -95,6 +98,78 @@ impl Visited {
 
 /// The version of a slot's record, None for a free slot (see `State::current_version`).
 pub type Current<'a> = dyn Fn(u32) -> Option<u32> + Sync + 'a;
+
+/// The rows distances are measured on: the state's unit half-precision rows, or its int8
+/// rows of the unit vectors with their quantisation factors (int8 precision). One enum
+/// rather than a type parameter: the branch is perfectly predicted and costs nothing
+/// beside a row's dot product, and the graph keeps one concrete type.
+#[derive(Clone, Copy)]
+pub enum GraphRows<'a> {
+    Half(&'a Arena<u16>),
+    Int8 { rows: &'a Arena<i8>, factors: &'a [f32] },
+}
+
+/// A unit query in the form the rows' kernel takes: f32 values for half-precision rows,
+/// int8 values and their factor for int8 rows. Reused across calls as scratch space.
+#[derive(Clone, Default)]
+pub struct GraphQuery {
+    unit: Vec<f32>,
+    quantised: Vec<i8>,
+    factor: f32,
+}
+
+impl GraphRows<'_> {
+    /// Prepares the unit query `unit` for `dot`.
+    fn prepare(&self, unit: &[f32], out: &mut GraphQuery) {
+        match self {
+            GraphRows::Half(_) => {
+                out.unit.clear();
+                out.unit.extend_from_slice(unit);
+            }
+            GraphRows::Int8 { .. } => {
+                out.quantised.resize(unit.len(), 0);
+                out.factor = quantize_i8(unit, &mut out.quantised);
+            }
+        }
+    }
+
+    /// Prepares the stored row of `slot` as a query (the searches an insertion makes).
+    fn row_query(&self, slot: u32, out: &mut GraphQuery) {
+        match self {
+            GraphRows::Half(rows) => to_f32(rows.row(slot as usize), &mut out.unit),
+            GraphRows::Int8 { rows, factors } => {
+                out.quantised.clear();
+                out.quantised.extend_from_slice(rows.row(slot as usize));
+                out.factor = factors[slot as usize];
+            }
+        }
+    }
+
+    /// The similarity of the prepared query `q` and the row of `slot`.
+    #[inline]
+    fn dot(&self, q: &GraphQuery, slot: u32) -> f32 {
+        match self {
+            GraphRows::Half(rows) => dot_f16(&q.unit, rows.row(slot as usize)),
+            GraphRows::Int8 { rows, factors } => dot_i8(&q.quantised, rows.row(slot as usize)) as f32 * q.factor * factors[slot as usize],
+        }
+    }
+
+    /// Asks the CPU to bring the row of `slot` into cache.
+    #[inline]
+    fn prefetch(&self, slot: u32) {
+        match self {
+            GraphRows::Half(rows) => prefetch_bytes(rows.row(slot as usize)),
+            GraphRows::Int8 { rows, .. } => prefetch_bytes(rows.row(slot as usize)),
+        }
+    }
+
+    fn row_len(&self, slot: u32) -> usize {
+        match self {
+            GraphRows::Half(rows) => rows.row(slot as usize).len(),
+            GraphRows::Int8 { rows, .. } => rows.row(slot as usize).len(),
+        }
+    }
+}
 
 /// Neighbours chosen for a node, per layer from 0 (see `Hnsw::plan_insert`).
 pub struct PlannedInsert {
@@ -217,11 +292,11 @@ impl Hnsw {
     }
 
     /// Greedy walk on one layer towards `q` from `from`.
-    fn greedy(&self, q: &[f32], mut cur: Scored, level: u8, rows: &Arena<u16>) -> Scored {
+    fn greedy(&self, q: &GraphQuery, mut cur: Scored, level: u8, rows: &GraphRows<'_>) -> Scored {
         loop {
             let mut moved = false;
             for &nb in self.links(cur.1, level) {
-                let s = dot_f16(q, rows.row(nb as usize));
+                let s = rows.dot(q, nb);
                 if s > cur.0 {
                     cur = Scored(s, nb);
                     moved = true;
@@ -236,7 +311,7 @@ impl Hnsw {
     /// Beam search of width `ef` on one layer. Every node is walked through; only those
     /// `accept` admits enter the result, so a filtered search keeps going until it has
     /// `ef` admitted nodes or the reachable graph is exhausted. Best first.
-    fn search_layer(&self, q: &[f32], entries: &[Scored], ef: usize, level: u8, rows: &Arena<u16>, accept: &dyn Fn(u32) -> bool) -> Vec<Scored> {
+    fn search_layer(&self, q: &GraphQuery, entries: &[Scored], ef: usize, level: u8, rows: &GraphRows<'_>, accept: &dyn Fn(u32) -> bool) -> Vec<Scored> {
         VISITED.with(|v| {
             let mut visited = v.borrow_mut();
             visited.start(self.levels.len());
@@ -263,13 +338,13 @@ impl Hnsw {
                 fresh.clear();
                 fresh.extend(self.links(c.1, level).iter().copied().filter(|&nb| !visited.check_and_mark(nb)));
                 for &nb in fresh.iter().take(PREFETCH_AHEAD) {
-                    prefetch_row(rows.row(nb as usize));
+                    rows.prefetch(nb);
                 }
                 for (i, &nb) in fresh.iter().enumerate() {
                     if let Some(&ahead) = fresh.get(i + PREFETCH_AHEAD) {
-                        prefetch_row(rows.row(ahead as usize));
+                        rows.prefetch(ahead);
                     }
-                    let s = dot_f16(q, rows.row(nb as usize));
+                    let s = rows.dot(q, nb);
                     if best.len() < ef || s > best.peek().expect("non-empty").0 .0 {
                         frontier.push(Scored(s, nb));
                         if accept(nb) {
@@ -287,11 +362,14 @@ impl Hnsw {
         })
     }
 
-    /// Up to `ef` accepted slots near the unit query `q`, best first, with their f16
-    /// similarity. Empty when the graph is.
-    pub fn search(&self, q: &[f32], ef: usize, rows: &Arena<u16>, accept: &dyn Fn(u32) -> bool) -> Vec<(f32, u32)> {
+    /// Up to `ef` accepted slots near the unit query `unit`, best first, with their
+    /// approximate (f16 or int8) similarity. Empty when the graph is.
+    pub fn search(&self, unit: &[f32], ef: usize, rows: &GraphRows<'_>, accept: &dyn Fn(u32) -> bool) -> Vec<(f32, u32)> {
         let Some(entry) = self.entry else { return Vec::new() };
-        let mut cur = Scored(dot_f16(q, rows.row(entry as usize)), entry);
+        let mut q = GraphQuery::default();
+        rows.prepare(unit, &mut q);
+        let q = &q;
+        let mut cur = Scored(rows.dot(q, entry), entry);
         for level in (1..=self.top).rev() {
             cur = self.greedy(q, cur, level, rows);
         }
@@ -301,14 +379,14 @@ impl Hnsw {
     /// The neighbour-selection heuristic of the paper (algorithm 4): keep a candidate only
     /// when it is closer to the base than to every neighbour already kept, which spreads
     /// the links over directions and keeps clusters connected. `cands` best first.
-    fn select(&self, cands: &[Scored], m: usize, rows: &Arena<u16>, scratch: &mut Vec<f32>) -> Vec<u32> {
+    fn select(&self, cands: &[Scored], m: usize, rows: &GraphRows<'_>, scratch: &mut GraphQuery) -> Vec<u32> {
         let mut kept: Vec<u32> = Vec::with_capacity(m);
         for c in cands {
             if kept.len() >= m {
                 break;
             }
-            to_f32(rows.row(c.1 as usize), scratch);
-            if kept.iter().all(|&k| dot_f16(scratch, rows.row(k as usize)) <= c.0) {
+            rows.row_query(c.1, scratch);
+            if kept.iter().all(|&k| rows.dot(scratch, k) <= c.0) {
                 kept.push(c.1);
             }
         }
@@ -323,10 +401,10 @@ impl Hnsw {
         v.is_some() && v == current(slot)
     }
 
-    /// Links `slot` (its unit f16 row in `rows`, at `version`) into the graph; a slot that
+    /// Links `slot` (its row in `rows`, at `version`) into the graph; a slot that
     /// already has a node is re-linked from a fresh search (its vector changed). New links
     /// go only to current nodes (`is_current`); the others are only walked through.
-    pub fn insert(&mut self, slot: u32, version: u32, rows: &Arena<u16>, current: &Current<'_>, scratch: &mut Vec<f32>) {
+    pub fn insert(&mut self, slot: u32, version: u32, rows: &GraphRows<'_>, current: &Current<'_>, scratch: &mut GraphQuery) {
         let plan = self.plan_insert(slot, version, rows, current, scratch);
         self.apply_insert(plan, rows, current, scratch);
     }
@@ -335,17 +413,17 @@ impl Hnsw {
     /// on each of its layers. Plans for different slots can be made in parallel against
     /// one graph and applied one after the other (they do not see each other, which costs
     /// nothing measurable once the graph holds a few thousand nodes).
-    pub fn plan_insert(&self, slot: u32, version: u32, rows: &Arena<u16>, current: &Current<'_>, scratch: &mut Vec<f32>) -> PlannedInsert {
-        assert_eq!(rows.row(slot as usize).len(), self.dim, "hnsw: row length differs from the graph's dim");
+    pub fn plan_insert(&self, slot: u32, version: u32, rows: &GraphRows<'_>, current: &Current<'_>, scratch: &mut GraphQuery) -> PlannedInsert {
+        assert_eq!(rows.row_len(slot), self.dim, "hnsw: row length differs from the graph's dim");
         let level = match self.levels.get(slot as usize) {
             Some(&l) if l != ABSENT => l,
             _ => self.draw_level(slot, version),
         };
         let mut links = Vec::new();
         if let Some(entry) = self.entry {
-            let mut q = Vec::with_capacity(self.dim);
-            to_f32(rows.row(slot as usize), &mut q);
-            let mut cur = Scored(dot_f16(&q, rows.row(entry as usize)), entry);
+            let mut q = GraphQuery::default();
+            rows.row_query(slot, &mut q);
+            let mut cur = Scored(rows.dot(&q, entry), entry);
             for l in (level.saturating_add(1)..=self.top).rev() {
                 cur = self.greedy(&q, cur, l, rows);
             }
@@ -363,7 +441,7 @@ impl Hnsw {
     }
 
     /// The writing half of `insert`: the node's links, the links back to it, the entry point.
-    pub fn apply_insert(&mut self, plan: PlannedInsert, rows: &Arena<u16>, current: &Current<'_>, scratch: &mut Vec<f32>) {
+    pub fn apply_insert(&mut self, plan: PlannedInsert, rows: &GraphRows<'_>, current: &Current<'_>, scratch: &mut GraphQuery) {
         let PlannedInsert { slot, version, level, links } = plan;
         self.grow_to(slot as usize + 1);
         if self.levels[slot as usize] == ABSENT {
@@ -394,7 +472,7 @@ impl Hnsw {
 
     /// Adds `new` to `node`'s links on `level`; a full list is re-selected by the
     /// heuristic among its current links and `new` (stale links are dropped first).
-    fn link_back(&mut self, node: u32, new: u32, level: u8, rows: &Arena<u16>, current: &Current<'_>, scratch: &mut Vec<f32>) {
+    fn link_back(&mut self, node: u32, new: u32, level: u8, rows: &GraphRows<'_>, current: &Current<'_>, scratch: &mut GraphQuery) {
         let max = self.max_links(level);
         let links_now = self.links(node, level);
         if links_now.contains(&new) {
@@ -406,14 +484,14 @@ impl Hnsw {
             self.set_links(node, level, &v);
             return;
         }
-        to_f32(rows.row(node as usize), scratch);
+        rows.row_query(node, scratch);
         let base = scratch.clone();
         let mut cands: Vec<Scored> = links_now
             .iter()
             .copied()
             .chain(std::iter::once(new))
             .filter(|&s| s == new || self.is_current(s, current))
-            .map(|s| Scored(dot_f16(&base, rows.row(s as usize)), s))
+            .map(|s| Scored(rows.dot(&base, s), s))
             .collect();
         cands.sort_by(|a, b| b.cmp(a));
         let kept = self.select(&cands, max, rows, scratch);
@@ -534,7 +612,7 @@ const PREFETCH_AHEAD: usize = 6;
 
 /// Asks the CPU to bring `row` into cache (a hint; no effect on results).
 #[inline(always)]
-fn prefetch_row(row: &[u16]) {
+fn prefetch_bytes<T>(row: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -561,6 +639,7 @@ fn to_f32(row: &[u16], out: &mut Vec<f32>) {
 mod tests {
     use super::*;
     use crate::simd::half::to_f16_bits;
+    use crate::simd::int8::quantize_i8;
 
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -595,26 +674,45 @@ mod tests {
         s.into_iter().take(k).map(|x| x.1).collect()
     }
 
+    /// The int8 rows and factors of unit `rows`, as the state keeps them.
+    fn quantised(rows: &[Vec<f32>]) -> (Arena<i8>, Vec<f32>) {
+        let mut arena = Arena::new(rows[0].len());
+        let mut factors = Vec::new();
+        for r in rows {
+            let slot = arena.push_row();
+            factors.push(quantize_i8(r, arena.row_mut(slot)));
+        }
+        (arena, factors)
+    }
+
     #[test]
     fn recall_is_high_and_filters_and_validity_are_respected() {
         let mut seed = 11;
         let (dim, n) = (32, 3000);
-        let (arena, rows) = clustered(n, dim, &mut seed);
+        let (half, rows) = clustered(n, dim, &mut seed);
+        let (int8, factors) = quantised(&rows);
+        for rows_kind in [GraphRows::Half(&half), GraphRows::Int8 { rows: &int8, factors: &factors }] {
+            check_recall_and_filters(&rows_kind, &rows, dim);
+        }
+    }
+
+    fn check_recall_and_filters(graph_rows: &GraphRows<'_>, rows: &[Vec<f32>], dim: usize) {
+        let n = rows.len();
         let mut g = Hnsw::new(dim, HnswParams::default());
-        let mut scratch = Vec::new();
+        let mut scratch = GraphQuery::default();
         for s in 0..n as u32 {
-            g.insert(s, 1, &arena, &|_| Some(1), &mut scratch);
+            g.insert(s, 1, graph_rows, &|_| Some(1), &mut scratch);
         }
         assert_eq!(g.nodes(), n);
         let (mut hits, mut total) = (0, 0);
         for t in 0..100 {
             let q = &rows[(t * 29) % n];
-            let found: Vec<u32> = g.search(q, 64, &arena, &|_| true).into_iter().take(10).map(|x| x.1).collect();
-            let truth = exact_top(&rows, q, 10, |_| true);
+            let found: Vec<u32> = g.search(q, 64, graph_rows, &|_| true).into_iter().take(10).map(|x| x.1).collect();
+            let truth = exact_top(rows, q, 10, |_| true);
             hits += truth.iter().filter(|t| found.contains(t)).count();
             total += 10;
             // A filter admits only what it says, dead nodes included in the walk.
-            let odd = g.search(q, 32, &arena, &|s| s % 2 == 1);
+            let odd = g.search(q, 32, graph_rows, &|s| s % 2 == 1);
             assert!(odd.iter().all(|x| x.1 % 2 == 1));
             assert!(odd.len() == 32);
         }
@@ -628,19 +726,19 @@ mod tests {
         let dim = 16;
         let (mut arena, _) = clustered(500, dim, &mut seed);
         let mut g = Hnsw::new(dim, HnswParams { m: 4, ef_construction: 16 });
-        let mut scratch = Vec::new();
-        g.insert(0, 1, &arena, &|_| Some(1), &mut scratch);
-        assert_eq!(g.search(&vec![1.0 / 4.0; dim], 5, &arena, &|_| true).len(), 1);
+        let mut scratch = GraphQuery::default();
+        g.insert(0, 1, &GraphRows::Half(&arena), &|_| Some(1), &mut scratch);
+        assert_eq!(g.search(&vec![1.0 / 4.0; dim], 5, &GraphRows::Half(&arena), &|_| true).len(), 1);
         for s in 1..500u32 {
-            g.insert(s, 1, &arena, &|_| Some(1), &mut scratch);
+            g.insert(s, 1, &GraphRows::Half(&arena), &|_| Some(1), &mut scratch);
         }
         // Slot 7 gets a new vector: the opposite of slot 3's; re-linked at version 2.
         let v3: Vec<f32> = arena.row(3).iter().map(|&b| -f16::from_bits(b).to_f32()).collect();
         to_f16_bits(&v3, 1.0, arena.row_mut(7));
-        g.insert(7, 2, &arena, &|s| Some(if s == 7 { 2 } else { 1 }), &mut scratch);
+        g.insert(7, 2, &GraphRows::Half(&arena), &|s| Some(if s == 7 { 2 } else { 1 }), &mut scratch);
         assert_eq!(g.version(7), Some(2));
         assert_eq!(g.nodes(), 500);
-        let found = g.search(&v3, 16, &arena, &|_| true);
+        let found = g.search(&v3, 16, &GraphRows::Half(&arena), &|_| true);
         assert_eq!(found[0].1, 7);
         assert_eq!(g.version(600), None);
     }

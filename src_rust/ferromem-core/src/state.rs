@@ -4,7 +4,7 @@
 
 use crate::arena::{Arena, CHUNK_ROWS};
 use crate::filter::{child_of, scope_matches, Filter, Scalar};
-use crate::hnsw::{Hnsw, HnswParams, SavedAt};
+use crate::hnsw::{GraphQuery, GraphRows, Hnsw, HnswParams, SavedAt};
 use crate::index::FilterIndexes;
 use crate::record::{metadata_scalars, Record};
 use crate::simd;
@@ -47,6 +47,11 @@ pub enum Precision {
     /// `simd::half::prescan_error_bound` of the exact cosine. The exact vectors stay in the
     /// durable layer, where `get` and `list` read them.
     F16,
+    /// Only the unit vectors quantised to int8 with one factor each (a quarter of the f32
+    /// bytes, a sixth of `F32`'s memory). Searches here return candidates by their int8
+    /// score; the engine re-ranks them with the exact vectors read from the durable layer
+    /// (see `Engine::search`), so scores are exact and only recall can suffer.
+    Int8,
 }
 
 impl Precision {
@@ -54,6 +59,7 @@ impl Precision {
         match s {
             "f32" => Some(Precision::F32),
             "f16" => Some(Precision::F16),
+            "int8" => Some(Precision::Int8),
             _ => None,
         }
     }
@@ -62,6 +68,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
+            Precision::Int8 => "int8",
         }
     }
 }
@@ -147,6 +154,33 @@ enum Scan<'a> {
     /// scanning for each alone) instead of by the multi-query kernel.
     Exact { q_inv: &'a [f32], min_score: Option<f32>, each: bool },
     Half,
+    /// The queries quantised (`quantised`, nq rows of dim, with their `factors`) against
+    /// the int8 rows: approximate cosines (int8 precision).
+    Int8 { quantised: &'a [i8], factors: &'a [f32] },
+}
+
+/// The row a vector is searched by: its unit half-precision row (f32 and f16 precision),
+/// or its unit vector quantised to int8 with the factor (int8 precision).
+enum SearchRow {
+    Half(Vec<u16>),
+    Int8(Vec<i8>, f32),
+}
+
+/// The unit queries of `queries` (nq rows of `dim`, with 1/|q| in `q_inv`) quantised to
+/// int8, and their factors: the int8 scans' form of a query.
+fn quantize_queries(queries: &[f32], dim: usize, q_inv: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    let mut quantised = vec![0i8; queries.len()];
+    let mut unit = vec![0f32; dim];
+    let factors = queries
+        .chunks_exact(dim)
+        .zip(quantised.chunks_exact_mut(dim))
+        .zip(q_inv)
+        .map(|((q, out), &inv)| {
+            unit.iter_mut().zip(q).for_each(|(u, &x)| *u = x * inv);
+            simd::int8::quantize_i8(&unit, out)
+        })
+        .collect();
+    (quantised, factors)
 }
 
 /// A filter as the graph search applies it: the candidate bitmap from the indexes (None:
@@ -179,8 +213,12 @@ pub struct State {
     /// Bumped by every change that can alter a search result (see [`crate::cache`]).
     pub search_generation: u64,
     arena: Arena,
-    /// The normalised vectors in binary16, scanned first by large searches.
+    /// The normalised vectors in binary16, scanned first by large searches (f32 and f16
+    /// precision).
     half: Arena<u16>,
+    /// The normalised vectors quantised to int8 and each one's factor (int8 precision only).
+    quant: Arena<i8>,
+    quant_factor: Vec<f32>,
     /// 1/|v| per slot; 0.0 marks a free slot (stored vectors are never all zeros).
     inv_norm: Vec<f32>,
     /// Bumped whenever a slot gets a different vector; the graph remembers the version it
@@ -283,9 +321,8 @@ impl State {
         let meta = metadata_scalars(&rec.metadata_json)?;
         let replaced = self.ids.get(&*rec.id).copied();
         let inv = inverse_norm(vector);
-        let mut half_row = vec![0u16; dim];
-        simd::half::to_f16_bits(vector, inv, &mut half_row);
-        let same_vector = replaced.is_some_and(|slot| self.same_vector(slot, vector, &half_row));
+        let row = self.search_row(vector, inv);
+        let same_vector = replaced.is_some_and(|slot| self.same_vector(slot, vector, &row));
         if !(same_vector && self.same_filterables(replaced.expect("replaced"), &rec)) {
             self.search_generation += 1;
         }
@@ -303,14 +340,24 @@ impl State {
                     if self.slots.is_empty() {
                         self.arena = Arena::new(dim);
                         self.half = Arena::new(dim);
+                        self.quant = Arena::new(dim);
                     }
                     self.slots.push(None);
                     self.inv_norm.push(0.0);
                     self.slot_version.push(0);
-                    if self.precision == Precision::F32 {
-                        self.arena.push_row();
+                    match self.precision {
+                        Precision::F32 => {
+                            self.arena.push_row();
+                            self.half.push_row();
+                        }
+                        Precision::F16 => {
+                            self.half.push_row();
+                        }
+                        Precision::Int8 => {
+                            self.quant.push_row();
+                            self.quant_factor.push(0.0);
+                        }
                     }
-                    self.half.push_row();
                     slot
                 }
             },
@@ -324,7 +371,13 @@ impl State {
             self.arena.row_mut(s).copy_from_slice(vector);
         }
         self.inv_norm[s] = inv;
-        self.half.row_mut(s).copy_from_slice(&half_row);
+        match row {
+            SearchRow::Half(half_row) => self.half.row_mut(s).copy_from_slice(&half_row),
+            SearchRow::Int8(q, factor) => {
+                self.quant.row_mut(s).copy_from_slice(&q);
+                self.quant_factor[s] = factor;
+            }
+        }
         self.idx.insert(slot, &rec, &meta);
         self.ids.insert(rec.id.clone(), slot);
         self.live.insert(slot);
@@ -345,12 +398,28 @@ impl State {
             && old.created_at.to_bits() == rec.created_at.to_bits()
     }
 
-    /// Whether `slot` holds exactly `vector` (bit for bit), or under f16 precision, where
-    /// searches see only the unit half-precision row, that row (`half_row`).
-    fn same_vector(&self, slot: u32, vector: &[f32], half_row: &[u16]) -> bool {
-        match self.precision {
-            Precision::F32 => self.arena.row(slot as usize).iter().zip(vector).all(|(a, b)| a.to_bits() == b.to_bits()),
-            Precision::F16 => self.half.row(slot as usize) == half_row,
+    /// The row searches scan for `vector` (with 1/|vector| = `inv`) at this precision.
+    fn search_row(&self, vector: &[f32], inv: f32) -> SearchRow {
+        if self.precision == Precision::Int8 {
+            let unit: Vec<f32> = vector.iter().map(|x| x * inv).collect();
+            let mut q = vec![0i8; vector.len()];
+            let factor = simd::int8::quantize_i8(&unit, &mut q);
+            SearchRow::Int8(q, factor)
+        } else {
+            let mut half_row = vec![0u16; vector.len()];
+            simd::half::to_f16_bits(vector, inv, &mut half_row);
+            SearchRow::Half(half_row)
+        }
+    }
+
+    /// Whether `slot` holds exactly `vector` (bit for bit), or under f16 and int8
+    /// precision, where searches see only the row `search_row` makes, that row.
+    fn same_vector(&self, slot: u32, vector: &[f32], row: &SearchRow) -> bool {
+        let s = slot as usize;
+        match (self.precision, row) {
+            (Precision::F32, _) => self.arena.row(s).iter().zip(vector).all(|(a, b)| a.to_bits() == b.to_bits()),
+            (_, SearchRow::Half(half_row)) => self.half.row(s) == half_row.as_slice(),
+            (_, SearchRow::Int8(q, factor)) => self.quant.row(s) == q.as_slice() && self.quant_factor[s].to_bits() == factor.to_bits(),
         }
     }
 
@@ -390,14 +459,14 @@ impl State {
         Some(self.slot(slot))
     }
 
-    /// A record and its vector; the vector is empty under f16 precision (the engine reads
-    /// it from the durable layer).
+    /// A record and its vector; the vector is empty under f16 and int8 precision (the
+    /// engine reads it from the durable layer).
     fn slot(&self, slot: u32) -> (&Record, &[f32]) {
         let s = slot as usize;
         let rec = &self.slots[s].as_ref().expect("live slot").rec;
         match self.precision {
             Precision::F32 => (rec, self.arena.row(s)),
-            Precision::F16 => (rec, &[]),
+            Precision::F16 | Precision::Int8 => (rec, &[]),
         }
     }
 
@@ -527,6 +596,21 @@ impl State {
         let rows = candidates.as_ref().map_or(self.slots.len(), |c| c.len());
         let exact_score = |q: usize, slot: u32| self.exact_score(&queries[q * dim..(q + 1) * dim], q_inv[q], slot);
         let finish = |hits: Vec<(f32, u32)>| self.finish(hits);
+        if self.precision == Precision::Int8 {
+            // The int8 scores are the answer here; the engine re-ranks them exactly.
+            let (quantised, factors) = quantize_queries(queries, dim, &q_inv);
+            let heaps = self.scan(&[], nq, dim, k, candidates.as_deref(), Scan::Int8 { quantised: &quantised, factors: &factors });
+            return heaps
+                .into_iter()
+                .map(|h| {
+                    let mut hits = h.into_entries();
+                    if let Some(m) = min_score {
+                        hits.retain(|e| e.0 >= m);
+                    }
+                    finish(hits)
+                })
+                .collect();
+        }
         if self.precision == Precision::F16 {
             // One pass over the only copy there is; scores as `exact_score` computes them.
             let unit: Vec<f32> = queries.chunks_exact(dim).zip(&q_inv).flat_map(|(q, &inv)| q.iter().map(move |x| x * inv)).collect();
@@ -588,7 +672,8 @@ impl State {
 
     /// The cosine of `query` (with 1/|query| = `q_inv`) and the record in `slot`, computed
     /// exactly as the scans compute it.
-    /// (Under f16 precision: the query against the unit half-precision row.)
+    /// (Under f16 precision: the query against the unit half-precision row. Not for int8
+    /// precision, whose scans score quantised queries: see `int8_score`.)
     fn exact_score(&self, query: &[f32], q_inv: f32, slot: u32) -> f32 {
         match self.precision {
             Precision::F32 => {
@@ -596,6 +681,22 @@ impl State {
                 (dot * self.inv_norm[slot as usize] * q_inv).clamp(-1.0, 1.0)
             }
             Precision::F16 => (simd::half::dot_f16(query, self.half.row(slot as usize)) * q_inv).clamp(-1.0, 1.0),
+            Precision::Int8 => unreachable!("int8 precision scores quantised queries (int8_score)"),
+        }
+    }
+
+    /// The approximate cosine of the quantised unit query `quantised` (factor `factor`) and
+    /// the record in `slot`, computed exactly as the int8 scans compute it.
+    fn int8_score(&self, quantised: &[i8], factor: f32, slot: u32) -> f32 {
+        let s = slot as usize;
+        simd::int8::dot_i8(quantised, self.quant.row(s)) as f32 * factor * self.quant_factor[s]
+    }
+
+    /// The rows the graph measures distances on at this precision.
+    fn graph_rows(&self) -> GraphRows<'_> {
+        match self.precision {
+            Precision::Int8 => GraphRows::Int8 { rows: &self.quant, factors: &self.quant_factor },
+            Precision::F32 | Precision::F16 => GraphRows::Half(&self.half),
         }
     }
 
@@ -662,13 +763,20 @@ impl State {
         let pending: Vec<u32> = self.unindexed.iter().filter(|&s| accepts(s)).collect();
         let current = |s: u32| self.current_version(s);
         let ef = self.index.ef_search.max(k);
+        let rows = self.graph_rows();
         let one = |q: usize| -> Vec<Hit> {
             let query = &queries[q * dim..(q + 1) * dim];
             let q_inv = inverse_norm(query);
             let unit: Vec<f32> = query.iter().map(|x| x * q_inv).collect();
-            let found = graph.search(&unit, ef, &self.half, &|s| graph.is_current(s, &current) && accepts(s));
+            let found = graph.search(&unit, ef, &rows, &|s| graph.is_current(s, &current) && accepts(s));
             let reached = found.len() + pending.len();
-            let mut hits: Vec<(f32, u32)> = found.into_iter().chain(pending.iter().map(|&s| (0.0, s))).map(|(_, s)| (self.exact_score(query, q_inv, s), s)).collect();
+            // Re-scored as the exact scan scores (int8 precision: as the int8 scan does).
+            let int8 = (self.precision == Precision::Int8).then(|| quantize_queries(query, dim, &[q_inv]));
+            let score = |s: u32| match &int8 {
+                Some((quantised, factors)) => self.int8_score(quantised, factors[0], s),
+                None => self.exact_score(query, q_inv, s),
+            };
+            let mut hits: Vec<(f32, u32)> = found.into_iter().chain(pending.iter().map(|&s| (0.0, s))).map(|(_, s)| (score(s), s)).collect();
             if reached < k && (reached as u64) < plan.matching {
                 return self.search_exact(query, 1, dim, k, f, min_score, true).pop().expect("one query");
             }
@@ -729,8 +837,9 @@ impl State {
 
     /// Links the slots `build.todo[from..]` into the build's graph until `deadline`;
     /// returns where it stopped. Slots freed or already current are skipped.
-    pub fn extend_graph_build(&self, build: &mut GraphBuild, from: usize, deadline: std::time::Instant, scratch: &mut Vec<f32>) -> usize {
+    pub fn extend_graph_build(&self, build: &mut GraphBuild, from: usize, deadline: std::time::Instant, scratch: &mut GraphQuery) -> usize {
         let current = |s: u32| self.current_version(s);
+        let rows = self.graph_rows();
         let mut i = from;
         while i < build.todo.len() {
             let mut batch: Vec<(u32, u32)> = Vec::with_capacity(BUILD_PARALLEL_BATCH);
@@ -745,14 +854,14 @@ impl State {
             }
             if build.graph.nodes() < BUILD_PARALLEL_MIN_NODES || rayon::current_num_threads() < 2 {
                 for (slot, v) in batch {
-                    build.graph.insert(slot, v, &self.half, &current, scratch);
+                    build.graph.insert(slot, v, &rows, &current, scratch);
                 }
             } else {
                 // The neighbour searches (nearly all the work) in parallel, the linking after.
                 let graph = &build.graph;
-                let plans: Vec<_> = batch.par_iter().map_init(Vec::new, |sc, &(slot, v)| graph.plan_insert(slot, v, &self.half, &current, sc)).collect();
+                let plans: Vec<_> = batch.par_iter().map_init(GraphQuery::default, |sc, &(slot, v)| graph.plan_insert(slot, v, &rows, &current, sc)).collect();
                 for plan in plans {
-                    build.graph.apply_insert(plan, &self.half, &current, scratch);
+                    build.graph.apply_insert(plan, &rows, &current, scratch);
                 }
             }
             if std::time::Instant::now() >= deadline {
@@ -893,6 +1002,17 @@ impl State {
                         simd::half::dot_rows_f16(&queries[q * dim..(q + 1) * dim], block, dim, &mut scores[q * n..(q + 1) * n]);
                     }
                 }
+                (None, Scan::Int8 { quantised, factors }) => {
+                    let block = self.quant.block(start, end);
+                    let mut dots = vec![0i32; n];
+                    for q in 0..nq {
+                        simd::int8::dot_rows_i8(&quantised[q * dim..(q + 1) * dim], block, dim, &mut dots);
+                        let row_factors = &self.quant_factor[start..end];
+                        for ((out, &d), &f) in scores[q * n..(q + 1) * n].iter_mut().zip(&dots).zip(row_factors) {
+                            *out = d as f32 * factors[q] * f;
+                        }
+                    }
+                }
                 (Some(slots), mode) => {
                     // Candidates are in slot order: score each chunk's run of them at once.
                     let mut i = 0;
@@ -904,11 +1024,16 @@ impl State {
                         local.clear();
                         local.extend(slots[i..i + run].iter().map(|&s| s - base));
                         for q in 0..nq {
-                            let query = &queries[q * dim..(q + 1) * dim];
                             let out = &mut scores[q * n + i..q * n + i + run];
                             match mode {
-                                Scan::Exact { .. } => simd::dot_gather(query, self.arena.chunk(c), dim, &local, out),
-                                Scan::Half => simd::half::dot_gather_f16(query, self.half.chunk(c), dim, &local, out),
+                                Scan::Exact { .. } => simd::dot_gather(&queries[q * dim..(q + 1) * dim], self.arena.chunk(c), dim, &local, out),
+                                Scan::Half => simd::half::dot_gather_f16(&queries[q * dim..(q + 1) * dim], self.half.chunk(c), dim, &local, out),
+                                Scan::Int8 { quantised, factors } => {
+                                    let query = &quantised[q * dim..(q + 1) * dim];
+                                    for (o, &slot) in out.iter_mut().zip(&slots[i..i + run]) {
+                                        *o = self.int8_score(query, factors[q], slot);
+                                    }
+                                }
                             }
                         }
                         i += run;
@@ -932,7 +1057,7 @@ impl State {
                             }
                             s
                         }
-                        Scan::Half => raw,
+                        Scan::Half | Scan::Int8 { .. } => raw,
                     };
                     heap.offer(score, slot, |a, b| self.id_of(a) < self.id_of(b));
                 }
@@ -972,6 +1097,8 @@ impl State {
     pub fn memory_bytes(&self) -> usize {
         self.arena.bytes()
             + self.half.bytes()
+            + self.quant.bytes()
+            + self.quant_factor.capacity() * 4
             + self.inv_norm.capacity() * 8
             + self.slots.capacity() * std::mem::size_of::<Option<Slot>>()
             + self.ann.as_ref().map_or(0, |g| g.memory_bytes())

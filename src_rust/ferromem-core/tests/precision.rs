@@ -3,8 +3,8 @@
 //! update, touch and a second process see and keep the exact vectors.
 
 use ferromem_core::simd::half::prescan_error_bound;
-use ferromem_core::state::Precision;
-use ferromem_core::{Durability, Engine, Error, Filter, Patch, Record, WriteMode};
+use ferromem_core::state::{IndexConfig, IndexMode, Precision};
+use ferromem_core::{Durability, Engine, Error, Filter, OpenOptions, Patch, Record, WriteMode};
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
@@ -85,4 +85,129 @@ fn f16_engine_answers_within_the_bound_and_keeps_exact_vectors() {
     assert_eq!(&*top[0].0, "r05000");
     assert!((top[0].1 - 1.0).abs() <= eps);
     assert_eq!(half.get(&["r05000".into()]).unwrap()[0].as_ref().unwrap().1, w);
+}
+
+/// Exact cosine scores of every record for `q`, from the f32 engine's own scan.
+fn exact_scores(full: &Engine, q: &[f32], dim: usize, n: usize, f: &Filter) -> Vec<(Arc<str>, f32)> {
+    full.search(q, dim, n, f, None).unwrap().pop().unwrap()
+}
+
+#[test]
+fn int8_engine_reranks_to_exact_scores_and_keeps_exact_vectors() {
+    let (n, dim, k) = (3000, 64, 10);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(22);
+    let centres: Vec<Vec<f32>> = (0..30).map(|_| (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect();
+    let vectors: Vec<f32> = (0..n).flat_map(|i| centres[i % 30].iter().map(|&c| c + 0.4 * rng.gen_range(-1.0f32..1.0)).collect::<Vec<_>>()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.ferro");
+    assert!(matches!(Engine::open_with(None, None, Durability::Normal, Precision::Int8), Err(Error::InvalidInput(_))));
+    let fast = OpenOptions { precision: Precision::Int8, fast_open: true, ..OpenOptions::default() };
+    assert!(matches!(Engine::open_opts(Some(&path), None, fast), Err(Error::InvalidInput(_))));
+    let full = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    full.upsert((0..n).map(rec).collect(), &vectors, dim, WriteMode::Insert).unwrap();
+    let int8 = Engine::open_with(Some(&path), None, Durability::Normal, Precision::Int8).unwrap();
+    assert_eq!(int8.stats().precision, Precision::Int8);
+    let (mf, mi) = (full.stats().memory_bytes, int8.stats().memory_bytes);
+    // f32 (4 bytes a value) and f16 (2) rows replaced by int8 ones (1) and a factor a row.
+    let saved = mf - mi;
+    assert!(saved <= n * dim * 5 && saved >= n * dim * 5 - 2 * n * 4, "int8 {mi} bytes vs f32 {mf}");
+
+    let scoped = Filter { scope: Some("/s2".into()), ..Filter::default() };
+    let (mut same, mut total) = (0, 0);
+    for q in (0..100).map(|_| (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect::<Vec<f32>>()) {
+        for f in [&Filter::default(), &scoped] {
+            let all = exact_scores(&full, &q, dim, n, f);
+            let got = int8.search(&q, dim, k, f, None).unwrap().pop().unwrap();
+            assert_eq!(got.len(), k);
+            // Every score is the f32 engine's exact score of that record, bit for bit, and
+            // the order is the exact one (score descending, ties by id).
+            for (id, score) in &got {
+                let truth = all.iter().find(|h| h.0 == *id).expect("a matching record").1;
+                assert_eq!(score.to_bits(), truth.to_bits(), "{id}: {score} vs {truth}");
+            }
+            assert!(got.windows(2).all(|w| w[0].1 > w[1].1 || (w[0].1 == w[1].1 && w[0].0 < w[1].0)));
+            same += got.iter().filter(|h| all[..k].iter().any(|e| e.0 == h.0)).count();
+            total += k;
+            // A score floor applies to the exact scores: exactly the records above it.
+            let floor = all[4].1;
+            let above = int8.search(&q, dim, k, f, Some(floor)).unwrap().pop().unwrap();
+            assert!(above.iter().all(|h| h.1 >= floor));
+            assert_eq!(above.len(), all.iter().filter(|h| h.1 >= floor).count().min(k));
+        }
+    }
+    let recall = same as f64 / total as f64;
+    assert!(recall >= 0.995, "recall {recall}");
+
+    // The graph over the int8 rows: re-ranked to exact scores too.
+    int8.set_index(IndexConfig { mode: IndexMode::Hnsw, ..IndexConfig::default() }).unwrap();
+    assert!(int8.wait_for_index(Some(std::time::Duration::from_secs(60))).unwrap());
+    assert!(int8.stats().index.active);
+    let (mut same, mut total) = (0, 0);
+    for q in (0..50).map(|_| (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect::<Vec<f32>>()) {
+        let all = exact_scores(&full, &q, dim, n, &Filter::default());
+        let got = int8.search(&q, dim, k, &Filter::default(), None).unwrap().pop().unwrap();
+        for (id, score) in &got {
+            assert_eq!(score.to_bits(), all.iter().find(|h| h.0 == *id).unwrap().1.to_bits());
+        }
+        same += got.iter().filter(|h| all[..k].iter().any(|e| e.0 == h.0)).count();
+        total += k;
+    }
+    assert!(same as f64 / total as f64 >= 0.95, "graph recall {}", same as f64 / total as f64);
+
+    // get and list return the exact vectors from disk; writes from either engine are seen.
+    let ids: Vec<String> = ["r00007", "r02999", "nope"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(int8.get(&ids).unwrap(), full.get(&ids).unwrap());
+    assert_eq!(int8.list(&scoped, 3, Some(20)).unwrap(), full.list(&scoped, 3, Some(20)).unwrap());
+    let v: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    int8.update("r00009", Patch { vector: Some(v.clone()), ..Patch::default() }).unwrap();
+    assert_eq!(full.get(&["r00009".into()]).unwrap()[0].as_ref().unwrap().1, v);
+    let top = int8.search(&v, dim, 1, &Filter::default(), None).unwrap().pop().unwrap();
+    assert_eq!(&*top[0].0, "r00009");
+    assert_eq!(top[0].1.to_bits(), full.search(&v, dim, 1, &Filter::default(), None).unwrap()[0][0].1.to_bits());
+    let w: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    full.upsert(vec![rec(5000)], &w, dim, WriteMode::Insert).unwrap();
+    let top = int8.search(&w, dim, 1, &Filter::default(), None).unwrap().pop().unwrap();
+    assert_eq!(&*top[0].0, "r05000");
+    assert!((top[0].1 - 1.0).abs() <= 1e-6);
+}
+
+/// A writer in another engine keeps replacing one record's vector while the int8 engine
+/// searches for it: every answer scores that record with one version's exact cosine,
+/// never a mix of the candidate search at one version and the vectors of another.
+#[test]
+fn int8_search_never_mixes_versions_under_a_concurrent_writer() {
+    let (n, dim) = (500, 32);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let vectors: Vec<f32> = (0..n * dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.ferro");
+    let writer = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    writer.upsert((0..n).map(rec).collect(), &vectors, dim, WriteMode::Insert).unwrap();
+    let int8 = Engine::open_with(Some(&path), None, Durability::Normal, Precision::Int8).unwrap();
+    let a: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let b: Vec<f32> = a.iter().map(|x| x + 0.3 * rng.gen_range(-1.0f32..1.0)).collect();
+    writer.update("r00001", Patch { vector: Some(a.clone()), ..Patch::default() }).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..300 {
+                let v = if i % 2 == 0 { &a } else { &b };
+                writer.update("r00001", Patch { vector: Some(v.clone()), ..Patch::default() }).unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Release);
+        });
+        let cos = |v: &[f32]| {
+            let full = Engine::open(None, None, Durability::Normal).unwrap();
+            full.upsert(vec![rec(1)], v, dim, WriteMode::Insert).unwrap();
+            full.search(&a, dim, 1, &Filter::default(), None).unwrap()[0][0].1
+        };
+        let (score_a, score_b) = (cos(&a), cos(&b));
+        let mut searches = 0;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) || searches < 50 {
+            let top = int8.search(&a, dim, 3, &Filter::default(), None).unwrap().pop().unwrap();
+            let hit = top.iter().find(|h| &*h.0 == "r00001").expect("the record near the query is found");
+            assert!(hit.1.to_bits() == score_a.to_bits() || hit.1.to_bits() == score_b.to_bits(), "{} is neither {score_a} nor {score_b}", hit.1);
+            searches += 1;
+        }
+    });
 }
