@@ -1,5 +1,6 @@
-"""precision="f16": a third of the vector memory, recall@10 >= 0.995 against the exact
-f32 search, exact vectors back from get/list, and every write path keeping them exact."""
+"""precision="f16" and "int8": a third and a sixth of the vector memory, recall@10 >= 0.995
+against the exact f32 search, exact vectors back from get/list, and every write path
+keeping them exact; int8's re-ranked scores are the f32 store's, bit for bit."""
 
 from __future__ import annotations
 
@@ -26,15 +27,20 @@ def _recall(exact_store, half_store, queries, k=10, **filters) -> float:
     return same / (k * len(queries))
 
 
-@pytest.fixture()
-def random_pair(tmp_path):
+# Bytes a value the replica saves against the f32 store's: the f32 rows and their half
+# copy are 6 bytes a value; f16 keeps 2, int8 1 (plus a 4-byte factor a record).
+_SAVED_PER_VALUE = {"f16": 4, "int8": 5}
+
+
+@pytest.fixture(params=["f16", "int8"])
+def random_pair(tmp_path, request):
     rng = np.random.default_rng(5)
     n, dim = 5000, 384
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
     path = tmp_path / "p.ferro"
     full = ferromem.open(path, index="exact", cache_size=0)
     full.add([f"r{i}" for i in range(n)], vectors, scopes=[f"/s{i % 5}" for i in range(n)])
-    half = ferromem.open(path, precision="f16", index="exact", cache_size=0)
+    half = ferromem.open(path, precision=request.param, index="exact", cache_size=0)
     yield full, half, vectors, rng.standard_normal((100, dim), dtype=np.float32)
     half.close()
     full.close()
@@ -42,15 +48,22 @@ def random_pair(tmp_path):
 
 def test_recall_memory_and_scores_on_random_vectors(random_pair):
     full, half, vectors, queries = random_pair
-    assert half.stats()["precision"] == "f16" and full.stats()["precision"] == "f32"
-    assert half.stats()["memory_bytes"] <= 0.5 * full.stats()["memory_bytes"]
+    precision = half.stats()["precision"]
+    assert precision in ("f16", "int8") and full.stats()["precision"] == "f32"
+    saved = full.stats()["memory_bytes"] - half.stats()["memory_bytes"]
+    values = vectors.size
+    n = len(vectors)
+    assert values * _SAVED_PER_VALUE[precision] - 8 * n <= saved <= values * _SAVED_PER_VALUE[precision]
     assert _recall(full, half, queries) >= 0.995
     assert _recall(full, half, queries[:30], scope="/s3") >= 0.995
     for q in queries[:20]:
         exact = dict(full.search(q, k=10))
         for rid, score in half.search(q, k=10):
             if rid in exact:
-                assert abs(score - exact[rid]) <= 1e-3
+                if precision == "int8":  # re-ranked with the exact vectors
+                    assert score == exact[rid]
+                else:
+                    assert abs(score - exact[rid]) <= 1e-3
 
 
 def test_exact_vectors_survive_every_write_path(random_pair):
@@ -71,6 +84,41 @@ def test_exact_vectors_survive_every_write_path(random_pair):
     full.add("fresh", queries[1])
     assert half.search(queries[1], k=1).ids[0] == "fresh"
     np.testing.assert_array_equal(half.get("fresh").vector, queries[1])
+
+
+def test_int8_score_floor_applies_to_exact_scores(tmp_path):
+    rng = np.random.default_rng(8)
+    vectors = rng.standard_normal((2000, 64), dtype=np.float32)
+    path = tmp_path / "floor.ferro"
+    with ferromem.open(path, cache_size=0) as full:
+        full.add([f"r{i}" for i in range(len(vectors))], vectors)
+        with ferromem.open(path, precision="int8", cache_size=0) as small:
+            for q in rng.standard_normal((20, 64), dtype=np.float32):
+                want = full.search(q, k=50)
+                floor = want.scores[6]
+                got = small.search(q, k=10, min_score=floor)
+                assert list(got.ids) == list(full.search(q, k=10, min_score=floor).ids)
+                assert all(s >= floor for s in got.scores) and len(got) == 7
+
+
+def test_int8_on_real_embeddings_exact_and_graph(tmp_path):
+    folder = shared_data_dir()
+    if folder is None or not (folder / "docs-minilm384.npz").is_file():
+        pytest.skip("real embeddings absent (FERROMEM_SHARED_DATA or <repo>/../shared/data)")
+    with np.load(folder / "docs-minilm384.npz") as arrays:
+        passages = arrays["passages"][:10_000].astype(np.float32)
+        queries = arrays["queries"][:200].astype(np.float32)
+    path = tmp_path / "m8.ferro"
+    full = ferromem.open(path, index="exact", cache_size=0)
+    full.add([f"p{i}" for i in range(len(passages))], passages)
+    small = ferromem.open(path, precision="int8", index="exact", cache_size=0)
+    assert _recall(full, small, queries) >= 0.995
+    small.set_index("hnsw")
+    assert small.wait_for_index(timeout=300)
+    assert small.stats()["index"]["active"] == "hnsw"
+    assert _recall(full, small, queries) >= 0.95
+    small.close()
+    full.close()
 
 
 def test_f16_with_the_graph_on_real_embeddings(tmp_path):
@@ -97,6 +145,13 @@ def test_bad_precisions_are_typed_errors(tmp_path, precision):
         ferromem.open(tmp_path / "x.ferro", precision=precision)
 
 
-def test_f16_needs_a_file():
+@pytest.mark.parametrize("precision", ["f16", "int8"])
+def test_reduced_precisions_need_a_file(precision):
     with pytest.raises(InvalidInputError, match="in-memory"):
-        ferromem.open(None, precision="f16")
+        ferromem.open(None, precision=precision)
+
+
+def test_int8_has_no_store_image(tmp_path):
+    with pytest.raises(InvalidInputError, match="fast_open"):
+        ferromem.open(tmp_path / "i.ferro", precision="int8", fast_open=True)
+    assert not (tmp_path / "i.ferro").exists()

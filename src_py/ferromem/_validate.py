@@ -448,7 +448,7 @@ INDEX_MODES = ("auto", "exact", "hnsw")
 MAX_EF_SEARCH = 100_000
 
 
-PRECISIONS = ("f32", "f16")
+PRECISIONS = ("f32", "f16", "int8")
 
 
 def _check_one_of(name: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -461,10 +461,20 @@ def _check_one_of(name: str, value: Any, choices: tuple[str, ...]) -> str:
 
 def check_precision(value: Any, path: str | None) -> str:
     _check_one_of("precision", value, PRECISIONS)
-    if value == "f16" and path is None:
+    if value != "f32" and path is None:
         raise InvalidInputError(
-            "precision='f16' keeps the exact vectors on disk only, and an in-memory store "
-            "has no disk: give a path or use precision='f32'"
+            f"precision={value!r} keeps the exact vectors on disk only, and an in-memory "
+            "store has no disk: give a path or use precision='f32'"
+        )
+    return value
+
+
+def check_fast_open(value: Any, precision: str) -> bool:
+    value = check_bool(value, "fast_open")
+    if value and precision == "int8":
+        # A store image holds f32 and half-precision rows, not int8 ones.
+        raise InvalidInputError(
+            "fast_open is not available with precision='int8': use 'f32' or 'f16'"
         )
     return value
 

@@ -206,7 +206,7 @@ impl PyEngine {
             to_py_err(Error::InvalidInput(format!("durability must be 'normal' or 'full', not {durability:?}")))
         })?;
         let precision = Precision::from_name(precision)
-            .ok_or_else(|| to_py_err(Error::InvalidInput(format!("precision must be 'f32' or 'f16', not {precision:?}"))))?;
+            .ok_or_else(|| to_py_err(Error::InvalidInput(format!("precision must be 'f32', 'f16' or 'int8', not {precision:?}"))))?;
         let opts = OpenOptions { durability, precision, fast_open };
         let engine = py.detach(|| Engine::open_opts(path.as_deref(), dim, opts)).map_err(to_py_err)?;
         Ok(PyEngine { inner: Arc::new(engine) })
