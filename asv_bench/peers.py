@@ -365,31 +365,51 @@ class ChromaPeer(Peer):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+# Store files of the f32 ferromem peers, by data set: a reduced-precision peer opens the
+# same file (a second Store, as a second process would) instead of writing its own.
+_FERRO_FILES: dict[int, str] = {}
+
+
 class FerromemPeer(Peer):
     """ferromem's Store: exact scans (``index="exact"``) or its HNSW graph (``index="hnsw"``,
-    timed after ``wait_for_index``)."""
+    timed after ``wait_for_index``), holding its vectors at ``precision`` ("f16" and "int8"
+    open the f32 peer's file when it is built, and their build time is that open)."""
 
-    def __init__(self, index: str):
+    def __init__(self, index: str, precision: str = "f32"):
         self.index = index
-        self.name = f"ferromem {index}"
+        self.precision = precision
+        self.name = f"ferromem {index}" + ("" if precision == "f32" else f" {precision}")
         self.knobs = EF_SWEEP if index == "hnsw" else (None,)
         self.store = None
+        self.tmp = None
 
     def _open(self, ef_search: int | None = None):
         import ferromem
 
         kw = {} if ef_search is None else {"ef_search": ef_search}
+        if self.precision != "f32":
+            kw["precision"] = self.precision
         try:
             return ferromem.open(self.path, cache_size=0, index=self.index, **kw)
         except TypeError:
-            if self.index == "hnsw":
-                raise Skip("index= not supported by this ferromem build") from None
+            if self.index == "hnsw" or self.precision != "f32":
+                raise Skip("index= or precision= not supported by this ferromem build") from None
             # An older build without index=: its default open is an exact scan.
             return ferromem.open(self.path, cache_size=0)
 
     def build(self, vectors):
+        shared = _FERRO_FILES.get(id(vectors)) if self.precision != "f32" else None
+        if shared is not None and os.path.exists(shared):
+            self.path = shared
+            self.store = self._open()
+            if self.index == "hnsw":
+                self.store.wait_for_index()
+            self.params = f"{self.store.engine} engine, {self.precision}" + (", ef_search=" if self.index == "hnsw" else "")
+            return
         self.tmp = tempfile.mkdtemp(prefix="peers-ferromem-")
         self.path = os.path.join(self.tmp, "bench.ferro")
+        if self.precision == "f32":
+            _FERRO_FILES[id(vectors)] = self.path
         self.store = self._open()
         if self.index == "hnsw" and not hasattr(self.store, "wait_for_index"):
             raise Skip("index= not supported by this ferromem build (no wait_for_index)")
@@ -416,14 +436,21 @@ class FerromemPeer(Peer):
     def ids(self, raw):
         return raw.ids.astype(np.int64)
 
+    def memory_mb(self) -> float:
+        return self.store.stats()["memory_bytes"] / 1e6
+
     def close(self):
         if self.store is not None:
             self.store.close()
-        shutil.rmtree(getattr(self, "tmp", ""), ignore_errors=True)
+        if self.tmp:
+            _FERRO_FILES.pop(next((k for k, v in _FERRO_FILES.items() if v == self.path), None), None)
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-EXACT_PEERS: list[Callable[[], Peer]] = [lambda: FerromemPeer("exact"), NumpyPeer, FaissFlatPeer]
-ANN_PEERS: list[Callable[[], Peer]] = [lambda: FerromemPeer("hnsw"), FaissHNSWPeer, USearchPeer, ChromaPeer,
+EXACT_PEERS: list[Callable[[], Peer]] = [lambda: FerromemPeer("exact"), lambda: FerromemPeer("exact", "f16"),
+                                         lambda: FerromemPeer("exact", "int8"), NumpyPeer, FaissFlatPeer]
+ANN_PEERS: list[Callable[[], Peer]] = [lambda: FerromemPeer("hnsw"), lambda: FerromemPeer("hnsw", "int8"),
+                                       FaissHNSWPeer, USearchPeer, ChromaPeer,
                                        lambda: FerromemPeer("exact"), FaissFlatPeer]
 
 
@@ -547,23 +574,27 @@ def exact_one_query(built: Built, limits: dict, budget_s: float) -> Figure:
     nbytes = ds.vectors.nbytes
     fig = Figure("b", f"One query, exact top-{K}, {ds.shape} float32",
                  f"p50/p95 of single-query latency over {len(ds.queries)} random queries; effective GB/s = "
-                 f"{nbytes / 1e6:,.0f} MB of float32 matrix / p50 time",
-                 ["peer", "p50 ms", "p95 ms", "effective GB/s", "of bandwidth", "p50 / ferromem", "recall@10"])
+                 f"{nbytes / 1e6:,.0f} MB of float32 matrix / p50 time (the same figure for the f16 and int8 "
+                 "stores, which stream a half and a quarter of it); vector memory = ferromem's replica "
+                 "(stats()['memory_bytes']), the matrix's bytes for the others",
+                 ["peer", "p50 ms", "p95 ms", "effective GB/s", "of bandwidth", "p50 / ferromem", "recall@10",
+                  "memory MB"])
     data = []
     for factory in EXACT_PEERS:
         peer, build = built.get(factory)
         if peer is None:
-            fig.rows.append([factory().name, build, "", "", "", "", ""])
+            fig.rows.append([factory().name, build, "", "", "", "", "", ""])
             continue
         secs, raw = timed(lambda q, peer=peer: peer.search(q, K), ds.queries, budget_s=budget_s)
         found = [peer.ids(r) for r in raw]
         rec = recall_at_k(found, ds.vectors, ds.queries[:len(found)], ds.kth[:len(found)])
         gbs = nbytes / (p(secs, 50) / 1e3) / 1e9
-        data.append((peer.name, p(secs, 50), p(secs, 95), gbs, gbs / limits["bw"] if limits else None, rec))
+        memory = peer.memory_mb() if hasattr(peer, "memory_mb") else nbytes / 1e6
+        data.append((peer.name, p(secs, 50), p(secs, 95), gbs, gbs / limits["bw"] if limits else None, rec, memory))
     ours = next((d[1] for d in data if d[0].startswith("ferromem")), None)
-    for name, p50, p95, gbs, frac, rec in data:
+    for name, p50, p95, gbs, frac, rec, memory in data:
         fig.rows.append([name, fmt(p50), fmt(p95), f"{gbs:.1f}", "-" if frac is None else f"{100 * frac:.0f}%",
-                         ratio(p50, ours), f"{rec:.3f}"])
+                         ratio(p50, ours), f"{rec:.3f}", f"{memory:,.0f}"])
 
     def plot(ax):
         names = [d[0] for d in data]
