@@ -33,6 +33,9 @@ const PRESCAN_MIN_VALUES: usize = 1 << 20;
 /// Batches larger than this skip the pre-scan: the f32 multi-query kernel reads each row
 /// once for the whole batch, which beats one half-precision pass per query.
 const PRESCAN_MAX_QUERIES: usize = 2;
+/// Half-precision values a batch scan widens to f32 at a time: 512 KiB of f32 rows,
+/// which stay in L2 while every query of the batch passes over them.
+const WIDEN_VALUES: usize = 1 << 17;
 /// Candidates beyond k kept by the pre-scan, so that the exactness check rarely fails.
 const PRESCAN_EXTRA: usize = 32;
 
@@ -153,7 +156,10 @@ enum Scan<'a> {
     /// `each`: several queries are scored one by one over each block (bit-identical to
     /// scanning for each alone) instead of by the multi-query kernel.
     Exact { q_inv: &'a [f32], min_score: Option<f32>, each: bool },
-    Half,
+    /// `multi`: a batch whose queries may be scored by the f32 multi-query kernel on rows
+    /// widened to f32 a few at a time (see `WIDEN_VALUES`), not bit-identical to scanning
+    /// each alone.
+    Half { multi: bool },
     /// The queries quantised (`quantised`, nq rows of dim, with their `factors`) against
     /// the int8 rows: approximate cosines (int8 precision).
     Int8 { quantised: &'a [i8], factors: &'a [f32] },
@@ -614,7 +620,8 @@ impl State {
         if self.precision == Precision::F16 {
             // One pass over the only copy there is; scores as `exact_score` computes them.
             let unit: Vec<f32> = queries.chunks_exact(dim).zip(&q_inv).flat_map(|(q, &inv)| q.iter().map(move |x| x * inv)).collect();
-            let heaps = self.scan(&unit, nq, dim, k, candidates.as_deref(), Scan::Half);
+            let multi = nq > PRESCAN_MAX_QUERIES && !each;
+            let heaps = self.scan(&unit, nq, dim, k, candidates.as_deref(), Scan::Half { multi });
             return heaps
                 .into_iter()
                 .enumerate()
@@ -641,7 +648,7 @@ impl State {
             (heaps, reordered_sum_bound(dim))
         } else {
             let unit: Vec<f32> = queries.chunks_exact(dim).zip(&q_inv).flat_map(|(q, &inv)| q.iter().map(move |x| x * inv)).collect();
-            (self.scan(&unit, nq, dim, k1, candidates.as_deref(), Scan::Half), simd::half::prescan_error_bound(dim))
+            (self.scan(&unit, nq, dim, k1, candidates.as_deref(), Scan::Half { multi: false }), simd::half::prescan_error_bound(dim))
         };
         approx
             .into_iter()
@@ -996,7 +1003,23 @@ impl State {
                         simd::dot_rows_multi(queries, nq, block, dim, n, &mut scores[..n * nq]);
                     }
                 }
-                (None, Scan::Half) => {
+                (None, Scan::Half { multi: true }) => {
+                    // Each row is widened once for the whole batch, then every query meets
+                    // it in the register tiles of the f32 multi-query kernel.
+                    let block = self.half.block(start, end);
+                    let step = (WIDEN_VALUES / dim).max(1);
+                    let mut wide = vec![0f32; step.min(n) * dim];
+                    let mut part = vec![0f32; nq * step.min(n)];
+                    for r0 in (0..n).step_by(step) {
+                        let r = (n - r0).min(step);
+                        simd::half::widen(&block[r0 * dim..(r0 + r) * dim], &mut wide[..r * dim]);
+                        simd::dot_rows_multi(queries, nq, &wide[..r * dim], dim, r, &mut part[..nq * r]);
+                        for q in 0..nq {
+                            scores[q * n + r0..q * n + r0 + r].copy_from_slice(&part[q * r..(q + 1) * r]);
+                        }
+                    }
+                }
+                (None, Scan::Half { multi: false }) => {
                     let block = self.half.block(start, end);
                     for q in 0..nq {
                         simd::half::dot_rows_f16(&queries[q * dim..(q + 1) * dim], block, dim, &mut scores[q * n..(q + 1) * n]);
@@ -1027,7 +1050,7 @@ impl State {
                             let out = &mut scores[q * n + i..q * n + i + run];
                             match mode {
                                 Scan::Exact { .. } => simd::dot_gather(&queries[q * dim..(q + 1) * dim], self.arena.chunk(c), dim, &local, out),
-                                Scan::Half => simd::half::dot_gather_f16(&queries[q * dim..(q + 1) * dim], self.half.chunk(c), dim, &local, out),
+                                Scan::Half { .. } => simd::half::dot_gather_f16(&queries[q * dim..(q + 1) * dim], self.half.chunk(c), dim, &local, out),
                                 Scan::Int8 { quantised, factors } => {
                                     let query = &quantised[q * dim..(q + 1) * dim];
                                     for (o, &slot) in out.iter_mut().zip(&slots[i..i + run]) {
@@ -1057,7 +1080,7 @@ impl State {
                             }
                             s
                         }
-                        Scan::Half | Scan::Int8 { .. } => raw,
+                        Scan::Half { .. } | Scan::Int8 { .. } => raw,
                     };
                     heap.offer(score, slot, |a, b| self.id_of(a) < self.id_of(b));
                 }

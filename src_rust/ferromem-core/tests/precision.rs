@@ -87,6 +87,28 @@ fn f16_engine_answers_within_the_bound_and_keeps_exact_vectors() {
     assert_eq!(half.get(&["r05000".into()]).unwrap()[0].as_ref().unwrap().1, w);
 }
 
+/// An f16 batch (rows widened to f32 a few hundred at a time, then the f32 multi-query
+/// kernel) finds what each query finds alone, with the same scores (re-scored as a single
+/// query is). 384 dimensions: several widened pieces per block of rows, the last partial.
+#[test]
+fn f16_batches_answer_as_single_queries() {
+    let (n, dim, k) = (2500, 384, 10);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(24);
+    let vectors: Vec<f32> = (0..n * dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.ferro");
+    Engine::open(Some(&path), None, Durability::Normal).unwrap().upsert((0..n).map(rec).collect(), &vectors, dim, WriteMode::Insert).unwrap();
+    let half = Engine::open_with(Some(&path), None, Durability::Normal, Precision::F16).unwrap();
+    // Queries near stored rows spread over every piece of every block.
+    let picks = [3usize, 340, 341, 700, 1023, 1024, 1500, 2047, 2048, 2499];
+    let batch: Vec<f32> = picks.iter().flat_map(|&i| vectors[i * dim..(i + 1) * dim].iter().map(|x| x + 0.01)).collect();
+    let together = half.search(&batch, dim, k, &Filter::default(), None).unwrap();
+    for ((q, hits), &i) in batch.chunks_exact(dim).zip(&together).zip(&picks) {
+        assert_eq!(&*hits[0].0, format!("r{i:05}"));
+        assert_eq!(hits, &half.search(q, dim, k, &Filter::default(), None).unwrap()[0]);
+    }
+}
+
 /// Exact cosine scores of every record for `q`, from the f32 engine's own scan.
 fn exact_scores(full: &Engine, q: &[f32], dim: usize, n: usize, f: &Filter) -> Vec<(Arc<str>, f32)> {
     full.search(q, dim, n, f, None).unwrap().pop().unwrap()

@@ -114,6 +114,31 @@ mod x86 {
         s
     }
 
+    /// out[i] = bits[i] as f32, 16 (AVX-512F) or 8 (F16C) values per instruction.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn widen_avx512(bits: &[u16], out: &mut [f32]) {
+        let n = bits.len();
+        let mut i = 0;
+        while i + 16 <= n {
+            let x = _mm512_cvtph_ps(_mm256_loadu_si256(bits.as_ptr().add(i) as *const __m256i));
+            _mm512_storeu_ps(out.as_mut_ptr().add(i), x);
+            i += 16;
+        }
+        super::widen_portable(&bits[i..], &mut out[i..]);
+    }
+
+    #[target_feature(enable = "avx,f16c")]
+    pub(super) unsafe fn widen_f16c(bits: &[u16], out: &mut [f32]) {
+        let n = bits.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            let x = _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr().add(i) as *const __m128i));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), x);
+            i += 8;
+        }
+        super::widen_portable(&bits[i..], &mut out[i..]);
+    }
+
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn rows_avx512(q: &[f32], rows: &[u16], dim: usize, idx: Option<&[u32]>, out: &mut [f32]) {
         for (j, o) in out.iter_mut().enumerate() {
@@ -192,6 +217,28 @@ pub fn dot_f16(query: &[f32], row: &[u16]) -> f32 {
     }
 }
 
+/// Converts binary16 bits to f32 (exact: every binary16 value is an f32 value), so that a
+/// block of half-precision rows can go through the f32 multi-query kernel: a batch of
+/// queries then converts each row once instead of once per query.
+pub fn widen(bits: &[u16], out: &mut [f32]) {
+    assert_eq!(bits.len(), out.len(), "widen: lengths differ");
+    match path() {
+        // SAFETY: `path` returns a SIMD path only when the CPU has its features (AVX-512F,
+        // or AVX2 with F16C); the lengths are equal (checked above).
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512 => unsafe { x86::widen_avx512(bits, out) },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => unsafe { x86::widen_f16c(bits, out) },
+        Path::Scalar => widen_portable(bits, out),
+    }
+}
+
+fn widen_portable(bits: &[u16], out: &mut [f32]) {
+    for (o, &b) in out.iter_mut().zip(bits) {
+        *o = f16::from_bits(b).to_f32();
+    }
+}
+
 /// out[i] = dot(query, f16 row i of `rows`) for i in 0..out.len().
 pub fn dot_rows_f16(query: &[f32], rows: &[u16], dim: usize, out: &mut [f32]) {
     rows_impl(query, rows, dim, None, out)
@@ -226,6 +273,25 @@ mod tests {
                     to_f16_bits(&values[..len], scale, &mut got);
                     assert_eq!(got, want[..len], "{isa:?} scale {scale} len {len}");
                 }
+            }
+        }
+        super::super::force_isa(None).unwrap();
+    }
+
+    #[test]
+    fn widening_is_exact_on_every_path() {
+        let _guard = super::super::tests::FORCE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        // Every binary16 bit pattern but the NaNs (stored rows are finite, and hardware may
+        // quieten a signalling NaN), at every tail length.
+        let bits: Vec<u16> = (0..=u16::MAX).filter(|&b| !f16::from_bits(b).is_nan()).collect();
+        let want: Vec<u32> = bits.iter().map(|&b| f16::from_bits(b).to_f32().to_bits()).collect();
+        for isa in super::super::supported_isas() {
+            super::super::force_isa(Some(isa)).unwrap();
+            for len in [0, 1, 7, 8, 9, 15, 16, 17, 33, bits.len()] {
+                let mut got = vec![0f32; len];
+                widen(&bits[..len], &mut got);
+                let got: Vec<u32> = got.iter().map(|x| x.to_bits()).collect();
+                assert_eq!(got, want[..len], "{isa:?} len {len}");
             }
         }
         super::super::force_isa(None).unwrap();
