@@ -12,6 +12,8 @@ Figures (each one row group of the table in <out>/benchmarks.md and <out>/img/pe
   d  ANN on real MiniLM embeddings (docs-minilm384.npz): build, latency, recall@10
   e  ANN on N x D random unit vectors: the same columns, ground truth by numpy
   f  through CrewAI's StorageBackend: ferromem MemoryStorage, LanceDB, Qdrant Edge
+  g  figure e at a second, larger shape (--g-n x --g-dim, default 1,000,000 x 384); not
+     in the default run (its graph builds take about half an hour here): --only g
 
 Every peer is optional: one that is not installed (or fails) gives a "skipped: reason"
 row. Ratios are peer time / ferromem time, both from this run on this machine. The
@@ -1046,6 +1048,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--crewai-n", type=int, help="records for f (default --n; quick 2000)")
     ap.add_argument("--crewai-dim", type=int, help="dimension for f (default --dim)")
     ap.add_argument("--seconds", type=float, help="length of the 8-thread run in f (default 10; quick 3)")
+    ap.add_argument("--g-n", type=int, default=1_000_000, help="rows of the random matrix for g (default 1000000)")
+    ap.add_argument("--g-dim", type=int, default=384, help="its dimension (default 384)")
+    ap.add_argument("--peers", help="comma-separated name prefixes: run only the peers whose name starts with one "
+                                    "(e.g. 'ferromem,faiss'; default every peer)")
     ap.add_argument("--data", default=os.environ.get("FERROMEM_DATA") or os.environ.get("FERROMEM_SHARED_DATA")
                     or os.path.join(REPO, "..", "shared", "data"),
                     help="folder with docs-minilm384.npz (default $FERROMEM_DATA, else $FERROMEM_SHARED_DATA as the "
@@ -1053,6 +1059,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("--out", default=os.path.join(REPO, "docs"),
                     help="writes <out>/benchmarks.md (between the peers markers) and <out>/img/peers-*.png")
     a = ap.parse_args(argv)
+    if a.peers:
+        prefixes = tuple(x.strip().lower() for x in a.peers.split(",") if x.strip())
+        keep = lambda factories: [f for f in factories if f().name.lower().startswith(prefixes)]  # noqa: E731
+        EXACT_PEERS[:] = keep(EXACT_PEERS)
+        ANN_PEERS[:] = keep(ANN_PEERS)
     q = a.quick
     n, dim = a.n or (20_000 if q else 100_000), a.dim or (384 if q else 1536)
     queries = a.queries or (50 if q else 200)
@@ -1103,6 +1114,18 @@ def main(argv: Iterable[str] | None = None) -> int:
             log(f"figure d skipped: {exc}")
             done(Figure("d", "ANN on real embeddings", f"skipped: {exc}", ["figure"], [[f"skipped: {exc}"]]))
 
+    if "g" in only:
+        ds = random_dataset(a.g_n, a.g_dim, queries)
+        log(f"random data set {ds.shape}: exact ground truth")
+        ds.ensure_truth()
+        built = Built(ds)
+        try:
+            done(ann(built, "g", "ANN on random unit vectors, large", budget))
+        finally:
+            built.close()
+        del ds
+        gc.collect()
+
     if "f" in only:
         cn = a.crewai_n or (2_000 if q else n)
         done(crewai_figure(cn, a.crewai_dim or dim, 50 if q else 200, a.seconds or (3.0 if q else 10.0), budget))
@@ -1112,7 +1135,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     os.makedirs(out, exist_ok=True)
     save_plots(figs, out)
     header = [f"Run of `python asv_bench/peers.py{' --quick' if q else ''}"
-              f"{'' if a.only == 'a,b,c,d,e,f' else ' --only ' + a.only}` on "
+              f"{'' if a.only == 'a,b,c,d,e,f' else ' --only ' + a.only}"
+              f"{' --peers ' + a.peers if a.peers else ''}` on "
               f"{_dt.date.today().isoformat()}, {time.perf_counter() - t0:.0f} s in all. Machine:", ""] + machine_facts()
     blocks = render(figs, header)
     for key in ["machine"] + [f.key for f in figs]:
