@@ -375,6 +375,21 @@ def test_memory_behaves_like_crewai_builtin_backend(tmp_path):
     assert got["forgot"] == 12 and got["count_after_forget"] == 2
 
 
+@pytest.mark.parametrize("precision", ["f16", "int8"])
+def test_reduced_precision_stores_behave_like_f32_under_memory(tmp_path, precision):
+    """CrewAI's Memory on a store holding f16 or int8 rows (int8 re-ranked with the exact
+    vectors from the file) observes what it observes on the default f32 store."""
+    store = ferromem.open(tmp_path / "small" / "memories.ferro", precision=precision)
+    small = memory_on(MemoryStorage(store=store))
+    full = memory_on(MemoryStorage(tmp_path / "full"))
+    got, expected = _scenario(small), _scenario(full)
+    small.close()
+    full.close()
+    store.close()
+    assert got == expected
+    assert got["recall"][0] == "The deploy key rotates every Monday"
+
+
 def test_read_only_memory_changes_nothing(tmp_path):
     storage = MemoryStorage(tmp_path / "ro")
     writer = memory_on(storage)
