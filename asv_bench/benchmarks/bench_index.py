@@ -1,4 +1,4 @@
-"""The graph index on real embeddings, f16 precision, and coalesced concurrent searches.
+"""The graph index on real embeddings, f16 and int8 precision, and coalesced concurrent searches.
 
 The real-embedding benchmarks read the shared MiniLM set (FERROMEM_SHARED_DATA, else
 <repo>/../shared/data); without it they are skipped.
@@ -80,9 +80,10 @@ class GraphSearchRealEmbeddings:
 
 
 class Precision:
-    """f32 against f16 at 20,000 x 1536: search time and engine memory."""
+    """f32 against f16 and int8 (re-ranked from the file) at 20,000 x 1536: search time,
+    a batch of 64 queries, and engine memory."""
 
-    params = [["f32", "f16"]]
+    params = [["f32", "f16", "int8"]]
     param_names = ["precision"]
     timeout = 600
 
@@ -94,12 +95,16 @@ class Precision:
 
         self.store = ferromem.open(path, precision=precision, index="exact", cache_size=0)
         self.q = unit_rows(np.random.default_rng(3), 1, 1536)[0]
+        self.batch = unit_rows(np.random.default_rng(4), 64, 1536)
 
     def teardown(self, path, precision):
         self.store.close()
 
     def time_search_top10(self, path, precision):
         self.store.search(self.q, 10)
+
+    def time_search_batch64_top10(self, path, precision):
+        self.store.search(self.batch, 10)
 
     def track_memory_bytes_per_record(self, path, precision):
         return self.store.stats()["memory_bytes"] / self.store.count()
