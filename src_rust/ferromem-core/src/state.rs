@@ -482,8 +482,18 @@ impl State {
 
     /// Every live slot matching the filter, in slot order.
     pub fn select(&self, f: &Filter) -> Vec<u32> {
-        let cands = self.idx.candidates(f, &self.live, |id| self.ids.get(id).copied());
-        let bitmap = cands.as_ref().unwrap_or(&self.live);
+        self.select_from(f, self.candidates(f).as_ref())
+    }
+
+    /// The indexed part of a filter: the live slots its indexed fields allow, or None when
+    /// it has none (every live slot; `older_than` is checked per record by `select_from`).
+    fn candidates(&self, f: &Filter) -> Option<RoaringBitmap> {
+        self.idx.candidates(f, &self.live, |id| self.ids.get(id).copied())
+    }
+
+    /// `select` with the filter's `candidates` already computed.
+    fn select_from(&self, f: &Filter, cands: Option<&RoaringBitmap>) -> Vec<u32> {
+        let bitmap = cands.unwrap_or(&self.live);
         match f.older_than {
             None => bitmap.iter().collect(),
             Some(t) => bitmap
@@ -585,20 +595,25 @@ impl State {
         if self.is_empty() || k == 0 {
             return vec![Vec::new(); nq];
         }
-        if let Some(graph) = self.usable_graph() {
-            if let Some(plan) = self.graph_plan(f, dim) {
-                return self.search_graph(graph, &plan, queries, nq, dim, k, f, min_score);
-            }
-        }
-        self.search_exact(queries, nq, dim, k, f, min_score, each)
+        let allowed = if f.is_empty() { None } else { self.candidates(f) };
+        let allowed = match self.usable_graph() {
+            Some(graph) => match self.graph_plan(f, dim, allowed) {
+                Ok(plan) => return self.search_graph(graph, &plan, queries, nq, dim, k, f, min_score),
+                Err(allowed) => allowed,
+            },
+            None => allowed,
+        };
+        self.search_exact(queries, nq, dim, k, f, allowed.as_ref(), min_score, each)
     }
 
     /// The exact search of `search` (one or two phases, see there); `each`: score every
     /// query as if alone (see `search_each`).
     #[allow(clippy::too_many_arguments)]
-    fn search_exact(&self, queries: &[f32], nq: usize, dim: usize, k: usize, f: &Filter, min_score: Option<f32>, each: bool) -> Vec<Vec<Hit>> {
+    /// `allowed`: the filter's `candidates`, computed by the caller.
+    #[allow(clippy::too_many_arguments)]
+    fn search_exact(&self, queries: &[f32], nq: usize, dim: usize, k: usize, f: &Filter, allowed: Option<&RoaringBitmap>, min_score: Option<f32>, each: bool) -> Vec<Vec<Hit>> {
         let q_inv: Vec<f32> = queries.chunks_exact(dim).map(inverse_norm).collect();
-        let candidates = if f.is_empty() { None } else { Some(self.select(f)) };
+        let candidates = if f.is_empty() { None } else { Some(self.select_from(f, allowed)) };
         let rows = candidates.as_ref().map_or(self.slots.len(), |c| c.len());
         let exact_score = |q: usize, slot: u32| self.exact_score(&queries[q * dim..(q + 1) * dim], q_inv[q], slot);
         let finish = |hits: Vec<(f32, u32)>| self.finish(hits);
@@ -739,21 +754,21 @@ impl State {
         }
     }
 
-    /// How a filter is searched with the graph, or None when an exact scan of its
-    /// candidates is the better (and exact) answer: a selective filter.
-    fn graph_plan(&self, f: &Filter, dim: usize) -> Option<GraphPlan> {
+    /// How a filter is searched with the graph, given its `candidates` (`allowed`); or,
+    /// when an exact scan of them is the better (and exact) answer (a selective filter),
+    /// `allowed` back for that scan, so the indexes are consulted once per search.
+    fn graph_plan(&self, f: &Filter, dim: usize, allowed: Option<RoaringBitmap>) -> std::result::Result<GraphPlan, Option<RoaringBitmap>> {
         if f.is_empty() {
-            return Some(GraphPlan { allowed: None, older_than: None, matching: self.live.len() });
+            return Ok(GraphPlan { allowed: None, older_than: None, matching: self.live.len() });
         }
-        let allowed = self.idx.candidates(f, &self.live, |id| self.ids.get(id).copied());
         let matching = allowed.as_ref().map_or(self.live.len(), |b| b.len());
         if matching.saturating_mul(dim as u64) <= FILTER_EXACT_VALUES || matching.saturating_mul(SELECTIVE_RATIO) < self.live.len() {
-            return None;
+            return Err(allowed);
         }
         if self.index.mode == IndexMode::Auto && filtered_scan_is_cheaper(matching, self.live.len(), dim, self.index) {
-            return None;
+            return Err(allowed);
         }
-        Some(GraphPlan { allowed, older_than: f.older_than, matching })
+        Ok(GraphPlan { allowed, older_than: f.older_than, matching })
     }
 
     /// Graph search: per query, up to ef nodes accepted by the filter are found in the graph
@@ -785,7 +800,7 @@ impl State {
             };
             let mut hits: Vec<(f32, u32)> = found.into_iter().chain(pending.iter().map(|&s| (0.0, s))).map(|(_, s)| (score(s), s)).collect();
             if reached < k && (reached as u64) < plan.matching {
-                return self.search_exact(query, 1, dim, k, f, min_score, true).pop().expect("one query");
+                return self.search_exact(query, 1, dim, k, f, plan.allowed.as_ref(), min_score, true).pop().expect("one query");
             }
             if let Some(m) = min_score {
                 hits.retain(|h| h.0 >= m);
@@ -809,14 +824,11 @@ impl State {
         if (self.live.len() as usize).saturating_mul(dim) < SHARED_SCAN_MIN_VALUES {
             return false;
         }
-        if self.usable_graph().is_some() && self.graph_plan(f, dim).is_some() {
+        let allowed = if f.is_empty() { None } else { self.candidates(f) };
+        let rows = allowed.as_ref().map_or(self.live.len(), |b| b.len());
+        if self.usable_graph().is_some() && self.graph_plan(f, dim, allowed).is_ok() {
             return false;
         }
-        let rows = if f.is_empty() {
-            self.live.len()
-        } else {
-            self.idx.candidates(f, &self.live, |id| self.ids.get(id).copied()).map_or(self.live.len(), |b| b.len())
-        };
         (rows as usize).saturating_mul(dim) >= SHARED_SCAN_MIN_VALUES
     }
 
