@@ -58,7 +58,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 10
 BATCH = 256
 EF_SWEEP = (16, 32, 64, 128)
-FERRO_EF_DEFAULT = 64  # ferromem.open's default ef_search: the ANN reference row
+FERRO_EF_REF = 64  # the ANN reference row (ferromem.open's default ef_search is 96, between 64 and 128)
 MINILM = "docs-minilm384.npz"
 
 
@@ -661,7 +661,7 @@ def ann(built: Built, key: str, title: str, budget_s: float) -> Figure:
     fig = Figure(key, f"{title}: {ds.name}",
                  f"{len(ds.queries):,} queries, one at a time; recall@{K} against the exact top-{K} "
                  f"(tie rule: a hit when its true score >= the exact {K}th - 1e-4); ratios against ferromem hnsw "
-                 f"at ef_search={FERRO_EF_DEFAULT} (its default)",
+                 f"at ef_search={FERRO_EF_REF} (ferromem.open's default is 96, between the sweep's 64 and 128)",
                  ["peer", "params", "build s", "p50 ms", "p95 ms", f"recall@{K}", "p50 / ferromem", "build / ferromem"])
     data: list[tuple[str, str, float, Any, float, float, float]] = []
     for factory in ANN_PEERS:
@@ -681,10 +681,10 @@ def ann(built: Built, key: str, title: str, budget_s: float) -> Figure:
             data.append((peer.name, peer.params + ("" if knob is None else str(knob)), build, knob,
                          p(secs, 50), p(secs, 95), rec))
             log(f"  {peer.name} {knob}: p50 {p(secs, 50):.3f} ms recall {rec:.3f}")
-    ref = next((x for x in data if x[0] == "ferromem hnsw" and x[3] == FERRO_EF_DEFAULT), None)
+    ref = next((x for x in data if x[0] == "ferromem hnsw" and x[3] == FERRO_EF_REF), None)
     if ref is None:
         ref = next((x for x in data if x[0] == "ferromem exact"), None)
-        fig.about = fig.about.replace(f"ferromem hnsw at ef_search={FERRO_EF_DEFAULT} (its default)", "ferromem exact")
+        fig.about = fig.about.replace(f"ferromem hnsw at ef_search={FERRO_EF_REF} (ferromem.open's default is 96, between the sweep's 64 and 128)", "ferromem exact")
     seen = set()
     for name, params, build, knob, p50, p95, rec in data:
         first = name not in seen
