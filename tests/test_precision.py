@@ -101,16 +101,23 @@ def test_int8_score_floor_applies_to_exact_scores(tmp_path):
                 assert all(s >= floor for s in got.scores) and len(got) == 7
 
 
-def test_int8_on_real_embeddings_exact_and_graph(tmp_path):
+def _minilm_store(tmp_path, queries: int):
+    """An exact f32 store of the first 10,000 real MiniLM passages, its path, and the
+    first `queries` real queries (skips without the shared data set)."""
     folder = shared_data_dir()
     if folder is None or not (folder / "docs-minilm384.npz").is_file():
         pytest.skip("real embeddings absent (FERROMEM_SHARED_DATA or <repo>/../shared/data)")
     with np.load(folder / "docs-minilm384.npz") as arrays:
         passages = arrays["passages"][:10_000].astype(np.float32)
-        queries = arrays["queries"][:200].astype(np.float32)
-    path = tmp_path / "m8.ferro"
+        chosen = arrays["queries"][:queries].astype(np.float32)
+    path = tmp_path / "m.ferro"
     full = ferromem.open(path, index="exact", cache_size=0)
     full.add([f"p{i}" for i in range(len(passages))], passages)
+    return full, path, chosen
+
+
+def test_int8_on_real_embeddings_exact_and_graph(tmp_path):
+    full, path, queries = _minilm_store(tmp_path, 200)
     small = ferromem.open(path, precision="int8", index="exact", cache_size=0)
     assert _recall(full, small, queries) >= 0.995
     small.set_index("hnsw")
@@ -122,15 +129,7 @@ def test_int8_on_real_embeddings_exact_and_graph(tmp_path):
 
 
 def test_f16_with_the_graph_on_real_embeddings(tmp_path):
-    folder = shared_data_dir()
-    if folder is None or not (folder / "docs-minilm384.npz").is_file():
-        pytest.skip("real embeddings absent (FERROMEM_SHARED_DATA or <repo>/../shared/data)")
-    with np.load(folder / "docs-minilm384.npz") as arrays:
-        passages = arrays["passages"][:10_000].astype(np.float32)
-        queries = arrays["queries"][:100].astype(np.float32)
-    path = tmp_path / "m.ferro"
-    full = ferromem.open(path, index="exact", cache_size=0)
-    full.add([f"p{i}" for i in range(len(passages))], passages)
+    full, path, queries = _minilm_store(tmp_path, 100)
     half = ferromem.open(path, precision="f16", index="hnsw", cache_size=0)
     assert half.wait_for_index(timeout=300)
     assert half.stats()["index"]["active"] == "hnsw"
