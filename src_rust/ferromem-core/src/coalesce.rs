@@ -23,11 +23,14 @@ pub struct Job {
     pub filter: Filter,
     pub min_score: Option<f32>,
     answer: Mutex<Option<Vec<Hit>>>,
+    /// The replica position (epoch, seq, search generation) the answer was computed at,
+    /// for callers that finish the answer themselves (int8 re-ranking).
+    position: Mutex<Option<(u64, u64, u64)>>,
 }
 
 impl Job {
     pub fn new(query: Vec<f32>, k: usize, filter: Filter, min_score: Option<f32>) -> Arc<Job> {
-        Arc::new(Job { query, k, filter, min_score, answer: Mutex::new(None) })
+        Arc::new(Job { query, k, filter, min_score, answer: Mutex::new(None), position: Mutex::new(None) })
     }
 
     /// Whether `other` can share a `State::search` call with this job.
@@ -37,6 +40,17 @@ impl Job {
 
     pub fn answer(&self, hits: Vec<Hit>) {
         *self.answer.lock() = Some(hits);
+    }
+
+    /// Records the replica position the answer is computed at (before `answer`).
+    pub fn set_position(&self, epoch: u64, seq: u64, generation: u64) {
+        *self.position.lock() = Some((epoch, seq, generation));
+    }
+
+    /// The position `set_position` recorded; None when the batch did not record one
+    /// (it failed before answering).
+    pub fn position(&self) -> Option<(u64, u64, u64)> {
+        *self.position.lock()
     }
 }
 

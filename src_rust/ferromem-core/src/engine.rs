@@ -529,7 +529,7 @@ impl Engine {
         let t = Instant::now();
         self.check_open()?;
         self.catch_up()?;
-        let key = {
+        let (key, int8, shared) = {
             let st = self.state.read();
             st.check_dim(dim)?;
             // The state read lock held here keeps `search_generation` current throughout.
@@ -542,21 +542,24 @@ impl Engine {
                 }
                 self.cache_counters.misses.fetch_add(1, Ordering::Relaxed);
             }
-            if st.precision == Precision::Int8 {
-                key
-            } else if nq != 1 || !st.scan_is_worth_sharing(filter) {
+            let shared = nq == 1 && st.scan_is_worth_sharing(filter);
+            let int8 = st.precision == Precision::Int8;
+            if !int8 && !shared {
                 let results = st.search(queries, nq, k, filter, min_score);
                 if let Some(key) = key {
                     self.cache.lock().insert(key, st.search_generation, results[0].clone());
                 }
                 self.metrics.record(Op::search, t);
                 return Ok(results);
-            } else {
-                key
             }
+            (key, int8, shared)
         };
-        if self.state.read().precision == Precision::Int8 {
-            let (results, generation) = self.search_reranked(queries, nq, dim, k, filter, min_score)?;
+        if int8 {
+            let (results, generation) = if shared {
+                self.search_reranked_shared(queries, dim, k, filter, min_score)?
+            } else {
+                self.search_reranked(queries, nq, dim, k, filter, min_score)?
+            };
             if let Some(key) = key {
                 self.cache.lock().insert(key, generation, results[0].clone());
             }
@@ -587,42 +590,70 @@ impl Engine {
                 // while its exact one does not.
                 (st.search(queries, nq, width, filter, None), st.epoch, st.seq, st.search_generation)
             };
-            let mut ids: Vec<Arc<str>> = candidates.iter().flatten().map(|h| h.0.clone()).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            let vectors = {
-                let mut guard = self.reader.lock();
-                guard.as_mut().ok_or(Error::Closed)?.vectors_at(epoch, seq, &ids)?
-            };
-            let Some(vectors) = vectors else {
-                self.catch_up()?;
-                continue;
-            };
-            let mut exact: HashMap<&str, (&[f32], f32)> = HashMap::with_capacity(ids.len());
-            for (id, v) in ids.iter().zip(&vectors) {
-                let v = v.as_deref().ok_or_else(|| Error::Storage("a record of the replica is missing from the store file".into()))?;
-                exact.insert(&**id, (v, inverse_norm(v)));
+            match self.rerank(&candidates, queries, dim, k, min_score, epoch, seq)? {
+                Some(results) => return Ok((results, generation)),
+                None => self.catch_up()?,
             }
-            let results = candidates
-                .iter()
-                .zip(queries.chunks_exact(dim))
-                .map(|(found, query)| {
-                    let q_inv = inverse_norm(query);
-                    let mut hits: Vec<Hit> = found
-                        .iter()
-                        .map(|(id, _)| {
-                            let (v, v_inv) = exact[&**id];
-                            (id.clone(), (simd::dot_f32(query, v) * v_inv * q_inv).clamp(-1.0, 1.0))
-                        })
-                        .filter(|h| min_score.is_none_or(|m| h.1 >= m))
-                        .collect();
-                    hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-                    hits.truncate(k);
-                    hits
-                })
-                .collect();
-            return Ok((results, generation));
         }
+    }
+
+    /// `search_reranked` of one query whose int8 scan is worth sharing: concurrent ones
+    /// find their candidates in one coalesced scan (bit-identical to each one's own: the
+    /// int8 sums are exact integers), and each caller re-ranks its own at the position the
+    /// batch ran at. When the store has moved on since (or the batch failed), the query
+    /// is searched again on its own.
+    fn search_reranked_shared(&self, query: &[f32], dim: usize, k: usize, filter: &Filter, min_score: Option<f32>) -> Result<(Vec<Vec<Hit>>, u64)> {
+        // Waiting for a batch must not hold the state lock (see `search`).
+        let job = Job::new(query.to_vec(), rerank_width(k), filter.clone(), None);
+        let (candidates, _) = self.coalescer.submit(job.clone(), |batch| self.run_search_batch(batch));
+        if let Some((epoch, seq, generation)) = job.position() {
+            if let Some(results) = self.rerank(&[candidates], query, dim, k, min_score, epoch, seq)? {
+                return Ok((results, generation));
+            }
+        }
+        self.search_reranked(query, 1, dim, k, filter, min_score)
+    }
+
+    /// The exact answer from int8 `candidates` (per query of `queries`): their exact
+    /// vectors read from the durable layer at (epoch, seq), their exact cosines (computed
+    /// as the f32 scan computes them), `min_score`, the best k. None when the store is no
+    /// longer at (epoch, seq).
+    #[allow(clippy::too_many_arguments)]
+    fn rerank(&self, candidates: &[Vec<Hit>], queries: &[f32], dim: usize, k: usize, min_score: Option<f32>, epoch: u64, seq: u64) -> Result<Option<Vec<Vec<Hit>>>> {
+        let mut ids: Vec<Arc<str>> = candidates.iter().flatten().map(|h| h.0.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let vectors = {
+            let mut guard = self.reader.lock();
+            guard.as_mut().ok_or(Error::Closed)?.vectors_at(epoch, seq, &ids)?
+        };
+        let Some(vectors) = vectors else {
+            return Ok(None);
+        };
+        let mut exact: HashMap<&str, (&[f32], f32)> = HashMap::with_capacity(ids.len());
+        for (id, v) in ids.iter().zip(&vectors) {
+            let v = v.as_deref().ok_or_else(|| Error::Storage("a record of the replica is missing from the store file".into()))?;
+            exact.insert(&**id, (v, inverse_norm(v)));
+        }
+        let results = candidates
+            .iter()
+            .zip(queries.chunks_exact(dim))
+            .map(|(found, query)| {
+                let q_inv = inverse_norm(query);
+                let mut hits: Vec<Hit> = found
+                    .iter()
+                    .map(|(id, _)| {
+                        let (v, v_inv) = exact[&**id];
+                        (id.clone(), (simd::dot_f32(query, v) * v_inv * q_inv).clamp(-1.0, 1.0))
+                    })
+                    .filter(|h| min_score.is_none_or(|m| h.1 >= m))
+                    .collect();
+                hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                hits.truncate(k);
+                hits
+            })
+            .collect();
+        Ok(Some(results))
     }
 
     /// Runs a batch of coalesced single-query searches under one read lock: one
@@ -642,7 +673,9 @@ impl Engine {
             let queries: Vec<f32> = jobs.iter().flat_map(|j| j.query.iter().copied()).collect();
             let results = st.search_each(&queries, jobs.len(), k, filter, min_score);
             for (job, hits) in jobs.iter().zip(results) {
-                if caching {
+                job.set_position(st.epoch, st.seq, st.search_generation);
+                // An int8 job's answer is its candidates, which its caller re-ranks and caches.
+                if caching && st.precision != Precision::Int8 {
                     self.cache.lock().insert(SearchKey::new(&job.query, k, filter, min_score), st.search_generation, hits.clone());
                 }
                 job.answer(hits);

@@ -233,3 +233,45 @@ fn int8_search_never_mixes_versions_under_a_concurrent_writer() {
         }
     });
 }
+
+/// Concurrent single int8 queries over a store large enough to share scans: they are
+/// coalesced into shared int8 scans, and each caller, re-ranking its own candidates,
+/// gets exactly what it gets alone.
+#[test]
+fn concurrent_int8_queries_share_scans_and_get_their_own_answers() {
+    // 8,000 x 512 = 4M values: above the size where concurrent scans are batched (the
+    // scoped quarter, 1M values, is just below it and runs alone).
+    let (n, dim) = (8000, 512);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(25);
+    let vectors: Vec<f32> = (0..n * dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.ferro");
+    Engine::open(Some(&path), None, Durability::Normal).unwrap().upsert((0..n).map(rec).collect(), &vectors, dim, WriteMode::Insert).unwrap();
+    let e = Engine::open_with(Some(&path), None, Durability::Normal, Precision::Int8).unwrap();
+    e.set_cache_capacity(0);
+    let queries: Vec<f32> = (0..32 * dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let scoped = Filter { scope: Some("/s1".into()), ..Filter::default() };
+    let all = Filter::default();
+    let filter_of = |i: usize| if i.is_multiple_of(2) { &all } else { &scoped };
+    let expected: Vec<_> = queries
+        .chunks_exact(dim)
+        .enumerate()
+        .map(|(i, q)| e.search(q, dim, 5 + i % 3, filter_of(i), None).unwrap().pop().unwrap())
+        .collect();
+    let start = std::sync::Barrier::new(8);
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (e, queries, expected, start, filter_of) = (&e, &queries, &expected, &start, &filter_of);
+            s.spawn(move || {
+                start.wait();
+                for round in 0..24 {
+                    let i = (t * 24 + round) % 32;
+                    let got = e.search(&queries[i * dim..(i + 1) * dim], dim, 5 + i % 3, filter_of(i), None).unwrap().pop().unwrap();
+                    assert_eq!(got, expected[i]);
+                }
+            });
+        }
+    });
+    let st = e.stats();
+    assert!(st.coalesced_batches > 0, "{} {}", st.coalesced_searches, st.coalesced_batches);
+}
