@@ -119,6 +119,13 @@ pub struct GraphQuery {
 }
 
 impl GraphRows<'_> {
+    /// The unit query `unit` prepared for `dot` and `Hnsw::search`.
+    pub fn query(&self, unit: &[f32]) -> GraphQuery {
+        let mut q = GraphQuery::default();
+        self.prepare(unit, &mut q);
+        q
+    }
+
     /// Prepares the unit query `unit` for `dot`.
     fn prepare(&self, unit: &[f32], out: &mut GraphQuery) {
         match self {
@@ -145,9 +152,10 @@ impl GraphRows<'_> {
         }
     }
 
-    /// The similarity of the prepared query `q` and the row of `slot`.
+    /// The similarity of the prepared query `q` and the row of `slot` (for int8 rows,
+    /// computed exactly as the state's int8 scan computes it).
     #[inline]
-    fn dot(&self, q: &GraphQuery, slot: u32) -> f32 {
+    pub fn dot(&self, q: &GraphQuery, slot: u32) -> f32 {
         match self {
             GraphRows::Half(rows) => dot_f16(&q.unit, rows.row(slot as usize)),
             GraphRows::Int8 { rows, factors } => dot_i8(&q.quantised, rows.row(slot as usize)) as f32 * q.factor * factors[slot as usize],
@@ -362,13 +370,11 @@ impl Hnsw {
         })
     }
 
-    /// Up to `ef` accepted slots near the unit query `unit`, best first, with their
-    /// approximate (f16 or int8) similarity. Empty when the graph is.
-    pub fn search(&self, unit: &[f32], ef: usize, rows: &GraphRows<'_>, accept: &dyn Fn(u32) -> bool) -> Vec<(f32, u32)> {
+    /// Up to `ef` accepted slots near the query `q` (a unit query prepared by
+    /// `GraphRows::query`), best first, with their approximate (f16 or int8) similarity.
+    /// Empty when the graph is.
+    pub fn search(&self, q: &GraphQuery, ef: usize, rows: &GraphRows<'_>, accept: &dyn Fn(u32) -> bool) -> Vec<(f32, u32)> {
         let Some(entry) = self.entry else { return Vec::new() };
-        let mut q = GraphQuery::default();
-        rows.prepare(unit, &mut q);
-        let q = &q;
         let mut cur = Scored(rows.dot(q, entry), entry);
         for level in (1..=self.top).rev() {
             cur = self.greedy(q, cur, level, rows);
@@ -707,12 +713,12 @@ mod tests {
         let (mut hits, mut total) = (0, 0);
         for t in 0..100 {
             let q = &rows[(t * 29) % n];
-            let found: Vec<u32> = g.search(q, 64, graph_rows, &|_| true).into_iter().take(10).map(|x| x.1).collect();
+            let found: Vec<u32> = g.search(&graph_rows.query(q), 64, graph_rows, &|_| true).into_iter().take(10).map(|x| x.1).collect();
             let truth = exact_top(rows, q, 10, |_| true);
             hits += truth.iter().filter(|t| found.contains(t)).count();
             total += 10;
             // A filter admits only what it says, dead nodes included in the walk.
-            let odd = g.search(q, 32, graph_rows, &|s| s % 2 == 1);
+            let odd = g.search(&graph_rows.query(q), 32, graph_rows, &|s| s % 2 == 1);
             assert!(odd.iter().all(|x| x.1 % 2 == 1));
             assert!(odd.len() == 32);
         }
@@ -728,7 +734,8 @@ mod tests {
         let mut g = Hnsw::new(dim, HnswParams { m: 4, ef_construction: 16 });
         let mut scratch = GraphQuery::default();
         g.insert(0, 1, &GraphRows::Half(&arena), &|_| Some(1), &mut scratch);
-        assert_eq!(g.search(&vec![1.0 / 4.0; dim], 5, &GraphRows::Half(&arena), &|_| true).len(), 1);
+        let rows = GraphRows::Half(&arena);
+        assert_eq!(g.search(&rows.query(&vec![1.0 / 4.0; dim]), 5, &rows, &|_| true).len(), 1);
         for s in 1..500u32 {
             g.insert(s, 1, &GraphRows::Half(&arena), &|_| Some(1), &mut scratch);
         }
@@ -738,7 +745,8 @@ mod tests {
         g.insert(7, 2, &GraphRows::Half(&arena), &|s| Some(if s == 7 { 2 } else { 1 }), &mut scratch);
         assert_eq!(g.version(7), Some(2));
         assert_eq!(g.nodes(), 500);
-        let found = g.search(&v3, 16, &GraphRows::Half(&arena), &|_| true);
+        let rows = GraphRows::Half(&arena);
+        let found = g.search(&rows.query(&v3), 16, &rows, &|_| true);
         assert_eq!(found[0].1, 7);
         assert_eq!(g.version(600), None);
     }

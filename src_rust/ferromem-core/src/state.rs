@@ -790,13 +790,14 @@ impl State {
             let query = &queries[q * dim..(q + 1) * dim];
             let q_inv = inverse_norm(query);
             let unit: Vec<f32> = query.iter().map(|x| x * q_inv).collect();
-            let found = graph.search(&unit, ef, &rows, &|s| graph.is_current(s, &current) && accepts(s));
+            let prepared = rows.query(&unit);
+            let found = graph.search(&prepared, ef, &rows, &|s| graph.is_current(s, &current) && accepts(s));
             let reached = found.len() + pending.len();
-            // Re-scored as the exact scan scores (int8 precision: as the int8 scan does).
-            let int8 = (self.precision == Precision::Int8).then(|| quantize_queries(query, dim, &[q_inv]));
-            let score = |s: u32| match &int8 {
-                Some((quantised, factors)) => self.int8_score(quantised, factors[0], s),
-                None => self.exact_score(query, q_inv, s),
+            // Re-scored as the exact scan scores (int8 precision: as the int8 scan does,
+            // which is the graph's own int8 similarity).
+            let score = |s: u32| match self.precision {
+                Precision::Int8 => rows.dot(&prepared, s),
+                Precision::F32 | Precision::F16 => self.exact_score(query, q_inv, s),
             };
             let mut hits: Vec<(f32, u32)> = found.into_iter().chain(pending.iter().map(|&s| (0.0, s))).map(|(_, s)| (score(s), s)).collect();
             if reached < k && (reached as u64) < plan.matching {

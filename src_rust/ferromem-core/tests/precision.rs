@@ -23,17 +23,34 @@ fn rec(i: usize) -> Record {
     }
 }
 
+/// `len` values uniform in [-1, 1).
+fn uniform(rng: &mut impl Rng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+/// `n` rows of `dim` around 30 random centres (clustered, like text embeddings).
+fn clustered(rng: &mut impl Rng, n: usize, dim: usize) -> Vec<f32> {
+    let centres: Vec<Vec<f32>> = (0..30).map(|_| uniform(rng, dim)).collect();
+    (0..n).flat_map(|i| centres[i % 30].iter().map(|&c| c + 0.4 * rng.gen_range(-1.0f32..1.0)).collect::<Vec<_>>()).collect()
+}
+
+/// A store file in a fresh directory (keep it alive) holding records 0..n with `vectors`,
+/// and the f32 engine that wrote it.
+fn written_store(vectors: &[f32], dim: usize) -> (tempfile::TempDir, std::path::PathBuf, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.ferro");
+    let full = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    full.upsert((0..vectors.len() / dim).map(rec).collect(), vectors, dim, WriteMode::Insert).unwrap();
+    (dir, path, full)
+}
+
 #[test]
 fn f16_engine_answers_within_the_bound_and_keeps_exact_vectors() {
     let (n, dim, k) = (3000, 64, 10);
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
-    let centres: Vec<Vec<f32>> = (0..30).map(|_| (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect();
-    let vectors: Vec<f32> = (0..n).flat_map(|i| centres[i % 30].iter().map(|&c| c + 0.4 * rng.gen_range(-1.0f32..1.0)).collect::<Vec<_>>()).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.ferro");
+    let vectors = clustered(&mut rng, n, dim);
     assert!(matches!(Engine::open_with(None, None, Durability::Normal, Precision::F16), Err(Error::InvalidInput(_))));
-    let full = Engine::open(Some(&path), None, Durability::Normal).unwrap();
-    full.upsert((0..n).map(rec).collect(), &vectors, dim, WriteMode::Insert).unwrap();
+    let (_dir, path, full) = written_store(&vectors, dim);
     let half = Engine::open_with(Some(&path), None, Durability::Normal, Precision::F16).unwrap();
     let (mf, mh) = (full.stats().memory_bytes, half.stats().memory_bytes);
     // The f32 rows (4 bytes a value) are not held; the half-precision ones (2) are.
@@ -41,7 +58,7 @@ fn f16_engine_answers_within_the_bound_and_keeps_exact_vectors() {
 
     let eps = prescan_error_bound(dim) + 1e-6;
     let (mut same, mut total) = (0, 0);
-    for q in (0..100).map(|_| (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect::<Vec<f32>>()) {
+    for q in (0..100).map(|_| uniform(&mut rng, dim)) {
         for f in [Filter::default(), Filter { scope: Some("/s2".into()), ..Filter::default() }] {
             let exact = full.search(&q, dim, k, &f, None).unwrap().pop().unwrap();
             let approx = half.search(&q, dim, k, &f, None).unwrap().pop().unwrap();
@@ -75,11 +92,11 @@ fn f16_engine_answers_within_the_bound_and_keeps_exact_vectors() {
         assert_eq!(got.1, &vectors[7 * dim..8 * dim]);
     }
     // A new vector from the f16 engine, and a record added by the other engine.
-    let v: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let v = uniform(&mut rng, dim);
     half.update("r00009", Patch { vector: Some(v.clone()), ..Patch::default() }).unwrap();
     assert_eq!(full.get(&["r00009".into()]).unwrap()[0].as_ref().unwrap().1, v);
     assert_eq!(&*half.search(&v, dim, 1, &Filter::default(), None).unwrap()[0][0].0, "r00009");
-    let w: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let w = uniform(&mut rng, dim);
     full.upsert(vec![rec(5000)], &w, dim, WriteMode::Insert).unwrap();
     let top = half.search(&w, dim, 1, &Filter::default(), None).unwrap().pop().unwrap();
     assert_eq!(&*top[0].0, "r05000");
@@ -94,10 +111,8 @@ fn f16_engine_answers_within_the_bound_and_keeps_exact_vectors() {
 fn f16_batches_answer_as_single_queries() {
     let (n, dim, k) = (2500, 384, 10);
     let mut rng = rand::rngs::StdRng::seed_from_u64(24);
-    let vectors: Vec<f32> = (0..n * dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("b.ferro");
-    Engine::open(Some(&path), None, Durability::Normal).unwrap().upsert((0..n).map(rec).collect(), &vectors, dim, WriteMode::Insert).unwrap();
+    let vectors = uniform(&mut rng, n * dim);
+    let (_dir, path, _) = written_store(&vectors, dim);
     let half = Engine::open_with(Some(&path), None, Durability::Normal, Precision::F16).unwrap();
     // Queries near stored rows spread over every piece of every block.
     let picks = [3usize, 340, 341, 700, 1023, 1024, 1500, 2047, 2048, 2499];
@@ -118,15 +133,11 @@ fn exact_scores(full: &Engine, q: &[f32], dim: usize, n: usize, f: &Filter) -> V
 fn int8_engine_reranks_to_exact_scores_and_keeps_exact_vectors() {
     let (n, dim, k) = (3000, 64, 10);
     let mut rng = rand::rngs::StdRng::seed_from_u64(22);
-    let centres: Vec<Vec<f32>> = (0..30).map(|_| (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect()).collect();
-    let vectors: Vec<f32> = (0..n).flat_map(|i| centres[i % 30].iter().map(|&c| c + 0.4 * rng.gen_range(-1.0f32..1.0)).collect::<Vec<_>>()).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p.ferro");
+    let vectors = clustered(&mut rng, n, dim);
     assert!(matches!(Engine::open_with(None, None, Durability::Normal, Precision::Int8), Err(Error::InvalidInput(_))));
+    let (_dir, path, full) = written_store(&vectors, dim);
     let fast = OpenOptions { precision: Precision::Int8, fast_open: true, ..OpenOptions::default() };
     assert!(matches!(Engine::open_opts(Some(&path), None, fast), Err(Error::InvalidInput(_))));
-    let full = Engine::open(Some(&path), None, Durability::Normal).unwrap();
-    full.upsert((0..n).map(rec).collect(), &vectors, dim, WriteMode::Insert).unwrap();
     let int8 = Engine::open_with(Some(&path), None, Durability::Normal, Precision::Int8).unwrap();
     assert_eq!(int8.stats().precision, Precision::Int8);
     let (mf, mi) = (full.stats().memory_bytes, int8.stats().memory_bytes);
@@ -136,7 +147,7 @@ fn int8_engine_reranks_to_exact_scores_and_keeps_exact_vectors() {
 
     let scoped = Filter { scope: Some("/s2".into()), ..Filter::default() };
     let (mut same, mut total) = (0, 0);
-    for q in (0..100).map(|_| (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect::<Vec<f32>>()) {
+    for q in (0..100).map(|_| uniform(&mut rng, dim)) {
         for f in [&Filter::default(), &scoped] {
             let all = exact_scores(&full, &q, dim, n, f);
             let got = int8.search(&q, dim, k, f, None).unwrap().pop().unwrap();
@@ -165,7 +176,7 @@ fn int8_engine_reranks_to_exact_scores_and_keeps_exact_vectors() {
     assert!(int8.wait_for_index(Some(std::time::Duration::from_secs(60))).unwrap());
     assert!(int8.stats().index.active);
     let (mut same, mut total) = (0, 0);
-    for q in (0..50).map(|_| (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect::<Vec<f32>>()) {
+    for q in (0..50).map(|_| uniform(&mut rng, dim)) {
         let all = exact_scores(&full, &q, dim, n, &Filter::default());
         let got = int8.search(&q, dim, k, &Filter::default(), None).unwrap().pop().unwrap();
         for (id, score) in &got {
@@ -180,13 +191,13 @@ fn int8_engine_reranks_to_exact_scores_and_keeps_exact_vectors() {
     let ids: Vec<String> = ["r00007", "r02999", "nope"].iter().map(|s| s.to_string()).collect();
     assert_eq!(int8.get(&ids).unwrap(), full.get(&ids).unwrap());
     assert_eq!(int8.list(&scoped, 3, Some(20)).unwrap(), full.list(&scoped, 3, Some(20)).unwrap());
-    let v: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let v = uniform(&mut rng, dim);
     int8.update("r00009", Patch { vector: Some(v.clone()), ..Patch::default() }).unwrap();
     assert_eq!(full.get(&["r00009".into()]).unwrap()[0].as_ref().unwrap().1, v);
     let top = int8.search(&v, dim, 1, &Filter::default(), None).unwrap().pop().unwrap();
     assert_eq!(&*top[0].0, "r00009");
     assert_eq!(top[0].1.to_bits(), full.search(&v, dim, 1, &Filter::default(), None).unwrap()[0][0].1.to_bits());
-    let w: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let w = uniform(&mut rng, dim);
     full.upsert(vec![rec(5000)], &w, dim, WriteMode::Insert).unwrap();
     let top = int8.search(&w, dim, 1, &Filter::default(), None).unwrap().pop().unwrap();
     assert_eq!(&*top[0].0, "r05000");
@@ -200,13 +211,10 @@ fn int8_engine_reranks_to_exact_scores_and_keeps_exact_vectors() {
 fn int8_search_never_mixes_versions_under_a_concurrent_writer() {
     let (n, dim) = (500, 32);
     let mut rng = rand::rngs::StdRng::seed_from_u64(23);
-    let vectors: Vec<f32> = (0..n * dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("w.ferro");
-    let writer = Engine::open(Some(&path), None, Durability::Normal).unwrap();
-    writer.upsert((0..n).map(rec).collect(), &vectors, dim, WriteMode::Insert).unwrap();
+    let vectors = uniform(&mut rng, n * dim);
+    let (_dir, path, writer) = written_store(&vectors, dim);
     let int8 = Engine::open_with(Some(&path), None, Durability::Normal, Precision::Int8).unwrap();
-    let a: Vec<f32> = (0..dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let a = uniform(&mut rng, dim);
     let b: Vec<f32> = a.iter().map(|x| x + 0.3 * rng.gen_range(-1.0f32..1.0)).collect();
     writer.update("r00001", Patch { vector: Some(a.clone()), ..Patch::default() }).unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -243,13 +251,11 @@ fn concurrent_int8_queries_share_scans_and_get_their_own_answers() {
     // scoped quarter, 1M values, is just below it and runs alone).
     let (n, dim) = (8000, 512);
     let mut rng = rand::rngs::StdRng::seed_from_u64(25);
-    let vectors: Vec<f32> = (0..n * dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.ferro");
-    Engine::open(Some(&path), None, Durability::Normal).unwrap().upsert((0..n).map(rec).collect(), &vectors, dim, WriteMode::Insert).unwrap();
+    let vectors = uniform(&mut rng, n * dim);
+    let (_dir, path, _) = written_store(&vectors, dim);
     let e = Engine::open_with(Some(&path), None, Durability::Normal, Precision::Int8).unwrap();
     e.set_cache_capacity(0);
-    let queries: Vec<f32> = (0..32 * dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let queries = uniform(&mut rng, 32 * dim);
     let scoped = Filter { scope: Some("/s1".into()), ..Filter::default() };
     let all = Filter::default();
     let filter_of = |i: usize| if i.is_multiple_of(2) { &all } else { &scoped };
