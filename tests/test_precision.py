@@ -150,7 +150,26 @@ def test_reduced_precisions_need_a_file(precision):
         ferromem.open(None, precision=precision)
 
 
-def test_int8_has_no_store_image(tmp_path):
-    with pytest.raises(InvalidInputError, match="fast_open"):
-        ferromem.open(tmp_path / "i.ferro", precision="int8", fast_open=True)
-    assert not (tmp_path / "i.ferro").exists()
+def test_int8_store_image_opens_to_the_same_answers(tmp_path):
+    """fast_open with int8: the image holds the quantised rows, so a store opened from it
+    answers exactly as one read from the file, and as the f32 store (exact re-ranking)."""
+    path = tmp_path / "i.ferro"
+    rng = np.random.default_rng(21)
+    vectors = rng.standard_normal((5000, 96)).astype(np.float32)
+    ids = [f"m{i}" for i in range(len(vectors))]
+    with ferromem.open(path, precision="int8", fast_open=True) as store:
+        store.add(ids, vectors, scopes=[f"/crew/a{i % 4}" for i in range(len(ids))])
+        assert not store.stats()["fast_open"]["opened_from_image"]
+    assert (tmp_path / "i.ferro.image").exists()
+    queries = rng.standard_normal((20, 96)).astype(np.float32)
+    with ferromem.open(path, precision="int8", fast_open=True, cache_size=0) as fast, \
+            ferromem.open(path, precision="int8", cache_size=0) as plain, \
+            ferromem.open(path, cache_size=0) as full:
+        assert fast.stats()["fast_open"] == {"enabled": True, "opened_from_image": True}
+        assert fast.stats()["precision"] == "int8"
+        for q in queries:
+            for filters in ({}, {"scope": "/crew/a2"}):
+                got = list(fast.search(q, 10, **filters))
+                assert got == list(plain.search(q, 10, **filters))
+                assert got == list(full.search(q, 10, **filters))
+        assert np.array_equal(fast.get("m7").vector, vectors[7])

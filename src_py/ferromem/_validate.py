@@ -469,14 +469,8 @@ def check_precision(value: Any, path: str | None) -> str:
     return value
 
 
-def check_fast_open(value: Any, precision: str) -> bool:
-    value = check_bool(value, "fast_open")
-    if value and precision == "int8":
-        # A store image holds f32 and half-precision rows, not int8 ones.
-        raise InvalidInputError(
-            "fast_open is not available with precision='int8': use 'f32' or 'f16'"
-        )
-    return value
+def check_fast_open(value: Any) -> bool:
+    return check_bool(value, "fast_open")
 
 
 def check_index(value: Any) -> str:

@@ -154,9 +154,10 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     ``fast_open``: keep a store image beside the file (``<path>.image``, written at close
     when the store changed) and open from it: the vectors are mapped and paged in on use
     instead of read out of SQLite, so a large store opens in milliseconds. It costs disk
-    (about 1.5x the vectors' bytes for "f32", 0.5x for "f16"). The image is a cache,
-    used only when it fits the store; stores opened without ``fast_open`` leave it alone,
-    and deleting it is always safe. Native engine with a path only; not with "int8".
+    (about 1.5x the vectors' bytes for "f32", 0.5x for "f16", 0.25x for "int8"). The
+    image is a cache, used only when it fits the store (an int8 image serves int8 stores
+    only); stores opened without ``fast_open`` leave it alone, and deleting it is always
+    safe. Native engine with a path only.
     """
     path_text = check.check_path(path)
     cache_size = check.check_cache_size(cache_size)
@@ -165,7 +166,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     precision = check.check_precision(precision, path_text)
     dim = check.check_dim(dim)
     durability = check.check_durability(durability)
-    fast_open = check.check_fast_open(fast_open, precision)
+    fast_open = check.check_fast_open(fast_open)
     engine_factory, engine_name = _select_engine(check.check_engine(engine))
     if path_text is not None:
         try:

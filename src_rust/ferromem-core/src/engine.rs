@@ -211,10 +211,6 @@ impl Engine {
                 precision.name()
             )));
         }
-        if precision == Precision::Int8 && fast_open {
-            // A store image holds f32 and half-precision rows, not int8 ones.
-            return Err(Error::InvalidInput("fast_open is not available with precision 'int8': use 'f32' or 'f16'".into()));
-        }
         let (mut writer, reader): (Box<dyn Storage>, Box<dyn Storage>) = match path {
             None => (Box::new(MemoryStorage), Box::new(MemoryStorage)),
             Some(p) => {

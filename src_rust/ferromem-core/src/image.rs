@@ -20,18 +20,27 @@
 //! Otherwise the store is read from SQLite as before. Layout (little-endian):
 //!
 //! ```text
-//! header (HEADER_BYTES): magic, version, precision, dim, rows, epoch, seq, token,
-//!                        section offsets, file length, CRC-32 of header + records + norms
+//! header (HEADER_BYTES): magic, version, precision (0 f32, 1 f16, 2 int8), dim, rows,
+//!                        epoch, seq, token, section offsets, file length,
+//!                        CRC-32 of header + records + norms (+ int8 factors)
 //! records              : per record its fields (strings as u32 length + UTF-8)
 //! norms                : rows x f32 (1/|v|)
-//! f32 rows             : rows x dim x f32, page-aligned (f32 images only)
-//! half rows            : rows x dim x u16 (binary16 of the unit vector), page-aligned
+//! aux                  : f32 images: rows x dim x f32, page-aligned
+//!                        int8 images: rows x f32, each row's quantisation factor
+//!                        f16 images: none (offset 0)
+//! search rows          : f32 and f16 images: rows x dim x u16 (binary16 of the unit vector)
+//!                        int8 images: rows x dim x i8 (the quantised unit vector)
+//!                        page-aligned
 //! ```
+//!
+//! The rows are the replica's own, byte for byte: an int8 image holds the quantisation the
+//! store made from the exact vectors, so a replica from the image equals one read from
+//! SQLite. Readers that predate int8 images reject precision 2 and read the store.
 
 use crate::arena::{Arena, Chunk, CHUNK_ROWS};
 use crate::cursor::Reader;
 use crate::record::Record;
-use crate::state::{Precision, State};
+use crate::state::{ImageArenas, ImageRows, Precision, State};
 use memmap2::{MmapMut, MmapOptions};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -115,34 +124,58 @@ fn encode_record(out: &mut Vec<u8>, r: &Record) {
     out.push(r.private as u8);
 }
 
+/// The bytes of `values`, for writing (every element type here has no padding, and the
+/// image is read back as little-endian on this little-endian target: checked below).
+fn bytes_of<T: Copy>(values: &[T]) -> &[u8] {
+    // SAFETY: f32, u16 and i8 have no padding and every byte of them is initialised.
+    unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, std::mem::size_of_val(values)) }
+}
+
 /// Writes the image of `state` to `target` with `token`: a temporary file beside it, flushed
 /// to disk, then renamed over it. Writes nothing for an empty store.
 pub fn write(state: &State, target: &Path, token: &str) -> std::io::Result<()> {
     let (Some(dim), false) = (state.dim, state.is_empty()) else { return Ok(()) };
     let token = token_bytes(token).ok_or_else(|| std::io::Error::other("an image token is 32 hex digits"))?;
     let rows = state.len() as u64;
-    let with_f32 = state.precision == Precision::F32;
+    let values = rows * dim as u64;
     let mut records = Vec::with_capacity(state.len() * 64);
     let mut norms = Vec::with_capacity(state.len() * 4);
-    for (rec, _, _, inv) in state.image_rows() {
+    for (rec, inv) in state.image_records() {
         encode_record(&mut records, rec);
         norms.extend_from_slice(&inv.to_le_bytes());
     }
+    let vectors = state.image_vectors();
+    // The int8 factors are small and checked like the norms; the large row sections are not
+    // (a CRC over a gigabyte would cost the open its milliseconds).
+    let factors: Vec<u8> = match &vectors {
+        ImageRows::Int8 { slots, factors, .. } => slots.clone().flat_map(|s| factors[s].to_le_bytes()).collect(),
+        _ => Vec::new(),
+    };
+    let (precision_code, row_bytes) = match &vectors {
+        ImageRows::F32 { .. } => (0u32, 2),
+        ImageRows::F16 { .. } => (1u32, 2),
+        ImageRows::Int8 { .. } => (2u32, 1),
+    };
     let records_off = HEADER_BYTES as u64;
     let norms_off = align_up(records_off + records.len() as u64, 64);
-    let f32_off = if with_f32 { align_up(norms_off + norms.len() as u64, PAGE) } else { 0 };
-    let half_off = align_up(if with_f32 { f32_off + rows * dim as u64 * 4 } else { norms_off + norms.len() as u64 }, PAGE);
-    let file_len = half_off + rows * dim as u64 * 2;
+    let norms_end = norms_off + norms.len() as u64;
+    let (aux_off, aux_end) = match &vectors {
+        ImageRows::F32 { .. } => (align_up(norms_end, PAGE), align_up(norms_end, PAGE) + values * 4),
+        ImageRows::F16 { .. } => (0, norms_end),
+        ImageRows::Int8 { .. } => (norms_end, norms_end + factors.len() as u64),
+    };
+    let rows_off = align_up(aux_end, PAGE);
+    let file_len = rows_off + values * row_bytes;
 
     let mut header = Vec::with_capacity(HEADER_BYTES);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&VERSION.to_le_bytes());
-    header.extend_from_slice(&(if with_f32 { 0u32 } else { 1u32 }).to_le_bytes());
+    header.extend_from_slice(&precision_code.to_le_bytes());
     for x in [dim as u64, rows, state.epoch, state.seq] {
         header.extend_from_slice(&x.to_le_bytes());
     }
     header.extend_from_slice(&token);
-    for x in [records_off, records.len() as u64, norms_off, f32_off, half_off, file_len] {
+    for x in [records_off, records.len() as u64, norms_off, aux_off, rows_off, file_len] {
         header.extend_from_slice(&x.to_le_bytes());
     }
     debug_assert_eq!(header.len(), HEADER_USED);
@@ -150,6 +183,7 @@ pub fn write(state: &State, target: &Path, token: &str) -> std::io::Result<()> {
     crc.update(&header);
     crc.update(&records);
     crc.update(&norms);
+    crc.update(&factors);
     header.extend_from_slice(&crc.finalize().to_le_bytes());
     header.resize(HEADER_BYTES, 0);
 
@@ -162,32 +196,41 @@ pub fn write(state: &State, target: &Path, token: &str) -> std::io::Result<()> {
         let file = File::create(&tmp)?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let mut at = 0u64;
-        let pad_to = |w: &mut BufWriter<File>, at: &mut u64, to: u64| -> std::io::Result<()> {
-            w.write_all(&vec![0u8; (to - *at) as usize])?;
-            *at = to;
+        let mut put = |w: &mut BufWriter<File>, offset: u64, bytes: &[u8]| -> std::io::Result<()> {
+            if offset > at {
+                w.write_all(&vec![0u8; (offset - at) as usize])?;
+                at = offset;
+            }
+            debug_assert_eq!(at, offset, "image sections are written in order");
+            w.write_all(bytes)?;
+            at += bytes.len() as u64;
             Ok(())
         };
-        w.write_all(&header)?;
-        w.write_all(&records)?;
-        at += (header.len() + records.len()) as u64;
-        pad_to(&mut w, &mut at, norms_off)?;
-        w.write_all(&norms)?;
-        at += norms.len() as u64;
-        if with_f32 {
-            pad_to(&mut w, &mut at, f32_off)?;
-            for (_, vector, _, _) in state.image_rows() {
-                let v = vector.expect("f32 precision keeps the vectors");
-                // SAFETY: f32 has no padding; the bytes are read as little-endian on load,
-                // and this target is little-endian (checked at compile time below).
-                w.write_all(unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 4) })?;
+        put(&mut w, 0, &header)?;
+        put(&mut w, records_off, &records)?;
+        put(&mut w, norms_off, &norms)?;
+        match vectors {
+            ImageRows::F32 { slots, vectors, half } => {
+                for (i, s) in slots.clone().enumerate() {
+                    put(&mut w, aux_off + i as u64 * dim as u64 * 4, bytes_of(vectors.row(s)))?;
+                }
+                for (i, s) in slots.enumerate() {
+                    put(&mut w, rows_off + i as u64 * dim as u64 * 2, bytes_of(half.row(s)))?;
+                }
             }
-            at += rows * dim as u64 * 4;
+            ImageRows::F16 { slots, half } => {
+                for (i, s) in slots.enumerate() {
+                    put(&mut w, rows_off + i as u64 * dim as u64 * 2, bytes_of(half.row(s)))?;
+                }
+            }
+            ImageRows::Int8 { slots, quant, .. } => {
+                put(&mut w, aux_off, &factors)?;
+                for (i, s) in slots.enumerate() {
+                    put(&mut w, rows_off + i as u64 * dim as u64, bytes_of(quant.row(s)))?;
+                }
+            }
         }
-        pad_to(&mut w, &mut at, half_off)?;
-        for (_, _, half, _) in state.image_rows() {
-            // SAFETY: as above, for u16.
-            w.write_all(unsafe { std::slice::from_raw_parts(half.as_ptr() as *const u8, half.len() * 2) })?;
-        }
+        debug_assert_eq!(at, file_len);
         let file = w.into_inner().map_err(|e| e.into_error())?;
         // On disk before the rename: a crash must never leave a whole-looking image with
         // pages that were not written.
@@ -205,7 +248,7 @@ compile_error!("the store image stores values in the machine's byte order, assum
 
 /// The image's header fields.
 struct Header {
-    with_f32: bool,
+    precision: Precision,
     dim: usize,
     rows: usize,
     epoch: u64,
@@ -213,8 +256,8 @@ struct Header {
     token: [u8; 16],
     records: (usize, usize),
     norms_off: usize,
-    f32_off: usize,
-    half_off: usize,
+    aux_off: usize,
+    rows_off: usize,
 }
 
 /// One record as `encode_record` wrote it.
@@ -247,27 +290,34 @@ fn parse_header(bytes: &[u8]) -> Option<Header> {
     if r.take(8)? != MAGIC || r.u32()? != VERSION {
         return None;
     }
-    let with_f32 = match r.u32()? {
-        0 => true,
-        1 => false,
+    let precision = match r.u32()? {
+        0 => Precision::F32,
+        1 => Precision::F16,
+        2 => Precision::Int8,
         _ => return None,
     };
     let (dim, rows, epoch, seq) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
     let token: [u8; 16] = r.take(16)?.try_into().ok()?;
-    let (records_off, records_len, norms_off, f32_off, half_off, file_len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+    let (records_off, records_len, norms_off, aux_off, rows_off, file_len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
     let crc = r.u32()?;
     // Every section inside the file, in order, aligned where it is mapped.
     let values = dim.checked_mul(rows)?;
+    let norms_end = norms_off.checked_add(rows.checked_mul(4)?)?;
+    let (aux_ok, aux_end, row_bytes) = match precision {
+        Precision::F32 => (aux_off % PAGE == 0 && aux_off >= norms_end, aux_off.checked_add(values.checked_mul(4)?)?, 2),
+        Precision::F16 => (aux_off == 0, norms_end, 2),
+        Precision::Int8 => (aux_off == norms_end, aux_off.checked_add(rows.checked_mul(4)?)?, 1),
+    };
     let ok = dim > 0
         && rows > 0
         && file_len == bytes.len() as u64
         && records_off == HEADER_BYTES as u64
         && norms_off >= records_off.checked_add(records_len)?
         && norms_off % 4 == 0
-        && (!with_f32 || (f32_off % PAGE == 0 && f32_off >= norms_off.checked_add(rows.checked_mul(4)?)?))
-        && half_off % PAGE == 0
-        && half_off >= if with_f32 { f32_off.checked_add(values.checked_mul(4)?)? } else { norms_off.checked_add(rows.checked_mul(4)?)? }
-        && file_len == half_off.checked_add(values.checked_mul(2)?)?;
+        && aux_ok
+        && rows_off % PAGE == 0
+        && rows_off >= aux_end
+        && file_len == rows_off.checked_add(values.checked_mul(row_bytes)?)?;
     if !ok {
         return None;
     }
@@ -276,11 +326,14 @@ fn parse_header(bytes: &[u8]) -> Option<Header> {
     hasher.update(&bytes[..HEADER_USED]);
     hasher.update(&bytes[records_off..records_off + records_len]);
     hasher.update(&bytes[norms_off..norms_off + rows as usize * 4]);
+    if precision == Precision::Int8 {
+        hasher.update(&bytes[aux_off as usize..aux_end as usize]);
+    }
     if hasher.finalize() != crc {
         return None;
     }
     Some(Header {
-        with_f32,
+        precision,
         dim: dim as usize,
         rows: rows as usize,
         epoch,
@@ -288,9 +341,14 @@ fn parse_header(bytes: &[u8]) -> Option<Header> {
         token,
         records: (records_off, records_len),
         norms_off,
-        f32_off: f32_off as usize,
-        half_off: half_off as usize,
+        aux_off: aux_off as usize,
+        rows_off: rows_off as usize,
     })
+}
+
+/// Little-endian f32s from `bytes` (a multiple of 4 long).
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect()
 }
 
 /// The arena of `rows` rows of `dim` values of `T` at `offset` in `map`: full chunks stay in
@@ -305,7 +363,7 @@ fn mapped_arena<T: Copy + Default>(map: &Arc<MmapMut>, offset: usize, rows: usiz
         if used == CHUNK_ROWS {
             // SAFETY: inside the mapping (parse_header checked the lengths), page-aligned
             // section plus whole chunks of `T` (so aligned), every bit pattern is a valid
-            // f32 / u16, and chunks are disjoint.
+            // f32 / u16 / i8, and chunks are disjoint.
             chunks.push(unsafe { Chunk::mapped(map, start, per_chunk) });
         } else {
             let mut owned = vec![T::default(); per_chunk].into_boxed_slice();
@@ -335,12 +393,9 @@ pub fn load(file: &Path, expected: &Expected<'_>, precision: Precision) -> Optio
     // file does not change under us.
     let map = Arc::new(unsafe { MmapOptions::new().map_copy(&f) }.ok()?);
     let h = parse_header(&map)?;
-    if token_bytes(expected.token)? != h.token
-        || h.epoch != expected.epoch
-        || h.seq > expected.seq
-        || expected.dim != Some(h.dim)
-        || (precision == Precision::F32 && !h.with_f32)
-    {
+    // An f16 store can use the half rows of an f32 image; otherwise the kinds must match.
+    let usable = h.precision == precision || (precision == Precision::F16 && h.precision == Precision::F32);
+    if token_bytes(expected.token)? != h.token || h.epoch != expected.epoch || h.seq > expected.seq || expected.dim != Some(h.dim) || !usable {
         return None;
     }
     let mut r = Reader { bytes: &map[..h.records.0 + h.records.1], at: h.records.0 };
@@ -351,13 +406,16 @@ pub fn load(file: &Path, expected: &Expected<'_>, precision: Precision) -> Optio
     if r.at != h.records.0 + h.records.1 {
         return None;
     }
-    let inv_norm: Vec<f32> = map[h.norms_off..h.norms_off + h.rows * 4]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-        .collect();
-    let arena = if precision == Precision::F32 { mapped_arena::<f32>(&map, h.f32_off, h.rows, h.dim) } else { Arena::default() };
-    let half = mapped_arena::<u16>(&map, h.half_off, h.rows, h.dim);
-    State::from_image(precision, h.dim, h.epoch, h.seq, records, arena, half, inv_norm).ok()
+    let inv_norm = f32s(&map[h.norms_off..h.norms_off + h.rows * 4]);
+    let vectors = match precision {
+        Precision::F32 => ImageArenas::F32 { vectors: mapped_arena(&map, h.aux_off, h.rows, h.dim), half: mapped_arena(&map, h.rows_off, h.rows, h.dim) },
+        Precision::F16 => ImageArenas::F16 { half: mapped_arena(&map, h.rows_off, h.rows, h.dim) },
+        Precision::Int8 => ImageArenas::Int8 {
+            quant: mapped_arena(&map, h.rows_off, h.rows, h.dim),
+            factors: f32s(&map[h.aux_off..h.aux_off + h.rows * 4]),
+        },
+    };
+    State::from_image(h.dim, h.epoch, h.seq, records, vectors, inv_norm).ok()
 }
 
 #[cfg(test)]

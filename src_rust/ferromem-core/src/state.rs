@@ -210,6 +210,22 @@ pub struct IndexStats {
     pub graph_bytes: usize,
 }
 
+/// The rows a store image writes, live records in slot order (`slots`), per precision.
+pub enum ImageRows<'a, I> {
+    /// The f32 vectors and their unit half-precision copy.
+    F32 { slots: I, vectors: &'a Arena, half: &'a Arena<u16> },
+    F16 { slots: I, half: &'a Arena<u16> },
+    /// The unit vectors quantised to int8, and each one's factor.
+    Int8 { slots: I, quant: &'a Arena<i8>, factors: &'a [f32] },
+}
+
+/// The rows a store image gives back, row `i` for the image's record `i`.
+pub enum ImageArenas {
+    F32 { vectors: Arena, half: Arena<u16> },
+    F16 { half: Arena<u16> },
+    Int8 { quant: Arena<i8>, factors: Vec<f32> },
+}
+
 #[derive(Default)]
 pub struct State {
     pub dim: Option<usize>,
@@ -934,25 +950,43 @@ impl State {
         self.publish_graph(build)
     }
 
-    /// The live records in slot order, each with its f32 vector (None under f16
-    /// precision), its unit half-precision row and 1/|v|: what a store image holds.
-    pub fn image_rows(&self) -> impl Iterator<Item = (&Record, Option<&[f32]>, &[u16], f32)> + '_ {
-        self.live.iter().map(move |slot| {
-            let s = slot as usize;
-            let rec = &self.slots[s].as_ref().expect("live slot").rec;
-            let vector = (self.precision == Precision::F32).then(|| self.arena.row(s));
-            (rec, vector, self.half.row(s), self.inv_norm[s])
-        })
+    /// The live records in slot order, each with 1/|v|: the records and norms of a store
+    /// image. [`State::image_vectors`] gives their rows in the same order.
+    pub fn image_records(&self) -> impl Iterator<Item = (&Record, f32)> + '_ {
+        self.live.iter().map(move |slot| (&self.slots[slot as usize].as_ref().expect("live slot").rec, self.inv_norm[slot as usize]))
     }
 
-    /// A replica at (epoch, seq) from a store image: row `i` of `arena` (f32 precision
-    /// only), `half` and `inv_norm` belongs to `records[i]`. Errors (and the image is not
-    /// used) when a record's metadata does not parse or an id repeats.
-    #[allow(clippy::too_many_arguments)]
-    pub fn from_image(precision: Precision, dim: usize, epoch: u64, seq: u64, records: Vec<Record>, arena: Arena, half: Arena<u16>, inv_norm: Vec<f32>) -> Result<State> {
+    /// The rows of the live records in slot order, as this precision keeps them.
+    pub fn image_vectors(&self) -> ImageRows<'_, impl Iterator<Item = usize> + Clone + '_> {
+        let slots = self.live.iter().map(|s| s as usize);
+        match self.precision {
+            Precision::F32 => ImageRows::F32 { slots, vectors: &self.arena, half: &self.half },
+            Precision::F16 => ImageRows::F16 { slots, half: &self.half },
+            Precision::Int8 => ImageRows::Int8 { slots, quant: &self.quant, factors: &self.quant_factor },
+        }
+    }
+
+    /// A replica at (epoch, seq) from a store image: row `i` of `vectors` and `inv_norm`
+    /// belongs to `records[i]`. Errors (and the image is not used) when a record's metadata
+    /// does not parse or an id repeats.
+    pub fn from_image(dim: usize, epoch: u64, seq: u64, records: Vec<Record>, vectors: ImageArenas, inv_norm: Vec<f32>) -> Result<State> {
         let n = records.len();
-        assert!(half.rows() == n && inv_norm.len() == n && (precision == Precision::F16 || arena.rows() == n));
-        let mut st = State { precision, dim: Some(dim), epoch, seq, arena, half, inv_norm, ..State::default() };
+        assert_eq!(inv_norm.len(), n);
+        let mut st = State { dim: Some(dim), epoch, seq, inv_norm, ..State::default() };
+        match vectors {
+            ImageArenas::F32 { vectors, half } => {
+                assert!(vectors.rows() == n && half.rows() == n);
+                (st.precision, st.arena, st.half) = (Precision::F32, vectors, half);
+            }
+            ImageArenas::F16 { half } => {
+                assert_eq!(half.rows(), n);
+                (st.precision, st.half) = (Precision::F16, half);
+            }
+            ImageArenas::Int8 { quant, factors } => {
+                assert!(quant.rows() == n && factors.len() == n);
+                (st.precision, st.quant, st.quant_factor) = (Precision::Int8, quant, factors);
+            }
+        }
         st.slot_version = vec![1; n];
         st.slots.reserve_exact(n);
         st.ids.reserve(n);

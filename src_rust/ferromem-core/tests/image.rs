@@ -235,3 +235,61 @@ fn the_saved_graph_serves_a_store_opened_from_its_image() {
     assert!(s.opened_from_image);
     assert!(s.index.active && s.index.graph_nodes == 2000 && s.index.pending == 0, "{:?}", s.index);
 }
+
+#[test]
+fn int8_images_hold_the_quantised_rows_and_serve_only_int8() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.ferro");
+    let int8 = |fast_open| Engine::open_opts(Some(&path), None, opts(fast_open, Precision::Int8)).unwrap();
+    let e = int8(true);
+    fill(&e, 0..5000, 16); // a mapped full chunk and a copied partial one
+    e.delete(&Filter { ids: Some(vec!["r00011".into()]), ..Filter::default() }).unwrap();
+    drop(e);
+
+    let fast = int8(true);
+    assert!(fast.stats().opened_from_image);
+    let plain = int8(false);
+    assert!(!plain.stats().opened_from_image);
+    // Same candidates from the same int8 rows and factors, re-ranked by the same vectors.
+    assert_same(&fast, &plain);
+    std::mem::forget(plain);
+
+    // Writes over mapped rows and past them; the image file never changes.
+    let before = std::fs::read(image_file(&path)).unwrap();
+    fill(&fast, 10..60, 17);
+    fill(&fast, 4990..6000, 18);
+    assert_eq!(std::fs::read(image_file(&path)).unwrap(), before);
+    assert_same(&fast, &int8(false));
+    drop(fast); // rewrites the int8 image
+
+    // An int8 image serves neither f32 nor f16 stores, which read the file as always...
+    for precision in [Precision::F32, Precision::F16] {
+        let other = Engine::open_opts(Some(&path), None, opts(true, precision)).unwrap();
+        assert!(!other.stats().opened_from_image);
+        assert_same(&other, &Engine::open_opts(Some(&path), None, opts(false, precision)).unwrap());
+        std::mem::forget(other); // leave the int8 image in place
+    }
+    // ... nor does an f32 image serve int8.
+    drop(open(&path, true));
+    let from_f32 = int8(true);
+    assert!(!from_f32.stats().opened_from_image);
+    assert_same(&from_f32, &int8(false));
+    drop(from_f32);
+
+    // A flipped bit in the factors (checked like the records) makes the image unusable.
+    let from_int8 = int8(true);
+    assert!(from_int8.stats().opened_from_image);
+    std::mem::forget(from_int8);
+    let mut flipped = std::fs::read(image_file(&path)).unwrap();
+    // Header: magic (8), version, precision (4 each), dim, rows, epoch, seq (8 each), the
+    // token (16), then the section offsets.
+    let u64_at = |at: usize| u64::from_le_bytes(flipped[at..at + 8].try_into().unwrap()) as usize;
+    let (rows, norms_off, aux_off) = (u64_at(24), u64_at(64 + 16), u64_at(64 + 24));
+    assert_eq!(rows, 6000);
+    assert_eq!(aux_off, norms_off + 4 * rows, "the factors follow the norms");
+    flipped[aux_off + 4 * 123 + 1] ^= 0x08;
+    std::fs::write(image_file(&path), &flipped).unwrap();
+    let damaged = int8(true);
+    assert!(!damaged.stats().opened_from_image);
+    assert_same(&damaged, &int8(false));
+}

@@ -4,7 +4,7 @@
 
 use ferromem_core::simd::half::prescan_error_bound;
 use ferromem_core::state::{IndexConfig, IndexMode, Precision};
-use ferromem_core::{Durability, Engine, Error, Filter, OpenOptions, Patch, Record, WriteMode};
+use ferromem_core::{Durability, Engine, Error, Filter, Patch, Record, WriteMode};
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 
@@ -136,8 +136,6 @@ fn int8_engine_reranks_to_exact_scores_and_keeps_exact_vectors() {
     let vectors = clustered(&mut rng, n, dim);
     assert!(matches!(Engine::open_with(None, None, Durability::Normal, Precision::Int8), Err(Error::InvalidInput(_))));
     let (_dir, path, full) = written_store(&vectors, dim);
-    let fast = OpenOptions { precision: Precision::Int8, fast_open: true, ..OpenOptions::default() };
-    assert!(matches!(Engine::open_opts(Some(&path), None, fast), Err(Error::InvalidInput(_))));
     let int8 = Engine::open_with(Some(&path), None, Durability::Normal, Precision::Int8).unwrap();
     assert_eq!(int8.stats().precision, Precision::Int8);
     let (mf, mi) = (full.stats().memory_bytes, int8.stats().memory_bytes);
