@@ -26,7 +26,10 @@ struct Slot {
 /// Rows scored per block; one block's scores fit in L1 and its rows stream through L2.
 const BLOCK_ROWS: usize = 1024;
 /// Below this many multiply-adds a scan stays on the calling thread (spawning costs more).
-const PARALLEL_MIN_FLOPS: usize = 4_000_000;
+const PARALLEL_MIN_FLOPS: usize = 1_000_000;
+/// The smallest block a parallel scan splits a store into (smaller ones cost more to hand
+/// out than they save).
+const MIN_BLOCK_ROWS: usize = 128;
 /// Scans of at least this many values use the half-precision pre-scan (smaller ones are
 /// cache-resident, where the second phase would cost more than it saves).
 const PRESCAN_MIN_VALUES: usize = 1 << 20;
@@ -1034,7 +1037,12 @@ impl State {
     /// that the cores share when the scan is large.
     fn scan(&self, queries: &[f32], nq: usize, dim: usize, k: usize, candidates: Option<&[u32]>, mode: Scan<'_>) -> Vec<TopK> {
         let rows = candidates.map_or(self.slots.len(), |c| c.len());
-        let blocks: Vec<(usize, usize)> = (0..rows).step_by(BLOCK_ROWS).map(|s| (s, (s + BLOCK_ROWS).min(rows))).collect();
+        let threads = rayon::current_num_threads();
+        let parallel = threads > 1 && rows * dim * nq >= PARALLEL_MIN_FLOPS;
+        // A parallel scan of a small store still gives every core a block: blocks are a
+        // power of two rows (so they never straddle an arena chunk) and at most BLOCK_ROWS.
+        let block_rows = if parallel { rows.div_ceil(threads).next_power_of_two().clamp(MIN_BLOCK_ROWS, BLOCK_ROWS) } else { BLOCK_ROWS };
+        let blocks: Vec<(usize, usize)> = (0..rows).step_by(block_rows).map(|s| (s, (s + block_rows).min(rows))).collect();
         let scan_block = |heaps: &mut Vec<TopK>, scores: &mut Vec<f32>, (start, end): (usize, usize)| {
             let n = end - start;
             scores.resize(n * nq, 0.0);
@@ -1134,7 +1142,7 @@ impl State {
             }
         };
         let new_heaps = || (0..nq).map(|_| TopK::new(k)).collect::<Vec<_>>();
-        if rows * dim * nq >= PARALLEL_MIN_FLOPS && blocks.len() > 1 {
+        if parallel && blocks.len() > 1 {
             blocks
                 .par_iter()
                 .fold(
