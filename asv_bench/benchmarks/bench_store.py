@@ -95,31 +95,38 @@ class StoreSave:
 
 class StoreOpen:
     """Open an existing store and answer its first search, read from the SQLite file or
-    mapped from its store image (``fast_open=True``)."""
+    mapped from its store image (``fast_open=True``), at f32 and int8 precision (each
+    precision keeps its own copy of the file: a store has one image, of one precision)."""
 
-    params = [[10_000, 100_000], [False, True]]
-    param_names = ["records", "fast_open"]
-    timeout = 1200
+    params = [[10_000, 100_000], [False, True], ["f32", "int8"]]
+    param_names = ["records", "fast_open", "precision"]
+    timeout = 1800
     number = 1
     repeat = (3, 10, 120.0)
 
     def setup_cache(self):
+        import shutil
+
         import ferromem
 
         paths = {}
         for n in self.params[0]:
-            paths[n] = build_store(os.path.abspath(f"open-{n}.ferro"), n, DIM)
-            with ferromem.open(paths[n], fast_open=True):
-                pass  # writes the image
+            f32 = build_store(os.path.abspath(f"open-{n}.ferro"), n, DIM)
+            int8 = os.path.abspath(f"open-{n}-int8.ferro")
+            shutil.copyfile(f32, int8)
+            paths[n, "f32"], paths[n, "int8"] = f32, int8
+            for precision in self.params[2]:
+                with ferromem.open(paths[n, precision], precision=precision, fast_open=True):
+                    pass  # writes the image
         return paths
 
-    def setup(self, paths, n, fast_open):
+    def setup(self, paths, n, fast_open, precision):
         self.q = unit_rows(np.random.default_rng(3), 1, DIM)[0]
 
-    def time_open_and_first_search(self, paths, n, fast_open):
+    def time_open_and_first_search(self, paths, n, fast_open, precision):
         import ferromem
 
-        store = ferromem.open(paths[n], index="exact", fast_open=fast_open)
+        store = ferromem.open(paths[n, precision], index="exact", precision=precision, fast_open=fast_open)
         store.search(self.q, 10)
         # Timed too: closing a store that did not change writes nothing.
         store.close()
