@@ -752,9 +752,11 @@ class FerromemCrew(CrewBackend):
     2^25 values on) or with ``index="exact"``; the result cache off, so that repeated probe
     queries time searches, not cache hits."""
 
-    def __init__(self, index: str | None = None):
+    def __init__(self, index: str | None = None, precision: str | None = None):
         self.index = index
-        self.name = "ferromem MemoryStorage" + (f", index={index}" if index else "")
+        self.precision = precision
+        self.name = "ferromem MemoryStorage" + (f", index={index}" if index else "") + (
+            f", precision={precision}" if precision else "")
         self.note = ""
 
     def make(self, root):
@@ -763,6 +765,8 @@ class FerromemCrew(CrewBackend):
         from ferromem.crewai import MemoryStorage
 
         kw = {"index": self.index} if self.index else {}
+        if self.precision:
+            kw["precision"] = self.precision
         try:
             self.store = ferromem.open(os.path.join(root, "memories.ferro"), cache_size=0, **kw)
         except TypeError:
@@ -799,8 +803,8 @@ class QdrantEdgeCrew(CrewBackend):
         return mod.QdrantEdgeStorage(path=os.path.join(root, "qdrant-edge"))
 
 
-CREW_BACKENDS: list[Callable[[], CrewBackend]] = [FerromemCrew, lambda: FerromemCrew("exact"), LanceCrew,
-                                                  QdrantEdgeCrew]
+CREW_BACKENDS: list[Callable[[], CrewBackend]] = [FerromemCrew, lambda: FerromemCrew("exact"),
+                                                  lambda: FerromemCrew("exact", "int8"), LanceCrew, QdrantEdgeCrew]
 
 
 def crewai_figure(n: int, dim: int, probes: int, seconds: float, budget_s: float) -> Figure:
