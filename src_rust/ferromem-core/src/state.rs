@@ -29,7 +29,7 @@ const BLOCK_ROWS: usize = 1024;
 const PARALLEL_MIN_FLOPS: usize = 1_000_000;
 /// The smallest block a parallel scan splits a store into (smaller ones cost more to hand
 /// out than they save).
-const MIN_BLOCK_ROWS: usize = 128;
+const MIN_BLOCK_ROWS: usize = 256;
 /// Scans of at least this many values use the half-precision pre-scan (smaller ones are
 /// cache-resident, where the second phase would cost more than it saves).
 const PRESCAN_MIN_VALUES: usize = 1 << 20;
@@ -1039,9 +1039,10 @@ impl State {
         let rows = candidates.map_or(self.slots.len(), |c| c.len());
         let threads = rayon::current_num_threads();
         let parallel = threads > 1 && rows * dim * nq >= PARALLEL_MIN_FLOPS;
-        // A parallel scan of a small store still gives every core a block: blocks are a
-        // power of two rows (so they never straddle an arena chunk) and at most BLOCK_ROWS.
-        let block_rows = if parallel { rows.div_ceil(threads).next_power_of_two().clamp(MIN_BLOCK_ROWS, BLOCK_ROWS) } else { BLOCK_ROWS };
+        // A parallel scan of a small store still gives every core about four blocks (so a
+        // core that wakes late is not left with half the work): blocks are a power of two
+        // rows, so they never straddle an arena chunk, from MIN_BLOCK_ROWS to BLOCK_ROWS.
+        let block_rows = if parallel { rows.div_ceil(threads * 4).next_power_of_two().clamp(MIN_BLOCK_ROWS, BLOCK_ROWS) } else { BLOCK_ROWS };
         let blocks: Vec<(usize, usize)> = (0..rows).step_by(block_rows).map(|s| (s, (s + block_rows).min(rows))).collect();
         let scan_block = |heaps: &mut Vec<TopK>, scores: &mut Vec<f32>, (start, end): (usize, usize)| {
             let n = end - start;
