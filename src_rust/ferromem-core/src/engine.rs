@@ -596,8 +596,8 @@ impl Engine {
     /// `search_reranked` of one query whose int8 scan is worth sharing: concurrent ones
     /// find their candidates in one coalesced scan (bit-identical to each one's own: the
     /// int8 sums are exact integers), and each caller re-ranks its own at the position the
-    /// batch ran at. When the store has moved on since (or the batch failed), the query
-    /// is searched again on its own.
+    /// batch ran at. When a candidate was rewritten or deleted since (or the batch
+    /// failed), the query is searched again on its own.
     fn search_reranked_shared(&self, query: &[f32], dim: usize, k: usize, filter: &Filter, min_score: Option<f32>) -> Result<(Vec<Vec<Hit>>, u64)> {
         // Waiting for a batch must not hold the state lock (see `search`).
         let job = Job::new(query.to_vec(), rerank_width(k), filter.clone(), None);
@@ -612,8 +612,9 @@ impl Engine {
 
     /// The exact answer from int8 `candidates` (per query of `queries`): their exact
     /// vectors read from the durable layer at (epoch, seq), their exact cosines (computed
-    /// as the f32 scan computes them), `min_score`, the best k. None when the store is no
-    /// longer at (epoch, seq).
+    /// as the f32 scan computes them), `min_score`, the best k. None when a candidate was
+    /// rewritten or deleted after (epoch, seq) (writes to other records do not matter: the
+    /// answer is then the one at (epoch, seq), a position the search saw).
     #[allow(clippy::too_many_arguments)]
     fn rerank(&self, candidates: &[Vec<Hit>], queries: &[f32], dim: usize, k: usize, min_score: Option<f32>, epoch: u64, seq: u64) -> Result<Option<Vec<Vec<Hit>>>> {
         let mut ids: Vec<Arc<str>> = candidates.iter().flatten().map(|h| h.0.clone()).collect();
@@ -694,8 +695,8 @@ impl Engine {
 
     /// A read that returns records with their vectors. Under f16 precision the replica
     /// has no exact vectors: they are read from the durable layer at the replica's exact
-    /// position (epoch, seq); if another connection committed in between, catch up and
-    /// read again, so a record never comes back with another version's vector.
+    /// position (epoch, seq); if one of those records was written since, catch up and read
+    /// again, so a record never comes back with another version's vector.
     fn read_with_vectors(&self, op: Op, f: impl Fn(&State) -> Vec<Option<RecordWithVector>>) -> Result<Vec<Option<RecordWithVector>>> {
         let t = Instant::now();
         self.check_open()?;

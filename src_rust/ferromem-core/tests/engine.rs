@@ -111,7 +111,7 @@ fn filtered_search_equals_brute_force_at(n: usize, dim: usize) {
     let del = Filter { ids: Some((0..n).step_by(7).map(|i| format!("id{i:05}")).collect()), ..Filter::default() };
     let deleted = e.delete(&del).unwrap();
     assert_eq!(deleted, (0..n).step_by(7).count());
-    let filters = vec![
+    let filters = [
         Filter::default(),
         Filter { scope: Some("/a".into()), ..Filter::default() },
         Filter { scope: Some("/share\\".into()), ..Filter::default() },

@@ -279,3 +279,49 @@ fn concurrent_int8_queries_share_scans_and_get_their_own_answers() {
     let st = e.stats();
     assert!(st.coalesced_batches > 0, "{} {}", st.coalesced_searches, st.coalesced_batches);
 }
+
+/// The exact-vector reads of int8 re-ranking (and of f16/int8 `get`) are reads at the
+/// replica's position. They still succeed after other records were written, since a row
+/// no newer than that position holds what it held there, and fail (so the caller catches
+/// up) once one of the rows asked for was rewritten or deleted, or the store was reset.
+#[test]
+fn reads_at_a_position_survive_writes_to_other_records() {
+    use ferromem_core::storage::{sqlite::SqliteStorage, Storage};
+    let (n, dim) = (50, 16);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(27);
+    let vectors = uniform(&mut rng, n * dim);
+    let (_dir, path, writer) = written_store(&vectors, dim);
+    let mut reader = SqliteStorage::open(&path, Durability::Normal).unwrap();
+    let position = |r: &mut SqliteStorage| {
+        let (epoch, seq, _, _) = r.image_position().unwrap();
+        (epoch, seq)
+    };
+    let ids: Vec<Arc<str>> = vec!["r00001".into(), "r00002".into()];
+    let row = |i: usize| Some(vectors[i * dim..(i + 1) * dim].to_vec());
+    let (epoch, seq) = position(&mut reader);
+    assert_eq!(reader.vectors_at(epoch, seq, &ids).unwrap(), Some(vec![row(1), row(2)]));
+
+    // Other records written, inserted, deleted: still the read at `seq`.
+    writer.update("r00007", Patch { vector: Some(uniform(&mut rng, dim)), ..Patch::default() }).unwrap();
+    writer.upsert(vec![rec(n)], &uniform(&mut rng, dim), dim, WriteMode::Insert).unwrap();
+    writer.delete(&Filter { ids: Some(vec!["r00009".into()]), ..Filter::default() }).unwrap();
+    assert!(position(&mut reader).1 > seq);
+    assert_eq!(reader.vectors_at(epoch, seq, &ids).unwrap(), Some(vec![row(1), row(2)]));
+
+    // One of them rewritten (even a field only): unknown at `seq`, known at the new position.
+    writer.update("r00002", Patch { content: Some("new".into()), ..Patch::default() }).unwrap();
+    assert_eq!(reader.vectors_at(epoch, seq, &ids).unwrap(), None);
+    let (_, seq) = position(&mut reader);
+    assert_eq!(reader.vectors_at(epoch, seq, &ids).unwrap(), Some(vec![row(1), row(2)]));
+
+    // One of them deleted: unknown at the old position; absent at the new one.
+    writer.delete(&Filter { ids: Some(vec!["r00001".into()]), ..Filter::default() }).unwrap();
+    assert_eq!(reader.vectors_at(epoch, seq, &ids).unwrap(), None);
+    let (_, now) = position(&mut reader);
+    assert_eq!(reader.vectors_at(epoch, now, &ids).unwrap(), Some(vec![None, row(2)]));
+
+    // A reset: another epoch, nothing is known at the old one.
+    writer.reset().unwrap();
+    writer.upsert(vec![rec(2)], &vectors[2 * dim..3 * dim], dim, WriteMode::Insert).unwrap();
+    assert_eq!(reader.vectors_at(epoch, now, &ids).unwrap(), None);
+}

@@ -92,9 +92,11 @@ pub trait Storage: Send {
     fn rollback(&mut self);
     /// Bytes the store occupies on disk (0 in memory).
     fn disk_bytes(&self) -> u64;
-    /// The stored vectors of `ids` (None for an id not stored), read consistently, or None
-    /// when the store is no longer at (epoch, seq): the caller catches up and asks again.
-    /// Stores that keep no vectors (in memory) return None.
+    /// The vectors `ids` had at position (epoch, seq) (None for an id not stored then),
+    /// read consistently; or None when that is no longer known: another epoch, or one of
+    /// the rows written or deleted after `seq` (the caller catches up and asks again).
+    /// Writes after `seq` to other rows do not matter. Stores that keep no vectors (in
+    /// memory) return None.
     fn vectors_at(&mut self, epoch: u64, seq: u64, ids: &[Arc<str>]) -> Result<Option<Vec<Option<Vec<f32>>>>>;
     /// The store's (epoch, seq, dim) and the token of its image (see [`crate::image`]),
     /// read consistently; a store without images has none.

@@ -369,14 +369,22 @@ impl Storage for SqliteStorage {
     fn vectors_at(&mut self, epoch: u64, seq: u64, ids: &[Arc<str>]) -> Result<Option<Vec<Option<Vec<f32>>>>> {
         self.in_read(|s| {
             let (db_epoch, db_seq, _) = s.meta()?;
-            if (db_epoch, db_seq) != (epoch, seq) {
+            if db_epoch != epoch || db_seq < seq {
                 return Ok(None);
             }
-            let mut stmt = s.conn.prepare_cached("SELECT vector FROM records WHERE id = ?1")?;
+            // Each row carries the sequence of the write that last changed it. A row no
+            // newer than `seq` holds what it held at `seq`, so the store may have moved on
+            // in between (other rows written) and the read is still the one at `seq`.
+            let mut stmt = s.conn.prepare_cached("SELECT vector, seq FROM records WHERE id = ?1")?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                let blob: Option<Vec<u8>> = stmt.query_row(params![&**id], |r| r.get(0)).optional()?;
-                out.push(blob.map(|b| blob_to_vector(&b)).transpose()?);
+                let row: Option<(Vec<u8>, i64)> = stmt.query_row(params![&**id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+                match row {
+                    Some((_, row_seq)) if row_seq as u64 > seq => return Ok(None), // rewritten since
+                    Some((blob, _)) => out.push(Some(blob_to_vector(&blob)?)),
+                    None if db_seq > seq => return Ok(None), // possibly deleted since
+                    None => out.push(None),
+                }
             }
             Ok(Some(out))
         })
