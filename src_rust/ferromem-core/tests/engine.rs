@@ -211,6 +211,24 @@ fn two_phase_search_is_bit_identical_to_the_f32_scan() {
             v[base + d * dim + j] = v[base + j] * (1.0 + 2e-4 * rng.gen_range(-1.0f32..1.0));
         }
     }
+    // 8 tight clusters of 1,000 records around 8 unit directions (noise of about 0.004 a
+    // value): inside each, the f16 order is off by about the f16 error, so phase one
+    // misses some of the true top 10 while its last candidate's approximate score sits
+    // below the 10th exact one. Only the error bound then sends the query to the f32
+    // scan (a zero bound fails this test; checked in numpy: ~80% of such queries).
+    let mut centres = vecs(&mut rng, 8, dim);
+    for c in centres.chunks_exact_mut(dim) {
+        let inv = inverse_norm(c);
+        c.iter_mut().for_each(|x| *x *= inv);
+    }
+    for (c, centre) in centres.chunks_exact(dim).enumerate() {
+        for j in 0..1000 {
+            let row = (6000 + c * 1000 + j) * dim;
+            for (i, &x) in centre.iter().enumerate() {
+                v[row + i] = x + 0.004 * 3f32.sqrt() * rng.gen_range(-1.0f32..1.0);
+            }
+        }
+    }
     let e = Engine::open(None, None, Durability::Normal).unwrap();
     let recs: Vec<Record> = (0..n)
         .map(|i| rec(&format!("id{:05}", (i * 7919) % n), ["/a", "/b"][i % 2], &[["x", "y", "z"][i % 3]], "{}", i as f64))
@@ -220,6 +238,7 @@ fn two_phase_search_is_bit_identical_to_the_f32_scan() {
     queries.extend_from_slice(&v[0..dim]); // ties: 5 identical best matches
     queries.extend_from_slice(&v[2000 * dim..2001 * dim]); // near-duplicates at the top
     queries.extend_from_slice(&v[base..base + dim]); // 300 records within f16 error of each other
+    queries.extend_from_slice(&centres); // the tight clusters
     let nq = queries.len() / dim;
     let filters = [
         Filter::default(),
