@@ -1,12 +1,17 @@
 """The similarity kernels themselves: one query against every row, dim x dtype x ISA.
 
-Each case scans 2^25 stored values (128 MiB as float32, 64 as float16, 32 as int8, so
-none of them fits in the last-level cache) on one thread, through the kernel the engine
-uses for that storage (``ferromem._core.dot_rows_f32``, ``dot_rows_f16``,
+Each case scans 2^25 stored values (128 MiB as float32, 64 as float16 or bfloat16, 32 as
+int8, so none of them fits in the last-level cache) on one thread, through the kernel the
+engine uses for that storage (``ferromem._core.dot_rows_f32``, ``dot_rows_f16``,
 ``dot_rows_i8``), with the SIMD path forced to the ISA of the case. An ISA this CPU cannot
 run is skipped. ``track_gb_per_s`` reports the bytes streamed per second (best of several
 scans), to compare with the machine's memory bandwidth (``asv_bench/peers.py`` figure a).
 The int8 path of ``avx512`` is VNNI where the CPU has it (``int8_path``).
+
+bfloat16 is no storage precision of the engine; its kernels are measured beside the others:
+``bfloat16`` is an f32 query against bf16 rows (``dot_rows_bf16``), ``bfloat16-pairs`` a
+bf16 query against them (``dot_rows_bf16_pairs``: AVX-512 BF16's ``vdpbf16ps`` under
+``avx512`` where the CPU has it, ``bf16_path``).
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ except ImportError:  # not built: asv reports the benchmarks as failed setups
 
 VALUES = 1 << 25
 DIMS = [384, 768, 1536]
-DTYPES = ["float32", "float16", "int8"]
+DTYPES = ["float32", "float16", "bfloat16", "bfloat16-pairs", "int8"]
 ISAS = ["scalar", "avx2", "avx512", "neon"]
-BYTES = {"float32": 4, "float16": 2, "int8": 1}
+BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "bfloat16-pairs": 2, "int8": 1}
 
 
 class KernelScan:
@@ -48,6 +53,13 @@ class KernelScan:
             if dtype == "float16":
                 self.rows = data.astype(np.float16).view(np.uint16)
                 self.kernel = _core.dot_rows_f16
+            elif dtype.startswith("bfloat16"):
+                # Truncated to bfloat16 (the timing does not depend on the rounding).
+                self.rows = (data.view(np.uint32) >> 16).astype(np.uint16)
+                self.kernel = _core.dot_rows_bf16
+                if dtype == "bfloat16-pairs":
+                    self.query = (self.query.view(np.uint32) >> 16).astype(np.uint16)
+                    self.kernel = _core.dot_rows_bf16_pairs
             else:
                 self.rows = data
                 self.kernel = _core.dot_rows_f32

@@ -608,6 +608,32 @@ fn dot_rows_f16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, 
     Ok(PyArray1::from_vec(py, out))
 }
 
+/// The same with the rows as bfloat16 (uint16 bits, the top half of each f32).
+#[pyfunction]
+fn dot_rows_bf16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, rows: numpy::PyReadonlyArray2<'py, u16>) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let (q, r, dim, n) = query_and_rows(&query, &rows)?;
+    let mut out = vec![0.0f32; n];
+    py.detach(|| simd::bf16::dot_rows_bf16(q, r, dim, &mut out));
+    Ok(PyArray1::from_vec(py, out))
+}
+
+/// A bfloat16 query (uint16 bits) against bfloat16 rows: `vdpbf16ps` where the CPU has
+/// AVX-512 BF16 and the avx512 path is active.
+#[pyfunction]
+fn dot_rows_bf16_pairs<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, u16>, rows: numpy::PyReadonlyArray2<'py, u16>) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let (q, r, dim, n) = query_and_rows(&query, &rows)?;
+    let mut out = vec![0.0f32; n];
+    py.detach(|| simd::bf16::dot_rows_bf16_pairs(q, r, dim, &mut out));
+    Ok(PyArray1::from_vec(py, out))
+}
+
+/// The bf16 x bf16 kernel path an ISA runs ("avx512-bf16", "avx512", "avx2" or "scalar").
+#[pyfunction]
+fn bf16_path(name: &str) -> PyResult<&'static str> {
+    let isa = simd::Isa::from_name(name).ok_or_else(|| PyTypeError::new_err(format!("unknown ISA {name:?}")))?;
+    Ok(simd::bf16::path_name(isa))
+}
+
 /// The exact int32 dot products of an int8 query with every row of an int8 matrix.
 #[pyfunction]
 fn dot_rows_i8<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, i8>, rows: numpy::PyReadonlyArray2<'py, i8>) -> PyResult<Bound<'py, PyArray1<i32>>> {
@@ -638,6 +664,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dot_rows_f16, m)?)?;
     m.add_function(wrap_pyfunction!(dot_rows_i8, m)?)?;
     m.add_function(wrap_pyfunction!(int8_path, m)?)?;
+    m.add_function(wrap_pyfunction!(dot_rows_bf16, m)?)?;
+    m.add_function(wrap_pyfunction!(dot_rows_bf16_pairs, m)?)?;
+    m.add_function(wrap_pyfunction!(bf16_path, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

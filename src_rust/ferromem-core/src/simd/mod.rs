@@ -24,6 +24,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 mod scalar;
+pub mod bf16;
 pub mod half;
 pub mod int8;
 

@@ -497,3 +497,67 @@ fn dot_rows_multi_panics_on_wrong_queries_len() {
     let mut out = [0.0; 6];
     dot_rows_multi(&[1.0; 5], 2, &[1.0; 6], 2, 3, &mut out);
 }
+
+/// bfloat16 rounding is round-to-nearest-even on the top 16 bits (checked against the
+/// `half` crate's conversion, and on the ties themselves), and widening is exact.
+#[test]
+fn bf16_rounding_and_widening() {
+    let mut rng = StdRng::seed_from_u64(0x5EED_0B16);
+    let mut values = random_values(&mut rng, 20_000, Values::Adversarial);
+    values.extend(random_values(&mut rng, 20_000, Values::Uniform));
+    values.extend([0.0, -0.0, 1.0, f32::MAX, f32::MIN_POSITIVE, 1e-40, f32::INFINITY, f32::NEG_INFINITY]);
+    // Exact ties between two bf16 values: kept bit even stays, odd rounds up.
+    values.extend([f32::from_bits(0x3f80_8000), f32::from_bits(0x3f81_8000), f32::from_bits(0xbf81_8000)]);
+    let mut bits = vec![0u16; values.len()];
+    bf16::to_bf16_bits(&values, 1.0, &mut bits);
+    for (&x, &b) in values.iter().zip(&bits) {
+        assert_eq!(b, ::half::bf16::from_f32(x).to_bits(), "rounding {x:e} ({:#010x})", x.to_bits());
+    }
+    assert_eq!(&bits[bits.len() - 3..], &[0x3f80, 0x3f82, 0xbf82]);
+    let mut nan = [0u16];
+    bf16::to_bf16_bits(&[f32::NAN], 1.0, &mut nan);
+    assert!(bf16::to_f32(nan[0]).is_nan());
+    // Every bf16 value widens to the f32 with the same top half and a zero bottom half.
+    let all: Vec<u16> = (0..=u16::MAX).collect();
+    let mut wide = vec![0f32; all.len()];
+    bf16::widen(&all, &mut wide);
+    for (&b, &w) in all.iter().zip(&wide) {
+        assert_eq!(w.to_bits(), (b as u32) << 16);
+    }
+}
+
+/// The bf16 kernels on every ISA (and, under AVX-512, `vdpbf16ps` where the CPU has
+/// AVX-512 BF16) against the f64 sums of the widened values, at every lane boundary.
+#[test]
+fn bf16_kernels_match_the_widened_f64_sum_on_every_isa() {
+    let mut rng = StdRng::seed_from_u64(0x5EED_0B17);
+    for_each_isa(|isa| {
+        for dim in dims() {
+            let n = 5;
+            let query = random_values(&mut rng, dim, Values::Uniform);
+            let rows_f32 = random_values(&mut rng, n * dim, Values::Uniform);
+            let mut rows = vec![0u16; n * dim];
+            bf16::to_bf16_bits(&rows_f32, 1.0, &mut rows);
+            // A bf16 row buffer followed by NaNs: a read past the rows poisons the result.
+            let mut padded = rows.clone();
+            padded.extend([0x7fc0u16; 40]);
+            let mut query_bits = vec![0u16; dim];
+            bf16::to_bf16_bits(&query, 1.0, &mut query_bits);
+            let mut wide_rows = vec![0f32; n * dim];
+            bf16::widen(&rows, &mut wide_rows);
+            let mut wide_query = vec![0f32; dim];
+            bf16::widen(&query_bits, &mut wide_query);
+
+            let mut out = vec![f32::NAN; n];
+            bf16::dot_rows_bf16(&query, &padded, dim, &mut out);
+            let mut pairs = vec![f32::NAN; n];
+            bf16::dot_rows_bf16_pairs(&query_bits, &padded, dim, &mut pairs);
+            for j in 0..n {
+                let row = &wide_rows[j * dim..(j + 1) * dim];
+                let context = || format!("{isa:?} ({}), dim {dim}, row {j}", bf16::path_name(isa));
+                assert_close(out[j], &query, row, &context);
+                assert_close(pairs[j], &wide_query, row, &context);
+            }
+        }
+    });
+}
