@@ -10,25 +10,68 @@
 //! use instead of copying them, and a write to a mapped row copies only that page.
 
 use memmap2::MmapMut;
+use std::alloc::Layout;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
 /// Rows per chunk; a multiple of the search block size so no block straddles two chunks.
 pub const CHUNK_ROWS: usize = 4096;
 
+/// Owned chunks start on a cache line. The AVX-512 kernels load 64 bytes at a time, and
+/// from a chunk that the allocator placed 16 bytes past a page (what a large `Vec` gets)
+/// three loads in four straddle two lines. Measured on one thread, AMD EPYC: an f32 scan
+/// of 1536-dim rows streamed 34.6 GB/s from 16-byte-aligned rows and 50.9 GB/s from
+/// 64-byte-aligned ones (AVX2, 32-byte loads: 46 to 50 either way). Mapped chunks start
+/// on a page.
+const CHUNK_ALIGN: usize = 64;
+
+/// Element types whose all-zero bit pattern is the value zero (what a fresh chunk holds).
+pub trait ZeroBits: Copy + Default {}
+impl ZeroBits for f32 {}
+impl ZeroBits for u16 {}
+impl ZeroBits for i8 {}
+
 /// The memory of one chunk: exactly `CHUNK_ROWS * dim` values.
 pub enum Chunk<T> {
-    Owned(Box<[T]>),
+    /// Values in an allocation of its own, `CHUNK_ALIGN`-aligned (freed on drop).
+    Owned { ptr: NonNull<T>, len: usize },
     /// Values inside a private file mapping, which `_map` keeps alive. No two chunks share a
     /// value, and nothing else reads or writes the mapping, so a chunk's values are as
     /// exclusively its own as an owned box's.
     Mapped { ptr: NonNull<T>, len: usize, _map: Arc<MmapMut> },
 }
 
-// SAFETY: a mapped chunk is memory owned by this chunk alone (see `Chunk::Mapped`); it
-// moves and is shared across threads exactly like the `Box<[T]>` of an owned one.
+// SAFETY: an owned chunk's allocation and a mapped chunk's range are memory of this chunk
+// alone (see the variants); it moves and is shared across threads like a `Box<[T]>`.
 unsafe impl<T: Send> Send for Chunk<T> {}
 unsafe impl<T: Sync> Sync for Chunk<T> {}
+
+fn owned_layout<T>(len: usize) -> Layout {
+    let bytes = len.checked_mul(std::mem::size_of::<T>()).expect("a chunk larger than memory");
+    Layout::from_size_align(bytes.max(1), CHUNK_ALIGN.max(std::mem::align_of::<T>())).expect("a chunk larger than memory")
+}
+
+impl<T: ZeroBits> Chunk<T> {
+    /// `len` zeros in a fresh cache-line-aligned allocation (zeroed by the allocator, so
+    /// the pages are committed only when a row is written).
+    pub fn zeroed(len: usize) -> Chunk<T> {
+        let layout = owned_layout::<T>(len);
+        // SAFETY: the layout's size is at least 1; all-zero bits are valid zeros of T
+        // (`ZeroBits`).
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
+        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        Chunk::Owned { ptr, len }
+    }
+}
+
+impl<T> Drop for Chunk<T> {
+    fn drop(&mut self) {
+        if let Chunk::Owned { ptr, len } = *self {
+            // SAFETY: allocated by `Chunk::zeroed` with this very layout, freed once.
+            unsafe { std::alloc::dealloc(ptr.as_ptr() as *mut u8, owned_layout::<T>(len)) };
+        }
+    }
+}
 
 impl<T: Copy> Chunk<T> {
     /// The `len` values of `T` at `byte_offset` in `map`.
@@ -43,19 +86,18 @@ impl<T: Copy> Chunk<T> {
         Chunk::Mapped { ptr: NonNull::new_unchecked(base), len, _map: Arc::clone(map) }
     }
 
-    fn as_slice(&self) -> &[T] {
+    pub(crate) fn as_slice(&self) -> &[T] {
         match self {
-            Chunk::Owned(b) => b,
-            // SAFETY: see `Chunk::mapped`; the mapping outlives `self` through `_map`.
-            Chunk::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *len) },
+            // SAFETY: `len` initialised values of this chunk's own (see the variants); a
+            // mapping outlives `self` through `_map`.
+            Chunk::Owned { ptr, len } | Chunk::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *len) },
         }
     }
 
-    fn as_mut_slice(&mut self) -> &mut [T] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
         match self {
-            Chunk::Owned(b) => b,
-            // SAFETY: as above, and `&mut self` makes this the only access to the range.
-            Chunk::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), *len) },
+            // SAFETY: as above, and `&mut self` makes this the only access to the values.
+            Chunk::Owned { ptr, len } | Chunk::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), *len) },
         }
     }
 }
@@ -74,7 +116,7 @@ impl<T> Default for Arena<T> {
     }
 }
 
-impl<T: Copy + Default> Arena<T> {
+impl<T: ZeroBits> Arena<T> {
     pub fn new(dim: usize) -> Arena<T> {
         Arena { dim, rows: 0, chunks: Vec::new() }
     }
@@ -86,8 +128,7 @@ impl<T: Copy + Default> Arena<T> {
     /// Appends a zeroed row and returns its index.
     pub fn push_row(&mut self) -> usize {
         if self.rows == self.chunks.len() * CHUNK_ROWS {
-            // alloc_zeroed: pages are committed only when a row is written.
-            self.chunks.push(Chunk::Owned(vec![T::default(); CHUNK_ROWS * self.dim].into_boxed_slice()));
+            self.chunks.push(Chunk::zeroed(CHUNK_ROWS * self.dim));
         }
         self.rows += 1;
         self.rows - 1
@@ -145,5 +186,20 @@ mod tests {
         assert_eq!(a.row(CHUNK_ROWS + 3)[0], (CHUNK_ROWS + 3) as f32);
         assert_eq!(a.block(CHUNK_ROWS, CHUNK_ROWS + 2), &[CHUNK_ROWS as f32, 1.0, 2.0, (CHUNK_ROWS + 1) as f32, 1.0, 2.0]);
         assert_eq!(a.chunk(1).len(), CHUNK_ROWS * 3);
+    }
+
+    #[test]
+    fn owned_chunks_start_on_a_cache_line_and_hold_zeros() {
+        let mut a: Arena<u16> = Arena::new(5);
+        let mut b: Arena<i8> = Arena::new(3);
+        for _ in 0..2 * CHUNK_ROWS + 1 {
+            a.push_row();
+            b.push_row();
+        }
+        for c in 0..3 {
+            assert_eq!(a.chunk(c).as_ptr() as usize % CHUNK_ALIGN, 0);
+            assert_eq!(b.chunk(c).as_ptr() as usize % CHUNK_ALIGN, 0);
+            assert!(a.chunk(c).iter().all(|&x| x == 0) && b.chunk(c).iter().all(|&x| x == 0));
+        }
     }
 }

@@ -37,7 +37,7 @@
 //! store made from the exact vectors, so a replica from the image equals one read from
 //! SQLite. Readers that predate int8 images reject precision 2 and read the store.
 
-use crate::arena::{Arena, Chunk, CHUNK_ROWS};
+use crate::arena::{Arena, Chunk, ZeroBits, CHUNK_ROWS};
 use crate::cursor::Reader;
 use crate::record::Record;
 use crate::state::{ImageArenas, ImageRows, Precision, State};
@@ -353,7 +353,7 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
 
 /// The arena of `rows` rows of `dim` values of `T` at `offset` in `map`: full chunks stay in
 /// the mapping, the last partial one is copied (so new rows can be appended to it).
-fn mapped_arena<T: Copy + Default>(map: &Arc<MmapMut>, offset: usize, rows: usize, dim: usize) -> Arena<T> {
+fn mapped_arena<T: ZeroBits>(map: &Arc<MmapMut>, offset: usize, rows: usize, dim: usize) -> Arena<T> {
     let per_chunk = CHUNK_ROWS * dim;
     let size = std::mem::size_of::<T>();
     let mut chunks = Vec::with_capacity(rows.div_ceil(CHUNK_ROWS));
@@ -366,11 +366,11 @@ fn mapped_arena<T: Copy + Default>(map: &Arc<MmapMut>, offset: usize, rows: usiz
             // f32 / u16 / i8, and chunks are disjoint.
             chunks.push(unsafe { Chunk::mapped(map, start, per_chunk) });
         } else {
-            let mut owned = vec![T::default(); per_chunk].into_boxed_slice();
+            let mut owned = Chunk::zeroed(per_chunk);
             // SAFETY: as above, for the `used` rows present in the file.
             let src = unsafe { std::slice::from_raw_parts(map.as_ptr().add(start) as *const T, used * dim) };
-            owned[..used * dim].copy_from_slice(src);
-            chunks.push(Chunk::Owned(owned));
+            owned.as_mut_slice()[..used * dim].copy_from_slice(src);
+            chunks.push(owned);
         }
     }
     Arena::from_chunks(dim, rows, chunks)
