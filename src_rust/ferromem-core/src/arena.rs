@@ -33,8 +33,9 @@ impl ZeroBits for i8 {}
 
 /// The memory of one chunk: exactly `CHUNK_ROWS * dim` values.
 pub enum Chunk<T> {
-    /// Values in an allocation of its own, `CHUNK_ALIGN`-aligned (freed on drop).
-    Owned { ptr: NonNull<T>, len: usize },
+    /// `len` values at `ptr`, the first cache line inside an allocation of its own that
+    /// starts at `base` (freed on drop).
+    Owned { ptr: NonNull<T>, len: usize, base: NonNull<u8> },
     /// Values inside a private file mapping, which `_map` keeps alive. No two chunks share a
     /// value, and nothing else reads or writes the mapping, so a chunk's values are as
     /// exclusively its own as an owned box's.
@@ -46,29 +47,41 @@ pub enum Chunk<T> {
 unsafe impl<T: Send> Send for Chunk<T> {}
 unsafe impl<T: Sync> Sync for Chunk<T> {}
 
+/// The allocation of an owned chunk of `len` values: room for them after skipping up to
+/// one cache line. Its alignment stays the allocator's minimum on purpose: a zeroed
+/// allocation of that alignment is `calloc`, whose fresh pages the OS commits only when
+/// written, whereas an over-aligned one is zeroed by writing every byte (which committed
+/// a whole 4096-row chunk of RSS for the first row).
 fn owned_layout<T>(len: usize) -> Layout {
-    let bytes = len.checked_mul(std::mem::size_of::<T>()).expect("a chunk larger than memory");
-    Layout::from_size_align(bytes.max(1), CHUNK_ALIGN.max(std::mem::align_of::<T>())).expect("a chunk larger than memory")
+    let bytes = len.checked_mul(std::mem::size_of::<T>()).and_then(|b| b.checked_add(CHUNK_ALIGN)).expect("a chunk larger than memory");
+    Layout::from_size_align(bytes, std::mem::align_of::<T>()).expect("a chunk larger than memory")
 }
 
 impl<T: ZeroBits> Chunk<T> {
-    /// `len` zeros in a fresh cache-line-aligned allocation (zeroed by the allocator, so
-    /// the pages are committed only when a row is written).
+    /// `len` zeros starting on a cache line, in a fresh allocation zeroed by the allocator
+    /// (so the pages are committed only when a row is written).
     pub fn zeroed(len: usize) -> Chunk<T> {
         let layout = owned_layout::<T>(len);
-        // SAFETY: the layout's size is at least 1; all-zero bits are valid zeros of T
-        // (`ZeroBits`).
-        let raw = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
-        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        Chunk::Owned { ptr, len }
+        // SAFETY: the layout's size is at least CHUNK_ALIGN.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let base = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        // The first line boundary at or after `base`: a multiple of T's alignment too (64
+        // is), and `len` values fit before the end of the allocation.
+        let skip = raw.align_offset(CHUNK_ALIGN);
+        debug_assert!(skip < CHUNK_ALIGN);
+        // SAFETY: `skip + len * size_of::<T>()` <= the layout's size; all-zero bits are
+        // valid zeros of T (`ZeroBits`).
+        let ptr = unsafe { NonNull::new_unchecked(raw.add(skip) as *mut T) };
+        Chunk::Owned { ptr, len, base }
     }
 }
 
 impl<T> Drop for Chunk<T> {
     fn drop(&mut self) {
-        if let Chunk::Owned { ptr, len } = *self {
-            // SAFETY: allocated by `Chunk::zeroed` with this very layout, freed once.
-            unsafe { std::alloc::dealloc(ptr.as_ptr() as *mut u8, owned_layout::<T>(len)) };
+        if let Chunk::Owned { len, base, .. } = *self {
+            // SAFETY: `base` was allocated by `Chunk::zeroed` with this very layout, and
+            // is freed once.
+            unsafe { std::alloc::dealloc(base.as_ptr(), owned_layout::<T>(len)) };
         }
     }
 }
@@ -90,14 +103,14 @@ impl<T: Copy> Chunk<T> {
         match self {
             // SAFETY: `len` initialised values of this chunk's own (see the variants); a
             // mapping outlives `self` through `_map`.
-            Chunk::Owned { ptr, len } | Chunk::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *len) },
+            Chunk::Owned { ptr, len, .. } | Chunk::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *len) },
         }
     }
 
     pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
         match self {
             // SAFETY: as above, and `&mut self` makes this the only access to the values.
-            Chunk::Owned { ptr, len } | Chunk::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), *len) },
+            Chunk::Owned { ptr, len, .. } | Chunk::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), *len) },
         }
     }
 }
