@@ -21,7 +21,6 @@ use crate::arena::Arena;
 use crate::cursor::Reader;
 use crate::simd::half::dot_f16;
 use crate::simd::int8::{dot_i8, quantize_i8};
-use half::f16;
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
@@ -635,10 +634,10 @@ fn prefetch_bytes<T>(row: &[T]) {
     let _ = row;
 }
 
-/// Unpacks a binary16 row into `out` (cleared first).
+/// Unpacks a binary16 row into `out` (exactly, with the SIMD conversion where present).
 fn to_f32(row: &[u16], out: &mut Vec<f32>) {
-    out.clear();
-    out.extend(row.iter().map(|&b| f16::from_bits(b).to_f32()));
+    out.resize(row.len(), 0.0);
+    crate::simd::half::widen(row, out);
 }
 
 #[cfg(test)]
@@ -740,7 +739,7 @@ mod tests {
             g.insert(s, 1, &GraphRows::Half(&arena), &|_| Some(1), &mut scratch);
         }
         // Slot 7 gets a new vector: the opposite of slot 3's; re-linked at version 2.
-        let v3: Vec<f32> = arena.row(3).iter().map(|&b| -f16::from_bits(b).to_f32()).collect();
+        let v3: Vec<f32> = arena.row(3).iter().map(|&b| -half::f16::from_bits(b).to_f32()).collect();
         to_f16_bits(&v3, 1.0, arena.row_mut(7));
         g.insert(7, 2, &GraphRows::Half(&arena), &|s| Some(if s == 7 { 2 } else { 1 }), &mut scratch);
         assert_eq!(g.version(7), Some(2));

@@ -136,8 +136,9 @@ pub const PENDING_REBUILD: u64 = 1024;
 /// cheaper than a graph walk that must pass many rejected nodes, and exact.
 const FILTER_EXACT_VALUES: u64 = 1 << 22;
 const SELECTIVE_RATIO: u64 = 20;
-/// Graph builds link this many records per parallel round once the graph holds
-/// `BUILD_PARALLEL_MIN_NODES` (before that, one by one, so the first nodes see each other).
+/// Graph builds link up to this many records per parallel round (two per core) once the
+/// graph holds `BUILD_PARALLEL_MIN_NODES` (before that, one by one, so the first nodes
+/// see each other).
 const BUILD_PARALLEL_BATCH: usize = 16;
 const BUILD_PARALLEL_MIN_NODES: usize = 1024;
 /// Concurrent single-query scans of at least this many values (4 MB of f32 rows) run as
@@ -874,15 +875,20 @@ impl State {
         Some(GraphBuild { graph, todo, generation: self.index_generation })
     }
 
-    /// Links the slots `build.todo[from..]` into the build's graph until `deadline`;
-    /// returns where it stopped. Slots freed or already current are skipped.
-    pub fn extend_graph_build(&self, build: &mut GraphBuild, from: usize, deadline: std::time::Instant, scratch: &mut GraphQuery) -> usize {
+    /// Links the slots `build.todo[from..]` into the build's graph, a round at a time,
+    /// until `stop()` says so after a round; returns where it stopped. Slots freed or
+    /// already current are skipped.
+    pub fn extend_graph_build(&self, build: &mut GraphBuild, from: usize, stop: &dyn Fn() -> bool, scratch: &mut GraphQuery) -> usize {
         let current = |s: u32| self.current_version(s);
         let rows = self.graph_rows();
         let mut i = from;
         while i < build.todo.len() {
-            let mut batch: Vec<(u32, u32)> = Vec::with_capacity(BUILD_PARALLEL_BATCH);
-            while i < build.todo.len() && batch.len() < BUILD_PARALLEL_BATCH {
+            // A round is what a writer waiting for the state lock may have to wait for: one
+            // record while the graph is small (linked one by one), else two per core.
+            let sequential = build.graph.nodes() < BUILD_PARALLEL_MIN_NODES || rayon::current_num_threads() < 2;
+            let round = if sequential { 1 } else { (2 * rayon::current_num_threads()).min(BUILD_PARALLEL_BATCH) };
+            let mut batch: Vec<(u32, u32)> = Vec::with_capacity(round);
+            while i < build.todo.len() && batch.len() < round {
                 let slot = build.todo[i];
                 i += 1;
                 if let Some(v) = current(slot) {
@@ -891,7 +897,7 @@ impl State {
                     }
                 }
             }
-            if build.graph.nodes() < BUILD_PARALLEL_MIN_NODES || rayon::current_num_threads() < 2 {
+            if sequential {
                 for (slot, v) in batch {
                     build.graph.insert(slot, v, &rows, &current, scratch);
                 }
@@ -903,7 +909,7 @@ impl State {
                     build.graph.apply_insert(plan, &rows, &current, scratch);
                 }
             }
-            if std::time::Instant::now() >= deadline {
+            if stop() {
                 break;
             }
         }
@@ -1199,5 +1205,53 @@ mod tests {
         // A wider search makes the walk dearer.
         let wide = IndexConfig { ef_search: 1000, ..index };
         assert!(filtered_scan_is_cheaper(50_000, 100_000, 1536, wide));
+    }
+
+    /// A graph build gives way between rounds, and a round is small: one record while the
+    /// graph is small, then at most two per core. This bounds how long a writer waiting
+    /// for the state lock waits on the builder (`engine::build_graphs`).
+    #[test]
+    fn graph_builds_stop_after_one_round_when_asked() {
+        let (n, dim) = (BUILD_PARALLEL_MIN_NODES + 200, 8);
+        let mut st = State::new();
+        let mut seed = 7u64;
+        for i in 0..n {
+            let v: Vec<f32> = (0..dim)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                })
+                .collect();
+            let rec = Record {
+                id: format!("r{i}").into(),
+                content: String::new(),
+                scope: "/".into(),
+                categories: Vec::new(),
+                metadata_json: "{}".into(),
+                importance: 0.5,
+                created_at: 0.0,
+                last_accessed: 0.0,
+                source: None,
+                private: false,
+            };
+            st.put(rec, &v).unwrap();
+        }
+        let mut build = st.begin_graph_build().unwrap();
+        let mut scratch = GraphQuery::default();
+        let asked = || true;
+        // Linked one by one while the graph is small.
+        assert_eq!(st.extend_graph_build(&mut build, 0, &asked, &mut scratch), 1);
+        let mut at = 1;
+        while build.graph.nodes() < BUILD_PARALLEL_MIN_NODES {
+            at = st.extend_graph_build(&mut build, at, &asked, &mut scratch);
+        }
+        assert_eq!(at, BUILD_PARALLEL_MIN_NODES);
+        // Then a round of at most two records per core.
+        let next = st.extend_graph_build(&mut build, at, &asked, &mut scratch);
+        let per_round = (2 * rayon::current_num_threads()).min(BUILD_PARALLEL_BATCH);
+        assert!(next > at && next - at <= per_round.max(1), "{at} -> {next}");
+        // Without a stop, the build runs to the end and covers every record.
+        assert_eq!(st.extend_graph_build(&mut build, next, &|| false, &mut scratch), n);
+        assert_eq!(build.graph.nodes(), n);
     }
 }
