@@ -1046,37 +1046,7 @@ pub fn graph_file(path: &Path) -> PathBuf {
 /// one), link the pending records into the copy in batches under the state *read* lock
 /// (searches go on; a writer waits at most one batch), then publish the copy under a brief
 /// write lock. A reset or reload during a build voids it and the loop starts over.
-/// Lowers the calling thread's CPU priority to the least (Linux: nice 19 for this thread
-/// alone). Best effort: where it fails, or on other systems, the thread keeps its priority.
-fn yield_cpu_to_foreground() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on this thread's own id; no memory is passed.
-    unsafe {
-        let _ = libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
-    }
-}
-
-/// The threads that link graphs in the background, at the lowest CPU priority (as many as
-/// rayon's global pool). A graph build keeps every core busy for minutes; at normal
-/// priority the threads that save and search waited for the scheduler's time slices
-/// (a 60 us save took 11 ms at p50 during a 100,000 x 1536 build on 2 cores). None when
-/// no thread could be started: the build then runs on rayon's global pool.
-fn graph_build_pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(rayon::current_num_threads())
-            .thread_name(|i| format!("ferromem-index-{i}"))
-            .start_handler(|_| yield_cpu_to_foreground())
-            .build()
-            .ok()
-    })
-    .as_ref()
-}
-
 fn build_graphs(state: &RwLock<State>, builder: &IndexBuilder) {
-    yield_cpu_to_foreground();
-    let pool = graph_build_pool();
     let mut scratch = crate::hnsw::GraphQuery::default();
     loop {
         let flush = builder.flush_waiters.load(Ordering::Acquire) > 0;
@@ -1111,11 +1081,7 @@ fn build_graphs(state: &RwLock<State>, builder: &IndexBuilder) {
             }
             let deadline = Instant::now() + BUILD_BATCH;
             let give_way = || Instant::now() >= deadline || builder.writers_waiting.load(Ordering::Acquire) > 0;
-            let mut extend = || st.extend_graph_build(&mut build, next, &give_way, &mut scratch);
-            next = match pool {
-                Some(pool) => pool.install(extend),
-                None => extend(),
-            };
+            next = st.extend_graph_build(&mut build, next, &give_way, &mut scratch);
             drop(st);
             std::thread::yield_now();
         }
