@@ -26,10 +26,15 @@ pub const CHUNK_ROWS: usize = 4096;
 const CHUNK_ALIGN: usize = 64;
 
 /// Element types whose all-zero bit pattern is the value zero (what a fresh chunk holds).
-pub trait ZeroBits: Copy + Default {}
-impl ZeroBits for f32 {}
-impl ZeroBits for u16 {}
-impl ZeroBits for i8 {}
+///
+/// # Safety
+/// Every value read from a fresh chunk is all-zero bits: implement this only for types
+/// for which that is a valid value.
+pub unsafe trait ZeroBits: Copy + Default {}
+// SAFETY: all-zero bits are 0.0, 0 and 0.
+unsafe impl ZeroBits for f32 {}
+unsafe impl ZeroBits for u16 {}
+unsafe impl ZeroBits for i8 {}
 
 /// The memory of one chunk: exactly `CHUNK_ROWS * dim` values.
 pub enum Chunk<T> {
