@@ -137,8 +137,7 @@ mod x86 {
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), load8(r.add(i)), a0);
             i += 8;
         }
-        let s = sum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-        let mut s = s;
+        let mut s = sum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
         while i < n {
             s += *q.add(i) * super::to_f32(*r.add(i));
             i += 1;
