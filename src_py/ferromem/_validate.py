@@ -469,10 +469,6 @@ def check_precision(value: Any, path: str | None) -> str:
     return value
 
 
-def check_fast_open(value: Any) -> bool:
-    return check_bool(value, "fast_open")
-
-
 def check_index(value: Any) -> str:
     return _check_one_of("index", value, INDEX_MODES)
 

@@ -166,7 +166,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     precision = check.check_precision(precision, path_text)
     dim = check.check_dim(dim)
     durability = check.check_durability(durability)
-    fast_open = check.check_fast_open(fast_open)
+    fast_open = check.check_bool(fast_open, "fast_open")
     engine_factory, engine_name = _select_engine(check.check_engine(engine))
     if path_text is not None:
         try:

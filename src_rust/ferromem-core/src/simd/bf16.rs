@@ -83,6 +83,7 @@ fn scalar_dot_pairs(q: &[u16], r: &[u16]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use crate::simd::x86_avx2::hsum;
     use std::arch::x86_64::*;
 
     /// 16 bf16 values at `p` widened to f32.
@@ -137,20 +138,12 @@ mod x86 {
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), load8(r.add(i)), a0);
             i += 8;
         }
-        let mut s = sum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
         while i < n {
             s += *q.add(i) * super::to_f32(*r.add(i));
             i += 1;
         }
         s
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx")]
-    unsafe fn sum256(v: __m256) -> f32 {
-        let lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-        _mm_cvtss_f32(_mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1)))
     }
 
     /// bf16 x bf16 with `vdpbf16ps`: 32 pairs of values per instruction.
@@ -204,7 +197,7 @@ mod x86 {
             a1 = _mm256_fmadd_ps(load8(q.add(i + 8)), load8(r.add(i + 8)), a1);
             i += 16;
         }
-        let mut s = sum256(_mm256_add_ps(a0, a1));
+        let mut s = hsum(_mm256_add_ps(a0, a1));
         while i < n {
             s += super::to_f32(*q.add(i)) * super::to_f32(*r.add(i));
             i += 1;

@@ -103,10 +103,7 @@ mod x86 {
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), x, a0);
             i += 8;
         }
-        let v = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-        let lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-        let mut s = _mm_cvtss_f32(_mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1)));
+        let mut s = crate::simd::x86_avx2::hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
         while i < n {
             s += *q.add(i) * half::f16::from_bits(*r.add(i)).to_f32();
             i += 1;
