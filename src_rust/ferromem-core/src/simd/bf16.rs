@@ -15,8 +15,10 @@
 //!   paths again differ only in summation order (and `vdpbf16ps` treats values below
 //!   f32's normal range, |x| < 1.2e-38, as zero).
 //!
-//! Dispatch follows the active ISA ([`super::active_isa`]); NEON runs the portable code,
-//! which the compiler vectorises (the widening is a shift).
+//! Dispatch follows the active ISA ([`super::active_isa`]). NEON widens with `SHLL` and
+//! multiply-adds, for both kernels. It does not use `BFDOT` (FEAT_BF16): unless the FPCR
+//! selects the extended behaviour (FEAT_EBF16), `BFDOT` rounds its pair sums to odd and
+//! flushes values below f32's normal range, so its results would depend on the core.
 
 use super::{active_isa, Isa};
 
@@ -244,6 +246,76 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    /// 8 bf16 values at `p` widened to two f32 vectors (`SHLL`/`SHLL2` by 16).
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn load8(p: *const u16) -> (float32x4_t, float32x4_t) {
+        let h = vld1q_u16(p);
+        (vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(h))), vreinterpretq_f32_u32(vshll_high_n_u16::<16>(h)))
+    }
+
+    /// 8 f32 values at `p`, as `load8` returns bf16 ones.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn load8_f32(p: *const f32) -> (float32x4_t, float32x4_t) {
+        (vld1q_f32(p), vld1q_f32(p.add(4)))
+    }
+
+    /// The dot product of `n` query values (8 at a time from `load_q`) with `n` bf16 row
+    /// values, in four accumulators; `q_at` gives the query's value `i` for the tail.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn dot_by<Q>(
+        q: *const Q,
+        r: *const u16,
+        n: usize,
+        load_q: impl Fn(*const Q) -> (float32x4_t, float32x4_t),
+        q_at: impl Fn(usize) -> f32,
+    ) -> f32 {
+        let (mut a0, mut a1, mut a2, mut a3) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0), vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+        let mut i = 0;
+        while i + 16 <= n {
+            let ((q0, q1), (x0, x1)) = (load_q(q.add(i)), load8(r.add(i)));
+            let ((q2, q3), (x2, x3)) = (load_q(q.add(i + 8)), load8(r.add(i + 8)));
+            a0 = vfmaq_f32(a0, q0, x0);
+            a1 = vfmaq_f32(a1, q1, x1);
+            a2 = vfmaq_f32(a2, q2, x2);
+            a3 = vfmaq_f32(a3, q3, x3);
+            i += 16;
+        }
+        if i + 8 <= n {
+            let ((q0, q1), (x0, x1)) = (load_q(q.add(i)), load8(r.add(i)));
+            a0 = vfmaq_f32(a0, q0, x0);
+            a1 = vfmaq_f32(a1, q1, x1);
+            i += 8;
+        }
+        let mut s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+        while i < n {
+            s += q_at(i) * super::to_f32(*r.add(i));
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn rows(q: &[f32], rows: &[u16], dim: usize, out: &mut [f32]) {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = dot_by(q.as_ptr(), rows.as_ptr().add(j * dim), dim, |p| load8_f32(p), |i| q[i]);
+        }
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn pairs_rows(q: &[u16], rows: &[u16], dim: usize, out: &mut [f32]) {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = dot_by(q.as_ptr(), rows.as_ptr().add(j * dim), dim, |p| load8(p), |i| super::to_f32(q[i]));
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Path {
     Scalar,
@@ -254,10 +326,13 @@ enum Path {
     /// AVX-512F with AVX-512 BF16 (`vdpbf16ps`), for bf16 x bf16.
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16,
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 /// The path `isa` runs for bf16 x bf16 (`pairs`) or f32 x bf16. `isa` is supported (the
 /// dispatch atomic holds only supported ones), so its base features are present.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn path_of(isa: Isa, pairs: bool) -> Path {
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -266,11 +341,14 @@ fn path_of(isa: Isa, pairs: bool) -> Path {
         Isa::Avx512 => Path::Avx512,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Path::Avx2,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => Path::Neon,
         _ => Path::Scalar,
     }
 }
 
-/// The bf16 x bf16 kernel path an ISA runs: "avx512-bf16", "avx512", "avx2" or "scalar".
+/// The bf16 x bf16 kernel path an ISA runs: "avx512-bf16", "avx512", "avx2", "neon" or
+/// "scalar".
 pub fn path_name(isa: Isa) -> &'static str {
     match path_of(isa, true) {
         #[cfg(target_arch = "x86_64")]
@@ -279,6 +357,8 @@ pub fn path_name(isa: Isa) -> &'static str {
         Path::Avx512 => "avx512",
         #[cfg(target_arch = "x86_64")]
         Path::Avx2 => "avx2",
+        #[cfg(target_arch = "aarch64")]
+        Path::Neon => "neon",
         Path::Scalar => "scalar",
     }
 }
@@ -298,6 +378,8 @@ pub fn dot_rows_bf16(query: &[f32], rows: &[u16], dim: usize, out: &mut [f32]) {
         Path::Avx512 | Path::Avx512Bf16 => unsafe { x86::rows_avx512(query, rows, dim, out) },
         #[cfg(target_arch = "x86_64")]
         Path::Avx2 => unsafe { x86::rows_avx2(query, rows, dim, out) },
+        #[cfg(target_arch = "aarch64")]
+        Path::Neon => unsafe { neon::rows(query, rows, dim, out) },
         Path::Scalar => {
             for (j, o) in out.iter_mut().enumerate() {
                 *o = scalar_dot(query, &rows[j * dim..(j + 1) * dim]);
@@ -318,6 +400,8 @@ pub fn dot_rows_bf16_pairs(query: &[u16], rows: &[u16], dim: usize, out: &mut [f
         Path::Avx512 => unsafe { x86::pairs_rows_avx512(query, rows, dim, out) },
         #[cfg(target_arch = "x86_64")]
         Path::Avx2 => unsafe { x86::pairs_rows_avx2(query, rows, dim, out) },
+        #[cfg(target_arch = "aarch64")]
+        Path::Neon => unsafe { neon::pairs_rows(query, rows, dim, out) },
         Path::Scalar => {
             for (j, o) in out.iter_mut().enumerate() {
                 *o = scalar_dot_pairs(query, &rows[j * dim..(j + 1) * dim]);

@@ -4,7 +4,8 @@
 //! half the bytes of the f32 scan, which is memory-bound. The candidates it finds are then
 //! re-scored in f32, and [`prescan_error_bound`] says when that is provably the exact top-k
 //! (see `State::search`). Dispatch follows the active f32 ISA: AVX-512F has the f16->f32
-//! conversion; the AVX2 path also needs F16C (checked); every other path is portable code.
+//! conversion; the AVX2 path also needs F16C (checked); NEON converts with the base
+//! Advanced SIMD `FCVTL`/`FCVTN`; the scalar path is portable code.
 
 use super::{active_isa, Isa};
 use half::f16;
@@ -19,6 +20,12 @@ pub fn to_f16_bits(v: &[f32], scale: f32, out: &mut [u16]) {
     if path() != Path::Scalar && is_x86_feature_detected!("f16c") {
         // SAFETY: the CPU has AVX (every SIMD path implies it) and F16C; lengths are equal.
         unsafe { x86::to_f16_f16c(v, scale, out) };
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if path() == Path::Neon {
+        // SAFETY: the Neon path is chosen only where the CPU has NEON; lengths are equal.
+        unsafe { neon::to_f16(v, scale, out) };
         return;
     }
     to_f16_portable(v, scale, out);
@@ -153,6 +160,106 @@ mod x86 {
     }
 }
 
+/// aarch64: binary16 <-> f32 with the base Advanced SIMD conversions (`FCVTL`, `FCVTL2`,
+/// `FCVTN`, `FCVTN2`: every ARMv8-A core has them). Written as inline assembly because the
+/// intrinsics take Rust's unstable `f16` vector types. The narrowing rounds in the FPCR's
+/// mode, which is round-to-nearest-even unless a program changes it (a test checks the
+/// results bit for bit against the portable rounding).
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+    use std::arch::asm;
+
+    /// The 8 binary16 values at `p`, widened (exactly) to two f32 vectors.
+    #[target_feature(enable = "neon")]
+    #[inline]
+    unsafe fn widen8(p: *const u16) -> (float32x4_t, float32x4_t) {
+        let h = vld1q_u16(p);
+        let (lo, hi): (float32x4_t, float32x4_t);
+        // `out`, not `lateout`: `lo` is written before `h` is read again.
+        asm!(
+            "fcvtl {lo:v}.4s, {h:v}.4h",
+            "fcvtl2 {hi:v}.4s, {h:v}.8h",
+            h = in(vreg) h,
+            lo = out(vreg) lo,
+            hi = out(vreg) hi,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+        (lo, hi)
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn dot(q: *const f32, r: *const u16, n: usize) -> f32 {
+        let (mut a0, mut a1, mut a2, mut a3) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0), vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+        let mut i = 0;
+        while i + 16 <= n {
+            let (x0, x1) = widen8(r.add(i));
+            let (x2, x3) = widen8(r.add(i + 8));
+            a0 = vfmaq_f32(a0, vld1q_f32(q.add(i)), x0);
+            a1 = vfmaq_f32(a1, vld1q_f32(q.add(i + 4)), x1);
+            a2 = vfmaq_f32(a2, vld1q_f32(q.add(i + 8)), x2);
+            a3 = vfmaq_f32(a3, vld1q_f32(q.add(i + 12)), x3);
+            i += 16;
+        }
+        if i + 8 <= n {
+            let (x0, x1) = widen8(r.add(i));
+            a0 = vfmaq_f32(a0, vld1q_f32(q.add(i)), x0);
+            a1 = vfmaq_f32(a1, vld1q_f32(q.add(i + 4)), x1);
+            i += 8;
+        }
+        let mut s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+        while i < n {
+            s += *q.add(i) * half::f16::from_bits(*r.add(i)).to_f32();
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn widen(bits: &[u16], out: &mut [f32]) {
+        let n = bits.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            let (lo, hi) = widen8(bits.as_ptr().add(i));
+            vst1q_f32(out.as_mut_ptr().add(i), lo);
+            vst1q_f32(out.as_mut_ptr().add(i + 4), hi);
+            i += 8;
+        }
+        super::widen_portable(&bits[i..], &mut out[i..]);
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn to_f16(v: &[f32], scale: f32, out: &mut [u16]) {
+        let n = v.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            let lo = vmulq_n_f32(vld1q_f32(v.as_ptr().add(i)), scale);
+            let hi = vmulq_n_f32(vld1q_f32(v.as_ptr().add(i + 4)), scale);
+            let h: uint16x8_t;
+            // `out`, not `lateout`: `h` is written before `hi` is read.
+            asm!(
+                "fcvtn {h:v}.4h, {lo:v}.4s",
+                "fcvtn2 {h:v}.8h, {hi:v}.4s",
+                lo = in(vreg) lo,
+                hi = in(vreg) hi,
+                h = out(vreg) h,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+            vst1q_u16(out.as_mut_ptr().add(i), h);
+            i += 8;
+        }
+        super::to_f16_portable(&v[i..], scale, &mut out[i..]);
+    }
+
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn rows(q: &[f32], rows: &[u16], dim: usize, idx: Option<&[u32]>, out: &mut [f32]) {
+        for (j, o) in out.iter_mut().enumerate() {
+            let r = idx.map_or(j, |ix| ix[j] as usize);
+            *o = dot(q.as_ptr(), rows.as_ptr().add(r * dim), dim);
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Path {
     Scalar,
@@ -160,6 +267,8 @@ enum Path {
     Avx2,
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 fn path() -> Path {
@@ -168,6 +277,8 @@ fn path() -> Path {
         Isa::Avx512 => Path::Avx512,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if is_x86_feature_detected!("f16c") => Path::Avx2,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => Path::Neon,
         _ => Path::Scalar,
     }
 }
@@ -189,6 +300,8 @@ fn rows_impl(query: &[f32], rows: &[u16], dim: usize, idx: Option<&[u32]>, out: 
         Path::Avx512 => unsafe { x86::rows_avx512(query, rows, dim, idx, out) },
         #[cfg(target_arch = "x86_64")]
         Path::Avx2 => unsafe { x86::rows_avx2(query, rows, dim, idx, out) },
+        #[cfg(target_arch = "aarch64")]
+        Path::Neon => unsafe { neon::rows(query, rows, dim, idx, out) },
         Path::Scalar => {
             for (j, o) in out.iter_mut().enumerate() {
                 let r = idx.map_or(j, |ix| ix[j] as usize);
@@ -210,6 +323,8 @@ pub fn dot_f16(query: &[f32], row: &[u16]) -> f32 {
         Path::Avx512 => unsafe { x86::dot_avx512(query.as_ptr(), row.as_ptr(), row.len()) },
         #[cfg(target_arch = "x86_64")]
         Path::Avx2 => unsafe { x86::dot_avx2(query.as_ptr(), row.as_ptr(), row.len()) },
+        #[cfg(target_arch = "aarch64")]
+        Path::Neon => unsafe { neon::dot(query.as_ptr(), row.as_ptr(), row.len()) },
         Path::Scalar => scalar_dot(query, row),
     }
 }
@@ -221,11 +336,13 @@ pub fn widen(bits: &[u16], out: &mut [f32]) {
     assert_eq!(bits.len(), out.len(), "widen: lengths differ");
     match path() {
         // SAFETY: `path` returns a SIMD path only when the CPU has its features (AVX-512F,
-        // or AVX2 with F16C); the lengths are equal (checked above).
+        // AVX2 with F16C, or NEON); the lengths are equal (checked above).
         #[cfg(target_arch = "x86_64")]
         Path::Avx512 => unsafe { x86::widen_avx512(bits, out) },
         #[cfg(target_arch = "x86_64")]
         Path::Avx2 => unsafe { x86::widen_f16c(bits, out) },
+        #[cfg(target_arch = "aarch64")]
+        Path::Neon => unsafe { neon::widen(bits, out) },
         Path::Scalar => widen_portable(bits, out),
     }
 }
