@@ -6,7 +6,8 @@ engine uses for that storage (``ferromem._core.dot_rows_f32``, ``dot_rows_f16``,
 ``dot_rows_i8``), with the SIMD path forced to the ISA of the case. An ISA this CPU cannot
 run is skipped. ``track_gb_per_s`` reports the bytes streamed per second (best of several
 scans), to compare with the machine's memory bandwidth (``asv_bench/peers.py`` figure a).
-The int8 path of ``avx512`` is VNNI where the CPU has it (``int8_path``).
+The int8 path of ``avx512`` is VNNI where the CPU has it, that of ``neon`` SDOT where
+the CPU has it (``int8_path``).
 
 bfloat16 is no storage precision of the engine; its kernels are measured beside the others:
 ``bfloat16`` is an f32 query against bf16 rows (``dot_rows_bf16``), ``bfloat16-pairs`` a
