@@ -58,6 +58,18 @@ fn scalar_dot(a: &[i8], b: &[i8]) -> i32 {
     a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
 }
 
+/// The products from value `from` to `n` of `q` and `r`: the tail a SIMD kernel leaves
+/// after its last full vector.
+///
+/// # Safety
+/// Both pointers are valid for `n` reads and `from <= n`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline]
+unsafe fn tail_dot(q: *const i8, r: *const i8, from: usize, n: usize) -> i32 {
+    let len = n - from;
+    scalar_dot(std::slice::from_raw_parts(q.add(from), len), std::slice::from_raw_parts(r.add(from), len))
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -104,12 +116,7 @@ mod x86 {
         let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        let mut total = _mm_cvtsi128_si32(s);
-        while i < n {
-            total += *q.add(i) as i32 * *r.add(i) as i32;
-            i += 1;
-        }
-        total
+        _mm_cvtsi128_si32(s) + super::tail_dot(q, r, i, n)
     }
 }
 
@@ -156,12 +163,7 @@ mod neon {
             );
             i += 16;
         }
-        let mut total = vaddvq_s32(vaddq_s32(a0, a1));
-        while i < n {
-            total += *q.add(i) as i32 * *r.add(i) as i32;
-            i += 1;
-        }
-        total
+        vaddvq_s32(vaddq_s32(a0, a1)) + super::tail_dot(q, r, i, n)
     }
 
     /// Base Advanced SIMD: `SMULL`/`SMULL2` to 8 exact i16 products each, `SADALP` to add
@@ -176,12 +178,7 @@ mod neon {
             a1 = vpadalq_s16(a1, vmull_high_s8(qv, rv));
             i += 16;
         }
-        let mut total = vaddvq_s32(vaddq_s32(a0, a1));
-        while i < n {
-            total += *q.add(i) as i32 * *r.add(i) as i32;
-            i += 1;
-        }
-        total
+        vaddvq_s32(vaddq_s32(a0, a1)) + super::tail_dot(q, r, i, n)
     }
 }
 
