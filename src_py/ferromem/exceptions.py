@@ -96,9 +96,10 @@ class IncompatibleStoreError(StorageError):
     """The store was written by an incompatible (newer) version of ferromem."""
 
 
-class NotAStoreError(StorageError):
+class NotAStoreError(CorruptStoreError):
     """The file at the path is not a ferromem store (another application's database, an
-    empty or truncated file, not SQLite at all). ferromem left it byte for byte as it was."""
+    empty or truncated file, not SQLite at all). ferromem left it byte for byte as it was.
+    A CorruptStoreError, which earlier versions raised for such files."""
 
 
 class ReadOnlyStoreError(StorageError):

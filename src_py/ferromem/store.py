@@ -204,8 +204,16 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     return Store(engine_instance, engine_name, index=index, ef_search=ef_search)
 
 
+def _damaged_records(engine: Any) -> builtins.list[dict[str, Any]]:
+    """The engine's quarantined records (the native engine reports them in its stats)."""
+    reported = getattr(engine, "damaged", None)
+    if callable(reported):
+        return builtins.list(reported())
+    return builtins.list(engine.stats().get("damaged") or [])
+
+
 def _warn_if_damaged(engine: Any, path: str | None) -> None:
-    damaged = engine.stats().get("damaged") or []
+    damaged = _damaged_records(engine)
     if damaged:
         shown = ", ".join(repr(d["id"]) for d in damaged[:5])
         more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
@@ -759,6 +767,8 @@ class Store:
         else:
             operations, extras = raw, {}
         extras.setdefault("cache", dict(_NO_CACHE))
+        extras.setdefault("damaged", _damaged_records(self._engine))
+        extras.setdefault("read_only", bool(getattr(self._engine, "read_only", False)))
         extras.setdefault("precision", "f32")
         extras.setdefault("fast_open", {"enabled": False, "opened_from_image": False})
         extras.setdefault("index", {"mode": self._index, "ef_search": self._ef_search, **_NO_GRAPH})

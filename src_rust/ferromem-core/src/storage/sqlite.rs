@@ -242,42 +242,62 @@ fn not_a_store_because(path: &Path, what: &str, hint: &str) -> Error {
     Error::NotAStore(format!("{} {what}: it is not a ferromem store, and ferromem left it untouched.{hint}", path.display()))
 }
 
-/// Reads the SQLite header straight from the file (no SQLite, no lock, no write).
+/// Identifies the file at `path` from its SQLite header, without writing or locking.
+///
+/// The header is read through SQLite (`immutable=1`), never with a plain file descriptor:
+/// closing any descriptor of a file releases every POSIX lock the process holds on it, so
+/// a plain read would drop the locks of this process's open connections to the same
+/// store (SQLite's own opens keep such descriptors until the locks are gone). Files too
+/// short to be a database are read directly, for the message: no store is that short.
 fn inspect(path: &Path) -> Result<Found> {
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Missing),
         Err(e) => return Err(Error::Storage(format!("cannot read {}: {e}", path.display()))),
     };
-    let meta = file.metadata().map_err(|e| Error::Storage(format!("cannot read {}: {e}", path.display())))?;
     if meta.is_dir() {
         return Err(not_a_store(path, "is a directory"));
     }
-    let mut head = Vec::with_capacity(100);
-    (&mut file).take(100).read_to_end(&mut head).map_err(|e| Error::Storage(format!("cannot read {}: {e}", path.display())))?;
-    const MAGIC: &[u8; 16] = b"SQLite format 3\0";
-    if head.is_empty() {
+    if meta.len() == 0 {
         return Err(not_a_store_because(
             path,
             "is empty (0 bytes)",
             " A store is never empty: if this file was one, it was truncated, and only a backup can restore it.",
         ));
     }
-    if head.len() < 100 {
-        if MAGIC.starts_with(&head[..head.len().min(16)]) {
+    const MAGIC: &[u8; 16] = b"SQLite format 3\0";
+    if meta.len() < 512 {
+        let mut head = Vec::with_capacity(100);
+        std::fs::File::open(path)
+            .and_then(|f| f.take(100).read_to_end(&mut head))
+            .map_err(|e| Error::Storage(format!("cannot read {}: {e}", path.display())))?;
+        if MAGIC.starts_with(&head[..head.len().min(16)]) || head.starts_with(MAGIC) {
             return Err(not_a_store_because(
                 path,
-                &format!("is truncated ({} bytes, shorter than a SQLite header)", head.len()),
+                &format!("is truncated ({} bytes, shorter than any SQLite database)", meta.len()),
                 " If this file was a store, only a backup can restore it.",
             ));
         }
         return Err(not_a_store(path, "is not a SQLite database"));
     }
-    if &head[..16] != MAGIC {
-        return Err(not_a_store(path, "is not a SQLite database"));
-    }
-    let application_id = i32::from_be_bytes([head[68], head[69], head[70], head[71]]);
-    let user_version = u32::from_be_bytes([head[60], head[61], head[62], head[63]]);
+    let header = (|| -> rusqlite::Result<(i32, u32)> {
+        let conn = Connection::open_with_flags(
+            file_uri(path, "immutable=1"),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // Reading the schema makes SQLite check the header; the pragmas read its fields.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+        let application_id = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+        let user_version = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?;
+        Ok((application_id, user_version as u32))
+    })();
+    let (application_id, user_version) = match header {
+        Ok(h) => h,
+        Err(rusqlite::Error::SqliteFailure(f, _)) if matches!(f.code, rusqlite::ffi::ErrorCode::NotADatabase) => {
+            return Err(not_a_store(path, "is not a SQLite database"));
+        }
+        Err(e) => return Err(Error::from(e)),
+    };
     match application_id {
         APPLICATION_ID => Ok(Found::Store(user_version)),
         0 => Ok(Found::Unmarked),
@@ -493,6 +513,14 @@ impl SqliteStorage {
     }
 
     fn check_schema(&self) -> Result<()> {
+        // The header again, through the connection: a change still in the WAL is seen here.
+        let user_version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if user_version > SCHEMA_VERSION as i64 {
+            return Err(Error::Incompatible(format!(
+                "{} has ferromem schema version {user_version}; this ferromem reads up to version {SCHEMA_VERSION}: upgrade ferromem (the store is left as it is)",
+                self.path.display()
+            )));
+        }
         let version: Option<String> = self
             .conn
             .query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0))
