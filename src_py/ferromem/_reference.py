@@ -861,6 +861,7 @@ class ReferenceEngine:
                     self._dim = new_dim
                 for record in new_records:
                     self._records[record.id] = record
+                    self._damaged.pop(record.id, None)  # saved again: whole
 
             return None, statements, apply
 
