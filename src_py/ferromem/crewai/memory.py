@@ -37,10 +37,10 @@ there that the tests show):
   (after checking its dimension), never a NaN score.
 - **Times** are CrewAI's naive UTC datetimes; an aware datetime is converted to UTC and
   comes back naive (the same instant). They are stored as float seconds and round-trip
-  to the microsecond: every time from 1697 to 2242 does, and beyond that a time is kept
-  when it round-trips exactly (whole seconds do, up to ``datetime.max`` less its
-  microseconds) and refused at save with :class:`~ferromem.exceptions.InvalidInputError`
-  otherwise (``datetime.max`` itself is refused). A stored time out of ``datetime``'s
+  to the microsecond: every time from 1698 to 2241 does, and beyond that a time is kept
+  when it round-trips exactly (whole seconds do, and so do ``datetime.min`` and
+  ``datetime.max``) and is refused at save with
+  :class:`~ferromem.exceptions.InvalidInputError` otherwise. A stored time out of ``datetime``'s
   range (written through :func:`ferromem.open`) reads back as ``datetime.min`` or
   ``datetime.max``: a stored record never makes a read fail.
 - **close()** releases the store's file handles and threads; any later call reopens it
@@ -171,7 +171,7 @@ def _to_epoch(value: datetime, name: str, *, exact: bool = True) -> float:
     if exact and _from_epoch(seconds) != value:
         raise InvalidInputError(
             f"{name} {value.isoformat()} cannot be stored exactly: times are kept as float "
-            "seconds, exact to the microsecond from 1697 to 2242 (and in whole seconds up to "
+            "seconds, exact to the microsecond from 1698 to 2241 (and in whole seconds up to "
             "9999-12-31 23:59:59)"
         )
     return seconds
