@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-pytest.importorskip("crewai", reason="CrewAI 1.x is not installed (pip install 'ferromem[crewai]')")
+pytest.importorskip("crewai", reason="CrewAI 1.x is not installed (pip install 'crewai>=1.15,<2')")
 
 from ferromem.crewai.rag import KnowledgeStorage, RagClient  # noqa: E402
 from ferromem.crewai.v0 import LTMStorage, RAGStorage  # noqa: E402

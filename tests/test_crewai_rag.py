@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 crewai = pytest.importorskip(
-    "crewai", reason="CrewAI 1.x is not installed (pip install 'ferromem[crewai]')"
+    "crewai", reason="CrewAI 1.x is not installed (pip install 'crewai>=1.15,<2')"
 )
 
 from chromadb.api.types import EmbeddingFunction as ChromaEmbeddingFunction  # noqa: E402

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-pytest.importorskip("crewai", reason="CrewAI 1.x is not installed (pip install 'ferromem[crewai]')")
+pytest.importorskip("crewai", reason="CrewAI 1.x is not installed (pip install 'crewai>=1.15,<2')")
 
 from crewai import Memory  # noqa: E402
 from crewai.memory.storage.backend import EmbeddingDimensionMismatchError  # noqa: E402

@@ -169,7 +169,7 @@ def demo_cmd(args: argparse.Namespace) -> int:
             args.dim = args.dim or 1536
             args.recalls = args.recalls or 100
             return crewai_demo(args)
-        print("CrewAI 1.x is not installed (pip install 'ferromem[crewai]'): running the "
+        print("CrewAI 1.x is not installed (pip install 'crewai>=1.15,<2'): running the "
               "store-only demo instead.\n")
     args.n = args.n or 2000
     args.dim = args.dim or 384
