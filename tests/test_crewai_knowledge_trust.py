@@ -154,3 +154,20 @@ def test_zero_rows_in_a_numpy_batch_keep_the_others_exact(tmp_path):
     hits = client.search(collection_name="c", query="a", limit=5, score_threshold=None)
     assert [(h["content"], round(h["score"], 6)) for h in hits] == [("a", 1.0), ("c", 0.5)]
     client.close()
+
+
+@pytest.mark.parametrize("bad", [5, 1.5, None, object(), b"tea", [1], ("tea", 2)])
+def test_knowledge_storage_wrong_arguments_raise_ferromem_errors(tmp_path, bad):
+    from ferromem.exceptions import FerromemError
+
+    storage = KnowledgeStorage(embedder=embed, path=tmp_path, collection_name="k")
+    storage.save(["tea"])
+    if bad is None:  # nothing to save or search, as before
+        assert storage.search(bad) == [] and storage.save(bad) is None
+    else:
+        with pytest.raises(FerromemError):
+            storage.search(bad)
+        with pytest.raises(FerromemError):
+            storage.save(bad)
+    assert [r["content"] for r in storage.search(["tea"])] == ["tea"]
+    storage.close()

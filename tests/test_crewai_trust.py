@@ -299,3 +299,5 @@ def test_list_records_limit_none_lists_everything(storage):
     assert len(storage.list_records(limit=None)) == 250
     assert len(storage.list_records(limit=None, offset=240)) == 10
     assert len(storage.list_records()) == 200  # the default stays CrewAI's
+    assert len(storage.list_records(limit=2**70)) == 250
+    assert storage.list_records(offset=2**70) == []

@@ -623,8 +623,8 @@ class KnowledgeStorage(BaseKnowledgeStorage):
 
     @staticmethod
     def _query_text(query: Sequence[str]) -> str:
-        if isinstance(query, str) or not all(isinstance(q, str) for q in query):
-            raise InvalidInputError("query must be a list of str")
+        if not isinstance(query, (list, tuple)) or not all(isinstance(q, str) for q in query):
+            raise InvalidInputError(f"query must be a list of str, got {type(query).__name__}")
         return " ".join(query)
 
     def search(
@@ -634,7 +634,7 @@ class KnowledgeStorage(BaseKnowledgeStorage):
         metadata_filter: dict[str, Any] | None = None,
         score_threshold: float = 0.6,
     ) -> list[SearchResult]:
-        if not query:
+        if query is None or (isinstance(query, (str, list, tuple)) and not query):
             return []
         return self.client.search(
             collection_name=self.collection, query=self._query_text(query), limit=limit,
@@ -642,6 +642,14 @@ class KnowledgeStorage(BaseKnowledgeStorage):
         )
 
     def save(self, documents: list[str]) -> None:
+        if documents is None:
+            return
+        if not isinstance(documents, (list, tuple)) or not all(
+            isinstance(doc, str) for doc in documents
+        ):
+            raise InvalidDocumentError(
+                f"documents must be a list of str, got {type(documents).__name__}"
+            )
         if not documents:
             return
         self.client.add_documents(
