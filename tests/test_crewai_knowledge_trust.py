@@ -171,3 +171,39 @@ def test_knowledge_storage_wrong_arguments_raise_ferromem_errors(tmp_path, bad):
             storage.save(bad)
     assert [r["content"] for r in storage.search(["tea"])] == ["tea"]
     storage.close()
+
+
+@pytest.mark.parametrize("make", [
+    lambda tmp: __import__("ferromem.crewai", fromlist=["MemoryStorage"]).MemoryStorage(5),
+    lambda tmp: __import__("ferromem.crewai", fromlist=["MemoryStorage"]).MemoryStorage(b"x"),
+    lambda tmp: RagClient(5),
+    lambda tmp: RAGStorage("x", embedder=embed, path=5),
+    lambda tmp: LTMStorage(5),
+    lambda tmp: __import__("ferromem.crewai.migrate", fromlist=["x"]).import_lancedb(5),
+])
+def test_adapters_refuse_a_path_that_is_not_a_path_with_a_ferromem_error(tmp_path, make):
+    from ferromem.exceptions import FerromemError
+
+    with pytest.raises(FerromemError):
+        make(tmp_path)
+
+
+def test_install_refuses_a_bad_path_and_changes_nothing():
+    import ferromem.crewai
+    from ferromem.exceptions import FerromemError
+
+    was = ferromem.crewai.installed()
+    with pytest.raises(FerromemError):
+        ferromem.crewai.install(path=5)
+    assert ferromem.crewai.installed() == was
+
+
+def test_install_is_the_function_whichever_name_is_asked_first():
+    import subprocess
+    import sys
+
+    code = ("import ferromem.crewai as c; c.installed(); c.install(); assert c.installed(); "
+            "c.uninstall(); print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -40,7 +40,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'ferromem.crewai' has no attribute {name!r}")
     try:
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        loaded = importlib.import_module(f"{__name__}.{module}")
     except ImportError as exc:
         if exc.name and exc.name.split(".")[0] in ("crewai", "crewai_core"):
             raise ImportError(
@@ -48,8 +48,13 @@ def __getattr__(name: str) -> Any:
                 f"({exc})"
             ) from exc
         raise
-    globals()[name] = value
-    return value
+    # Every name of that module at once: importing the submodule ``install`` bound the
+    # package attribute ``install`` to the module, which must not hide the function when
+    # ``installed`` or ``uninstall`` was asked for first.
+    for export, source in _EXPORTS.items():
+        if source == module:
+            globals()[export] = getattr(loaded, export)
+    return globals()[name]
 
 
 def __dir__() -> list[str]:

@@ -76,7 +76,7 @@ from ..exceptions import (
     InvalidMetadataError,
 )
 from ._filters import filter_ids, split_metadata_filter
-from ._names import STORE_SUFFIX
+from ._names import STORE_SUFFIX, path_argument
 
 __all__ = ["MemoryStorage", "DEFAULT_VECTOR_DIM", "default_memory_path"]
 
@@ -300,7 +300,7 @@ class MemoryStorage:
             raise InvalidInputError(
                 f"table_name must be a plain file name such as 'memories', got {table_name!r}"
             )
-        base = default_memory_path() if path is None else Path(os.fspath(path))
+        base = default_memory_path() if path is None else Path(path_argument(path))
         if base.suffix == STORE_SUFFIX:
             return str(base)
         return str(base / (table_name + STORE_SUFFIX))

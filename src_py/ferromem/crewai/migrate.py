@@ -37,6 +37,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..exceptions import DimensionMismatchError, FerromemError
+from ._names import path_argument
 
 __all__ = ["import_lancedb", "import_chromadb", "MigrationError"]
 
@@ -124,7 +125,7 @@ def import_lancedb(
     "destination_total"}``."""
     import lancedb
 
-    source = os.fspath(source)
+    source = path_argument(source, "source")
     if not os.path.isdir(source):
         raise MigrationError(f"no LanceDB directory at {source!r}")
     if not os.path.isdir(os.path.join(source, table + ".lance")):
@@ -181,7 +182,7 @@ def import_chromadb(
     import chromadb
     from chromadb.config import Settings
 
-    source = os.fspath(source)
+    source = path_argument(source, "source")
     if not os.path.isdir(source):
         raise MigrationError(f"no ChromaDB directory at {source!r}")
     _check_chroma_store(source)

@@ -103,7 +103,7 @@ from ._embedding import (
     unembedded_count,
 )
 from ._filters import chroma_where, filter_ids, split_metadata_filter
-from ._names import STORE_SUFFIX, collection_file_name
+from ._names import STORE_SUFFIX, collection_file_name, path_argument
 
 __all__ = [
     "RagClient",
@@ -265,7 +265,7 @@ class RagClient(BaseClient):
         default_batch_size: int = 100,
         durability: str = "normal",
     ) -> None:
-        base = default_knowledge_path() if path is None else Path(os.fspath(path))
+        base = default_knowledge_path() if path is None else Path(path_argument(path))
         self._path = Path(os.path.abspath(base))
         self.embedding_function = _resolve_embedding_function(embedding_function)
         self.default_limit = _check_int(default_limit, "default_limit")

@@ -88,7 +88,7 @@ from ._embedding import (
     unembedded_count,
 )
 from ._filters import chroma_where, filter_ids, split_metadata_filter
-from ._names import STORE_SUFFIX, collection_file_name
+from ._names import STORE_SUFFIX, collection_file_name, path_argument
 
 __all__ = [
     "RAGStorage",
@@ -185,7 +185,7 @@ def _resolve_file(path: str | os.PathLike | None, file_name: str) -> Path:
     ``path`` (CrewAI's storage directory when None)."""
     if path is None:
         return default_storage_dir() / file_name
-    base = Path(os.fspath(path))
+    base = Path(path_argument(path))
     return base if base.suffix == STORE_SUFFIX else base / file_name
 
 
@@ -411,7 +411,8 @@ class LTMStorage(_SharedOnCopy):
         self, db_path: str | os.PathLike | None = None, *, durability: str = "normal"
     ) -> None:
         file = (
-            default_storage_dir() / LTM_FILE_NAME if db_path is None else Path(os.fspath(db_path))
+            default_storage_dir() / LTM_FILE_NAME if db_path is None
+            else Path(path_argument(db_path, "db_path"))
         )
         self._open(file, dim=1, durability=durability)
         self.db_path = self._store.path
