@@ -64,6 +64,8 @@ def test_zero_embeddings_are_kept_counted_listed_filtered_and_deleted(storage):
     # Vector search ranks only records with a direction; never a NaN score.
     hits = storage.search([1.0, 1.0, 0.0, 0.0], limit=10, min_score=-1.0)
     assert [(r.id, round(s, 6)) for r, s in hits] == [("v", round(1 / math.sqrt(2), 6))]
+    # The placeholders point where this query does; the one real record still comes first.
+    assert [r.id for r, _ in storage.search([1.0, 0.0, 0.0, 0.0], limit=1)] == ["v"]
     assert storage.delete(record_ids=["z1"]) == 1
     assert storage.delete(scope_prefix="/b") == 1
     assert storage.count() == 2

@@ -19,6 +19,7 @@ __all__ = [
     "placeholder_rows",
     "is_zero_query",
     "unembedded_count",
+    "search_ranked",
 ]
 
 
@@ -109,3 +110,16 @@ def unembedded_count(store: Any) -> int:
     """How many records of a store are placeholders; a search asks for that many more
     and drops them, so it stays exact. An index lookup, free when there are none."""
     return store.count(where={NO_EMBEDDING_KEY: True})
+
+
+def search_ranked(store: Any, vector: Any, k: int, **criteria: Any) -> tuple[list[Any], list[float]]:
+    """The store's top ``k`` records and cosines with placeholders (NO_EMBEDDING_KEY) left
+    out. One search when no placeholder ranks (the usual case: no extra query at all);
+    otherwise once more, asking for as many more as there are placeholders, which is
+    exact. Entries may be None: deleted by another thread since the search."""
+    hits = store.search(vector, k, **criteria)
+    records = hits.records()
+    if any(record is not None and NO_EMBEDDING_KEY in record.metadata for record in records):
+        hits = store.search(vector, k + unembedded_count(store), **criteria)
+        records = hits.records()
+    return records, hits.scores.tolist()

@@ -75,6 +75,7 @@ from ..exceptions import (
     InvalidInputError,
     InvalidMetadataError,
 )
+from ._embedding import NO_EMBEDDING_KEY, search_ranked
 from ._filters import filter_ids, split_metadata_filter
 from ._names import STORE_SUFFIX, path_argument
 
@@ -88,7 +89,7 @@ DEFAULT_VECTOR_DIM = 3072
 # caller would choose and keeps them out of the way of every metadata filter.
 _RESERVED_PREFIX = "\x00ferromem."
 _RAW_SCOPE_KEY = _RESERVED_PREFIX + "scope"  # the scope as saved, when it is not canonical
-_NO_EMBEDDING_KEY = _RESERVED_PREFIX + "no_embedding"  # saved without a usable embedding
+_NO_EMBEDDING_KEY = NO_EMBEDDING_KEY  # saved without a usable embedding
 _ZERO_EMBEDDING_KEY = _RESERVED_PREFIX + "zero_embedding"  # ... because it was all zeros
 _EPOCH = datetime(1970, 1, 1)
 
@@ -524,18 +525,16 @@ class MemoryStorage:
             criteria["ids"] = filter_ids(store, residual, **criteria)
             if not criteria["ids"]:
                 return []
-        # Records saved without an embedding sit at a placeholder direction and must not
-        # rank: ask for as many more as there are, then drop them. Exact, and free when
-        # there are none (an index lookup).
-        unembedded = store.count(where={_NO_EMBEDDING_KEY: True})
+        # Records saved without an embedding (or with a zero one) sit at a placeholder
+        # direction and must not rank: search_ranked leaves them out, exactly.
         try:
-            result = store.search(
-                query_embedding, limit + unembedded, min_score=min_score, **criteria
+            records, scores = search_ranked(
+                store, query_embedding, limit, min_score=min_score, **criteria
             )
         except DimensionMismatchError as exc:
             raise EmbeddingDimensionMismatchError(exc.expected, exc.got) from exc
         out = []
-        for stored_record, score in zip(result.records(), result.scores.tolist()):
+        for stored_record, score in zip(records, scores):
             # None: deleted by another thread since the search.
             if stored_record is None or _NO_EMBEDDING_KEY in stored_record.metadata:
                 continue

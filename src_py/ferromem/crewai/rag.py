@@ -100,7 +100,7 @@ from ._embedding import (
     embedding_matrix,
     is_zero_query,
     placeholder_rows,
-    unembedded_count,
+    search_ranked,
 )
 from ._filters import chroma_where, filter_ids, split_metadata_filter
 from ._names import STORE_SUFFIX, collection_file_name, path_argument
@@ -431,16 +431,15 @@ class RagClient(BaseClient):
                     DimensionMismatchError("", store.dim, int(vector.shape[0])),
                 )
             return []
-        unembedded = unembedded_count(store)
         try:
-            hits = store.search(
-                vector, k + unembedded,
-                min_score=2.0 * threshold - 1.0 if threshold else None, **criteria,
+            records, cosines = search_ranked(
+                store, vector, k, min_score=2.0 * threshold - 1.0 if threshold else None,
+                **criteria,
             )
         except DimensionMismatchError as exc:
             raise self._dimension_mismatch(collection_name, exc) from exc
         results = []
-        for record, cosine in zip(hits.records(), hits.scores.tolist()):
+        for record, cosine in zip(records, cosines):
             # None: deleted by another thread since the search; a placeholder never ranks.
             if record is None or NO_EMBEDDING_KEY in record.metadata:
                 continue

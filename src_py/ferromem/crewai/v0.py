@@ -85,7 +85,7 @@ from ._embedding import (
     embedding_matrix,
     is_zero_query,
     placeholder_rows,
-    unembedded_count,
+    search_ranked,
 )
 from ._filters import chroma_where, filter_ids, split_metadata_filter
 from ._names import STORE_SUFFIX, collection_file_name, path_argument
@@ -337,13 +337,11 @@ class RAGStorage(_SharedOnCopy):
             return []
         min_score = 2.0 * threshold - 1.0 - _THRESHOLD_MARGIN if threshold else None
         try:
-            hits = store.search(
-                vector, k + unembedded_count(store), min_score=min_score, **criteria
-            )
+            records, cosines = search_ranked(store, vector, k, min_score=min_score, **criteria)
         except DimensionMismatchError as exc:
             raise self._dimension_mismatch(exc) from exc
         results = []
-        for record, cosine in zip(hits.records(), hits.scores.tolist()):
+        for record, cosine in zip(records, cosines):
             score = min(1.0, max(0.0, (1.0 + cosine) / 2.0))
             # None: deleted by another thread since the search; a placeholder (a zero
             # embedding) never ranks.
