@@ -10,7 +10,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-pytest.importorskip("crewai", reason="CrewAI 1.x is not installed (pip install 'ferromem[crewai]')")
+pytest.importorskip("crewai", reason="CrewAI 1.x is not installed (pip install 'crewai>=1.15,<2')")
 
 from crewai.memory.storage.lancedb_storage import LanceDBStorage  # noqa: E402
 from crewai.memory.types import MemoryRecord  # noqa: E402

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-crewai = pytest.importorskip("crewai", reason="CrewAI 1.x is not installed (pip install 'ferromem[crewai]')")
+crewai = pytest.importorskip("crewai", reason="CrewAI 1.x is not installed (pip install 'crewai>=1.15,<2')")
 
 from crewai import Memory  # noqa: E402
 from crewai.memory.storage.backend import EmbeddingDimensionMismatchError, StorageBackend  # noqa: E402

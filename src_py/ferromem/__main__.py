@@ -1,5 +1,9 @@
-"""Command line: ``python -m ferromem demo`` (or ``ferromem demo``), ``ferromem import`` and
-``ferromem stats PATH``.
+"""Command line: ``python -m ferromem demo`` (or ``ferromem demo``), ``ferromem import``,
+``ferromem stats PATH`` and ``ferromem --version``.
+
+An expected failure (a typed ferromem error, an OS error, a missing optional dependency)
+is reported in one line on stderr with exit code 1; usage errors exit 2 (see main()).
+A subcommand is one ``_add_<name>`` function in SUBCOMMANDS.
 
 ``demo`` runs a real CrewAI Memory workload on ferromem and on CrewAI's default storage
 side by side (see :mod:`ferromem.crewai.demo`). ``demo --store-only`` (also the fallback
@@ -19,10 +23,13 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 import ferromem
+from ferromem.exceptions import FerromemError
 from ferromem._workload import AGENTS, memories as _memories
 from ferromem.embedders import HashingEmbedder
 
@@ -130,7 +137,10 @@ def crewai_demo(args: argparse.Namespace) -> int:
     backends = ("ferromem",) if args.ferromem_only else ("ferromem", "lancedb")
     print(f"ferromem {ferromem.__version__}: CrewAI Memory on {' and '.join(backends)} "
           f"({args.n} memories, {args.dim}-dim; no LLM, no network) ...", flush=True)
-    result = crewai_demo_module.run(n=args.n, dim=args.dim, recalls=args.recalls, backends=backends)
+    result = crewai_demo_module.run(
+        n=args.n, dim=args.dim, recalls=args.recalls, backends=backends,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     crewai_demo_module.print_report(result)
     return 0
 
@@ -144,13 +154,22 @@ def _crewai_available() -> bool:
 
 
 def demo_cmd(args: argparse.Namespace) -> int:
+    if args.path is not None and os.path.lexists(args.path) and not args.force:
+        print(f"ferromem demo: {args.path} exists; the demo adds and deletes memories in the "
+              "store at --path, so it refuses an existing one (pass --force to use it anyway)",
+              file=sys.stderr)
+        return 2
+    if args.path is not None and not args.store_only:
+        print("ferromem demo: --path is for the store-only demo; add --store-only",
+              file=sys.stderr)
+        return 2
     if not args.store_only:
         if _crewai_available():
             args.n = args.n or 1000
             args.dim = args.dim or 1536
             args.recalls = args.recalls or 100
             return crewai_demo(args)
-        print("CrewAI 1.x is not installed (pip install 'ferromem[crewai]'): running the "
+        print("CrewAI 1.x is not installed (pip install 'crewai>=1.15,<2'): running the "
               "store-only demo instead.\n")
     args.n = args.n or 2000
     args.dim = args.dim or 384
@@ -161,33 +180,33 @@ def demo_cmd(args: argparse.Namespace) -> int:
     return demo(args)
 
 
+def _crewai_data_dir() -> str:
+    """CrewAI's data directory (``crewai_core.paths.db_storage_path()``) without creating
+    it, as that function does: an import must not create anything in its source."""
+    import appdirs
+    from crewai_core.paths import get_project_directory_name
+
+    return appdirs.user_data_dir(get_project_directory_name(), "CrewAI")
+
+
 def import_cmd(args: argparse.Namespace) -> int:
-    """Copies a CrewAI LanceDB memory store or ChromaDB knowledge store into ferromem."""
+    """Copies a CrewAI LanceDB memory store or ChromaDB knowledge store into ferromem.
+    Errors (MigrationError and the rest) are reported by main() in one line."""
     from ferromem.crewai import migrate
 
-    try:
-        if args.kind == "lancedb":
-            from ferromem.crewai.memory import default_memory_path
-
-            source = args.source or str(default_memory_path())
-            report = migrate.import_lancedb(source, args.to, table=args.table)
-            print(f"imported {report['imported']:,} memories from {source}; verified: every one is "
-                  f"in the destination ({report['destination_total']:,} records there)")
-        else:
-            from crewai.rag.chromadb.constants import DEFAULT_STORAGE_PATH
-
-            from ferromem.crewai.rag import default_knowledge_path
-
-            source = args.source or str(DEFAULT_STORAGE_PATH)
-            dest = args.to or str(default_knowledge_path())
-            reports = migrate.import_chromadb(source, dest, collections=args.collection)
-            for name, report in reports.items():
-                print(f"collection {name!r}: imported {report['imported']:,} documents; verified "
-                      f"({report['destination_total']:,} there)")
-            print(f"{len(reports)} collections from {source} into {dest}")
-    except migrate.MigrationError as exc:
-        print(f"ferromem import: {exc}", file=sys.stderr)
-        return 1
+    if args.kind == "lancedb":
+        storage_dir = os.environ.get("CREWAI_STORAGE_DIR")
+        source = args.source or os.path.join(storage_dir or _crewai_data_dir(), "memory")
+        report = migrate.import_lancedb(source, args.to, table=args.table)
+        print(f"imported {report['imported']:,} memories from {source}; verified: every one is "
+              f"in the destination ({report['destination_total']:,} records there)")
+    else:
+        source = args.source or _crewai_data_dir()
+        reports = migrate.import_chromadb(source, args.to, collections=args.collection)
+        for name, report in reports.items():
+            print(f"collection {name!r}: imported {report['imported']:,} documents; verified "
+                  f"({report['destination_total']:,} there)")
+        print(f"{len(reports)} collections from {source}")
     return 0
 
 
@@ -202,41 +221,106 @@ def stats_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ferromem", description="ferromem: embedded vector memory for AI agents")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an int >= minimum (argparse turns the error into a usage error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _add_demo(sub: Any) -> None:
     d = sub.add_parser(
         "demo",
         help="run a real CrewAI Memory workload on ferromem and on CrewAI's default storage "
         "side by side (or, with --store-only or without CrewAI, the store alone)",
     )
-    d.add_argument("--n", type=int, default=None, help="memories to remember (default 1000; store-only 2000)")
-    d.add_argument("--dim", type=int, default=None, help="embedding dimension (default 1536; store-only 384)")
-    d.add_argument("--recalls", type=int, default=None, help="recalls per filter kind (default 100; store-only 200)")
+    d.add_argument("--n", type=_count(4), default=None,
+                   help="memories to remember (default 1000; store-only 2000)")
+    d.add_argument("--dim", type=_count(1), default=None,
+                   help="embedding dimension (default 1536; store-only 384)")
+    d.add_argument("--recalls", type=_count(1), default=None,
+                   help="recalls per filter kind (default 100; store-only 200)")
     d.add_argument("--ferromem-only", action="store_true", help="CrewAI demo on ferromem only")
     d.add_argument("--store-only", action="store_true", help="the ferromem store alone, no CrewAI")
-    d.add_argument("--path", default=None, help="store-only: store path (default: a temporary file)")
+    d.add_argument("--path", default=None,
+                   help="store-only: a new store path (default: a temporary file); an existing "
+                   "one is refused unless --force")
+    d.add_argument("--force", action="store_true",
+                   help="store-only: run in the store at --path even if it exists (the demo adds "
+                   "and deletes memories there)")
     d.add_argument("--durability", default="normal", choices=["normal", "full"], help="store-only")
     d.add_argument("--json", action="store_true", help="store-only: also print the engine's statistics")
     d.set_defaults(func=demo_cmd)
+
+
+def _add_import(sub: Any) -> None:
     imp = sub.add_parser(
         "import",
         help="copy a CrewAI LanceDB memory store or ChromaDB knowledge store into ferromem",
     )
     imp.add_argument("kind", choices=["lancedb", "chromadb"])
     imp.add_argument("source", nargs="?", default=None,
-                     help="the source directory (default: CrewAI's own for that kind)")
+                     help="the source directory, only read (default: CrewAI's own for that kind)")
     imp.add_argument("--to", default=None,
                      help="destination (default: where ferromem.crewai looks by default)")
     imp.add_argument("--table", default="memories", help="lancedb: the table (default memories)")
     imp.add_argument("--collection", action="append", default=None,
                      help="chromadb: a collection to copy (repeatable; default all)")
     imp.set_defaults(func=import_cmd)
+
+
+def _add_stats(sub: Any) -> None:
     s = sub.add_parser("stats", help="print a store's counts, scopes and latency statistics")
     s.add_argument("path")
     s.set_defaults(func=stats_cmd)
-    args = parser.parse_args(argv)
-    return args.func(args)
+
+
+# The subcommands, in --help order: each adds its parser and sets func (args -> exit code).
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_demo, _add_import, _add_stats]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ferromem", description="ferromem: embedded vector memory for AI agents"
+    )
+    parser.add_argument("--version", action="version", version=f"ferromem {ferromem.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one subcommand. Exit codes: 0 success, 1 an error (reported in one line on
+    stderr: ferromem's typed errors, OS errors, a missing optional dependency), 2 a usage
+    error, 130 interrupted. No traceback reaches the user for any of these."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"ferromem {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (FerromemError, OSError) as exc:
+        print(f"ferromem {args.command}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except ImportError as exc:
+        print(f"ferromem {args.command}: needs {exc.name or 'a module'} that is not installed "
+              f"({_one_line(exc)}); from a ferromem clone: pip install \".[crewai]\"",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
     from ferromem.crewai import MemoryStorage
     memory = Memory(storage=MemoryStorage("./memory"))   # or explicitly
 
-CrewAI 1.x (``pip install "ferromem[crewai]"``): :class:`MemoryStorage` (the memory
+CrewAI 1.x (``pip install ".[crewai]"`` in a ferromem clone): :class:`MemoryStorage` (the memory
 ``StorageBackend``), :class:`RagClient` and :class:`KnowledgeStorage` (knowledge),
 :func:`install` / :func:`uninstall`. CrewAI 0.x: :mod:`ferromem.crewai.v0` (storages for
 ShortTermMemory, EntityMemory and LongTermMemory); it imports no CrewAI 1.x module.
@@ -40,16 +40,21 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'ferromem.crewai' has no attribute {name!r}")
     try:
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        loaded = importlib.import_module(f"{__name__}.{module}")
     except ImportError as exc:
         if exc.name and exc.name.split(".")[0] in ("crewai", "crewai_core"):
             raise ImportError(
-                f"ferromem.crewai.{name} needs CrewAI 1.x: pip install 'ferromem[crewai]' "
+                f"ferromem.crewai.{name} needs CrewAI 1.x: pip install 'crewai>=1.15,<2' "
                 f"({exc})"
             ) from exc
         raise
-    globals()[name] = value
-    return value
+    # Every name of that module at once: importing the submodule ``install`` bound the
+    # package attribute ``install`` to the module, which must not hide the function when
+    # ``installed`` or ``uninstall`` was asked for first.
+    for export, source in _EXPORTS.items():
+        if source == module:
+            globals()[export] = getattr(loaded, export)
+    return globals()[name]
 
 
 def __dir__() -> list[str]:

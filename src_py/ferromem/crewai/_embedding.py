@@ -9,9 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from ..exceptions import InvalidVectorError
+from ..exceptions import InvalidMetadataError, InvalidVectorError
 
-__all__ = ["embedding_matrix", "_DefaultEmbedder"]
+__all__ = [
+    "embedding_matrix",
+    "_DefaultEmbedder",
+    "NO_EMBEDDING_KEY",
+    "check_reserved_keys",
+    "placeholder_rows",
+    "is_zero_query",
+    "unembedded_count",
+    "search_ranked",
+]
 
 
 class _DefaultEmbedder:
@@ -54,3 +63,63 @@ def embedding_matrix(function: Callable[..., Any], texts: list[str], *, query: b
             f"{len(texts)} texts; it must return one vector per text"
         )
     return matrix
+
+
+# Metadata key of a record stored without a usable embedding (the embedding function
+# returned an all-zero vector). The NUL prefix keeps it apart from any caller's key.
+RESERVED_PREFIX = "\x00ferromem."
+NO_EMBEDDING_KEY = RESERVED_PREFIX + "no_embedding"
+
+
+def check_reserved_keys(metadata: Any, name: str) -> None:
+    """InvalidMetadataError for a caller's key in ferromem's reserved namespace."""
+    if isinstance(metadata, dict) and any(
+        isinstance(key, str) and key.startswith(RESERVED_PREFIX) for key in metadata
+    ):
+        raise InvalidMetadataError(
+            f"{name}: keys starting with {RESERVED_PREFIX!r} are reserved by ferromem"
+        )
+
+
+def placeholder_rows(
+    matrix: np.ndarray, metadatas: list[dict[str, Any]]
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The rows to store, and their metadata. An all-zero row has no direction, so no
+    cosine with anything: it is stored at a placeholder direction with NO_EMBEDDING_KEY
+    in its metadata, and searches leave it out (see unembedded_count). A row with NaN or
+    inf is not zero and is left for the store to refuse."""
+    zero = ~np.any(matrix, axis=1)
+    if not zero.any():
+        return matrix, metadatas
+    matrix = np.array(matrix, dtype=np.float32)
+    matrix[zero] = 0.0
+    matrix[zero, 0] = 1.0
+    metadatas = [
+        {**meta, NO_EMBEDDING_KEY: True} if is_zero else meta
+        for meta, is_zero in zip(metadatas, zero.tolist())
+    ]
+    return matrix, metadatas
+
+
+def is_zero_query(vector: np.ndarray) -> bool:
+    """Whether a query vector is all zeros (NaN and inf are not: the store refuses them)."""
+    return vector.size > 0 and not np.any(vector)
+
+
+def unembedded_count(store: Any) -> int:
+    """How many records of a store are placeholders; a search asks for that many more
+    and drops them, so it stays exact. An index lookup, free when there are none."""
+    return store.count(where={NO_EMBEDDING_KEY: True})
+
+
+def search_ranked(store: Any, vector: Any, k: int, **criteria: Any) -> tuple[list[Any], list[float]]:
+    """The store's top ``k`` records and cosines with placeholders (NO_EMBEDDING_KEY) left
+    out. One search when no placeholder ranks (the usual case: no extra query at all);
+    otherwise once more, asking for as many more as there are placeholders, which is
+    exact. Entries may be None: deleted by another thread since the search."""
+    hits = store.search(vector, k, **criteria)
+    records = hits.records()
+    if any(record is not None and NO_EMBEDDING_KEY in record.metadata for record in records):
+        hits = store.search(vector, k + unembedded_count(store), **criteria)
+        records = hits.records()
+    return records, hits.scores.tolist()

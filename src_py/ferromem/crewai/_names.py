@@ -4,10 +4,12 @@ imports nothing from CrewAI)."""
 from __future__ import annotations
 
 import hashlib
+import os
+from typing import Any
 
 from ..exceptions import InvalidInputError
 
-__all__ = ["STORE_SUFFIX", "collection_file_name"]
+__all__ = ["STORE_SUFFIX", "collection_file_name", "path_argument"]
 
 STORE_SUFFIX = ".ferro"
 
@@ -33,3 +35,15 @@ def collection_file_name(collection_name: str) -> str:
         digest = hashlib.sha256(raw).hexdigest()
         stem = stem[: _MAX_STEM - len(digest) - 1] + "~" + digest
     return stem + STORE_SUFFIX
+
+
+def path_argument(value: Any, name: str = "path") -> str:
+    """A str or os.PathLike argument as str; InvalidInputError for anything else (bytes
+    paths too), the same rule as ferromem.open's path."""
+    if isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        if isinstance(text, str) and text:
+            return text
+    raise InvalidInputError(
+        f"{name} must be a non-empty str or os.PathLike path, got {type(value).__name__}"
+    )

@@ -101,13 +101,16 @@ def recall_texts(items: list[dict], recalls: int) -> list[str]:
             for i in range(recalls)]
 
 
-def _workload(memory: Any, storage: Any, items: list[dict], embed: _TableEmbedder, recalls: int) -> tuple[dict, dict]:
-    """Runs the workload on one Memory; returns (timings, observed results)."""
+def _workload(memory: Any, storage: Any, items: list[dict], embed: _TableEmbedder, recalls: int,
+              step: Callable[[str], Any] = lambda _: None) -> tuple[dict, dict]:
+    """Runs the workload on one Memory; returns (timings, observed results). ``step`` is
+    called with the name of each phase as it starts."""
     from crewai.memory.types import MemoryRecord
 
     t: dict[str, list[float]] = {}
     seen: dict[str, Any] = {}
     singles, batched = items[:20], items[20:]
+    step(f"remember {len(items):,} memories")
     for item in singles:
         _timed(t, "Memory.remember (1 item)", memory.remember, item["content"], scope=item["scope"],
                categories=item["categories"], importance=item["importance"])
@@ -128,6 +131,7 @@ def _workload(memory: Any, storage: Any, items: list[dict], embed: _TableEmbedde
         "recall categories": {"categories": ["decision"]},
         "recall scope+categories": {"scope": "/crew/{agent}/billing", "categories": ["decision"]},
     }
+    step(f"recall {recalls} queries x {len(kinds) + 1} filter kinds")
     for kind, flt in kinds.items():
         results = []
         for i, query in enumerate(recall_texts(items, recalls)):
@@ -144,6 +148,7 @@ def _workload(memory: Any, storage: Any, items: list[dict], embed: _TableEmbedde
         _timed(t, "Memory.recall (same query again)", memory.recall, QUERIES[0], depth="shallow", limit=10)
 
     # The storage alone: the calls CrewAI makes, without its flow machinery around them.
+    step("storage search, save and delete; forget")
     probe_vectors = embed(recall_texts(items, recalls))
     for i, q in enumerate(probe_vectors):
         _timed(t, "storage.search", storage.search, q, limit=10)
@@ -193,9 +198,10 @@ def _items(n: int) -> list[dict]:
 
 
 def run(n: int = 1000, dim: int = 1536, recalls: int = 100, backends: tuple[str, ...] = ("ferromem", "lancedb"),
-        workdir: str | None = None) -> dict[str, Any]:
+        workdir: str | None = None, progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Runs the workload on each backend (a fresh store each) and returns
-    ``{"timings": {backend: {op: [seconds]}}, "seen": {backend: {...}}, "n", "dim"}``."""
+    ``{"timings": {backend: {op: [seconds]}}, "seen": {backend: {...}}, "n", "dim"}``.
+    ``progress``, when given, is called with a line as each backend and phase starts."""
     from crewai import Memory
     from crewai.memory.storage.lancedb_storage import LanceDBStorage
 
@@ -219,8 +225,17 @@ def run(n: int = 1000, dim: int = 1536, recalls: int = 100, backends: tuple[str,
             storage = factories[name]()
             memory = Memory(storage=storage, embedder=embed, llm="offline-no-llm",
                             consolidation_threshold=1.0)
+            started = time.perf_counter()
+
+            def step(phase: str, name: str = name, started: float = started) -> None:
+                if progress is not None:
+                    progress(f"  [{time.perf_counter() - started:6.1f} s] {name}: {phase}")
+
             try:
-                out["timings"][name], out["seen"][name] = _workload(memory, storage, items, embed, recalls)
+                out["timings"][name], out["seen"][name] = _workload(
+                    memory, storage, items, embed, recalls, step
+                )
+                step("done")
             finally:
                 memory.close()
     finally:

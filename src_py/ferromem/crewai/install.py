@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import store as _store
 from ..exceptions import InvalidInputError
+from ._names import path_argument
 from .memory import MemoryStorage
 
 __all__ = ["install", "uninstall", "installed"]
@@ -104,7 +105,7 @@ def install(
         else:
             previous = _state["previous"]
         settings = {
-            "path": None if path is None else Path(os.fspath(path)),
+            "path": None if path is None else Path(path_argument(path)),
             "durability": durability,
             "qdrant_edge": qdrant_edge,
             "stores": {} if _state is None else _state["settings"]["stores"],

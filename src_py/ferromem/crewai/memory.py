@@ -26,11 +26,31 @@ there that the tests show):
   criterion deletes everything, as in LanceDB.
 - **Metadata filters use Python equality** exactly like the built-in backends
   (``record.metadata.get(key) == value``; see :mod:`ferromem.crewai._filters`).
-- **Records saved without an embedding** (CrewAI saves whitespace-only content that way)
-  are kept and listed, but never returned by a vector search: the built-in backends store
-  a zero vector that LanceDB scores 0.5 against any query.
+- **Records saved without an embedding, or with an all-zero one** (CrewAI saves
+  whitespace-only content without one; mock and real embedders return zeros for empty
+  or odd input) are kept, counted, listed, filtered and deleted like any other, but
+  never returned by a vector search: a zero vector has no direction, so it has no cosine
+  with any query (the built-in backends store a zero vector that LanceDB scores
+  1/(1 + |query|) against any query). ``get_record``/``list_records`` give back the
+  embedding as saved: None, or the zero vector.
+- **A zero query** (all components 0) has no direction either: ``search`` returns []
+  (after checking its dimension), never a NaN score.
 - **Times** are CrewAI's naive UTC datetimes; an aware datetime is converted to UTC and
-  comes back naive. They round-trip to the microsecond.
+  comes back naive (the same instant). They are stored as float seconds and round-trip
+  to the microsecond: every time from 1698 to 2241 does, and beyond that a time is kept
+  when it round-trips exactly (whole seconds do, and so do ``datetime.min`` and
+  ``datetime.max``) and is refused at save with
+  :class:`~ferromem.exceptions.InvalidInputError` otherwise. A stored time out of ``datetime``'s
+  range (written through :func:`ferromem.open`) reads back as ``datetime.min`` or
+  ``datetime.max``: a stored record never makes a read fail.
+- **close()** releases the store's file handles and threads; any later call reopens it
+  (CrewAI reads ``memory._storage`` after ``Memory.close()``). A store passed in with
+  ``store=`` stays the caller's: close() leaves it open, and once the caller closes it
+  every call raises its :class:`~ferromem.exceptions.StoreClosedError`.
+- **Arguments** of the wrong type or value raise a class of :mod:`ferromem.exceptions`
+  (``InvalidInputError``, a ValueError, or one of its TypeError subclasses).
+  ``list_records(limit=None)`` lists every record (CrewAI's built-in backends raise a
+  TypeError there; ferromem's own ``Store.list`` takes None as "no limit").
 - **Categories** keep their order; a repeated category is stored once.
 """
 
@@ -40,17 +60,24 @@ import asyncio
 import os
 import threading
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from crewai.memory.storage.backend import EmbeddingDimensionMismatchError
 from crewai.memory.types import MemoryRecord, ScopeInfo
 
 from .. import store as _store
-from ..exceptions import DimensionMismatchError, InvalidInputError, InvalidMetadataError
+from ..exceptions import (
+    DimensionMismatchError,
+    InvalidIdError,
+    InvalidInputError,
+    InvalidMetadataError,
+)
+from ._embedding import NO_EMBEDDING_KEY, search_ranked
 from ._filters import filter_ids, split_metadata_filter
-from ._names import STORE_SUFFIX
+from ._names import STORE_SUFFIX, path_argument
 
 __all__ = ["MemoryStorage", "DEFAULT_VECTOR_DIM", "default_memory_path"]
 
@@ -62,7 +89,8 @@ DEFAULT_VECTOR_DIM = 3072
 # caller would choose and keeps them out of the way of every metadata filter.
 _RESERVED_PREFIX = "\x00ferromem."
 _RAW_SCOPE_KEY = _RESERVED_PREFIX + "scope"  # the scope as saved, when it is not canonical
-_NO_EMBEDDING_KEY = _RESERVED_PREFIX + "no_embedding"  # saved without an embedding
+_NO_EMBEDDING_KEY = NO_EMBEDDING_KEY  # saved without a usable embedding
+_ZERO_EMBEDDING_KEY = _RESERVED_PREFIX + "zero_embedding"  # ... because it was all zeros
 _EPOCH = datetime(1970, 1, 1)
 
 
@@ -77,9 +105,11 @@ def default_memory_path() -> Path:
     return Path(db_storage_path()) / "memory"
 
 
-def canonical_scope(scope: str) -> str:
+def canonical_scope(scope: str, name: str = "scope") -> str:
     """The path a scope or prefix means: a leading ``/`` added when missing, trailing ``/``
     dropped (``""`` and ``"/"`` are the root)."""
+    if not isinstance(scope, str):
+        raise InvalidInputError(f"{name} must be a str, got {type(scope).__name__}")
     stripped = scope.rstrip("/")
     if not stripped:
         return "/"
@@ -94,22 +124,74 @@ def _prefix(scope_prefix: str | None) -> str | None:
         raise InvalidInputError(
             f"scope_prefix must be a str or None, got {type(scope_prefix).__name__}"
         )
-    path = canonical_scope(scope_prefix)
+    path = canonical_scope(scope_prefix, "scope_prefix")
     return None if path == "/" else path
 
 
-def _to_epoch(value: datetime, name: str) -> float:
+def _is_zero(vector: Any) -> bool:
+    """Whether a (non-empty) embedding is all zeros. Stops at the first non-zero
+    component, the first one for any real embedding; anything that is not a number
+    (NaN included) counts as non-zero and is left for the store to refuse."""
+    try:
+        return not any(vector)
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_limit(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"{name} must be an int, got {type(value).__name__}")
+
+
+def _id_list(record_ids: Any) -> list[str]:
+    if isinstance(record_ids, (str, bytes)) or not isinstance(record_ids, (list, tuple, set)):
+        raise InvalidIdError(
+            f"record_ids must be a list of str, got {type(record_ids).__name__}"
+        )
+    return list(record_ids)
+
+
+def _to_epoch(value: datetime, name: str, *, exact: bool = True) -> float:
+    """Seconds since the epoch of a (naive UTC, or aware) datetime; InvalidInputError for
+    a time the stored float cannot give back to the microsecond, so that what is saved
+    always reads back equal (the check is one conversion, per record)."""
     if not isinstance(value, datetime):
         raise InvalidInputError(f"{name} must be a datetime, got {type(value).__name__}")
-    if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    if value.utcoffset() is not None:
+        try:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        except (OverflowError, ValueError):
+            raise InvalidInputError(
+                f"{name} {value.isoformat()} is outside the range of datetime in UTC"
+            ) from None
+    elif value.tzinfo is not None:
+        value = value.replace(tzinfo=None)  # a tzinfo without an offset: naive UTC
     # Exact to the microsecond: whole seconds and microseconds are added separately.
     delta = value - _EPOCH
-    return delta.days * 86400.0 + delta.seconds + delta.microseconds / 1e6
+    seconds = delta.days * 86400.0 + delta.seconds + delta.microseconds / 1e6
+    if exact and _from_epoch(seconds) != value:
+        raise InvalidInputError(
+            f"{name} {value.isoformat()} cannot be stored exactly: times are kept as float "
+            "seconds, exact to the microsecond from 1698 to 2241 (and in whole seconds up to "
+            "9999-12-31 23:59:59)"
+        )
+    return seconds
+
+
+_MIN_SECONDS = (datetime.min - _EPOCH).total_seconds()
+_HUGE = 2**62
 
 
 def _from_epoch(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, timezone.utc).replace(tzinfo=None)
+    """The naive UTC datetime of stored seconds, rounded to the microsecond. Never raises:
+    a value outside datetime's range (only ferromem.open can store one) gives the nearest
+    end of the range, so one odd record cannot make list_records or search fail."""
+    try:
+        # timedelta rounds the float's exact value half-even, as fromtimestamp does, and
+        # needs no platform time functions (which refuse years before 1 or after 9999).
+        return _EPOCH + timedelta(seconds=seconds)
+    except (OverflowError, ValueError):
+        return datetime.min if seconds < _MIN_SECONDS else datetime.max
 
 
 _FIELDS = frozenset(MemoryRecord.model_fields)
@@ -152,6 +234,10 @@ _construct = _construct_fast if _fast_construct_works() else (
 def _stored_metadata(record: MemoryRecord) -> dict[str, Any]:
     """The metadata as stored: the record's, plus its scope string when that is not
     canonical (so it round-trips byte for byte)."""
+    if not isinstance(record.metadata, dict):
+        raise InvalidMetadataError(
+            f"metadata must be a dict, got {type(record.metadata).__name__}"
+        )
     metadata = dict(record.metadata)
     if any(isinstance(key, str) and key.startswith(_RESERVED_PREFIX) for key in metadata):
         raise InvalidMetadataError(
@@ -190,15 +276,21 @@ class MemoryStorage:
         if store is not None:
             if path is not None:
                 raise InvalidInputError("pass either path or store, not both")
+            if not isinstance(store, _store.Store):
+                raise InvalidInputError(
+                    f"store must be a ferromem Store, got {type(store).__name__}"
+                )
             self._store = store
             self._owns_store = False
+            self._file = store.path
         else:
-            self._store = _store.open(
-                self._resolve_path(path, table_name), dim=vector_dim, durability=durability
-            )
+            self._file = self._resolve_path(path, table_name)
+            self._store = _store.open(self._file, dim=vector_dim, durability=durability)
             self._owns_store = True
         self._vector_dim = vector_dim
+        self._durability = durability
         self._search_embeddings = bool(search_embeddings)
+        # Guards close() against the reopen of a concurrent call: one store at a time.
         self._close_lock = threading.Lock()
 
     @staticmethod
@@ -209,19 +301,34 @@ class MemoryStorage:
             raise InvalidInputError(
                 f"table_name must be a plain file name such as 'memories', got {table_name!r}"
             )
-        base = default_memory_path() if path is None else Path(os.fspath(path))
+        base = default_memory_path() if path is None else Path(path_argument(path))
         if base.suffix == STORE_SUFFIX:
             return str(base)
         return str(base / (table_name + STORE_SUFFIX))
 
     @property
     def store(self) -> _store.Store:
-        """The underlying ferromem store."""
-        return self._store
+        """The underlying ferromem store (reopened if this storage closed it)."""
+        return self._live()
 
     @property
     def path(self) -> str | None:
-        return self._store.path
+        return self._file
+
+    def _live(self) -> _store.Store:
+        """The open store: the one this storage opened, opened again after close(), or the
+        caller's (never reopened: once they close it, calls raise StoreClosedError)."""
+        store = self._store
+        if store.closed and self._owns_store:
+            with self._close_lock:
+                if self._store.closed:
+                    # The dimension is the file's now; vector_dim only matters for a file
+                    # that was removed meanwhile, as when first opened.
+                    self._store = _store.open(
+                        self._file, dim=self._vector_dim, durability=self._durability
+                    )
+                store = self._store
+        return store
 
     # ------------------------------------------------------------ conversions
 
@@ -237,47 +344,70 @@ class MemoryStorage:
             raise InvalidInputError(
                 f"records must be a list of MemoryRecord, got {type(records).__name__}"
             )
+        store = self._live()
         dim = None
         for record in records:
             if not isinstance(record, MemoryRecord):
                 raise InvalidInputError(
                     f"records must be MemoryRecord objects, got {type(record).__name__}"
                 )
-            if record.embedding:
+            embedding = record.embedding
+            if embedding is not None and not isinstance(embedding, (list, tuple, np.ndarray)):
+                raise InvalidInputError(
+                    f"embedding must be a list of floats or None, got {type(embedding).__name__}"
+                )
+            if embedding is not None and len(embedding):
                 if dim is None:
-                    dim = len(record.embedding)
-                elif len(record.embedding) != dim:
-                    raise EmbeddingDimensionMismatchError(dim, len(record.embedding))
+                    dim = len(embedding)
+                elif len(embedding) != dim:
+                    raise EmbeddingDimensionMismatchError(dim, len(embedding))
         # The store's own dimension is checked by the engine (DimensionMismatchError below),
-        # against its state caught up with other processes.
+        # against its state caught up with other processes. A zero vector's length is
+        # checked the same way: its placeholder has that length.
         placeholder = None
         vectors = []
         metadata = []
+        ids, contents, scopes, categories, created, accessed = [], [], [], [], [], []
         for record in records:
             meta = _stored_metadata(record)
-            if record.embedding:
-                vectors.append(record.embedding)
+            embedding = record.embedding
+            if embedding is not None and len(embedding) and not _is_zero(embedding):
+                vectors.append(embedding)
             else:
-                if placeholder is None:
-                    placeholder = self._placeholder(
-                        dim or self._store.dim or self._vector_dim or DEFAULT_VECTOR_DIM
-                    )
-                vectors.append(placeholder)
+                if embedding is not None and len(embedding):
+                    vectors.append(self._placeholder(len(embedding)))
+                    meta[_ZERO_EMBEDDING_KEY] = True
+                else:
+                    if placeholder is None:
+                        placeholder = self._placeholder(
+                            dim or store.dim or self._vector_dim or DEFAULT_VECTOR_DIM
+                        )
+                    vectors.append(placeholder)
                 meta[_NO_EMBEDDING_KEY] = True
             metadata.append(meta)
+            ids.append(record.id)
+            contents.append(record.content)
+            scopes.append(canonical_scope(record.scope))
+            if isinstance(record.categories, (str, bytes)) or not isinstance(
+                record.categories, (list, tuple)
+            ):
+                raise InvalidInputError(
+                    f"categories must be a list of str, got {type(record.categories).__name__}"
+                )
+            categories.append(list(record.categories))
+            created.append(_to_epoch(record.created_at, "created_at"))
+            accessed.append(_to_epoch(record.last_accessed, "last_accessed"))
         try:
-            self._store.upsert(
-                [record.id for record in records],
+            store.upsert(
+                ids,
                 vectors,
-                contents=[record.content for record in records],
-                scopes=[canonical_scope(record.scope) for record in records],
-                categories=[list(record.categories) for record in records],
+                contents=contents,
+                scopes=scopes,
+                categories=categories,
                 metadata=metadata,
                 importance=[record.importance for record in records],
-                created_at=[_to_epoch(record.created_at, "created_at") for record in records],
-                last_accessed=[
-                    _to_epoch(record.last_accessed, "last_accessed") for record in records
-                ],
+                created_at=created,
+                last_accessed=accessed,
                 sources=[record.source for record in records],
                 private=[record.private for record in records],
             )
@@ -288,12 +418,18 @@ class MemoryStorage:
     @staticmethod
     def _to_record(record: Any, with_embedding: bool = True) -> MemoryRecord:
         metadata = record.metadata
-        embedded = True
+        embedding: Any = None
         scope = record.scope
         if _NO_EMBEDDING_KEY in metadata or _RAW_SCOPE_KEY in metadata:
             metadata = dict(metadata)
-            embedded = not metadata.pop(_NO_EMBEDDING_KEY, False)
+            if metadata.pop(_NO_EMBEDDING_KEY, False):
+                if metadata.pop(_ZERO_EMBEDDING_KEY, False) and with_embedding:
+                    embedding = [0.0] * len(record.vector)
+            elif with_embedding:
+                embedding = record.vector.tolist()
             scope = metadata.pop(_RAW_SCOPE_KEY, scope)
+        elif with_embedding:
+            embedding = record.vector.tolist()
         # The values were validated when saved: skipping pydantic's validation keeps the
         # conversion from dominating a search.
         return _construct({
@@ -305,7 +441,7 @@ class MemoryStorage:
             "importance": record.importance,
             "created_at": _from_epoch(record.created_at),
             "last_accessed": _from_epoch(record.last_accessed),
-            "embedding": record.vector.tolist() if embedded and with_embedding else None,
+            "embedding": embedding,
             "source": record.source,
             "private": record.private,
         })
@@ -321,15 +457,16 @@ class MemoryStorage:
     def update(self, record: MemoryRecord) -> None:
         """Replaces the record with the same id (saves it if there is none). A record
         without an embedding keeps the stored vector: search results come without one."""
-        if record.embedding or not isinstance(record, MemoryRecord):
+        if not isinstance(record, MemoryRecord) or record.embedding:
             self._write([record])
             return
-        existing = self._store.get(record.id) if isinstance(record.id, str) else None
+        store = self._live()
+        existing = store.get(record.id) if isinstance(record.id, str) else None
         if existing is None or _NO_EMBEDDING_KEY in existing.metadata:
             self._write([record])
             return
         metadata = _stored_metadata(record)
-        self._store.update(
+        store.update(
             record.id,
             content=record.content,
             scope=canonical_scope(record.scope),
@@ -344,11 +481,12 @@ class MemoryStorage:
 
     def touch_records(self, record_ids: list[str]) -> None:
         """Sets last_accessed to now for the given ids (missing ids are skipped)."""
-        if record_ids:
-            self._store.touch(list(record_ids))
+        ids = _id_list(record_ids)
+        if ids:
+            self._live().touch(ids)
 
     def get_record(self, record_id: str) -> MemoryRecord | None:
-        record = self._store.get(record_id)
+        record = self._live().get(record_id)
         return None if record is None else self._to_record(record)
 
     def search(
@@ -361,11 +499,11 @@ class MemoryStorage:
         min_score: float = 0.0,
     ) -> list[tuple[MemoryRecord, float]]:
         """The ``limit`` records most similar to the query (cosine, best first) among those
-        matching every filter."""
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise InvalidInputError(f"limit must be an int, got {type(limit).__name__}")
+        matching every filter. A zero query matches nothing: []."""
+        _check_limit(limit, "limit")
         if limit <= 0:
             return []
+        store = self._live()
         # An empty store answers [] and a wrong dimension raises: both come from the engine.
         where, residual = split_metadata_filter(metadata_filter)
         criteria: dict[str, Any] = {
@@ -373,22 +511,30 @@ class MemoryStorage:
             "categories": categories or None,
             "where": where,
         }
+        if (
+            isinstance(query_embedding, (list, tuple, np.ndarray))
+            and len(query_embedding)
+            and _is_zero(query_embedding)
+        ):
+            # No direction, no cosine: nothing is similar. The dimension is still checked,
+            # as for any query.
+            if store.dim is not None and len(query_embedding) != store.dim:
+                raise EmbeddingDimensionMismatchError(store.dim, len(query_embedding))
+            return []
         if residual:
-            criteria["ids"] = filter_ids(self._store, residual, **criteria)
+            criteria["ids"] = filter_ids(store, residual, **criteria)
             if not criteria["ids"]:
                 return []
-        # Records saved without an embedding sit at a placeholder direction and must not
-        # rank: ask for as many more as there are, then drop them. Exact, and free when
-        # there are none (an index lookup).
-        unembedded = self._store.count(where={_NO_EMBEDDING_KEY: True})
+        # Records saved without an embedding (or with a zero one) sit at a placeholder
+        # direction and must not rank: search_ranked leaves them out, exactly.
         try:
-            result = self._store.search(
-                query_embedding, limit + unembedded, min_score=min_score, **criteria
+            records, scores = search_ranked(
+                store, query_embedding, limit, min_score=min_score, **criteria
             )
         except DimensionMismatchError as exc:
             raise EmbeddingDimensionMismatchError(exc.expected, exc.got) from exc
         out = []
-        for stored_record, score in zip(result.records(), result.scores.tolist()):
+        for stored_record, score in zip(records, scores):
             # None: deleted by another thread since the search.
             if stored_record is None or _NO_EMBEDDING_KEY in stored_record.metadata:
                 continue
@@ -407,38 +553,51 @@ class MemoryStorage:
     ) -> int:
         """Deletes the records matching every criterion given (all records when none is)
         and returns how many."""
+        store = self._live()
         where, residual = split_metadata_filter(metadata_filter)
         scope = _prefix(scope_prefix)
         categories = categories or None  # CrewAI treats [] as no category filter
-        ids = None if record_ids is None else list(record_ids)
+        ids = None if record_ids is None else _id_list(record_ids)
+        older = None if older_than is None else _to_epoch(older_than, "older_than", exact=False)
         if residual:
             matched = filter_ids(
-                self._store, residual, scope=scope, categories=categories, where=where, ids=ids
+                store, residual, scope=scope, categories=categories, where=where, ids=ids
             )
             ids = matched
         if ids is not None and not ids:
             return 0
-        older = None if older_than is None else _to_epoch(older_than, "older_than")
         if ids is None and scope is None and categories is None and where is None and older is None:
-            return self._store.clear()
-        return self._store.delete(
+            return store.clear()
+        return store.delete(
             ids, scope=scope, categories=categories, where=where, older_than=older
         )
 
     def list_records(
-        self, scope_prefix: str | None = None, limit: int = 200, offset: int = 0
+        self, scope_prefix: str | None = None, limit: int | None = 200, offset: int = 0
     ) -> list[MemoryRecord]:
-        """Records in a scope, newest first (created_at descending, ties by id)."""
-        if limit <= 0 or offset < 0:
+        """Records in a scope, newest first (created_at descending, ties by id).
+        ``limit=None``: all of them."""
+        if limit is not None:
+            _check_limit(limit, "limit")
+        _check_limit(offset, "offset")
+        if (limit is not None and limit <= 0) or offset < 0:
             return []
+        # No store holds 2**63 records: past that, an offset skips everything and a limit
+        # keeps everything (the engine takes 64-bit counts).
+        if offset >= _HUGE:
+            return []
+        if limit is not None and limit >= _HUGE:
+            limit = None
         return [
             self._to_record(record)
-            for record in self._store.list(scope=_prefix(scope_prefix), offset=offset, limit=limit)
+            for record in self._live().list(
+                scope=_prefix(scope_prefix), offset=offset, limit=limit
+            )
         ]
 
     def get_scope_info(self, scope: str) -> ScopeInfo:
         path = canonical_scope(scope)
-        info = self._store.scope_info(path)
+        info = self._live().scope_info(path)
         return ScopeInfo(
             path=path,
             record_count=info.record_count,
@@ -449,22 +608,22 @@ class MemoryStorage:
         )
 
     def list_scopes(self, parent: str = "/") -> list[str]:
-        return self._store.child_scopes(canonical_scope(parent))
+        return self._live().child_scopes(canonical_scope(parent, "parent"))
 
     def list_categories(self, scope_prefix: str | None = None) -> dict[str, int]:
-        return self._store.category_counts(scope=_prefix(scope_prefix))
+        return self._live().category_counts(scope=_prefix(scope_prefix))
 
     def count(self, scope_prefix: str | None = None) -> int:
-        return self._store.count(scope=_prefix(scope_prefix))
+        return self._live().count(scope=_prefix(scope_prefix))
 
     def reset(self, scope_prefix: str | None = None) -> None:
         """Deletes every record in the scope; without one (or at the root) the whole
         store, whose dimension is then free again (as when LanceDB drops its table)."""
         scope = _prefix(scope_prefix)
         if scope is None:
-            self._store.reset()
+            self._live().reset()
         else:
-            self._store.delete(scope=scope)
+            self._live().delete(scope=scope)
 
     def optimize(self) -> None:
         """Nothing to do: every save is one transaction in one file (no fragments to merge,
@@ -472,8 +631,9 @@ class MemoryStorage:
         call it on any backend."""
 
     def close(self) -> None:
-        """Closes the store this storage opened (later calls raise
-        ferromem.StoreClosedError); a store passed in as ``store=`` stays open."""
+        """Closes the store this storage opened, releasing its file handles and threads;
+        the next call on this storage opens it again. A store passed in as ``store=``
+        stays open (it is the caller's). Idempotent."""
         with self._close_lock:
             if self._owns_store and not self._store.closed:
                 self._store.close()

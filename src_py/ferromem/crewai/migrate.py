@@ -8,22 +8,36 @@
 Vectors are copied as stored (nothing is re-embedded, so no API key is needed), in
 batches of one transaction each, with a progress line on stderr. Importing again is
 safe: records are upserted by id. At the end every source id is looked up in the
-destination and the counts are compared; a shortfall is an error.
+destination and the counts are compared; a shortfall is an error. All-zero vectors (an
+embedder's answer to empty text) are imported as records without a direction, as the
+adapters store them.
+
+The source is only read, never written: it is first identified (a LanceDB table
+directory ``<table>.lance``; a Chroma ``chroma.sqlite3`` with Chroma's tables, read
+through SQLite's read-only, immutable mode), and anything else is refused with a
+:class:`MigrationError` before a file is opened for writing. ChromaDB's client writes to
+the directory it opens (its migrations, its log), so a Chroma store is read from a
+temporary copy.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import sqlite3
 import sys
+import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, TextIO
 
 import numpy as np
 
-from ..exceptions import FerromemError
+from ..exceptions import DimensionMismatchError, FerromemError
+from ._names import path_argument
 
 __all__ = ["import_lancedb", "import_chromadb", "MigrationError"]
 
@@ -111,15 +125,24 @@ def import_lancedb(
     "destination_total"}``."""
     import lancedb
 
-    from .memory import MemoryStorage
-
-    source = os.fspath(source)
+    source = path_argument(source, "source")
     if not os.path.isdir(source):
         raise MigrationError(f"no LanceDB directory at {source!r}")
+    if not os.path.isdir(os.path.join(source, table + ".lance")):
+        # Checked before LanceDB opens anything, so a wrong folder is left untouched.
+        raise MigrationError(
+            f"cannot open LanceDB table {table!r} in {source!r}: it has no {table}.lance "
+            "directory, so it is not a CrewAI LanceDB memory store"
+        )
     try:
         lance_table = lancedb.connect(source).open_table(table)
     except Exception as exc:  # lancedb raises several kinds for a missing table
         raise MigrationError(f"cannot open LanceDB table {table!r} in {source!r}: {exc}") from exc
+    # Imported only now: importing CrewAI creates its data directory.
+    from crewai.memory.storage.backend import EmbeddingDimensionMismatchError
+
+    from .memory import MemoryStorage
+
     total = int(lance_table.count_rows())
     storage = MemoryStorage(destination if destination is not None else source)
     seen: list[str] = []
@@ -127,7 +150,14 @@ def import_lancedb(
     try:
         for rows in _lance_batches(lance_table, batch):
             records = [_lance_row_to_record(r) for r in rows if r.get("id") != "__schema_placeholder__"]
-            storage.save(records)
+            try:
+                storage.save(records)
+            except EmbeddingDimensionMismatchError as exc:
+                raise MigrationError(
+                    f"the destination {storage.path} holds {exc.stored_dim}-dimensional vectors "
+                    f"but the LanceDB table's are {exc.new_dim}-dimensional: import into another "
+                    "destination (--to) or remove that store first"
+                ) from exc
             seen.extend(r.id for r in records)
             bar.advance(len(rows))
         bar.close()
@@ -138,25 +168,78 @@ def import_lancedb(
 
 def import_chromadb(
     source: str | os.PathLike,
-    destination: str | os.PathLike,
+    destination: str | os.PathLike | None = None,
     *,
     collections: list[str] | None = None,
     batch: int = BATCH,
     progress: TextIO | None = sys.stderr,
 ) -> dict[str, dict[str, int]]:
     """Copies the ChromaDB collections at ``source`` (a persistent ChromaDB directory, such
-    as CrewAI's knowledge store) into the ferromem knowledge directory ``destination``.
+    as CrewAI's knowledge store) into the ferromem knowledge directory ``destination``
+    (default: where :class:`RagClient` looks by default).
     ``collections``: names to copy (default: all). Returns per collection ``{"source",
     "imported", "destination_total"}``."""
     import chromadb
     from chromadb.config import Settings
 
-    from .rag import RagClient
-
-    source = os.fspath(source)
+    source = path_argument(source, "source")
     if not os.path.isdir(source):
         raise MigrationError(f"no ChromaDB directory at {source!r}")
-    client = chromadb.PersistentClient(path=source, settings=Settings(anonymized_telemetry=False))
+    _check_chroma_store(source)
+    with tempfile.TemporaryDirectory(prefix="ferromem-import-chroma-") as copy_root:
+        copy = os.path.join(copy_root, "chroma")
+        try:
+            shutil.copytree(source, copy, symlinks=True)
+        except OSError as exc:
+            raise MigrationError(f"cannot read the ChromaDB directory {source!r}: {exc}") from exc
+        client = chromadb.PersistentClient(path=copy, settings=Settings(anonymized_telemetry=False))
+        return _copy_chroma(client, source, destination, collections, batch, progress)
+
+
+_CHROMA_TABLES = {"collections", "segments", "embeddings", "embedding_metadata"}
+
+
+def _check_chroma_store(source: str) -> None:
+    """MigrationError unless ``source`` holds a Chroma ``chroma.sqlite3``; opened read-only
+    and immutable, so SQLite creates no journal, log or lock file beside it."""
+    file = os.path.join(source, "chroma.sqlite3")
+    if not os.path.isfile(file):
+        raise MigrationError(
+            f"{source!r} is not a ChromaDB directory: it has no chroma.sqlite3"
+        )
+    uri = "file:" + urllib.parse.quote(os.path.abspath(file)) + "?mode=ro&immutable=1"
+    try:
+        connection = sqlite3.connect(uri, uri=True)
+        try:
+            tables = {row[0] for row in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )}
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as exc:
+        raise MigrationError(f"{file!r} is not a ChromaDB database: {exc}") from exc
+    missing = _CHROMA_TABLES - tables
+    if missing:
+        raise MigrationError(
+            f"{file!r} is not a ChromaDB database: it has no {', '.join(sorted(missing))} table"
+        )
+
+
+def _copy_chroma(
+    client: Any,
+    source: str,
+    destination: str | os.PathLike,
+    collections: list[str] | None,
+    batch: int,
+    progress: TextIO | None,
+) -> dict[str, dict[str, int]]:
+    # Imported only now: importing CrewAI creates its data directory.
+    from ._embedding import placeholder_rows
+    from .rag import RagClient, default_knowledge_path
+
+    if destination is None:
+        destination = default_knowledge_path()
+
     names = [c if isinstance(c, str) else c.name for c in client.list_collections()]
     if collections is not None:
         missing = sorted(set(collections) - set(names))
@@ -175,11 +258,22 @@ def import_chromadb(
             for offset in range(0, total, batch):
                 got = col.get(include=["embeddings", "documents", "metadatas"], limit=batch, offset=offset)
                 if got["ids"]:
-                    store.upsert(
-                        got["ids"], np.asarray(got["embeddings"], dtype=np.float32),
-                        contents=[d or "" for d in got["documents"]],
-                        metadata=[dict(m) if m else {} for m in got["metadatas"]],
+                    vectors, metadata = placeholder_rows(
+                        np.asarray(got["embeddings"], dtype=np.float32),
+                        [dict(m) if m else {} for m in got["metadatas"]],
                     )
+                    try:
+                        store.upsert(
+                            got["ids"], vectors, contents=[d or "" for d in got["documents"]],
+                            metadata=metadata,
+                        )
+                    except DimensionMismatchError as exc:
+                        raise MigrationError(
+                            f"the destination collection {name!r} holds {exc.expected}-"
+                            f"dimensional vectors but the ChromaDB collection's are {exc.got}-"
+                            "dimensional: import into another destination (--to) or delete "
+                            "that collection first"
+                        ) from exc
                 seen.extend(got["ids"])
                 bar.advance(len(got["ids"]))
             bar.close()

@@ -46,6 +46,15 @@ is CrewAI's ``{key: value, ...}`` (Python equality, as CrewAI compares metadata;
 and ``{"$and": [filter, ...]}``; any other operator raises
 :class:`~ferromem.exceptions.InvalidFilterError`.
 
+**Zero embeddings.** A document whose embedding is all zeros (what some embedders give
+for empty or odd text) is stored, counted and deleted with its collection like any
+other, but never returned by a search: a zero vector has no direction, so it has no
+cosine with any query. A zero query embedding, likewise, gives [] (its dimension is
+still checked). Metadata keys starting with ``"\x00ferromem."`` are reserved.
+
+**close()** releases the open stores; any later call reopens what it needs, so a client
+can be closed whenever its files should be let go.
+
 Differences from ChromaDBClient: searching a collection that does not exist returns []
 without creating it (Chroma creates it); metadata may be any JSON object (Chroma only
 takes scalars); errors are ferromem's typed errors, each also the builtin the protocol
@@ -83,11 +92,18 @@ from ..exceptions import (
     InvalidMetadataError,
     NotFoundError,
     StorageError,
-    StoreClosedError,
 )
-from ._embedding import _DefaultEmbedder, embedding_matrix
+from ._embedding import (
+    NO_EMBEDDING_KEY,
+    _DefaultEmbedder,
+    check_reserved_keys,
+    embedding_matrix,
+    is_zero_query,
+    placeholder_rows,
+    search_ranked,
+)
 from ._filters import chroma_where, filter_ids, split_metadata_filter
-from ._names import STORE_SUFFIX, collection_file_name
+from ._names import STORE_SUFFIX, collection_file_name, path_argument
 
 __all__ = [
     "RagClient",
@@ -206,6 +222,7 @@ def _prepare_documents(
         else:
             stored = metadata or {}
         check.metadata_json(stored, f"{name}['metadata']")
+        check_reserved_keys(stored, f"{name}['metadata']")
         doc_id = check.check_id(_document_id(doc, metadata), f"{name} id")
         if doc_id in positions:
             at = positions[doc_id]
@@ -248,7 +265,7 @@ class RagClient(BaseClient):
         default_batch_size: int = 100,
         durability: str = "normal",
     ) -> None:
-        base = default_knowledge_path() if path is None else Path(os.fspath(path))
+        base = default_knowledge_path() if path is None else Path(path_argument(path))
         self._path = Path(os.path.abspath(base))
         self.embedding_function = _resolve_embedding_function(embedding_function)
         self.default_limit = _check_int(default_limit, "default_limit")
@@ -260,7 +277,6 @@ class RagClient(BaseClient):
         self._lock = threading.Lock()
         # collection name -> (open store, (st_dev, st_ino) of its file when opened)
         self._stores: dict[str, tuple[_store.Store, tuple[int, int] | None]] = {}
-        self._closed = False
 
     # ------------------------------------------------------------ attributes
 
@@ -281,10 +297,6 @@ class RagClient(BaseClient):
 
     # ------------------------------------------------------------ stores
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreClosedError("the RagClient is closed; create a new one to use it")
-
     def _collection(
         self, collection_name: str, mode: Literal["get", "open", "create"]
     ) -> _store.Store | None:
@@ -292,13 +304,12 @@ class RagClient(BaseClient):
         ``open``: created if missing; ``create``: CollectionExistsError if it exists."""
         file = str(self.collection_path(collection_name))
         with self._lock:
-            self._check_open()
             identity = _identity(file)
             cached = self._stores.get(collection_name)
             if cached is not None:
-                if cached[1] == identity and mode != "create":
+                if cached[1] == identity and mode != "create" and not cached[0].closed:
                     return cached[0]
-                if cached[1] != identity:
+                if cached[1] != identity or cached[0].closed:
                     # Deleted (or deleted and created again) by another client or process.
                     cached[0].close()
                     del self._stores[collection_name]
@@ -368,11 +379,13 @@ class RagClient(BaseClient):
         store = self._collection(collection_name, "open")
         for start in range(0, len(ids), size):
             stop = start + size
-            vectors = self._embed(texts[start:stop])
+            vectors, batch_metadata = placeholder_rows(
+                self._embed(texts[start:stop]), metadatas[start:stop]
+            )
             try:
                 store.upsert(
                     ids[start:stop], vectors, contents=texts[start:stop],
-                    metadata=metadatas[start:stop],
+                    metadata=batch_metadata,
                 )
             except DimensionMismatchError as exc:
                 raise self._dimension_mismatch(collection_name, exc) from exc
@@ -410,29 +423,41 @@ class RagClient(BaseClient):
             if not criteria["ids"]:
                 return []
         vector = self._embed([query], query=True)[0]
+        if is_zero_query(vector):
+            # No direction, no cosine: nothing is similar (the dimension is still checked).
+            if vector.shape[0] != store.dim:
+                raise self._dimension_mismatch(
+                    collection_name,
+                    DimensionMismatchError("", store.dim, int(vector.shape[0])),
+                )
+            return []
         try:
-            hits = store.search(
-                vector, k, min_score=2.0 * threshold - 1.0 if threshold else None, **criteria
+            records, cosines = search_ranked(
+                store, vector, k, min_score=2.0 * threshold - 1.0 if threshold else None,
+                **criteria,
             )
         except DimensionMismatchError as exc:
             raise self._dimension_mismatch(collection_name, exc) from exc
-        return [
-            SearchResult(
+        results = []
+        for record, cosine in zip(records, cosines):
+            # None: deleted by another thread since the search; a placeholder never ranks.
+            if record is None or NO_EMBEDDING_KEY in record.metadata:
+                continue
+            results.append(SearchResult(
                 id=record.id,
                 content=record.content,
                 metadata=record.metadata,
                 score=min(1.0, max(0.0, (1.0 + cosine) / 2.0)),
-            )
-            for record, cosine in zip(hits.records(), hits.scores.tolist())
-            if record is not None  # deleted by another thread since the search
-        ]
+            ))
+            if len(results) == k:
+                break
+        return results
 
     def delete_collection(self, *, collection_name: str) -> None:
         """Deletes the collection's file; CollectionNotFoundError (a ValueError) if it
         does not exist, as ChromaDB raises."""
         file = str(self.collection_path(collection_name))
         with self._lock:
-            self._check_open()
             cached = self._stores.pop(collection_name, None)
             if cached is not None:
                 cached[0].close()
@@ -443,7 +468,6 @@ class RagClient(BaseClient):
     def reset(self) -> None:
         """Deletes every collection in the directory."""
         with self._lock:
-            self._check_open()
             for store, _ in self._stores.values():
                 store.close()
             self._stores.clear()
@@ -468,9 +492,10 @@ class RagClient(BaseClient):
                 raise StorageError(f"cannot delete {file + companion!r}: {exc}") from exc
 
     def close(self) -> None:
-        """Closes the open stores; later calls raise StoreClosedError. Idempotent."""
+        """Closes the open stores, releasing their files and threads; a later call opens
+        the collection it needs again. Idempotent. A store handed out by
+        get_or_create_collection() is closed with the others."""
         with self._lock:
-            self._closed = True
             for store, _ in self._stores.values():
                 store.close()
             self._stores.clear()
@@ -597,8 +622,8 @@ class KnowledgeStorage(BaseKnowledgeStorage):
 
     @staticmethod
     def _query_text(query: Sequence[str]) -> str:
-        if isinstance(query, str) or not all(isinstance(q, str) for q in query):
-            raise InvalidInputError("query must be a list of str")
+        if not isinstance(query, (list, tuple)) or not all(isinstance(q, str) for q in query):
+            raise InvalidInputError(f"query must be a list of str, got {type(query).__name__}")
         return " ".join(query)
 
     def search(
@@ -608,7 +633,7 @@ class KnowledgeStorage(BaseKnowledgeStorage):
         metadata_filter: dict[str, Any] | None = None,
         score_threshold: float = 0.6,
     ) -> list[SearchResult]:
-        if not query:
+        if query is None or (isinstance(query, (str, list, tuple)) and not query):
             return []
         return self.client.search(
             collection_name=self.collection, query=self._query_text(query), limit=limit,
@@ -616,6 +641,14 @@ class KnowledgeStorage(BaseKnowledgeStorage):
         )
 
     def save(self, documents: list[str]) -> None:
+        if documents is None:
+            return
+        if not isinstance(documents, (list, tuple)) or not all(
+            isinstance(doc, str) for doc in documents
+        ):
+            raise InvalidDocumentError(
+                f"documents must be a list of str, got {type(documents).__name__}"
+            )
         if not documents:
             return
         self.client.add_documents(
@@ -627,6 +660,10 @@ class KnowledgeStorage(BaseKnowledgeStorage):
             self.client.delete_collection(collection_name=self.collection)
         except CollectionNotFoundError:
             pass
+
+    def close(self) -> None:
+        """Closes the client's open stores; a later call reopens them."""
+        self.client.close()
 
     async def asearch(
         self,

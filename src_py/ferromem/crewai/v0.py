@@ -40,6 +40,10 @@ named ``$CREWAI_STORAGE_DIR``, else of the current directory's name), beside Cre
 - **A deep copy** (``Crew.copy()``, used by ``kickoff_for_each``, ``train`` and ``test``)
   shares the store; CrewAI's own storage cannot be deep-copied once it has an embedder.
 - An embedder is not called at construction (CrewAI embeds the word "test" to check it).
+- **Zero embeddings**: a value whose embedding is all zeros is stored (and reset) like
+  any other but never returned by a search (a zero vector has no cosine with anything);
+  a zero query gives []. Metadata keys starting with ``"\x00ferromem."`` are reserved.
+- **close()** releases the store's file and threads; the next call reopens it.
 
 Ids, scores and result dicts are CrewAI's: the id of a saved value is the BLAKE2b hash of
 its text and metadata, so saving the same value and metadata again replaces it; a search
@@ -74,9 +78,17 @@ from ..exceptions import (
     FerromemError,
     InvalidInputError,
 )
-from ._embedding import _DefaultEmbedder, embedding_matrix
+from ._embedding import (
+    NO_EMBEDDING_KEY,
+    _DefaultEmbedder,
+    check_reserved_keys,
+    embedding_matrix,
+    is_zero_query,
+    placeholder_rows,
+    search_ranked,
+)
 from ._filters import chroma_where, filter_ids, split_metadata_filter
-from ._names import STORE_SUFFIX, collection_file_name
+from ._names import STORE_SUFFIX, collection_file_name, path_argument
 
 __all__ = [
     "RAGStorage",
@@ -173,16 +185,32 @@ def _resolve_file(path: str | os.PathLike | None, file_name: str) -> Path:
     ``path`` (CrewAI's storage directory when None)."""
     if path is None:
         return default_storage_dir() / file_name
-    base = Path(os.fspath(path))
+    base = Path(path_argument(path))
     return base if base.suffix == STORE_SUFFIX else base / file_name
 
 
 class _SharedOnCopy:
     """Deep copies share the store. CrewAI deep-copies memories in ``Crew.copy()``, and
     the copy is the same memory: it reads and writes the same file through the same
-    handle (a store handle cannot be copied). Closing either closes both."""
+    handle (a store handle cannot be copied). Closing either closes the handle; the next
+    call on either opens the file again."""
 
-    _store: _store.Store
+    def _open(self, file: str | os.PathLike, **options: Any) -> None:
+        self._handle = _store.open(file, **options)
+        self._file = self._handle.path
+        self._options = options
+        self._reopen_lock = threading.Lock()
+
+    @property
+    def _store(self) -> _store.Store:
+        """The open store, opened again (once, whatever the threads) after close()."""
+        handle = self._handle
+        if handle.closed:
+            with self._reopen_lock:
+                if self._handle.closed:
+                    self._handle = _store.open(self._file, **self._options)
+                handle = self._handle
+        return handle
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         clone = copy.copy(self)
@@ -195,8 +223,11 @@ class _SharedOnCopy:
         return self._store
 
     def close(self) -> None:
-        """Closes the store; later calls raise :class:`ferromem.StoreClosedError`."""
-        self._store.close()
+        """Closes the store, releasing its file and threads; a later call reopens it.
+        Idempotent."""
+        with self._reopen_lock:
+            if not self._handle.closed:
+                self._handle.close()
 
 
 class RAGStorage(_SharedOnCopy):
@@ -237,7 +268,7 @@ class RAGStorage(_SharedOnCopy):
         self.agents = "_".join(_sanitize_role(agent.role) for agent in crew.agents) if crew else ""
         self.collection_name = f"memory_{type}_{self.agents}" if self.agents else f"memory_{type}"
         self.embedder = _resolve_embedder(embedder if embedder is not None else embedder_config)
-        self._store = _store.open(
+        self._open(
             _resolve_file(path, collection_file_name(self.collection_name)), durability=durability
         )
 
@@ -259,10 +290,11 @@ class RAGStorage(_SharedOnCopy):
         content = check.check_text(value, "value")
         metadata = {} if metadata is None else metadata
         metadata_json = check.metadata_json(metadata)
+        check_reserved_keys(metadata, "metadata")
         doc_id = _document_id(content, metadata, metadata_json)
-        vector = self._embed([content])[0]
+        vectors, [stored] = placeholder_rows(self._embed([content]), [metadata])
         try:
-            self._store.upsert(doc_id, vector, contents=content, metadata=metadata)
+            self._store.upsert(doc_id, vectors[0], contents=content, metadata=stored)
         except DimensionMismatchError as exc:
             raise self._dimension_mismatch(exc) from exc
 
@@ -295,17 +327,30 @@ class RAGStorage(_SharedOnCopy):
             if not criteria["ids"]:
                 return []
         vector = self._embed([query], query=True)[0]
+        store = self._store
+        if is_zero_query(vector):
+            # No direction, no cosine: nothing is similar (the dimension is still checked).
+            if vector.shape[0] != store.dim:
+                raise self._dimension_mismatch(
+                    DimensionMismatchError("", store.dim, int(vector.shape[0]))
+                )
+            return []
         min_score = 2.0 * threshold - 1.0 - _THRESHOLD_MARGIN if threshold else None
         try:
-            hits = self._store.search(vector, k, min_score=min_score, **criteria)
+            records, cosines = search_ranked(store, vector, k, min_score=min_score, **criteria)
         except DimensionMismatchError as exc:
             raise self._dimension_mismatch(exc) from exc
         results = []
-        for record, cosine in zip(hits.records(), hits.scores.tolist()):
+        for record, cosine in zip(records, cosines):
             score = min(1.0, max(0.0, (1.0 + cosine) / 2.0))
-            # None: deleted by another thread since the search.
-            if record is None or (threshold and score < threshold):
+            # None: deleted by another thread since the search; a placeholder (a zero
+            # embedding) never ranks.
+            if record is None or NO_EMBEDDING_KEY in record.metadata or (
+                threshold and score < threshold
+            ):
                 continue
+            if len(results) == k:
+                break
             results.append({
                 "id": record.id, "content": record.content, "metadata": record.metadata,
                 "score": score,
@@ -364,9 +409,10 @@ class LTMStorage(_SharedOnCopy):
         self, db_path: str | os.PathLike | None = None, *, durability: str = "normal"
     ) -> None:
         file = (
-            default_storage_dir() / LTM_FILE_NAME if db_path is None else Path(os.fspath(db_path))
+            default_storage_dir() / LTM_FILE_NAME if db_path is None
+            else Path(path_argument(db_path, "db_path"))
         )
-        self._store = _store.open(file, dim=1, durability=durability)
+        self._open(file, dim=1, durability=durability)
         self.db_path = self._store.path
 
     def save(
