@@ -1,5 +1,5 @@
 """Command line: ``python -m ferromem demo`` (or ``ferromem demo``), ``ferromem import``,
-``ferromem stats PATH`` and ``ferromem --version``.
+``ferromem stats PATH``, ``ferromem check PATH`` and ``ferromem --version``.
 
 An expected failure (a typed ferromem error, an OS error, a missing optional dependency)
 is reported in one line on stderr with exit code 1; usage errors exit 2 (see main()).
@@ -214,10 +214,26 @@ def stats_cmd(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.path):
         print(f"ferromem stats: no store at {args.path}", file=sys.stderr)
         return 2
-    with ferromem.open(args.path) as store:
+    # Read-only: looking at a store (or at a file that turns out not to be one) never
+    # writes to it.
+    with ferromem.open(args.path, read_only=True) as store:
         s = store.stats()
         s["scopes"] = store.child_scopes("/")
         print(json.dumps(s, indent=2, default=str))
+    return 0
+
+
+def check_cmd(args: argparse.Namespace) -> int:
+    if not os.path.exists(args.path):
+        print(f"ferromem check: no store at {args.path}", file=sys.stderr)
+        return 2
+    problems = ferromem.check(args.path)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"ferromem check: {args.path}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{args.path}: whole")
     return 0
 
 
@@ -283,8 +299,18 @@ def _add_stats(sub: Any) -> None:
     s.set_defaults(func=stats_cmd)
 
 
+def _add_check(sub: Any) -> None:
+    c = sub.add_parser(
+        "check",
+        help="verify a store without writing to it: SQLite's structure, every record's "
+        "checksums, the image and graph files beside it (exit 1 and a list when damaged)",
+    )
+    c.add_argument("path")
+    c.set_defaults(func=check_cmd)
+
+
 # The subcommands, in --help order: each adds its parser and sets func (args -> exit code).
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_demo, _add_import, _add_stats]
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_demo, _add_import, _add_stats, _add_check]
 
 
 def build_parser() -> argparse.ArgumentParser:
