@@ -94,6 +94,12 @@ pub struct EngineStats {
     /// engine was opened from one.
     pub fast_open: bool,
     pub opened_from_image: bool,
+    /// Why the image beside the store was rejected as damaged at open (it was ignored and
+    /// the store read from SQLite), None when it was used, absent or merely not current.
+    pub image_damage: Option<String>,
+    /// Why the saved graph was rejected as damaged at open (it is rebuilt in the
+    /// background), None when it was used, absent or merely not current.
+    pub graph_damage: Option<String>,
 }
 
 /// A record with its vector, as `get` and `list` return them.
@@ -148,6 +154,9 @@ pub struct Engine {
     coalesced_batches: AtomicU64,
     fast_open: bool,
     opened_from_image: bool,
+    /// See [`EngineStats::image_damage`] and [`EngineStats::graph_damage`].
+    image_damage: Option<String>,
+    graph_damage: Option<String>,
     /// The (epoch, seq) of the image beside the store when it is known to hold exactly
     /// that replica (opened from it, or written by this engine): no rewrite needed.
     image_at: Mutex<Option<(u64, u64)>>,
@@ -224,12 +233,21 @@ impl Engine {
                 (Box::new(SqliteStorage::open(p, durability)?), Box::new(reader))
             }
         };
+        let mut image_damage = None;
         let from_image = match path {
             Some(p) if fast_open => {
                 let (epoch, seq, stored_dim, token) = writer.image_position()?;
                 token.and_then(|token| {
                     let expected = image::Expected { token: &token, epoch, seq, dim: stored_dim };
-                    image::load(&image_file(p), &expected, precision)
+                    match image::load(&image_file(p), &expected, precision) {
+                        image::Loaded::Image(state) => Some(state),
+                        image::Loaded::Unused => None,
+                        // A cache: read the store as if there were none, and say why.
+                        image::Loaded::Damaged(why) => {
+                            image_damage = Some(why);
+                            None
+                        }
+                    }
                 })
             }
             _ => None,
@@ -253,11 +271,13 @@ impl Engine {
             }
         }
         state.dim = state.dim.or(dim);
+        let mut graph_damage = None;
         if let Some(p) = path {
             // The graph saved by the last close, when it was written at exactly this store
-            // position; otherwise it is rebuilt in the background.
+            // position; otherwise (and when it is damaged: said in stats) it is rebuilt in
+            // the background.
             if let Ok(bytes) = std::fs::read(graph_file(p)) {
-                state.install_graph_file(&bytes);
+                graph_damage = state.install_graph_file(&bytes).err();
             }
         }
         let engine = Engine {
@@ -276,6 +296,8 @@ impl Engine {
             coalesced_batches: AtomicU64::new(0),
             fast_open,
             opened_from_image: image_at.is_some(),
+            image_damage,
+            graph_damage,
             image_at: Mutex::new(image_at),
         };
         if image_at.is_some() {
@@ -1014,6 +1036,8 @@ impl Engine {
             coalesced_batches: self.coalesced_batches.load(Ordering::Relaxed),
             fast_open: self.fast_open,
             opened_from_image: self.opened_from_image,
+            image_damage: self.image_damage.clone(),
+            graph_damage: self.graph_damage.clone(),
         }
     }
 
