@@ -19,6 +19,7 @@ from .exceptions import (
     InvalidMetadataError,
     InvalidVectorError,
     NativeUnavailableWarning,
+    DamagedCacheWarning,
     NotFoundError,
     StorageError,
     StoreClosedError,
@@ -47,4 +48,5 @@ __all__ = [
     "CorruptStoreError",
     "IncompatibleStoreError",
     "NativeUnavailableWarning",
+    "DamagedCacheWarning",
 ]

@@ -443,8 +443,11 @@ fn parse_header(bytes: &[u8]) -> Result<Header, Unread> {
         2 => Precision::Int8,
         _ => return damaged(format!("unknown precision code {code} in the header")),
     };
-    if dim == 0 || dim > MAX_DIM as u64 || rows == 0 || rows > bytes.len() as u64 {
+    if dim == 0 || dim > MAX_DIM as u64 || rows == 0 {
         return damaged(format!("impossible shape in the header: {rows} rows of {dim} values"));
+    }
+    if rows > bytes.len() as u64 {
+        return damaged(format!("truncated: {} bytes, too short for the header's {rows} rows", bytes.len()));
     }
     let (dim, rows) = (dim as usize, rows as usize);
     // The table's length follows from the shape, which is bounded by the file: nothing is
