@@ -618,7 +618,8 @@ impl<'b> GraphFile<'b> {
             return damaged(format!("{} bytes follow the last node", nodes.len() - r.at));
         }
         let mut r = Reader { bytes: self.links, at: 0 };
-        let mut list = Vec::with_capacity(2 * self.params.m);
+        // Grows with the links actually read: m comes from the file, unbounded.
+        let mut list = Vec::new();
         for (i, &level) in levels.iter().enumerate() {
             for l in 0..=level {
                 let max = if l == 0 { 2 * self.params.m } else { self.params.m };
