@@ -602,6 +602,12 @@ pub fn load(file: &Path, expected: &Expected<'_>, precision: Precision) -> Loade
     // Images are only ever replaced by rename, never rewritten in place, so the mapped
     // file does not change under us.
     let Ok(map) = (unsafe { MmapOptions::new().map_copy(&f) }) else { return Loaded::Unused };
+    // The checksums read every page: map them all in one call rather than one fault per
+    // few pages (read-only population: no page is copied). Not `MAP_POPULATE`, which on a
+    // private writable mapping copies every page. Older kernels refuse the advice; the
+    // pages then fault in as the checksums read them.
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::PopulateRead);
     from_map(Arc::new(map), Some(expected), precision)
 }
 
