@@ -38,18 +38,18 @@ def worker_create(path: str, rows: int, dim: int, precision: str) -> None:
             store.add([f"r{i}" for i in range(start, start + n)], rng.standard_normal((n, dim), dtype=np.float32))
 
 
-def worker_open(path: str, precision: str) -> None:
+def worker_open(path: str, precision: str, fast_open: bool = True) -> None:
     import numpy as np
 
     import ferromem
 
     t0 = time.perf_counter()
-    store = ferromem.open(path, precision=precision, fast_open=True, index="exact", cache_size=0)
+    store = ferromem.open(path, precision=precision, fast_open=fast_open, index="exact", cache_size=0)
     t1 = time.perf_counter()
     query = np.random.default_rng(2).standard_normal(store.dim, dtype=np.float32)
     store.search(query, k=10)
     t2 = time.perf_counter()
-    used = store.stats()["fast_open"]["opened_from_image"]
+    used = store.stats()["fast_open"]["opened_from_image"] or not fast_open
     store.close()
     print(json.dumps({"open_ms": (t1 - t0) * 1e3, "first_search_ms": (t2 - t1) * 1e3, "from_image": used}))
 
@@ -69,6 +69,7 @@ def main() -> None:
     p.add_argument("--precisions", default="f32,int8")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--build", action="append", default=[], help="LABEL=PYTHONPATH (repeatable)")
+    p.add_argument("--plain", action="store_true", help="also time the first build's open without fast_open (rows read from SQLite)")
     p.add_argument("--dir", default=None, help="where the stores go (default: a temporary folder)")
     p.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -77,7 +78,7 @@ def main() -> None:
         if kind == "create":
             worker_create(path, int(rest[0]), int(rest[1]), precision)
         else:
-            worker_open(path, precision)
+            worker_open(path, precision, kind == "open")
         return
     builds = [tuple(b.split("=", 1)) for b in a.build] or [("this", "")]
     folder = a.dir or tempfile.mkdtemp(prefix="image-open-")
@@ -91,17 +92,21 @@ def main() -> None:
             if not os.path.exists(path + ".image"):
                 run(site, "--worker", "create", path, precision, str(a.rows), str(a.dim))
             paths[label] = path
-        samples: dict[str, list[dict]] = {label: [] for label, _ in builds}
+        runs = [(label, site, "open", paths[label]) for label, site in builds]
+        if a.plain:
+            label, site = builds[0]
+            runs.append((f"{label}, fast_open=False", site, "plain", paths[label]))
+        samples: dict[str, list[dict]] = {r[0]: [] for r in runs}
         for _ in range(a.reps):
-            for label, site in builds:  # in turns, so drift hits every build alike
-                r = json.loads(run(site, "--worker", "open", paths[label], precision))
+            for label, site, kind, path in runs:  # in turns, so drift hits every build alike
+                r = json.loads(run(site, "--worker", kind, path, precision))
                 if not r["from_image"]:
                     raise SystemExit(f"{label} did not open {precision} from its image")
                 samples[label].append(r)
-        for label, _ in builds:
+        for label, _, kind, path in runs:
             opens = [s["open_ms"] for s in samples[label]]
             first = statistics.median(s["first_search_ms"] for s in samples[label])
-            mb = os.path.getsize(paths[label] + ".image") / 1e6
+            mb = os.path.getsize(path + ".image") / 1e6 if kind == "open" else 0
             print(f"| {precision} | {label} | {mb:,.0f} | {statistics.median(opens):,.0f} ({min(opens):,.0f}-{max(opens):,.0f}) | {first:,.0f} |")
 
 
