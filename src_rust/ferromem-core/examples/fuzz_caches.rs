@@ -80,8 +80,8 @@ fn rec(i: usize) -> Record {
         importance: (i % 10) as f64 / 10.0,
         created_at: i as f64,
         last_accessed: i as f64 + 0.5,
-        source: (i % 2 == 0).then(|| format!("src{}", i % 4)),
-        private: i % 6 == 0,
+        source: i.is_multiple_of(2).then(|| format!("src{}", i % 4)),
+        private: i.is_multiple_of(6),
     }
 }
 

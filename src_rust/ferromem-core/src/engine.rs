@@ -240,7 +240,7 @@ impl Engine {
                 token.and_then(|token| {
                     let expected = image::Expected { token: &token, epoch, seq, dim: stored_dim };
                     match image::load(&image_file(p), &expected, precision) {
-                        image::Loaded::Image(state) => Some(state),
+                        image::Loaded::Image(state) => Some(*state),
                         image::Loaded::Unused => None,
                         // A cache: read the store as if there were none, and say why.
                         image::Loaded::Damaged(why) => {

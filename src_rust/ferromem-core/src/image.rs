@@ -316,11 +316,11 @@ pub fn write(state: &State, target: &Path, token: &str) -> std::io::Result<()> {
                 put(w, offset + i * row_len, row)?;
                 hasher.update(row);
                 i += 1;
-                if i % CHUNK_ROWS as u64 == 0 {
+                if i.is_multiple_of(CHUNK_ROWS as u64) {
                     table.push(std::mem::take(&mut hasher).finalize());
                 }
             }
-            if i % CHUNK_ROWS as u64 != 0 {
+            if !i.is_multiple_of(CHUNK_ROWS as u64) {
                 table.push(hasher.finalize());
             }
             Ok(())
@@ -471,7 +471,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, Unread> {
     let values = (dim as u64).checked_mul(rows as u64).ok_or_else(bad_layout)?;
     let norms_end = norms_off.checked_add(rows as u64 * 4).ok_or_else(bad_layout)?;
     let (aux_ok, aux_end, row_bytes) = match precision {
-        Precision::F32 => (aux_off % PAGE == 0 && aux_off >= norms_end, aux_off.checked_add(values.checked_mul(4).ok_or_else(bad_layout)?), 2),
+        Precision::F32 => (aux_off.is_multiple_of(PAGE) && aux_off >= norms_end, aux_off.checked_add(values.checked_mul(4).ok_or_else(bad_layout)?), 2),
         Precision::F16 => (aux_off == 0, Some(norms_end), 2),
         Precision::Int8 => (aux_off == norms_end, aux_off.checked_add(rows as u64 * 4), 1),
     };
@@ -480,9 +480,9 @@ fn parse_header(bytes: &[u8]) -> Result<Header, Unread> {
     let rows_end = values.checked_mul(row_bytes).and_then(|b| rows_off.checked_add(b)).ok_or_else(bad_layout)?;
     let ok = records_off == (HEADER_BYTES + table_len) as u64
         && norms_off >= records_end
-        && norms_off % 4 == 0
+        && norms_off.is_multiple_of(4)
         && aux_ok
-        && rows_off % PAGE == 0
+        && rows_off.is_multiple_of(PAGE)
         && rows_off >= aux_end
         && rows_end == file_len;
     if !ok {
@@ -577,7 +577,7 @@ pub struct Expected<'a> {
 pub enum Loaded {
     /// The replica the image holds, at the image's (epoch, seq), every section it uses
     /// verified.
-    Image(State),
+    Image(Box<State>),
     /// No image, or one that is not this store's current one (another store's, a position
     /// the store has left, another precision or format version): not damage.
     Unused,
@@ -640,7 +640,7 @@ fn from_map(map: Arc<MmapMut>, expected: Option<&Expected<'_>>, precision: Preci
         Precision::Int8 => ImageArenas::Int8 { quant: mapped_arena(&map, h.rows_off, h.rows, h.dim), factors: f32s(&map[h.aux_off..h.aux_off + h.rows * 4]) },
     };
     match State::from_image(h.dim, h.epoch, h.seq, records, vectors, inv_norm) {
-        Ok(st) => Loaded::Image(st),
+        Ok(st) => Loaded::Image(Box::new(st)),
         Err(e) => Loaded::Damaged(format!("the records do not form a store: {e}")),
     }
 }
