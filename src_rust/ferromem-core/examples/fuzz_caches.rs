@@ -3,7 +3,7 @@
 //! `ferromem_core::hnsw`). It runs on stable Rust (`cargo fuzz` needs nightly):
 //!
 //! ```text
-//! cargo run --release --example fuzz_caches -- image|graph|all [SECONDS] [SEED] [ITERATION]
+//! cargo run --profile fuzz --example fuzz_caches -- image|graph|all [SECONDS] [SEED] [ITERATION]
 //! ```
 //!
 //! Inputs: random bytes, and files written by the real writers (f32, f16 and int8 images
