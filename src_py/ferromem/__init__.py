@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from .exceptions import (
     CorruptStoreError,
+    DamagedRecordsWarning,
     DimensionMismatchError,
     DuplicateIdError,
     FerromemError,
@@ -20,16 +21,20 @@ from .exceptions import (
     InvalidVectorError,
     NativeUnavailableWarning,
     DamagedCacheWarning,
+    NotAStoreError,
     NotFoundError,
+    ReadOnlyStoreError,
     StorageError,
     StoreClosedError,
 )
 from .records import Record, ScopeInfo
 from .store import SearchResult, Store, open
+from .store import check_store as check
 
 __all__ = [
     "__version__",
     "open",
+    "check",
     "Store",
     "SearchResult",
     "Record",
@@ -47,6 +52,9 @@ __all__ = [
     "StorageError",
     "CorruptStoreError",
     "IncompatibleStoreError",
+    "NotAStoreError",
+    "ReadOnlyStoreError",
     "NativeUnavailableWarning",
     "DamagedCacheWarning",
+    "DamagedRecordsWarning",
 ]

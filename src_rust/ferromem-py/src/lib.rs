@@ -8,6 +8,7 @@
 use ferromem_core::engine::EngineStats;
 use ferromem_core::hnsw::HnswParams;
 use ferromem_core::state::{IndexConfig, IndexMode, Precision};
+use ferromem_core::storage::sqlite::{Access, SqliteStorage};
 use ferromem_core::{simd, Durability, Engine, Error, Filter, OpenOptions, Patch, Privacy, Record, Scalar, WriteMode};
 use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::buffer::PyBuffer;
@@ -31,6 +32,8 @@ fn to_py_err(e: Error) -> PyErr {
             Error::Storage(_) => "StorageError",
             Error::Corrupt(_) => "CorruptStoreError",
             Error::Incompatible(_) => "IncompatibleStoreError",
+            Error::NotAStore(_) => "NotAStoreError",
+            Error::ReadOnly(_) => "ReadOnlyStoreError",
         };
         let msg = e.to_string();
         let made = py.import("ferromem.exceptions").and_then(|m| m.getattr(class)).and_then(|cls| match &e {
@@ -200,14 +203,22 @@ struct PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (path=None, dim=None, durability="normal", precision="f32", fast_open=false))]
-    fn new(py: Python<'_>, path: Option<PathBuf>, dim: Option<usize>, durability: &str, precision: &str, fast_open: bool) -> PyResult<PyEngine> {
+    #[pyo3(signature = (path=None, dim=None, durability="normal", precision="f32", fast_open=false, read_only=false))]
+    fn new(
+        py: Python<'_>,
+        path: Option<PathBuf>,
+        dim: Option<usize>,
+        durability: &str,
+        precision: &str,
+        fast_open: bool,
+        read_only: bool,
+    ) -> PyResult<PyEngine> {
         let durability = Durability::from_name(durability).ok_or_else(|| {
             to_py_err(Error::InvalidInput(format!("durability must be 'normal' or 'full', not {durability:?}")))
         })?;
         let precision = Precision::from_name(precision)
             .ok_or_else(|| to_py_err(Error::InvalidInput(format!("precision must be 'f32', 'f16' or 'int8', not {precision:?}"))))?;
-        let opts = OpenOptions { durability, precision, fast_open };
+        let opts = OpenOptions { durability, precision, fast_open, read_only };
         let engine = py.detach(|| Engine::open_opts(path.as_deref(), dim, opts)).map_err(to_py_err)?;
         Ok(PyEngine { inner: Arc::new(engine) })
     }
@@ -513,6 +524,16 @@ impl PyEngine {
         image.set_item("opened_from_image", s.opened_from_image)?;
         image.set_item("rejected", s.image_damage.as_deref())?;
         d.set_item("fast_open", image)?;
+        d.set_item("read_only", s.read_only)?;
+        let damaged = PyList::empty(py);
+        for x in &s.damaged {
+            let item = PyDict::new(py);
+            item.set_item("id", &x.id)?;
+            item.set_item("seq", x.seq)?;
+            item.set_item("what", x.what)?;
+            damaged.append(item)?;
+        }
+        d.set_item("damaged", damaged)?;
         Ok(d)
     }
 
@@ -668,10 +689,23 @@ fn int8_path(name: &str) -> PyResult<&'static str> {
     Ok(simd::int8::path_name(isa))
 }
 
+/// Verifies the store file at `path` read-only (SQLite's structure, the meta table, every
+/// record's checksums) and returns one line per problem; empty when it is whole. Writes
+/// nothing, so it is safe on any file: a file that is not a store raises NotAStoreError.
+#[pyfunction]
+fn verify_store(py: Python<'_>, path: PathBuf) -> PyResult<Vec<String>> {
+    py.detach(|| {
+        let mut storage = SqliteStorage::open_as(&path, Durability::Normal, Access::ReadOnly)?;
+        storage.verify()
+    })
+    .map_err(to_py_err)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_store, m)?)?;
     m.add_function(wrap_pyfunction!(simd_isa, m)?)?;
     m.add_function(wrap_pyfunction!(verify_image, m)?)?;
     m.add_function(wrap_pyfunction!(verify_graph, m)?)?;
