@@ -94,7 +94,7 @@ fn corpus(kind: &str) -> Vec<Vec<u8>> {
     for (n, &(rows, dim)) in shapes.iter().enumerate() {
         for (p, precision) in [Precision::F32, Precision::F16, Precision::Int8].into_iter().enumerate() {
             let path = dir.path().join(format!("s{n}-{p}.ferro"));
-            let e = Engine::open_opts(Some(&path), None, OpenOptions { durability: Durability::Normal, precision, fast_open: true }).expect("open");
+            let e = Engine::open_opts(Some(&path), None, OpenOptions { durability: Durability::Normal, precision, fast_open: true, ..OpenOptions::default() }).expect("open");
             let vectors: Vec<f32> = (0..rows * dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
             e.upsert((0..rows).map(rec).collect(), &vectors, dim, WriteMode::Upsert).expect("fill");
             if kind != "image" && rows > 1 && precision == Precision::F32 {
