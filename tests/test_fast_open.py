@@ -75,11 +75,11 @@ def test_a_store_reopened_from_its_image_answers_like_its_file(tmp_path):
     with ferromem.open(path, fast_open=True, cache_size=0) as store:
         fill(store, 9000, dim, seed=1)  # several chunks of 4096 rows: mapped and copied
         store.delete(ids=["r000005", "r008999"])
-        assert store.stats()["fast_open"] == {"enabled": True, "opened_from_image": False}
+        assert store.stats()["fast_open"] == {"enabled": True, "opened_from_image": False, "rejected": None}
     assert os.path.getsize(image_of(path)) > 9000 * dim * 6
 
     with ferromem.open(path, fast_open=True, cache_size=0) as fast, ferromem.open(path, cache_size=0) as plain:
-        assert fast.stats()["fast_open"] == {"enabled": True, "opened_from_image": True}
+        assert fast.stats()["fast_open"] == {"enabled": True, "opened_from_image": True, "rejected": None}
         assert plain.stats()["fast_open"]["opened_from_image"] is False
         assert fast.stats()["disk_bytes"] >= os.path.getsize(image_of(path))
         assert_same_store(fast, plain, dim)
@@ -136,8 +136,11 @@ def test_a_damaged_or_foreign_image_is_ignored(tmp_path):
     raw = bytearray(open(image_of(path), "rb").read())
     raw[5000] ^= 0xFF
     open(image_of(path), "wb").write(raw)
-    with ferromem.open(path, fast_open=True) as fast, ferromem.open(path) as plain:
+    with pytest.warns(ferromem.DamagedCacheWarning, match="store image"):
+        fast = ferromem.open(path, fast_open=True)
+    with fast, ferromem.open(path) as plain:
         assert not fast.stats()["fast_open"]["opened_from_image"]
+        assert "checksum" in fast.stats()["fast_open"]["rejected"]
         assert_same_store(fast, plain, 16)
 
 
@@ -186,13 +189,13 @@ def test_fast_open_arguments(tmp_path):
     # Without a file there is no image: accepted, nothing written.
     with ferromem.open(None, fast_open=True) as store:
         store.add("a", [1.0, 0.0])
-        assert store.stats()["fast_open"] == {"enabled": True, "opened_from_image": False}
+        assert store.stats()["fast_open"] == {"enabled": True, "opened_from_image": False, "rejected": None}
     # The reference engine reads the file whatever is asked, and leaves images alone.
     with ferromem.open(tmp_path / "n.ferro", fast_open=True) as store:
         store.add("a", [1.0, 0.0])
     before = open(image_of(tmp_path / "n.ferro"), "rb").read()
     with open_store("reference", tmp_path / "n.ferro", fast_open=True) as ref:
-        assert ref.stats()["fast_open"] == {"enabled": False, "opened_from_image": False}
+        assert ref.stats()["fast_open"] == {"enabled": False, "opened_from_image": False, "rejected": None}
         ref.add("b", [0.0, 1.0])
     assert open(image_of(tmp_path / "n.ferro"), "rb").read() == before
     with ferromem.open(tmp_path / "n.ferro", fast_open=True) as store:

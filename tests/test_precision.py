@@ -165,7 +165,7 @@ def test_int8_store_image_opens_to_the_same_answers(tmp_path):
     with ferromem.open(path, precision="int8", fast_open=True, cache_size=0) as fast, \
             ferromem.open(path, precision="int8", cache_size=0) as plain, \
             ferromem.open(path, cache_size=0) as full:
-        assert fast.stats()["fast_open"] == {"enabled": True, "opened_from_image": True}
+        assert fast.stats()["fast_open"] == {"enabled": True, "opened_from_image": True, "rejected": None}
         assert fast.stats()["precision"] == "int8"
         for q in queries:
             for filters in ({}, {"scope": "/crew/a2"}):

@@ -20,6 +20,7 @@ from .exceptions import (
     InvalidMetadataError,
     InvalidVectorError,
     NativeUnavailableWarning,
+    DamagedCacheWarning,
     NotAStoreError,
     NotFoundError,
     ReadOnlyStoreError,
@@ -54,5 +55,6 @@ __all__ = [
     "NotAStoreError",
     "ReadOnlyStoreError",
     "NativeUnavailableWarning",
+    "DamagedCacheWarning",
     "DamagedRecordsWarning",
 ]

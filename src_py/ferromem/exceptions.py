@@ -28,6 +28,7 @@ __all__ = [
     "NotAStoreError",
     "ReadOnlyStoreError",
     "NativeUnavailableWarning",
+    "DamagedCacheWarning",
     "DamagedRecordsWarning",
 ]
 
@@ -114,3 +115,9 @@ class DamagedRecordsWarning(RuntimeWarning):
 
 class NativeUnavailableWarning(RuntimeWarning):
     """The native extension could not be loaded; the NumPy reference engine is used."""
+
+
+class DamagedCacheWarning(RuntimeWarning):
+    """A file ferromem keeps beside a store as a cache (the store image ``<path>.image``
+    or the saved graph ``<path>.hnsw``) failed its checksums. It was ignored: the store was
+    read from its file and answers correctly; the cache is rebuilt. ``stats()`` says why."""

@@ -26,6 +26,7 @@ from . import _convert
 from . import _validate as check
 from ._reference import ReferenceEngine
 from .exceptions import (
+    DamagedCacheWarning,
     DamagedRecordsWarning,
     FerromemError,
     InvalidFilterError,
@@ -101,6 +102,32 @@ def _warn_native_unavailable() -> None:
         NativeUnavailableWarning,
         stacklevel=4,  # _warn_native_unavailable <- _select_engine <- open <- caller
     )
+
+
+def _warn_damaged_caches(engine_instance: Any, path: str) -> None:
+    """Warns when the engine found the store image or the saved graph damaged at open. Both
+    are caches: the engine already ignored them (the store was read from its file, the
+    graph is rebuilt), so answers are right; the user should still hear of the damage,
+    which may be a failing disk."""
+    raw = dict(engine_instance.stats())
+    image = dict(raw.get("fast_open") or {}).get("rejected")
+    graph = dict(raw.get("index") or {}).get("graph_file_rejected")
+    if image:
+        warnings.warn(
+            f"the store image {path + '.image'!r} is damaged ({image}); it was ignored and "
+            "the store was read from its file, so answers are unaffected. A new image is "
+            "written when the store is closed. If this repeats, check the disk.",
+            DamagedCacheWarning,
+            stacklevel=3,  # _warn_damaged_caches <- open <- caller
+        )
+    if graph:
+        warnings.warn(
+            f"the saved search graph {path + '.hnsw'!r} is damaged ({graph}); it was "
+            "ignored and is rebuilt in the background, and searches are exact meanwhile. "
+            "If this repeats, check the disk.",
+            DamagedCacheWarning,
+            stacklevel=3,
+        )
 
 
 def _select_engine(engine: str) -> tuple[Any, str]:
@@ -195,6 +222,8 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     else:  # the reference engine holds f32 and reads the file whatever is asked
         engine_instance = engine_factory(path_text, dim, durability, read_only=read_only)
     _warn_if_damaged(engine_instance, path_text)
+    if engine_name == "native" and path_text is not None:
+        _warn_damaged_caches(engine_instance, path_text)
     set_capacity = getattr(engine_instance, "set_cache_capacity", None)
     if set_capacity is not None:  # the reference engine keeps no cache
         set_capacity(cache_size)
@@ -262,7 +291,8 @@ _UNSET: Any = object()
 _NO_CACHE = {"capacity": 0, "entries": 0, "hits": 0, "misses": 0, "hit_rate": 0.0}
 # stats()["index"] of an engine without a graph (the reference engine).
 _NO_GRAPH = {"m": None, "ef_construction": None, "active": "exact", "graph_nodes": 0,
-             "pending": 0, "graph_bytes": 0, "builds": 0, "building": False}
+             "pending": 0, "graph_bytes": 0, "builds": 0, "building": False,
+             "graph_file_rejected": None}
 # k beyond any store size changes nothing (each query returns min(k, matches)); the
 # bound keeps a huge k from overflowing a native integer or pre-allocating.
 _MAX_K = 2**31 - 1
@@ -751,7 +781,8 @@ class Store:
         search index (``index``: {mode, active ("hnsw" while searches use the graph, else
         "exact"), ef_search, graph_nodes, pending (records scanned exactly beside the
         graph), graph_bytes, builds, building}) and the store image (``fast_open``:
-        {enabled, opened_from_image})."""
+        {enabled, opened_from_image, rejected: why the image was found damaged at open,
+        or None}); ``index["graph_file_rejected"]`` says why the saved graph was."""
         self._check_open()
         raw = dict(self._engine.stats())
         nested = raw.get("operations")
@@ -770,7 +801,7 @@ class Store:
         extras.setdefault("damaged", _damaged_records(self._engine))
         extras.setdefault("read_only", bool(getattr(self._engine, "read_only", False)))
         extras.setdefault("precision", "f32")
-        extras.setdefault("fast_open", {"enabled": False, "opened_from_image": False})
+        extras.setdefault("fast_open", {"enabled": False, "opened_from_image": False, "rejected": None})
         extras.setdefault("index", {"mode": self._index, "ef_search": self._ef_search, **_NO_GRAPH})
         return {
             "engine": self._engine_name,

@@ -97,6 +97,12 @@ pub struct EngineStats {
     /// engine was opened from one.
     pub fast_open: bool,
     pub opened_from_image: bool,
+    /// Why the image beside the store was rejected as damaged at open (it was ignored and
+    /// the store read from SQLite), None when it was used, absent or merely not current.
+    pub image_damage: Option<String>,
+    /// Why the saved graph was rejected as damaged at open (it is rebuilt in the
+    /// background), None when it was used, absent or merely not current.
+    pub graph_damage: Option<String>,
     pub read_only: bool,
     /// Records kept out of the replica because they fail their checksums on disk.
     pub damaged: Vec<Damage>,
@@ -155,6 +161,9 @@ pub struct Engine {
     fast_open: bool,
     read_only: bool,
     opened_from_image: bool,
+    /// See [`EngineStats::image_damage`] and [`EngineStats::graph_damage`].
+    image_damage: Option<String>,
+    graph_damage: Option<String>,
     /// The (epoch, seq) of the image beside the store when it is known to hold exactly
     /// that replica (opened from it, or written by this engine): no rewrite needed.
     image_at: Mutex<Option<(u64, u64)>>,
@@ -241,12 +250,21 @@ impl Engine {
                 (Box::new(writer), Box::new(reader))
             }
         };
+        let mut image_damage = None;
         let from_image = match path {
             Some(p) if fast_open => {
                 let (epoch, seq, stored_dim, token) = writer.image_position()?;
                 token.and_then(|token| {
                     let expected = image::Expected { token: &token, epoch, seq, dim: stored_dim };
-                    image::load(&image_file(p), &expected, precision)
+                    match image::load(&image_file(p), &expected, precision) {
+                        image::Loaded::Image(state) => Some(*state),
+                        image::Loaded::Unused => None,
+                        // A cache: read the store as if there were none, and say why.
+                        image::Loaded::Damaged(why) => {
+                            image_damage = Some(why);
+                            None
+                        }
+                    }
                 })
             }
             _ => None,
@@ -271,11 +289,13 @@ impl Engine {
             }
         }
         state.dim = state.dim.or(dim);
+        let mut graph_damage = None;
         if let Some(p) = path {
             // The graph saved by the last close, when it was written at exactly this store
-            // position; otherwise it is rebuilt in the background.
+            // position; otherwise (and when it is damaged: said in stats) it is rebuilt in
+            // the background.
             if let Ok(bytes) = std::fs::read(graph_file(p)) {
-                state.install_graph_file(&bytes);
+                graph_damage = state.install_graph_file(&bytes).err();
             }
         }
         let engine = Engine {
@@ -295,6 +315,8 @@ impl Engine {
             fast_open,
             read_only,
             opened_from_image: image_at.is_some(),
+            image_damage,
+            graph_damage,
             image_at: Mutex::new(image_at),
         };
         if image_at.is_some() {
@@ -1055,6 +1077,8 @@ impl Engine {
             coalesced_batches: self.coalesced_batches.load(Ordering::Relaxed),
             fast_open: self.fast_open,
             opened_from_image: self.opened_from_image,
+            image_damage: self.image_damage.clone(),
+            graph_damage: self.graph_damage.clone(),
             read_only: self.read_only,
             damaged: st.damaged(),
         }

@@ -504,12 +504,24 @@ impl Hnsw {
     }
 }
 
-/// The graph file's first bytes (format version 1).
-const FILE_MAGIC: &[u8; 8] = b"FMHNSW01";
+/// The graph file's first bytes. Version 2 checksums each section with a CRC-32; version
+/// 1 files (one FNV-1a over the body) are not read: a cache, rebuilt.
+const FILE_MAGIC: &[u8; 8] = b"FMHNSW02";
+/// What every version's magic starts with: a file that starts otherwise is not a graph.
+const FILE_MAGIC_FAMILY: &[u8; 6] = b"FMHNSW";
+/// Header bytes: magic, epoch, seq, dim, m, ef_construction, count, the two sections'
+/// lengths and CRCs, then the CRC of all of that.
+const FILE_HEADER: usize = 8 + 8 * 2 + 4 * 4 + 8 * 2 + 4 * 3;
+/// The fewest bytes a node takes in the nodes section (an empty id and a level), and a
+/// node's links in the links section (one count): bound the nodes a file can name before
+/// anything is allocated for them.
+const MIN_NODE_BYTES: usize = 4 + 1;
+const MIN_LINKS_BYTES: usize = 4;
 
-/// FNV-1a over the file's body: a torn or foreign file is refused, never half-read.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(bytes);
+    h.finalize()
 }
 
 /// Where a saved graph belongs: the store's position when it was written.
@@ -519,6 +531,120 @@ pub struct SavedAt {
     pub seq: u64,
 }
 
+/// Why a saved graph was not installed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GraphUnfit {
+    /// Not damage: written at another store position, with other parameters or dimension,
+    /// naming records this replica does not hold, or of another format version.
+    Stale,
+    /// The file is damaged (what is wrong, in words).
+    Damaged(String),
+}
+
+/// A graph file's header, checked, and its two sections, their checksums verified.
+struct GraphFile<'a> {
+    at: SavedAt,
+    dim: usize,
+    params: HnswParams,
+    count: usize,
+    nodes: &'a [u8],
+    links: &'a [u8],
+}
+
+/// The header and sections of a graph file: its magic, the header's CRC, the sections'
+/// lengths against the file's, and each section's CRC.
+fn parse_graph_file(bytes: &[u8]) -> Result<GraphFile<'_>, GraphUnfit> {
+    let damaged = |why: String| Err(GraphUnfit::Damaged(why));
+    if !bytes.starts_with(FILE_MAGIC_FAMILY) {
+        return damaged(if bytes.len() < FILE_MAGIC_FAMILY.len() { format!("truncated: {} bytes", bytes.len()) } else { "not a ferromem graph file (wrong magic bytes)".into() });
+    }
+    if bytes.len() >= 8 && !bytes.starts_with(FILE_MAGIC) {
+        return Err(GraphUnfit::Stale); // another format version
+    }
+    let Some(header) = bytes.get(..FILE_HEADER) else {
+        return damaged(format!("truncated: {} bytes, shorter than the {FILE_HEADER}-byte header", bytes.len()));
+    };
+    let mut r = Reader { bytes: header, at: FILE_MAGIC.len() };
+    let field = |x: Option<u64>| x.expect("inside the header");
+    let at = SavedAt { epoch: field(r.u64()), seq: field(r.u64()) };
+    let [dim, m, ef_construction, count] = [(); 4].map(|()| field(r.u32().map(u64::from)) as usize);
+    let (nodes_len, links_len) = (field(r.u64()), field(r.u64()));
+    let (nodes_crc, links_crc, header_crc) = (field(r.u32().map(u64::from)) as u32, field(r.u32().map(u64::from)) as u32, field(r.u32().map(u64::from)) as u32);
+    if crc32(&header[..FILE_HEADER - 4]) != header_crc {
+        return damaged("the header fails its checksum".into());
+    }
+    let body = (bytes.len() - FILE_HEADER) as u64;
+    if nodes_len.checked_add(links_len) != Some(body) {
+        return damaged(format!("truncated or extended: {} bytes where the header says {}", bytes.len(), FILE_HEADER as u128 + nodes_len as u128 + links_len as u128));
+    }
+    let (nodes, links) = bytes[FILE_HEADER..].split_at(nodes_len as usize);
+    if crc32(nodes) != nodes_crc {
+        return damaged("the nodes section (record ids and levels) fails its checksum".into());
+    }
+    if crc32(links) != links_crc {
+        return damaged("the links section fails its checksum".into());
+    }
+    if m < 2 || ef_construction == 0 || count > nodes.len() / MIN_NODE_BYTES || count > links.len() / MIN_LINKS_BYTES {
+        return damaged(format!("impossible header: {count} nodes, m = {m}, ef_construction = {ef_construction}"));
+    }
+    Ok(GraphFile { at, dim, params: HnswParams { m, ef_construction }, count, nodes, links })
+}
+
+/// What [`GraphFile::walk`] finds, in file order.
+enum Item<'b, 'l> {
+    /// Node `i`: its record id and level.
+    Node(usize, &'b str, u8),
+    /// The links of node `i` on one layer, as node indexes.
+    Links(usize, u8, &'l [u32]),
+}
+
+impl<'b> GraphFile<'b> {
+    /// Walks the sections: `visit(Node)` for each node in order, then `visit(Links)` for
+    /// each of each node's layers. Checks the structure: UTF-8 ids, levels and link counts
+    /// within bounds, links to nodes that exist, both sections read to their end.
+    fn walk(&self, mut visit: impl FnMut(Item<'b, '_>) -> Result<(), GraphUnfit>) -> Result<(), GraphUnfit> {
+        let damaged = |why: String| Err(GraphUnfit::Damaged(why));
+        let nodes: &'b [u8] = self.nodes;
+        let mut r = Reader { bytes: nodes, at: 0 };
+        let mut levels = Vec::with_capacity(self.count);
+        for i in 0..self.count {
+            let Some(id) = r.u32().and_then(|n| r.take(n as usize)) else { return damaged(format!("node {i} of {} runs past the nodes section", self.count)) };
+            let Ok(id) = std::str::from_utf8(id) else { return damaged(format!("node {i}'s record id is not UTF-8")) };
+            let Some(level) = r.u8().filter(|&l| l <= MAX_LEVEL) else { return damaged(format!("node {i} has no valid level")) };
+            visit(Item::Node(i, id, level))?;
+            levels.push(level);
+        }
+        if r.at != nodes.len() {
+            return damaged(format!("{} bytes follow the last node", nodes.len() - r.at));
+        }
+        let mut r = Reader { bytes: self.links, at: 0 };
+        // Grows with the links actually read: m comes from the file, unbounded.
+        let mut list = Vec::new();
+        for (i, &level) in levels.iter().enumerate() {
+            for l in 0..=level {
+                let max = if l == 0 { 2 * self.params.m } else { self.params.m };
+                let Some(n) = r.u32().map(|n| n as usize) else { return damaged(format!("the links of node {i} run past the links section")) };
+                if n > max {
+                    return damaged(format!("node {i} has {n} links on layer {l}, more than {max}"));
+                }
+                list.clear();
+                for _ in 0..n {
+                    match r.u32() {
+                        Some(to) if (to as usize) < self.count => list.push(to),
+                        Some(to) => return damaged(format!("node {i} links to node {to}, of {}", self.count)),
+                        None => return damaged(format!("the links of node {i} run past the links section")),
+                    }
+                }
+                visit(Item::Links(i, l, &list))?;
+            }
+        }
+        if r.at != self.links.len() {
+            return damaged(format!("{} bytes follow the last links", self.links.len() - r.at));
+        }
+        Ok(())
+    }
+}
+
 impl Hnsw {
     /// The graph as bytes, with nodes named by record id (slots are renumbered when a store
     /// is reopened). Only current nodes are kept (`is_current`): links to the others
@@ -526,7 +652,24 @@ impl Hnsw {
     pub fn to_bytes<'a>(&self, at: SavedAt, current: &Current<'_>, id_of: impl Fn(u32) -> &'a str) -> Vec<u8> {
         let kept: Vec<u32> = (0..self.levels.len() as u32).filter(|&s| self.is_current(s, current)).collect();
         let index_of: HashMap<u32, u32> = kept.iter().enumerate().map(|(i, &s)| (s, i as u32)).collect();
-        let mut out = Vec::with_capacity(kept.len() * (self.m0() + 24) * 4);
+        let mut nodes = Vec::with_capacity(kept.len() * 24);
+        for &s in &kept {
+            let id = id_of(s).as_bytes();
+            nodes.extend_from_slice(&(id.len() as u32).to_le_bytes());
+            nodes.extend_from_slice(id);
+            nodes.push(self.levels[s as usize]);
+        }
+        let mut links_out = Vec::with_capacity(kept.len() * (self.m0() + 2) * 4);
+        for &s in &kept {
+            for level in 0..=self.levels[s as usize] {
+                let links: Vec<u32> = self.links(s, level).iter().filter_map(|nb| index_of.get(nb).copied()).collect();
+                links_out.extend_from_slice(&(links.len() as u32).to_le_bytes());
+                for l in links {
+                    links_out.extend_from_slice(&l.to_le_bytes());
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(FILE_HEADER + nodes.len() + links_out.len());
         out.extend_from_slice(FILE_MAGIC);
         for x in [at.epoch, at.seq] {
             out.extend_from_slice(&x.to_le_bytes());
@@ -534,82 +677,132 @@ impl Hnsw {
         for x in [self.dim, self.params.m, self.params.ef_construction, kept.len()] {
             out.extend_from_slice(&(x as u32).to_le_bytes());
         }
-        for &s in &kept {
-            let id = id_of(s).as_bytes();
-            out.extend_from_slice(&(id.len() as u32).to_le_bytes());
-            out.extend_from_slice(id);
-            out.push(self.levels[s as usize]);
+        for x in [nodes.len() as u64, links_out.len() as u64] {
+            out.extend_from_slice(&x.to_le_bytes());
         }
-        for &s in &kept {
-            for level in 0..=self.levels[s as usize] {
-                let links: Vec<u32> = self.links(s, level).iter().filter_map(|nb| index_of.get(nb).copied()).collect();
-                out.extend_from_slice(&(links.len() as u32).to_le_bytes());
-                for l in links {
-                    out.extend_from_slice(&l.to_le_bytes());
-                }
-            }
+        for x in [crc32(&nodes), crc32(&links_out)] {
+            out.extend_from_slice(&x.to_le_bytes());
         }
-        let sum = fnv1a(&out);
-        out.extend_from_slice(&sum.to_le_bytes());
+        let header_crc = crc32(&out);
+        out.extend_from_slice(&header_crc.to_le_bytes());
+        debug_assert_eq!(out.len(), FILE_HEADER);
+        out.extend_from_slice(&nodes);
+        out.extend_from_slice(&links_out);
         out
     }
 
     /// Reads a graph written by `to_bytes`, mapping record ids to this replica's slots
-    /// (`slot_of`, with the slot's current version). None when the bytes are not a whole
-    /// graph file, or when it was written at another store position than `expected`, with
-    /// other parameters, or names a record the replica does not hold.
-    pub fn from_bytes(bytes: &[u8], expected: SavedAt, dim: usize, params: HnswParams, slot_of: impl Fn(&str) -> Option<(u32, u32)>) -> Option<Hnsw> {
-        let body = bytes.len().checked_sub(8).map(|n| &bytes[..n])?;
-        if !body.starts_with(FILE_MAGIC) || fnv1a(body).to_le_bytes() != bytes[body.len()..] {
-            return None;
-        }
-        let mut r = Reader { bytes: body, at: FILE_MAGIC.len() };
-        let at = SavedAt { epoch: r.u64()?, seq: r.u64()? };
-        let (fdim, m, efc, count) = (r.u32()? as usize, r.u32()? as usize, r.u32()? as usize, r.u32()? as usize);
-        if at != expected || fdim != dim || (HnswParams { m, ef_construction: efc }) != params {
-            return None;
+    /// (`slot_of`, with the slot's current version). Damaged when a checksum or the
+    /// structure fails; stale when it was written at another store position than
+    /// `expected`, with other parameters, in another format version, or names a record the
+    /// replica does not hold.
+    pub fn from_bytes(bytes: &[u8], expected: SavedAt, dim: usize, params: HnswParams, slot_of: impl Fn(&str) -> Option<(u32, u32)>) -> Result<Hnsw, GraphUnfit> {
+        let file = parse_graph_file(bytes)?;
+        if file.at != expected || file.dim != dim || file.params != params {
+            return Err(GraphUnfit::Stale);
         }
         let mut g = Hnsw::new(dim, params);
-        let mut slots = Vec::with_capacity(count);
-        for _ in 0..count {
-            let len = r.u32()? as usize;
-            let id = std::str::from_utf8(r.take(len)?).ok()?;
-            let level = r.u8()?;
-            if level > MAX_LEVEL {
-                return None;
-            }
-            let (slot, version) = slot_of(id)?;
-            g.grow_to(slot as usize + 1);
-            if g.levels[slot as usize] != ABSENT {
-                return None; // an id twice
-            }
-            g.levels[slot as usize] = level;
-            g.versions[slot as usize] = version;
-            if level > 0 {
-                g.upper.insert(slot, vec![0u32; level as usize * (params.m + 1)].into_boxed_slice());
-            }
-            g.nodes += 1;
-            if g.entry.is_none() || level > g.top {
-                g.entry = Some(slot);
-                g.top = level;
-            }
-            slots.push(slot);
-        }
-        for &slot in &slots {
-            for level in 0..=g.levels[slot as usize] {
-                let n = r.u32()? as usize;
-                if n > g.max_links(level) {
-                    return None;
+        let mut slots = Vec::with_capacity(file.count);
+        file.walk(|item| match item {
+            Item::Node(i, id, level) => {
+                // Not this replica's records: a graph of another history at this position.
+                let Some((slot, version)) = slot_of(id) else { return Err(GraphUnfit::Stale) };
+                g.grow_to(slot as usize + 1);
+                if g.levels[slot as usize] != ABSENT {
+                    return Err(GraphUnfit::Damaged(format!("node {i} names record {id:?} a second time")));
                 }
-                let mut links = Vec::with_capacity(n);
-                for _ in 0..n {
-                    links.push(*slots.get(r.u32()? as usize)?);
+                g.levels[slot as usize] = level;
+                g.versions[slot as usize] = version;
+                if level > 0 {
+                    g.upper.insert(slot, vec![0u32; level as usize * (params.m + 1)].into_boxed_slice());
                 }
-                g.set_links(slot, level, &links);
+                g.nodes += 1;
+                if g.entry.is_none() || level > g.top {
+                    g.entry = Some(slot);
+                    g.top = level;
+                }
+                slots.push(slot);
+                Ok(())
             }
-        }
-        (r.at == body.len()).then_some(g)
+            Item::Links(i, level, links) => {
+                let to: Vec<u32> = links.iter().map(|&n| slots[n as usize]).collect();
+                g.set_links(slots[i], level, &to);
+                Ok(())
+            }
+        })?;
+        Ok(g)
     }
+}
+
+/// The problems of a graph file's bytes, checked on their own (its checksums and
+/// structure, not whether it is current for a store): empty when whole. A file of another
+/// format version is not damage (it is never read, and rewritten at the next close).
+pub fn verify_graph_bytes(bytes: &[u8]) -> Vec<String> {
+    let file = match parse_graph_file(bytes) {
+        Ok(f) => f,
+        Err(GraphUnfit::Stale) => return Vec::new(),
+        Err(GraphUnfit::Damaged(why)) => return vec![why],
+    };
+    let mut ids = std::collections::HashSet::with_capacity(file.count);
+    let result = file.walk(|item| match item {
+        Item::Node(i, id, _) if !ids.insert(id) => Err(GraphUnfit::Damaged(format!("node {i} names record {id:?} a second time"))),
+        _ => Ok(()),
+    });
+    match result {
+        Err(GraphUnfit::Damaged(why)) => vec![why],
+        _ => Vec::new(),
+    }
+}
+
+/// The problems of the graph file at `path` (see [`verify_graph_bytes`]); no file is not
+/// damage: empty.
+pub fn verify_graph_file(path: &std::path::Path) -> Vec<String> {
+    match std::fs::read(path) {
+        Ok(bytes) => verify_graph_bytes(&bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => vec![format!("cannot be read: {e}")],
+    }
+}
+
+/// The graph reader on arbitrary bytes, for the fuzz target (`examples/fuzz_caches.rs`):
+/// [`verify_graph_bytes`], then [`Hnsw::from_bytes`] with the file's own position and
+/// parameters and a replica that holds every id it names. Must never panic, read out of
+/// bounds or allocate beyond a bound set by the input's length. Returns whether a graph
+/// was read.
+#[doc(hidden)]
+pub fn fuzz_read(bytes: &[u8]) -> bool {
+    let _ = verify_graph_bytes(bytes);
+    let Ok(file) = parse_graph_file(bytes) else { return false };
+    // The engine bounds m (128) and ef_construction; a graph of other parameters is stale.
+    if file.params.m > 128 {
+        return false;
+    }
+    let slots: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+    let slot_of = |id: &str| {
+        let mut s = slots.borrow_mut();
+        let n = s.len() as u32;
+        Some((*s.entry(id.to_owned()).or_insert(n), 1))
+    };
+    Hnsw::from_bytes(bytes, file.at, file.dim, file.params, slot_of).is_ok()
+}
+
+/// Recomputes the checksums of a graph file whose header is there (after a mutation),
+/// with the section lengths clamped to the file, so the fuzz target reaches the structure
+/// checks behind them. False when there is no header to fill.
+#[doc(hidden)]
+pub fn fuzz_reseal(bytes: &mut [u8]) -> bool {
+    if bytes.len() < FILE_HEADER || !bytes.starts_with(FILE_MAGIC) {
+        return false;
+    }
+    let body = bytes.len() - FILE_HEADER;
+    let nodes_len = (u64::from_le_bytes(bytes[40..48].try_into().expect("8 bytes")).min(body as u64)) as usize;
+    let (nodes, links) = bytes[FILE_HEADER..].split_at(nodes_len);
+    let (nc, lc) = (crc32(nodes), crc32(links));
+    bytes[56..60].copy_from_slice(&nc.to_le_bytes());
+    bytes[60..64].copy_from_slice(&lc.to_le_bytes());
+    let hc = crc32(&bytes[..FILE_HEADER - 4]);
+    bytes[FILE_HEADER - 4..FILE_HEADER].copy_from_slice(&hc.to_le_bytes());
+    true
 }
 
 /// Neighbour rows requested ahead of the one being scored.

@@ -4,12 +4,15 @@
 //! Opening a 100,000 x 1536 store from SQLite copies ~900 MB into fresh memory (vectors,
 //! their unit half-precision copy), and half of that time is the kernel zeroing the new
 //! pages. An image holds the same rows in the arena's chunk layout, so the arena maps them
-//! (privately: a write copies one page, the file never changes) and pages them in on first
-//! use; only the records' fields are decoded at open.
+//! (privately: a write copies one page, the file never changes); only the records' fields
+//! are decoded at open.
 //!
 //! The image is a cache, never the truth. It is used only when
-//! * it is whole: written to a temporary file, flushed to disk, then renamed; its header,
-//!   records and norms carry a CRC-32 and its length is checked;
+//! * it is whole: written to a temporary file, flushed to disk, then renamed; every
+//!   section carries a CRC-32 (the header and the checksum table one, the records, the
+//!   norms and the int8 factors one each, the row sections one per arena chunk of 4,096
+//!   rows), and every section the replica will use is verified at open, before any row
+//!   can be read (see [`load`]);
 //! * it belongs to this store file: its random token equals the one the closing process
 //!   committed to the store's `meta` table after the rename (a restored backup or another
 //!   store's image has another token, or none);
@@ -17,12 +20,17 @@
 //!   sequence no newer than the store's. The engine then applies the changes committed
 //!   after the image, exactly as it catches up with another process.
 //!
-//! Otherwise the store is read from SQLite as before. Layout (little-endian):
+//! Otherwise the store is read from SQLite as before. A damaged image ([`Loaded::Damaged`])
+//! is reported with the reason, so the caller can say so; an image of another store,
+//! position or format version is simply not used. Layout (little-endian):
 //!
 //! ```text
 //! header (HEADER_BYTES): magic, version, precision (0 f32, 1 f16, 2 int8), dim, rows,
 //!                        epoch, seq, token, section offsets, file length,
-//!                        CRC-32 of header + records + norms (+ int8 factors)
+//!                        CRC-32 of the header fields and the checksum table
+//! checksum table       : u32 CRC-32s: records, norms, then the aux section (f32: one per
+//!                        chunk of rows; int8: one for the factors; f16: none), then the
+//!                        search rows (one per chunk of rows)
 //! records              : per record its fields (strings as u32 length + UTF-8)
 //! norms                : rows x f32 (1/|v|)
 //! aux                  : f32 images: rows x dim x f32, page-aligned
@@ -35,25 +43,37 @@
 //!
 //! The rows are the replica's own, byte for byte: an int8 image holds the quantisation the
 //! store made from the exact vectors, so a replica from the image equals one read from
-//! SQLite. Readers that predate int8 images reject precision 2 and read the store.
+//! SQLite. Version 1 images (no checksums over the rows) are not read: they are caches,
+//! rewritten at the next close.
 
 use crate::arena::{Arena, Chunk, ZeroBits, CHUNK_ROWS};
 use crate::cursor::Reader;
 use crate::record::Record;
 use crate::state::{ImageArenas, ImageRows, Precision, State};
 use memmap2::{MmapMut, MmapOptions};
+use rayon::prelude::*;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const MAGIC: &[u8; 8] = b"FMIMAGE\0";
-const VERSION: u32 = 1;
+/// Version 2: every section checksummed, the rows included (version 1 left them out).
+const VERSION: u32 = 2;
 /// The header occupies the first page; the sections that are mapped start on page bounds.
 const HEADER_BYTES: usize = 4096;
 const PAGE: u64 = 4096;
-/// Bytes of the header that the CRC covers (everything before the CRC itself).
+/// Bytes of header fields that the header CRC covers (everything before the CRC itself).
 const HEADER_USED: usize = 8 + 4 + 4 + 8 * 4 + 16 + 8 * 6;
+/// The widest rows an image holds. Wider stores keep no image: the arena's last chunk is
+/// copied at open (4,096 rows of `dim` values), and a bound from the format keeps a
+/// damaged or hostile header from asking for a huge allocation.
+pub const MAX_DIM: usize = 65_536;
+/// The fewest bytes a record takes in the records section (five empty strings, a
+/// category count, a source flag, three f64, a private flag): bounds the records a
+/// section of a given length can hold before anything is allocated for them.
+const MIN_RECORD_BYTES: usize = 5 * 4 + 4 + 1 + 3 * 8 + 1;
 
 /// The image file of the store at `path`: `<path>.image`.
 pub fn image_file(path: &Path) -> PathBuf {
@@ -131,10 +151,89 @@ fn bytes_of<T: Copy>(values: &[T]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, std::mem::size_of_val(values)) }
 }
 
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(bytes);
+    h.finalize()
+}
+
+/// The sections of an image, as the checksum table and the problems name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    Records,
+    Norms,
+    /// The f32 rows of an f32 image, the quantisation factors of an int8 one.
+    Aux,
+    /// The half-precision (f32, f16) or int8 rows that searches scan.
+    Rows,
+}
+
+/// One checksummed piece of an image: a whole small section, or one arena chunk of rows.
+struct Piece {
+    section: Section,
+    /// The rows the piece holds (all of them for a whole section).
+    rows: Range<usize>,
+    bytes: Range<usize>,
+    crc: u32,
+}
+
+impl Piece {
+    fn describe(&self, precision: Precision) -> String {
+        let what = match (self.section, precision) {
+            (Section::Records, _) => "the records",
+            (Section::Norms, _) => "the norms",
+            (Section::Aux, Precision::Int8) => "the int8 quantisation factors",
+            (Section::Aux, _) => "the f32 rows",
+            (Section::Rows, Precision::Int8) => "the int8 rows",
+            (Section::Rows, _) => "the half-precision rows",
+        };
+        match self.section {
+            Section::Aux if precision == Precision::F32 => format!("{what} {}..{}", self.rows.start, self.rows.end),
+            Section::Rows => format!("{what} {}..{}", self.rows.start, self.rows.end),
+            _ => what.to_owned(),
+        }
+    }
+}
+
+/// The checksummed pieces of a row section of `rows` x `dim` values of `elem` bytes at
+/// `offset`: one per arena chunk, so that verification runs in parallel and a problem
+/// names the rows it concerns. `crcs` yields the table's entries in order.
+fn row_pieces(section: Section, offset: usize, rows: usize, dim: usize, elem: usize, crcs: &mut impl Iterator<Item = u32>, out: &mut Vec<Piece>) -> Option<()> {
+    for c in 0..rows.div_ceil(CHUNK_ROWS) {
+        let first = c * CHUNK_ROWS;
+        let end = (first + CHUNK_ROWS).min(rows);
+        let bytes = offset + first * dim * elem..offset + end * dim * elem;
+        out.push(Piece { section, rows: first..end, bytes, crc: crcs.next()? });
+    }
+    Some(())
+}
+
+/// Entries of the checksum table of an image of `rows` rows at `precision`.
+fn table_entries(precision: Precision, rows: usize) -> usize {
+    let chunks = rows.div_ceil(CHUNK_ROWS);
+    2 + match precision {
+        Precision::F32 => 2 * chunks,
+        Precision::F16 => chunks,
+        Precision::Int8 => 1 + chunks,
+    }
+}
+
+fn precision_code(p: Precision) -> u32 {
+    match p {
+        Precision::F32 => 0,
+        Precision::F16 => 1,
+        Precision::Int8 => 2,
+    }
+}
+
 /// Writes the image of `state` to `target` with `token`: a temporary file beside it, flushed
-/// to disk, then renamed over it. Writes nothing for an empty store.
+/// to disk, then renamed over it. Writes nothing for an empty store; refuses a store wider
+/// than [`MAX_DIM`].
 pub fn write(state: &State, target: &Path, token: &str) -> std::io::Result<()> {
     let (Some(dim), false) = (state.dim, state.is_empty()) else { return Ok(()) };
+    if dim > MAX_DIM {
+        return Err(std::io::Error::other(format!("a store image holds at most {MAX_DIM} dimensions")));
+    }
     let token = token_bytes(token).ok_or_else(|| std::io::Error::other("an image token is 32 hex digits"))?;
     let rows = state.len() as u64;
     let values = rows * dim as u64;
@@ -145,18 +244,17 @@ pub fn write(state: &State, target: &Path, token: &str) -> std::io::Result<()> {
         norms.extend_from_slice(&inv.to_le_bytes());
     }
     let vectors = state.image_vectors();
-    // The int8 factors are small and checked like the norms; the large row sections are not
-    // (a CRC over a gigabyte would cost the open its milliseconds).
     let factors: Vec<u8> = match &vectors {
         ImageRows::Int8 { slots, factors, .. } => slots.clone().flat_map(|s| factors[s].to_le_bytes()).collect(),
         _ => Vec::new(),
     };
-    let (precision_code, row_bytes) = match &vectors {
-        ImageRows::F32 { .. } => (0u32, 2),
-        ImageRows::F16 { .. } => (1u32, 2),
-        ImageRows::Int8 { .. } => (2u32, 1),
+    let (precision, row_bytes) = match &vectors {
+        ImageRows::F32 { .. } => (Precision::F32, 2),
+        ImageRows::F16 { .. } => (Precision::F16, 2),
+        ImageRows::Int8 { .. } => (Precision::Int8, 1),
     };
-    let records_off = HEADER_BYTES as u64;
+    let table_bytes = 4 * table_entries(precision, state.len()) as u64;
+    let records_off = HEADER_BYTES as u64 + table_bytes;
     let norms_off = align_up(records_off + records.len() as u64, 64);
     let norms_end = norms_off + norms.len() as u64;
     let (aux_off, aux_end) = match &vectors {
@@ -170,7 +268,7 @@ pub fn write(state: &State, target: &Path, token: &str) -> std::io::Result<()> {
     let mut header = Vec::with_capacity(HEADER_BYTES);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&VERSION.to_le_bytes());
-    header.extend_from_slice(&precision_code.to_le_bytes());
+    header.extend_from_slice(&precision_code(precision).to_le_bytes());
     for x in [dim as u64, rows, state.epoch, state.seq] {
         header.extend_from_slice(&x.to_le_bytes());
     }
@@ -179,13 +277,6 @@ pub fn write(state: &State, target: &Path, token: &str) -> std::io::Result<()> {
         header.extend_from_slice(&x.to_le_bytes());
     }
     debug_assert_eq!(header.len(), HEADER_USED);
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&header);
-    crc.update(&records);
-    crc.update(&norms);
-    crc.update(&factors);
-    header.extend_from_slice(&crc.finalize().to_le_bytes());
-    header.resize(HEADER_BYTES, 0);
 
     let tmp = {
         let mut name = target.as_os_str().to_owned();
@@ -206,32 +297,59 @@ pub fn write(state: &State, target: &Path, token: &str) -> std::io::Result<()> {
             at += bytes.len() as u64;
             Ok(())
         };
-        put(&mut w, 0, &header)?;
+        // The header and the checksum table are written last (the row checksums are
+        // computed while the rows are written): zeros hold their place meanwhile.
+        put(&mut w, 0, &vec![0u8; records_off as usize])?;
         put(&mut w, records_off, &records)?;
         put(&mut w, norms_off, &norms)?;
+        let mut table = vec![crc32(&records), crc32(&norms)];
+        if !factors.is_empty() {
+            // int8: the factors are the aux section, right after the norms.
+            put(&mut w, aux_off, &factors)?;
+            table.push(crc32(&factors));
+        }
+        // One CRC per arena chunk of rows, in row order.
+        let mut put_rows = |w: &mut BufWriter<File>, offset: u64, row_len: u64, rows: &mut dyn Iterator<Item = &[u8]>, table: &mut Vec<u32>| -> std::io::Result<()> {
+            let mut hasher = crc32fast::Hasher::new();
+            let mut i = 0u64;
+            for row in rows {
+                put(w, offset + i * row_len, row)?;
+                hasher.update(row);
+                i += 1;
+                if i.is_multiple_of(CHUNK_ROWS as u64) {
+                    table.push(std::mem::take(&mut hasher).finalize());
+                }
+            }
+            if !i.is_multiple_of(CHUNK_ROWS as u64) {
+                table.push(hasher.finalize());
+            }
+            Ok(())
+        };
         match vectors {
             ImageRows::F32 { slots, vectors, half } => {
-                for (i, s) in slots.clone().enumerate() {
-                    put(&mut w, aux_off + i as u64 * dim as u64 * 4, bytes_of(vectors.row(s)))?;
-                }
-                for (i, s) in slots.enumerate() {
-                    put(&mut w, rows_off + i as u64 * dim as u64 * 2, bytes_of(half.row(s)))?;
-                }
+                put_rows(&mut w, aux_off, dim as u64 * 4, &mut slots.clone().map(|s| bytes_of(vectors.row(s))), &mut table)?;
+                put_rows(&mut w, rows_off, dim as u64 * 2, &mut slots.map(|s| bytes_of(half.row(s))), &mut table)?;
             }
             ImageRows::F16 { slots, half } => {
-                for (i, s) in slots.enumerate() {
-                    put(&mut w, rows_off + i as u64 * dim as u64 * 2, bytes_of(half.row(s)))?;
-                }
+                put_rows(&mut w, rows_off, dim as u64 * 2, &mut slots.map(|s| bytes_of(half.row(s))), &mut table)?;
             }
             ImageRows::Int8 { slots, quant, .. } => {
-                put(&mut w, aux_off, &factors)?;
-                for (i, s) in slots.enumerate() {
-                    put(&mut w, rows_off + i as u64 * dim as u64, bytes_of(quant.row(s)))?;
-                }
+                put_rows(&mut w, rows_off, dim as u64, &mut slots.map(|s| bytes_of(quant.row(s))), &mut table)?;
             }
         }
-        debug_assert_eq!(at, file_len);
+        debug_assert_eq!(table.len() as u64 * 4, table_bytes);
+        let table: Vec<u8> = table.iter().flat_map(|c| c.to_le_bytes()).collect();
+        let mut head = header.clone();
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header);
+        hasher.update(&table);
+        head.extend_from_slice(&hasher.finalize().to_le_bytes());
+        head.resize(HEADER_BYTES, 0);
+        head.extend_from_slice(&table);
+        w.seek(SeekFrom::Start(0))?;
+        w.write_all(&head)?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
+        debug_assert_eq!(file.metadata()?.len(), file_len);
         // On disk before the rename: a crash must never leave a whole-looking image with
         // pages that were not written.
         file.sync_all()?;
@@ -246,7 +364,7 @@ pub fn write(state: &State, target: &Path, token: &str) -> std::io::Result<()> {
 #[cfg(not(target_endian = "little"))]
 compile_error!("the store image stores values in the machine's byte order, assumed little-endian");
 
-/// The image's header fields.
+/// The image's header fields and checksummed pieces.
 struct Header {
     precision: Precision,
     dim: usize,
@@ -254,10 +372,23 @@ struct Header {
     epoch: u64,
     seq: u64,
     token: [u8; 16],
-    records: (usize, usize),
-    norms_off: usize,
+    records: Range<usize>,
+    norms: Range<usize>,
     aux_off: usize,
     rows_off: usize,
+    pieces: Vec<Piece>,
+}
+
+/// Why an image's bytes are not read.
+enum Unread {
+    /// Not damage: an image of another format version (a cache this build does not read).
+    OtherVersion,
+    /// Damage: what is wrong, in words.
+    Damaged(String),
+}
+
+fn damaged<T>(why: impl Into<String>) -> Result<T, Unread> {
+    Err(Unread::Damaged(why.into()))
 }
 
 /// One record as `encode_record` wrote it.
@@ -285,65 +416,123 @@ fn read_record(r: &mut Reader<'_>) -> Option<Record> {
     Some(Record { id: id.into(), content, scope, categories, metadata_json, importance, created_at, last_accessed, source, private })
 }
 
-fn parse_header(bytes: &[u8]) -> Option<Header> {
-    let mut r = Reader { bytes: bytes.get(..HEADER_BYTES)?, at: 0 };
-    if r.take(8)? != MAGIC || r.u32()? != VERSION {
-        return None;
+/// The header and checksum table of an image, checked: magic, version, the header CRC,
+/// and every section inside the file, in order, aligned where it is mapped. The sections'
+/// own checksums are checked by [`damage`].
+fn parse_header(bytes: &[u8]) -> Result<Header, Unread> {
+    if bytes.len() < HEADER_BYTES {
+        return damaged(format!("truncated: {} bytes, shorter than the {HEADER_BYTES}-byte header", bytes.len()));
     }
-    let precision = match r.u32()? {
+    let mut r = Reader { bytes: &bytes[..HEADER_BYTES], at: 0 };
+    let field = |x: Option<u64>| x.expect("inside the header page");
+    if r.take(8) != Some(&MAGIC[..]) {
+        return damaged("not a ferromem store image (wrong magic bytes)");
+    }
+    let version = field(r.u32().map(u64::from)) as u32;
+    if version != VERSION {
+        return Err(Unread::OtherVersion);
+    }
+    let code = field(r.u32().map(u64::from)) as u32;
+    let (dim, rows, epoch, seq) = (field(r.u64()), field(r.u64()), field(r.u64()), field(r.u64()));
+    let token: [u8; 16] = r.take(16).and_then(|t| t.try_into().ok()).expect("inside the header page");
+    let (records_off, records_len, norms_off, aux_off, rows_off, file_len) = (field(r.u64()), field(r.u64()), field(r.u64()), field(r.u64()), field(r.u64()), field(r.u64()));
+    let crc = field(r.u32().map(u64::from)) as u32;
+    let precision = match code {
         0 => Precision::F32,
         1 => Precision::F16,
         2 => Precision::Int8,
-        _ => return None,
+        _ => return damaged(format!("unknown precision code {code} in the header")),
     };
-    let (dim, rows, epoch, seq) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
-    let token: [u8; 16] = r.take(16)?.try_into().ok()?;
-    let (records_off, records_len, norms_off, aux_off, rows_off, file_len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
-    let crc = r.u32()?;
-    // Every section inside the file, in order, aligned where it is mapped.
-    let values = dim.checked_mul(rows)?;
-    let norms_end = norms_off.checked_add(rows.checked_mul(4)?)?;
-    let (aux_ok, aux_end, row_bytes) = match precision {
-        Precision::F32 => (aux_off % PAGE == 0 && aux_off >= norms_end, aux_off.checked_add(values.checked_mul(4)?)?, 2),
-        Precision::F16 => (aux_off == 0, norms_end, 2),
-        Precision::Int8 => (aux_off == norms_end, aux_off.checked_add(rows.checked_mul(4)?)?, 1),
-    };
-    let ok = dim > 0
-        && rows > 0
-        && file_len == bytes.len() as u64
-        && records_off == HEADER_BYTES as u64
-        && norms_off >= records_off.checked_add(records_len)?
-        && norms_off % 4 == 0
-        && aux_ok
-        && rows_off % PAGE == 0
-        && rows_off >= aux_end
-        && file_len == rows_off.checked_add(values.checked_mul(row_bytes)?)?;
-    if !ok {
-        return None;
+    if dim == 0 || dim > MAX_DIM as u64 || rows == 0 {
+        return damaged(format!("impossible shape in the header: {rows} rows of {dim} values"));
     }
-    let (records_off, records_len, norms_off) = (records_off as usize, records_len as usize, norms_off as usize);
+    if rows > bytes.len() as u64 {
+        return damaged(format!("truncated: {} bytes, too short for the header's {rows} rows", bytes.len()));
+    }
+    let (dim, rows) = (dim as usize, rows as usize);
+    // The table's length follows from the shape, which is bounded by the file: nothing is
+    // read or allocated for it before this check.
+    let table_len = 4 * table_entries(precision, rows);
+    let Some(table) = bytes.get(HEADER_BYTES..HEADER_BYTES + table_len) else {
+        return damaged(format!("truncated: {} bytes, shorter than the header and checksum table", bytes.len()));
+    };
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&bytes[..HEADER_USED]);
-    hasher.update(&bytes[records_off..records_off + records_len]);
-    hasher.update(&bytes[norms_off..norms_off + rows as usize * 4]);
-    if precision == Precision::Int8 {
-        hasher.update(&bytes[aux_off as usize..aux_end as usize]);
-    }
+    hasher.update(table);
     if hasher.finalize() != crc {
-        return None;
+        return damaged("the header or the checksum table fails its checksum");
     }
-    Some(Header {
-        precision,
-        dim: dim as usize,
-        rows: rows as usize,
-        epoch,
-        seq,
-        token,
-        records: (records_off, records_len),
-        norms_off,
-        aux_off: aux_off as usize,
-        rows_off: rows_off as usize,
-    })
+    if file_len != bytes.len() as u64 {
+        return damaged(format!("truncated or extended: {} bytes where the header says {file_len}", bytes.len()));
+    }
+    // Every section inside the file, in order, aligned where it is mapped. The header
+    // passed its checksum, so a failure here is a writer's bug or a forged file.
+    let bad_layout = || Unread::Damaged("the header's section offsets do not describe a valid layout".into());
+    let values = (dim as u64).checked_mul(rows as u64).ok_or_else(bad_layout)?;
+    let norms_end = norms_off.checked_add(rows as u64 * 4).ok_or_else(bad_layout)?;
+    let (aux_ok, aux_end, row_bytes) = match precision {
+        Precision::F32 => (aux_off.is_multiple_of(PAGE) && aux_off >= norms_end, aux_off.checked_add(values.checked_mul(4).ok_or_else(bad_layout)?), 2),
+        Precision::F16 => (aux_off == 0, Some(norms_end), 2),
+        Precision::Int8 => (aux_off == norms_end, aux_off.checked_add(rows as u64 * 4), 1),
+    };
+    let aux_end = aux_end.ok_or_else(bad_layout)?;
+    let records_end = records_off.checked_add(records_len).ok_or_else(bad_layout)?;
+    let rows_end = values.checked_mul(row_bytes).and_then(|b| rows_off.checked_add(b)).ok_or_else(bad_layout)?;
+    let ok = records_off == (HEADER_BYTES + table_len) as u64
+        && norms_off >= records_end
+        && norms_off.is_multiple_of(4)
+        && aux_ok
+        && rows_off.is_multiple_of(PAGE)
+        && rows_off >= aux_end
+        && rows_end == file_len;
+    if !ok {
+        return Err(bad_layout());
+    }
+    let (records, norms) = (records_off as usize..records_end as usize, norms_off as usize..norms_end as usize);
+    let (aux_off, rows_off) = (aux_off as usize, rows_off as usize);
+    let mut crcs = table.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")));
+    let next = |crcs: &mut dyn Iterator<Item = u32>| crcs.next().expect("the table's length follows from the shape");
+    let mut pieces = vec![
+        Piece { section: Section::Records, rows: 0..rows, bytes: records.clone(), crc: next(&mut crcs) },
+        Piece { section: Section::Norms, rows: 0..rows, bytes: norms.clone(), crc: next(&mut crcs) },
+    ];
+    let (elem, found) = match precision {
+        Precision::F32 => (2, row_pieces(Section::Aux, aux_off, rows, dim, 4, &mut crcs, &mut pieces)),
+        Precision::F16 => (2, Some(())),
+        Precision::Int8 => {
+            pieces.push(Piece { section: Section::Aux, rows: 0..rows, bytes: aux_off..aux_end as usize, crc: next(&mut crcs) });
+            (1, Some(()))
+        }
+    };
+    found.and_then(|()| row_pieces(Section::Rows, rows_off, rows, dim, elem, &mut crcs, &mut pieces)).expect("the table's length follows from the shape");
+    Ok(Header { precision, dim, rows, epoch, seq, token, records, norms, aux_off, rows_off, pieces })
+}
+
+/// Verifies the pieces of `h` that `wanted` selects (all on all cores): the problems,
+/// in file order, at most `limit` of them.
+fn damage(bytes: &[u8], h: &Header, wanted: impl Fn(Section) -> bool + Sync, limit: usize) -> Vec<String> {
+    let mut bad: Vec<(usize, String)> = h
+        .pieces
+        .par_iter()
+        .enumerate()
+        .filter(|(_, p)| wanted(p.section) && crc32(&bytes[p.bytes.clone()]) != p.crc)
+        .map(|(i, p)| (i, format!("{} fail their checksum", p.describe(h.precision))))
+        .collect();
+    bad.sort_by_key(|b| b.0);
+    bad.into_iter().take(limit).map(|b| b.1).collect()
+}
+
+/// Every record of the records section, or what is wrong with it.
+fn read_records(bytes: &[u8], h: &Header) -> Result<Vec<Record>, String> {
+    let mut r = Reader { bytes: &bytes[..h.records.end], at: h.records.start };
+    let mut records = Vec::with_capacity(h.rows.min(h.records.len() / MIN_RECORD_BYTES));
+    for i in 0..h.rows {
+        records.push(read_record(&mut r).ok_or_else(|| format!("record {i} of {} does not decode", h.rows))?);
+    }
+    if r.at != h.records.end {
+        return Err(format!("{} bytes follow the last record", h.records.end - r.at));
+    }
+    Ok(records)
 }
 
 /// Little-endian f32s from `bytes` (a multiple of 4 long).
@@ -384,38 +573,192 @@ pub struct Expected<'a> {
     pub dim: Option<usize>,
 }
 
-/// The replica held by the image at `file`, at the image's (epoch, seq), when the image is
-/// whole and fits `expected`; None (the caller reads the store) otherwise.
-pub fn load(file: &Path, expected: &Expected<'_>, precision: Precision) -> Option<State> {
-    let f = File::open(file).ok()?;
+/// What [`load`] found beside the store.
+pub enum Loaded {
+    /// The replica the image holds, at the image's (epoch, seq), every section it uses
+    /// verified.
+    Image(Box<State>),
+    /// No image, or one that is not this store's current one (another store's, a position
+    /// the store has left, another precision or format version): not damage.
+    Unused,
+    /// The image is damaged (what is wrong, in words): it was not used.
+    Damaged(String),
+}
+
+/// The replica held by the image at `file` when the image is whole and fits `expected`.
+///
+/// Every section the replica will use (records, norms, and the rows of its precision) is
+/// checked against its CRC here, before the replica exists: no row is scored or returned
+/// before it was verified. The chunks are verified in parallel, through the mapping, so
+/// the pages are resident when the first search comes.
+pub fn load(file: &Path, expected: &Expected<'_>, precision: Precision) -> Loaded {
+    let Ok(f) = File::open(file) else { return Loaded::Unused };
+    match f.metadata() {
+        Ok(m) if m.len() < HEADER_BYTES as u64 => return Loaded::Damaged(format!("truncated: {} bytes, shorter than the {HEADER_BYTES}-byte header", m.len())),
+        Ok(_) => {}
+        Err(_) => return Loaded::Unused,
+    }
     // SAFETY: the mapping is private (copy-on-write), so our writes never reach the file.
     // Images are only ever replaced by rename, never rewritten in place, so the mapped
     // file does not change under us.
-    let map = Arc::new(unsafe { MmapOptions::new().map_copy(&f) }.ok()?);
-    let h = parse_header(&map)?;
+    let Ok(map) = (unsafe { MmapOptions::new().map_copy(&f) }) else { return Loaded::Unused };
+    // The checksums read every page: map them all in one call rather than one fault per
+    // few pages (read-only population: no page is copied). Not `MAP_POPULATE`, which on a
+    // private writable mapping copies every page. Older kernels refuse the advice; the
+    // pages then fault in as the checksums read them.
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::PopulateRead);
+    from_map(Arc::new(map), Some(expected), precision)
+}
+
+/// [`load`] on an image's bytes in `map`; with `expected` None, any store's image fits.
+fn from_map(map: Arc<MmapMut>, expected: Option<&Expected<'_>>, precision: Precision) -> Loaded {
+    let h = match parse_header(&map) {
+        Ok(h) => h,
+        Err(Unread::OtherVersion) => return Loaded::Unused,
+        Err(Unread::Damaged(why)) => return Loaded::Damaged(why),
+    };
     // An f16 store can use the half rows of an f32 image; otherwise the kinds must match.
     let usable = h.precision == precision || (precision == Precision::F16 && h.precision == Precision::F32);
-    if token_bytes(expected.token)? != h.token || h.epoch != expected.epoch || h.seq > expected.seq || expected.dim != Some(h.dim) || !usable {
-        return None;
+    let fits = expected.is_none_or(|e| token_bytes(e.token) == Some(h.token) && h.epoch == e.epoch && h.seq <= e.seq && e.dim == Some(h.dim));
+    if !usable || !fits {
+        return Loaded::Unused;
     }
-    let mut r = Reader { bytes: &map[..h.records.0 + h.records.1], at: h.records.0 };
-    let mut records = Vec::with_capacity(h.rows);
-    for _ in 0..h.rows {
-        records.push(read_record(&mut r)?);
+    // The f32 rows of an f32 image serve f32 stores only.
+    let uses_aux = h.precision != Precision::F32 || precision == Precision::F32;
+    if let Some(why) = damage(&map, &h, |s| s != Section::Aux || uses_aux, 1).pop() {
+        return Loaded::Damaged(why);
     }
-    if r.at != h.records.0 + h.records.1 {
-        return None;
-    }
-    let inv_norm = f32s(&map[h.norms_off..h.norms_off + h.rows * 4]);
+    let records = match read_records(&map, &h) {
+        Ok(r) => r,
+        Err(why) => return Loaded::Damaged(why),
+    };
+    let inv_norm = f32s(&map[h.norms.clone()]);
     let vectors = match precision {
         Precision::F32 => ImageArenas::F32 { vectors: mapped_arena(&map, h.aux_off, h.rows, h.dim), half: mapped_arena(&map, h.rows_off, h.rows, h.dim) },
         Precision::F16 => ImageArenas::F16 { half: mapped_arena(&map, h.rows_off, h.rows, h.dim) },
-        Precision::Int8 => ImageArenas::Int8 {
-            quant: mapped_arena(&map, h.rows_off, h.rows, h.dim),
-            factors: f32s(&map[h.aux_off..h.aux_off + h.rows * 4]),
-        },
+        Precision::Int8 => ImageArenas::Int8 { quant: mapped_arena(&map, h.rows_off, h.rows, h.dim), factors: f32s(&map[h.aux_off..h.aux_off + h.rows * 4]) },
     };
-    State::from_image(h.dim, h.epoch, h.seq, records, vectors, inv_norm).ok()
+    match State::from_image(h.dim, h.epoch, h.seq, records, vectors, inv_norm) {
+        Ok(st) => Loaded::Image(Box::new(st)),
+        Err(e) => Loaded::Damaged(format!("the records do not form a store: {e}")),
+    }
+}
+
+/// The problems of an image's bytes, checked on their own (its checksums and structure,
+/// not whether it is current for a store): empty when whole. An image of another format
+/// version is not damage (it is never read, and rewritten at the next close): empty too.
+pub fn verify_bytes(bytes: &[u8]) -> Vec<String> {
+    let h = match parse_header(bytes) {
+        Ok(h) => h,
+        Err(Unread::OtherVersion) => return Vec::new(),
+        Err(Unread::Damaged(why)) => return vec![why],
+    };
+    let mut problems = damage(bytes, &h, |_| true, 20);
+    if problems.is_empty() {
+        if let Err(why) = read_records(bytes, &h) {
+            problems.push(why);
+        }
+    }
+    problems
+}
+
+/// The problems of the image at `path`, or of the image of the store at `path` when it
+/// does not end in `.image`: see [`verify_bytes`]. No image is not damage: empty.
+pub fn verify_file(path: &Path) -> Vec<String> {
+    let file = if path.extension().is_some_and(|e| e == "image") { path.to_path_buf() } else { image_file(path) };
+    let f = match File::open(&file) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => return vec![format!("cannot be read: {e}")],
+    };
+    match f.metadata() {
+        Ok(m) if m.len() == 0 => return verify_bytes(&[]),
+        Ok(_) => {}
+        Err(e) => return vec![format!("cannot be read: {e}")],
+    }
+    // SAFETY: a read-only private mapping, read only; images are replaced by rename,
+    // never rewritten in place.
+    match unsafe { MmapOptions::new().map_copy_read_only(&f) } {
+        Ok(map) => verify_bytes(&map),
+        Err(e) => vec![format!("cannot be read: {e}")],
+    }
+}
+
+/// The image reader on arbitrary bytes, for the fuzz target (`examples/fuzz_caches.rs`):
+/// [`verify_bytes`], then the loader of every precision as if the image were this store's.
+/// Must never panic, read out of bounds or allocate beyond a bound set by the input's
+/// length. Returns whether any precision loaded it.
+#[doc(hidden)]
+pub fn fuzz_read(bytes: &[u8]) -> bool {
+    let _ = verify_bytes(bytes);
+    if bytes.is_empty() {
+        return false;
+    }
+    let mut loaded = false;
+    for precision in [Precision::F32, Precision::F16, Precision::Int8] {
+        let Ok(mut map) = MmapMut::map_anon(bytes.len()) else { return loaded };
+        map.copy_from_slice(bytes);
+        loaded |= matches!(from_map(Arc::new(map), None, precision), Loaded::Image(_));
+    }
+    loaded
+}
+
+/// Recomputes every checksum of an image whose header still parses (after a mutation), so
+/// the fuzz target reaches the structure checks behind them. False when the header does
+/// not give a table to fill.
+#[doc(hidden)]
+pub fn fuzz_reseal(bytes: &mut [u8]) -> bool {
+    let Some(h) = bytes.get(..HEADER_USED) else { return false };
+    if &h[..8] != MAGIC {
+        return false;
+    }
+    let word = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes"));
+    let precision = match u32::from_le_bytes(h[12..16].try_into().expect("4 bytes")) {
+        0 => Precision::F32,
+        1 => Precision::F16,
+        2 => Precision::Int8,
+        _ => return false,
+    };
+    let (dim, rows) = (word(16), word(24));
+    if dim == 0 || dim > MAX_DIM as u64 || rows == 0 || rows > bytes.len() as u64 {
+        return false;
+    }
+    let (dim, rows) = (dim as usize, rows as usize);
+    let table_len = 4 * table_entries(precision, rows);
+    if bytes.len() < HEADER_BYTES + table_len {
+        return false;
+    }
+    // The pieces as a reader would cut them from the header's offsets, clamped to the file.
+    let (records_off, records_len, norms_off, aux_off, rows_off) = (word(64), word(72), word(80), word(88), word(96));
+    let clamp = |a: u64, len: u64| {
+        let a = a.min(bytes.len() as u64) as usize;
+        a..(a as u64).saturating_add(len).min(bytes.len() as u64) as usize
+    };
+    let mut ranges = vec![clamp(records_off, records_len), clamp(norms_off, rows as u64 * 4)];
+    let chunk_ranges = |off: u64, elem: u64, out: &mut Vec<Range<usize>>| {
+        for c in 0..rows.div_ceil(CHUNK_ROWS) as u64 {
+            let first = c * CHUNK_ROWS as u64;
+            let n = (rows as u64 - first).min(CHUNK_ROWS as u64);
+            out.push(clamp(off.saturating_add(first * dim as u64 * elem), n * dim as u64 * elem));
+        }
+    };
+    match precision {
+        Precision::F32 => chunk_ranges(aux_off, 4, &mut ranges),
+        Precision::F16 => {}
+        Precision::Int8 => ranges.push(clamp(aux_off, rows as u64 * 4)),
+    }
+    chunk_ranges(rows_off, if precision == Precision::Int8 { 1 } else { 2 }, &mut ranges);
+    for (i, r) in ranges.iter().enumerate() {
+        let crc = crc32(&bytes[r.clone()]);
+        bytes[HEADER_BYTES + 4 * i..HEADER_BYTES + 4 * i + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[..HEADER_USED]);
+    hasher.update(&bytes[HEADER_BYTES..HEADER_BYTES + table_len]);
+    let crc = hasher.finalize();
+    bytes[HEADER_USED..HEADER_USED + 4].copy_from_slice(&crc.to_le_bytes());
+    true
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use crate::arena::{Arena, CHUNK_ROWS};
 use crate::filter::{child_of, scope_matches, Filter, Scalar};
-use crate::hnsw::{GraphQuery, GraphRows, Hnsw, HnswParams, SavedAt};
+use crate::hnsw::{GraphQuery, GraphRows, Hnsw, HnswParams, SavedAt, GraphUnfit};
 use crate::index::FilterIndexes;
 use crate::record::{metadata_scalars, Record};
 use crate::simd;
@@ -973,18 +973,23 @@ impl State {
         Some(g.to_bytes(SavedAt { epoch: self.epoch, seq: self.seq }, &current, |s| self.id_of(s)))
     }
 
-    /// Publishes a graph read from a file written at this replica's exact position; false
-    /// (and nothing changes) when the file does not fit it.
-    pub fn install_graph_file(&mut self, bytes: &[u8]) -> bool {
-        let Some(dim) = self.dim else { return false };
+    /// Publishes a graph read from a file written at this replica's exact position: Ok(true)
+    /// when published, Ok(false) (and nothing changes) when the file does not fit it, Err
+    /// with what is wrong when the file is damaged (nothing changes either).
+    pub fn install_graph_file(&mut self, bytes: &[u8]) -> std::result::Result<bool, String> {
+        let Some(dim) = self.dim else { return Ok(false) };
         let at = SavedAt { epoch: self.epoch, seq: self.seq };
         let graph = Hnsw::from_bytes(bytes, at, dim, self.index.params, |id| {
             let slot = *self.ids.get(id)?;
             Some((slot, self.current_version(slot)?))
         });
-        let Some(graph) = graph else { return false };
+        let graph = match graph {
+            Ok(g) => g,
+            Err(GraphUnfit::Stale) => return Ok(false),
+            Err(GraphUnfit::Damaged(why)) => return Err(why),
+        };
         let build = GraphBuild { graph, todo: Vec::new(), generation: self.index_generation };
-        self.publish_graph(build)
+        Ok(self.publish_graph(build))
     }
 
     /// The live records in slot order, each with 1/|v|: the records and norms of a store

@@ -288,3 +288,78 @@ fn the_graph_is_saved_on_close_and_reused_only_at_the_same_store_position() {
     assert!(e.wait_for_index(Some(Duration::from_secs(60))).unwrap());
     assert_eq!(e.search(&vectors[..dim], dim, 1, &Filter::default(), None).unwrap()[0].len(), 1);
 }
+
+#[test]
+fn a_damaged_graph_file_is_rejected_reported_and_rebuilt() {
+    let (n, dim) = (1500, 16);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    let vectors = clustered(&mut rng, n, dim);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.ferro");
+    let graph_path = ferromem_core::engine::graph_file(&path);
+    {
+        let e = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+        load(&e, &vectors, dim);
+        e.set_index(hnsw(64)).unwrap();
+        assert!(e.wait_for_index(Some(Duration::from_secs(60))).unwrap());
+    }
+    let good = std::fs::read(&graph_path).unwrap();
+    assert!(ferromem_core::hnsw::verify_graph_file(&graph_path).is_empty());
+    // Header (68 bytes): magic, epoch, seq, dim, m, ef_construction, count, the nodes' and
+    // the links' lengths and CRCs, the header's CRC; then the nodes, then the links.
+    let nodes_len = u64::from_le_bytes(good[40..48].try_into().unwrap()) as usize;
+    let cases: Vec<(Vec<u8>, &str)> = {
+        let flip = |at: usize| {
+            let mut b = good.clone();
+            b[at] ^= 0x04;
+            b
+        };
+        let mut count = good.clone();
+        count[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
+        ferromem_core::hnsw::fuzz_reseal(&mut count);
+        let mut link = good.clone();
+        let last = link.len() - 4; // the last link of the last node: an index past the end
+        link[last..].copy_from_slice(&u32::MAX.to_le_bytes());
+        ferromem_core::hnsw::fuzz_reseal(&mut link);
+        vec![
+            (flip(30), "header"),
+            (flip(68 + 3), "nodes section"),
+            (flip(68 + nodes_len + 9), "links section"),
+            (flip(good.len() - 1), "links section"),
+            (good[..good.len() - 1].to_vec(), "truncated"),
+            (good[..68 + nodes_len].to_vec(), "truncated"),
+            (good[..40].to_vec(), "truncated"),
+            (count, "impossible header"),
+            (link, "links to node"),
+        ]
+    };
+    for (bad, why) in cases {
+        std::fs::write(&graph_path, &bad).unwrap();
+        let problems = ferromem_core::hnsw::verify_graph_file(&graph_path);
+        assert!(problems.iter().any(|p| p.contains(why)), "{problems:?}, expected {why:?}");
+        let e = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+        e.set_index(hnsw(64)).unwrap();
+        let st = e.stats();
+        assert_eq!(st.index.graph_nodes, 0, "a damaged graph ({why}) was installed");
+        assert!(st.graph_damage.as_deref().unwrap_or_default().contains(why), "{:?}", st.graph_damage);
+        // Searches are exact meanwhile, and the graph is rebuilt in the background.
+        assert_eq!(e.search(&vectors[..dim], dim, 1, &Filter::default(), None).unwrap()[0][0].0.as_ref(), "r00000");
+        assert!(e.wait_for_index(Some(Duration::from_secs(60))).unwrap());
+        assert_eq!(e.stats().index.graph_nodes, n);
+        std::mem::forget(e); // keep the damaged file for the next case
+    }
+    // A version 1 file is not read, and is not damage.
+    let mut old = good.clone();
+    old[..8].copy_from_slice(b"FMHNSW01");
+    std::fs::write(&graph_path, &old).unwrap();
+    assert!(ferromem_core::hnsw::verify_graph_file(&graph_path).is_empty());
+    let e = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    assert!(e.stats().graph_damage.is_none());
+    std::mem::forget(e);
+    // The whole file is installed at open.
+    std::fs::write(&graph_path, &good).unwrap();
+    let e = Engine::open(Some(&path), None, Durability::Normal).unwrap();
+    e.set_index(hnsw(64)).unwrap();
+    assert_eq!(e.stats().index.graph_nodes, n);
+    assert!(e.stats().graph_damage.is_none());
+}

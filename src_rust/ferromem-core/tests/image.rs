@@ -293,3 +293,96 @@ fn int8_images_hold_the_quantised_rows_and_serve_only_int8() {
     assert!(!damaged.stats().opened_from_image);
     assert_same(&damaged, &int8(false));
 }
+
+/// Reads header field `at` (a u64) of an image.
+fn field(bytes: &[u8], at: usize) -> usize {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize
+}
+
+/// Writes `bad` as the image of `path`, opens it with `fast_open` and checks that it was
+/// rejected as damaged for a reason containing `why`, that the engine answers exactly like
+/// one reading the store file, and that `verify_file` finds the damage too.
+fn assert_rejected(path: &Path, bad: &[u8], precision: Precision, why: &str) {
+    std::fs::write(image_file(path), bad).unwrap();
+    let problems = ferromem_core::image::verify_file(path);
+    assert!(problems.iter().any(|p| p.contains(why)), "verify_file: {problems:?}, expected {why:?}");
+    let e = Engine::open_opts(Some(path), None, opts(true, precision)).unwrap();
+    let st = e.stats();
+    assert!(!st.opened_from_image, "a damaged image ({why}) was used");
+    let damage = st.image_damage.clone().unwrap_or_default();
+    assert!(damage.contains(why), "image_damage {damage:?}, expected {why:?}");
+    assert_same(&e, &Engine::open_opts(Some(path), None, opts(false, precision)).unwrap());
+    std::mem::forget(e); // a close would write a new image: keep the damaged one
+}
+
+#[test]
+fn damage_in_any_section_of_an_image_is_rejected_and_reported() {
+    for precision in [Precision::F32, Precision::F16, Precision::Int8] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.ferro");
+        let e = Engine::open_opts(Some(&path), None, opts(true, precision)).unwrap();
+        fill(&e, 0..5000, 21); // two chunks of rows: a full (mapped) one and a partial one
+        drop(e);
+        let good = std::fs::read(image_file(&path)).unwrap();
+        assert!(ferromem_core::image::verify_file(&path).is_empty());
+        assert!(ferromem_core::image::verify_file(&image_file(&path)).is_empty());
+        let (records_off, norms_off, aux_off, rows_off) = (field(&good, 64), field(&good, 80), field(&good, 88), field(&good, 96));
+        let chunk = 4096;
+        let (row_elem, aux) = match precision {
+            Precision::F32 => (2, vec![(aux_off + 5, "the f32 rows 0..4096"), (aux_off + chunk * DIM * 4 + 7, "the f32 rows 4096..5000")]),
+            Precision::F16 => (2, vec![]),
+            Precision::Int8 => (1, vec![(aux_off + 4 * 77, "the int8 quantisation factors")]),
+        };
+        let rows_name = if precision == Precision::Int8 { "the int8 rows" } else { "the half-precision rows" };
+        let mut flips = vec![
+            (20, "header"),                  // the dimension field
+            (4096 + 1, "header"),            // the checksum table
+            (records_off + 10, "the records"),
+            (norms_off + 4 * 9, "the norms"),
+            (rows_off + 3, "0..4096"),
+            (rows_off + chunk * DIM * row_elem + 1, "4096..5000"),
+            (good.len() - 1, "4096..5000"),
+        ];
+        flips.extend(aux);
+        for (at, why) in flips {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            assert_rejected(&path, &bad, precision, why);
+        }
+        let rows_msg = format!("{rows_name} 0..4096");
+        let mut bad = good.clone();
+        bad[rows_off + 100] ^= 0x01;
+        assert_rejected(&path, &bad, precision, &rows_msg);
+        // Cut at and next to every section boundary.
+        for cut in [0, 1, 100, 4095, 4096, records_off, norms_off, aux_off.max(1), rows_off, rows_off + 1, good.len() - 1] {
+            assert_rejected(&path, &good[..cut], precision, "truncated");
+        }
+        // Lengths and shapes at extremes, with every checksum recomputed: the structure
+        // checks behind the checksums reject them without a panic or a huge allocation.
+        for (at, value) in [(24, u64::MAX), (24, 1 << 40), (16, u64::MAX), (16, 1 << 20), (72, u64::MAX), (80, u64::MAX - 3), (96, u64::MAX), (104, u64::MAX)] {
+            let mut bad = good.clone();
+            bad[at..at + 8].copy_from_slice(&value.to_le_bytes());
+            ferromem_core::image::fuzz_reseal(&mut bad);
+            std::fs::write(image_file(&path), &bad).unwrap();
+            assert!(!ferromem_core::image::verify_file(&path).is_empty(), "field {at} = {value}");
+            let e = Engine::open_opts(Some(&path), None, opts(true, precision)).unwrap();
+            assert!(!e.stats().opened_from_image && e.stats().image_damage.is_some());
+            std::mem::forget(e);
+        }
+        // An image of another format version is a cache this build does not read: not
+        // used, and not damage.
+        let mut old = good.clone();
+        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        std::fs::write(image_file(&path), &old).unwrap();
+        assert!(ferromem_core::image::verify_file(&path).is_empty());
+        let e = Engine::open_opts(Some(&path), None, opts(true, precision)).unwrap();
+        assert!(!e.stats().opened_from_image && e.stats().image_damage.is_none());
+        drop(e); // rewrites the image in the current version
+        let e = Engine::open_opts(Some(&path), None, opts(true, precision)).unwrap();
+        assert!(e.stats().opened_from_image && e.stats().image_damage.is_none());
+        // No image: nothing to verify.
+        drop(e);
+        std::fs::remove_file(image_file(&path)).unwrap();
+        assert!(ferromem_core::image::verify_file(&path).is_empty());
+    }
+}

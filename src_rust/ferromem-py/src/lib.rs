@@ -513,6 +513,7 @@ impl PyEngine {
         index.set_item("graph_bytes", i.graph_bytes)?;
         index.set_item("builds", s.index_builds)?;
         index.set_item("building", s.index_building)?;
+        index.set_item("graph_file_rejected", s.graph_damage.as_deref())?;
         d.set_item("index", index)?;
         let coalesced = PyDict::new(py);
         coalesced.set_item("searches", s.coalesced_searches)?;
@@ -521,6 +522,7 @@ impl PyEngine {
         let image = PyDict::new(py);
         image.set_item("enabled", s.fast_open)?;
         image.set_item("opened_from_image", s.opened_from_image)?;
+        image.set_item("rejected", s.image_damage.as_deref())?;
         d.set_item("fast_open", image)?;
         d.set_item("read_only", s.read_only)?;
         let damaged = PyList::empty(py);
@@ -568,6 +570,19 @@ impl PyEngine {
 fn buffer_address(obj: &Bound<'_, PyAny>) -> PyResult<(usize, usize, usize)> {
     let rows = F32Rows::from_py(obj)?;
     Ok((rows.address(), rows.rows, rows.dim))
+}
+
+/// The problems of a store image file (its own checksums and structure, not whether it is
+/// current for its store): empty when whole or absent.
+#[pyfunction]
+fn verify_image(py: Python<'_>, image_path: PathBuf) -> Vec<String> {
+    py.detach(|| ferromem_core::image::verify_file(&image_path))
+}
+
+/// The problems of a saved graph file (`<store>.hnsw`), as [`verify_image`].
+#[pyfunction]
+fn verify_graph(py: Python<'_>, graph_path: PathBuf) -> Vec<String> {
+    py.detach(|| ferromem_core::hnsw::verify_graph_file(&graph_path))
 }
 
 /// The SIMD path similarity kernels use now ("avx512", "avx2", "neon" or "scalar").
@@ -692,6 +707,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
     m.add_function(wrap_pyfunction!(verify_store, m)?)?;
     m.add_function(wrap_pyfunction!(simd_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_image, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_graph, m)?)?;
     m.add_function(wrap_pyfunction!(supported_isas, m)?)?;
     m.add_function(wrap_pyfunction!(force_isa, m)?)?;
     m.add_function(wrap_pyfunction!(dot_rows_f32, m)?)?;
