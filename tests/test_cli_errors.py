@@ -201,3 +201,44 @@ def test_the_default_demo_shows_progress(tmp_path):
     progress = [line for line in done.stderr.splitlines() if "ferromem: " in line]
     assert any("remember 40 memories" in line for line in progress)
     assert any(line.endswith("ferromem: done") for line in progress)
+
+
+def test_stats_and_check_never_write_to_what_they_look_at(tmp_path):
+    # Someone else's SQLite database (Chroma's file, say): one line, untouched.
+    foreign = tmp_path / "chroma.sqlite3"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE collections(id TEXT)")
+    conn.close()
+    before = _snapshot(tmp_path)
+    for command in ("stats", "check"):
+        line = _one_line_error(_run(command, str(foreign)))
+        assert "not a ferromem store" in line
+        assert _snapshot(tmp_path) == before
+    # A store: stats reads it without changing a byte; check says it is whole.
+    store_path = tmp_path / "s.ferro"
+    with ferromem.open(store_path) as store:
+        store.add(["a", "b"], np.eye(2, 8, dtype=np.float32) + 0.25, scopes="/x")
+    store_bytes = store_path.read_bytes()
+    done = _run("stats", str(store_path))
+    assert done.returncode == 0, done.stderr
+    assert '"records": 2' in done.stdout and '"read_only": true' in done.stdout
+    done = _run("check", str(store_path))
+    assert done.returncode == 0 and "whole" in done.stdout, done.stderr
+    assert store_path.read_bytes() == store_bytes
+
+
+def test_check_lists_damage_and_exits_1(tmp_path):
+    store_path = tmp_path / "s.ferro"
+    vectors = np.random.default_rng(8).standard_normal((4, 16)).astype(np.float32)
+    with ferromem.open(store_path) as store:
+        store.add(["a", "b", "c", "d"], vectors)
+    data = bytearray(store_path.read_bytes())
+    at = bytes(data).find(vectors[1].astype("<f4").tobytes())
+    assert at > 0
+    data[at + 9] ^= 0x04
+    store_path.write_bytes(bytes(data))
+    done = _run("check", str(store_path))
+    assert done.returncode == 1
+    assert "'b'" in done.stdout.replace('"', "'") and "checksum" in done.stdout
+    assert "Traceback" not in done.stderr
+    assert _run("check", str(tmp_path / "missing.ferro")).returncode == 2
