@@ -187,6 +187,47 @@ pub fn validate_vectors(data: &[f32], dim: usize) -> Result<()> {
     Ok(())
 }
 
+/// The range of a stored vector's largest absolute value: 2^-100 ..= 2^100. A search
+/// scores the f64-normalised query against the stored f32 row (dot product in f32, then
+/// times the row's 1/|v|), so every intermediate stays in f32's normal range inside it:
+/// the dot is at most |v| <= sqrt(d) 2^100 (no overflow below 2^56 dimensions), 1/|v| at
+/// most 2^100, and the dot of a unit query with a row of |v| >= 2^-100 stays above the
+/// subnormals (2^-126) for any cosine the f32 sums resolve. The normalised f16 and int8
+/// copies are made from v * (1/|v|), within range too. Outside it a vector scored NaN, 0
+/// or +-1 against itself; it is refused instead (cosine does not depend on scale, so the
+/// caller can rescale it).
+pub const MIN_STORED_MAGNITUDE: f32 = 7.888_609e-31; // 2^-100
+pub const MAX_STORED_MAGNITUDE: f32 = 1.267_650_6e30; // 2^100
+
+/// Checks that every row of a validated matrix (finite, no zero row) has its largest
+/// absolute value within [`MIN_STORED_MAGNITUDE`, `MAX_STORED_MAGNITUDE`].
+pub fn validate_stored_range(data: &[f32], dim: usize) -> Result<()> {
+    for (r, row) in data.chunks_exact(dim).enumerate() {
+        let max = row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        if !(MIN_STORED_MAGNITUDE..=MAX_STORED_MAGNITUDE).contains(&max) {
+            return Err(Error::InvalidVector(format!(
+                "vector {r} has largest absolute value {max:e}: a stored vector's largest absolute value must lie between 2^-100 (about 7.9e-31) and 2^100 (about 1.3e30); cosine similarity does not depend on scale, so rescale it (e.g. divide it by its norm)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The rows of `queries` scaled to unit length, computed in f64: any finite, non-zero
+/// query (1e-42 subnormals, 3e38) becomes a unit f32 vector, so the f32 kernels never see
+/// a product or sum outside their range. Cosine does not depend on the query's scale.
+pub fn unit_queries(queries: &[f32], dim: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(queries.len());
+    for row in queries.chunks_exact(dim) {
+        // f32 squares lie in [2^-298, 2^256] and their sum below 2^256 d: no f64 overflow,
+        // and no underflow to zero for a non-zero row.
+        let sq: f64 = row.iter().map(|&x| (x as f64) * (x as f64)).sum();
+        let inv = 1.0 / sq.sqrt();
+        out.extend(row.iter().map(|&x| ((x as f64) * inv) as f32));
+    }
+    out
+}
+
 impl Engine {
     /// Opens (or creates) a store. `path` None keeps everything in memory.
     pub fn open(path: Option<&Path>, dim: Option<usize>, durability: Durability) -> Result<Engine> {
@@ -203,6 +244,7 @@ impl Engine {
     /// fits (see [`crate::image`]) maps it and applies the changes committed after it,
     /// instead of reading every row.
     pub fn open_opts(path: Option<&Path>, dim: Option<usize>, opts: OpenOptions) -> Result<Engine> {
+        crate::fork::install();
         let OpenOptions { durability, precision, fast_open } = opts;
         let t = Instant::now();
         if dim == Some(0) {
@@ -482,6 +524,7 @@ impl Engine {
             return Ok(());
         }
         validate_vectors(vectors, dim)?;
+        validate_stored_range(vectors, dim)?;
         if vectors.len() != records.len() * dim {
             return Err(Error::InvalidInput(format!(
                 "{} records but {} vectors",
@@ -533,6 +576,8 @@ impl Engine {
             return Err(Error::InvalidInput("min_score must be a finite number".into()));
         }
         validate_vectors(queries, dim)?;
+        let unit = unit_queries(queries, dim);
+        let queries = unit.as_slice();
         let nq = queries.len() / dim;
         let t = Instant::now();
         self.check_open()?;
@@ -740,6 +785,7 @@ impl Engine {
     pub fn update(&self, id: &str, patch: Patch) -> Result<bool> {
         if let Some(v) = &patch.vector {
             validate_vectors(v, v.len())?;
+            validate_stored_range(v, v.len())?;
         }
         if let Some(m) = &patch.metadata_json {
             metadata_scalars(m)?;

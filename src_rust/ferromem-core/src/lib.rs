@@ -16,6 +16,7 @@ mod cursor;
 pub mod engine;
 pub mod error;
 pub mod filter;
+pub mod fork;
 pub mod hnsw;
 pub mod image;
 pub mod index;

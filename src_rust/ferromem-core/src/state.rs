@@ -830,7 +830,7 @@ impl State {
             hits.truncate(k);
             self.finish(hits)
         };
-        if nq >= 4 {
+        if nq >= 4 && crate::fork::threads() > 1 {
             (0..nq).into_par_iter().map(one).collect()
         } else {
             (0..nq).map(one).collect()
@@ -885,8 +885,8 @@ impl State {
         while i < build.todo.len() {
             // A round is what a writer waiting for the state lock may have to wait for: one
             // record while the graph is small (linked one by one), else two per core.
-            let sequential = build.graph.nodes() < BUILD_PARALLEL_MIN_NODES || rayon::current_num_threads() < 2;
-            let round = if sequential { 1 } else { (2 * rayon::current_num_threads()).min(BUILD_PARALLEL_BATCH) };
+            let sequential = build.graph.nodes() < BUILD_PARALLEL_MIN_NODES || crate::fork::threads() < 2;
+            let round = if sequential { 1 } else { (2 * crate::fork::threads()).min(BUILD_PARALLEL_BATCH) };
             let mut batch: Vec<(u32, u32)> = Vec::with_capacity(round);
             while i < build.todo.len() && batch.len() < round {
                 let slot = build.todo[i];
@@ -1043,7 +1043,7 @@ impl State {
     /// that the cores share when the scan is large.
     fn scan(&self, queries: &[f32], nq: usize, dim: usize, k: usize, candidates: Option<&[u32]>, mode: Scan<'_>) -> Vec<TopK> {
         let rows = candidates.map_or(self.slots.len(), |c| c.len());
-        let threads = rayon::current_num_threads();
+        let threads = crate::fork::threads();
         let parallel = threads > 1 && rows * dim * nq >= PARALLEL_MIN_FLOPS;
         // A parallel scan of a small store still gives every core about four blocks (so a
         // core that wakes late is not left with half the work): blocks are a power of two
@@ -1248,7 +1248,7 @@ mod tests {
         assert_eq!(at, BUILD_PARALLEL_MIN_NODES);
         // Then a round of at most two records per core.
         let next = st.extend_graph_build(&mut build, at, &asked, &mut scratch);
-        let per_round = (2 * rayon::current_num_threads()).min(BUILD_PARALLEL_BATCH);
+        let per_round = (2 * crate::fork::threads()).min(BUILD_PARALLEL_BATCH);
         assert!(next > at && next - at <= per_round.max(1), "{at} -> {next}");
         // Without a stop, the build runs to the end and covers every record.
         assert_eq!(st.extend_graph_build(&mut build, next, &|| false, &mut scratch), n);
