@@ -301,6 +301,7 @@ impl Engine {
             if let Ok(bytes) = std::fs::read(graph_file(p)) {
                 state.install_graph_file(&bytes);
             }
+            make_reserve(p);
         }
         let engine = Engine {
             state: Arc::new(RwLock::new(state)),
@@ -840,12 +841,20 @@ impl Engine {
         if filter.is_empty() {
             return Err(Error::InvalidFilter("delete needs at least one criterion; use reset() to delete everything".into()));
         }
-        self.write_op(Op::delete, |st| {
-            let slots = st.select(filter);
-            let ops: Vec<OwnedOp> = st.ids_of(&slots).into_iter().map(OwnedOp::Delete).collect();
-            let n = ops.len();
-            Ok((ops, n))
-        })
+        let delete = || {
+            self.write_op(Op::delete, |st| {
+                let slots = st.select(filter);
+                let ops: Vec<OwnedOp> = st.ids_of(&slots).into_iter().map(OwnedOp::Delete).collect();
+                let n = ops.len();
+                Ok((ops, n))
+            })
+        };
+        match delete() {
+            // A full disk: the reserve beside the store gives the delete the room its WAL
+            // frames need, so the API can still free space (see `make_reserve`).
+            Err(e) if is_disk_full(&e) && self.path.as_deref().is_some_and(release_reserve) => delete(),
+            result => result,
+        }
     }
 
     pub fn list(&self, filter: &Filter, offset: usize, limit: Option<usize>) -> Result<Vec<RecordWithVector>> {
@@ -1079,6 +1088,47 @@ impl Drop for Engine {
         // Stops the builder (it holds its own reference to the state) and saves the graph.
         self.close();
     }
+}
+
+/// `<path>.reserve`: disk space held for deletes on a full disk (see `make_reserve`).
+pub fn reserve_file(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".reserve");
+    PathBuf::from(name)
+}
+
+/// The reserve's size: 16 pages of 32 KiB. A delete of a few records appends about five
+/// pages to the WAL (a table page, two index pages, the header), so this is room for a
+/// few deletes once it is released.
+pub const RESERVE_BYTES: usize = 512 * 1024;
+
+/// Creates the reserve beside a store, when it is missing and the disk has the room: a
+/// file of zeros (written, not sparse, so its blocks are really held). On a full disk a
+/// save fails with a typed error and writes nothing; so would a delete, leaving the API
+/// no way to free space, were it not for this: a delete that hits a full disk releases the
+/// reserve and runs again. The next open makes a new reserve when there is room. Deleting
+/// the file by hand is always safe. Best effort: a failure leaves the store without one.
+fn make_reserve(path: &Path) {
+    let target = reserve_file(path);
+    if target.exists() {
+        return;
+    }
+    let tmp = target.with_extension(format!("reserve.tmp{}", std::process::id()));
+    let written = std::fs::write(&tmp, vec![0u8; RESERVE_BYTES]).and_then(|()| std::fs::rename(&tmp, &target));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Frees the reserve; true when there was one to free.
+fn release_reserve(path: &Path) -> bool {
+    std::fs::remove_file(reserve_file(path)).is_ok()
+}
+
+/// Whether a storage error is SQLite's SQLITE_FULL. `Error::Storage` keeps only SQLite's
+/// message, and "database or disk is full" is SQLite's fixed text for that code.
+fn is_disk_full(e: &Error) -> bool {
+    matches!(e, Error::Storage(msg) if msg.contains("database or disk is full"))
 }
 
 /// The graph file of the store at `path`: `<path>.hnsw`.
