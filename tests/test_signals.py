@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 from conftest import NATIVE_AVAILABLE, NATIVE_SKIP_REASON
 
@@ -94,3 +95,55 @@ def test_sigint_interrupts_wait_for_index(tmp_path):
         assert store.get("r7") is not None
         assert store.wait_for_index(DEADLINE_S)
         assert store.search(store.get("r7").vector, k=1).ids[0] == "r7"
+
+
+SAVER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import ferromem
+
+    store = ferromem.open(sys.argv[1])
+    print("saving", flush=True)
+    try:
+        store.add("blocked", np.ones(8, dtype=np.float32))
+    except KeyboardInterrupt:
+        print("interrupted", store.get("blocked") is None, store.count(), flush=True)
+        store.close()
+        sys.exit(0)
+    print("saved", flush=True)
+    store.close()
+    """
+)
+
+
+def test_sigint_interrupts_a_wait_for_another_process_write_lock(tmp_path):
+    """Another process holds SQLite's write lock (a writer waits up to 600 s for it):
+    SIGINT ends the wait with KeyboardInterrupt, and nothing is written."""
+    import sqlite3
+
+    path = str(tmp_path / "s.ferro")
+    with ferromem.open(path) as store:
+        store.add("a", np.ones(8, dtype=np.float32))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, held until the rollback below
+    proc = subprocess.Popen([sys.executable, "-c", SAVER, path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60.0
+        assert _read_line(proc, deadline) == "saving"
+        time.sleep(0.5)  # waiting for the lock by now
+        os.kill(proc.pid, signal.SIGINT)
+        answer = _read_line(proc, deadline)
+        assert answer == "interrupted True 1", (answer, proc.stderr.read())
+        assert proc.wait(timeout=max(1.0, deadline - time.monotonic())) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        holder.execute("ROLLBACK")
+        holder.close()
+    with ferromem.open(path) as store:
+        assert store.count() == 1 and store.get("blocked") is None
+        store.add("b", np.ones(8, dtype=np.float32))  # the lock is free again
+        assert store.count() == 2

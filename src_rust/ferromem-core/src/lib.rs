@@ -20,6 +20,7 @@ pub mod fork;
 pub mod hnsw;
 pub mod image;
 pub mod index;
+pub mod interrupt;
 pub mod metrics;
 pub mod record;
 pub mod simd;

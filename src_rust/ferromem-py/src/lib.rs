@@ -223,10 +223,23 @@ impl PyEngine {
     }
 
     /// Every call into the engine: the fork check, then `f` with the GIL released, then
-    /// its error as a ferromem exception.
+    /// its error as a ferromem exception. While `f` waits on SQLite's write lock it asks
+    /// `interrupted` between pauses; a signal whose handler raised (KeyboardInterrupt)
+    /// ends the wait, and that exception is what the call raises.
     fn call<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&Engine) -> Result<T, Error> + Send) -> PyResult<T> {
         let engine = self.engine()?;
-        py.detach(|| f(engine)).map_err(to_py_err)
+        let result = py.detach(|| {
+            IN_CALL.with(|c| c.set(true));
+            let result = f(engine);
+            IN_CALL.with(|c| c.set(false));
+            result
+        });
+        if let Some(raised) = RAISED.with(|r| r.borrow_mut().take()) {
+            // The handler ran (and consumed the signal): its exception must reach the
+            // caller, whatever the engine returned.
+            return Err(raised);
+        }
+        result.map_err(to_py_err)
     }
 
     /// A wait of up to `timeout` (None: no limit) in slices: `step(slice)` waits at most
@@ -272,6 +285,33 @@ fn forked_error() -> PyErr {
             Err(import_failure) => import_failure,
         }
     })
+}
+
+thread_local! {
+    /// Whether this thread is inside `PyEngine::call` (with the GIL released).
+    static IN_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The exception a signal handler raised during this thread's current call.
+    static RAISED: std::cell::RefCell<Option<PyErr>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The engine's interrupt check (`ferromem_core::interrupt`): takes the GIL back briefly
+/// and runs pending signal handlers (Python runs them on the main thread only); true
+/// when one raised, keeping its exception for `PyEngine::call`. Only threads inside a call
+/// ask: no other thread (the graph builder, a drop at interpreter exit) takes the GIL here.
+fn interrupted() -> bool {
+    if !IN_CALL.with(|c| c.get()) {
+        return false;
+    }
+    if RAISED.with(|r| r.borrow().is_some()) {
+        return true;
+    }
+    match Python::attach(|py| py.check_signals()) {
+        Ok(()) => false,
+        Err(raised) => {
+            RAISED.with(|r| *r.borrow_mut() = Some(raised));
+            true
+        }
+    }
 }
 
 /// A timeout in seconds as a Duration; one too long to represent (1e300) is no limit.
@@ -732,6 +772,7 @@ fn int8_path(name: &str) -> PyResult<&'static str> {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    ferromem_core::interrupt::set_check(interrupted);
     m.add_class::<PyEngine>()?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
     m.add_function(wrap_pyfunction!(simd_isa, m)?)?;
