@@ -397,7 +397,7 @@ def test_first_write_dimension_is_not_fixed_by_a_failed_write(store):
         ({"dim": True}, ferromem.InvalidInputError),
         ({"dim": 4.0}, ferromem.InvalidInputError),
         ({"dim": 2**64}, ferromem.InvalidInputError),
-        ({"dim": 10**6}, ferromem.InvalidInputError),
+        ({"dim": 2**24 + 1}, ferromem.InvalidInputError),
         ({"path": 5}, ferromem.InvalidInputError),
         ({"path": ""}, ferromem.InvalidInputError),
         ({"path": b"bytes.ferro"}, ferromem.InvalidInputError),
@@ -541,3 +541,18 @@ def test_hostile_open_arguments_raise_only_typed_errors(argument, tmp_path):
         except BaseException as exc:  # noqa: BLE001
             pytest.fail(f"open({argument}={value!r}) raised the untyped "
                         f"{type(exc).__qualname__}: {exc}")
+
+
+def test_int8_store_refuses_vectors_its_kernels_cannot_sum(tmp_path):
+    """Vectors longer than 65,536 values in an int8 store reached a Rust assert (a
+    PanicException, not even an Exception) at the first search; now they are refused at
+    the write, which writes nothing, and at open."""
+    long = np.ones(65_537, dtype=np.float32)
+    with ferromem.open(str(tmp_path / "s.ferro"), precision="int8") as store:
+        with pytest.raises(ferromem.InvalidVectorError, match="int8"):
+            store.add("a", long)
+        assert store.count() == 0 and store.dim is None
+        store.add("b", long[:65_536])
+        assert store.search(long[:65_536], k=1)[0][0] == "b"
+    with pytest.raises(ferromem.FerromemError, match="int8"):
+        ferromem.open(str(tmp_path / "t.ferro"), precision="int8", dim=70_000)

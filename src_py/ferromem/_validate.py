@@ -35,9 +35,10 @@ _INTEGER_TYPES = (int, np.integer)
 # Counts and positions beyond any store (offset, limit, cache_size) saturate here: the
 # engine takes them as 64-bit unsigned integers, and no store holds 2^62 of anything.
 _SATURATED = 2**62
-# The largest vector dimension a store takes. Embedding models stay far below it; above
-# it, one vector alone would be 4 MiB and the int8 kernels' exact-sum bound is exceeded.
-MAX_DIM = 65_536
+# The largest dim= a store takes: far above any embedding model (one vector would be
+# 64 MiB), and within every native integer. (int8 stores take at most 65,536 values; the
+# engine says so.)
+MAX_DIM = 2**24
 _REAL_TYPES = (int, float, np.integer, np.floating)
 _BOOL_TYPES = (bool, np.bool_)
 

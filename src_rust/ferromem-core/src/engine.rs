@@ -199,6 +199,18 @@ pub fn validate_vectors(data: &[f32], dim: usize) -> Result<()> {
 pub const MIN_STORED_MAGNITUDE: f32 = 7.888_609e-31; // 2^-100
 pub const MAX_STORED_MAGNITUDE: f32 = 1.267_650_6e30; // 2^100
 
+/// An int8 store's vectors are at most `simd::int8::MAX_DIM` values long: beyond it the
+/// kernels' i32 sums could overflow (they assert, which was a panic reaching Python).
+fn check_int8_dim(precision: Precision, dim: usize) -> Result<()> {
+    if precision == Precision::Int8 && dim > simd::int8::MAX_DIM {
+        return Err(Error::InvalidVector(format!(
+            "precision 'int8' takes vectors of at most {} values, not {dim}; use precision 'f32' or 'f16' for longer ones",
+            simd::int8::MAX_DIM
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that every row of a validated matrix (finite, no zero row) has its largest
 /// absolute value within [`MIN_STORED_MAGNITUDE`, `MAX_STORED_MAGNITUDE`].
 pub fn validate_stored_range(data: &[f32], dim: usize) -> Result<()> {
@@ -249,6 +261,9 @@ impl Engine {
         let t = Instant::now();
         if dim == Some(0) {
             return Err(Error::InvalidInput("dim must be at least 1".into()));
+        }
+        if let Some(d) = dim {
+            check_int8_dim(precision, d)?;
         }
         if precision != Precision::F32 && path.is_none() {
             return Err(Error::InvalidInput(format!(
@@ -551,6 +566,7 @@ impl Engine {
         let op = if mode == WriteMode::Insert { Op::add } else { Op::upsert };
         self.write_op(op, |st| {
             st.check_dim(dim)?;
+            check_int8_dim(st.precision, dim)?;
             if mode == WriteMode::Insert {
                 if let Some(r) = records.iter().find(|r| st.contains(&r.id)) {
                     return Err(Error::DuplicateId(r.id.to_string()));
@@ -795,6 +811,7 @@ impl Engine {
             let Some((old, _)) = st.get(id) else { return Ok((Vec::new(), false)) };
             if let Some(v) = &patch.vector {
                 st.check_dim(v.len())?;
+                check_int8_dim(st.precision, v.len())?;
             }
             let mut rec = old.clone();
             let p = patch;
