@@ -287,10 +287,14 @@ fn reordered_sum_bound(dim: usize) -> f32 {
     (2.0 * dim as f64 * 2f64.powi(-24) + 1e-6) as f32
 }
 
+/// 1/|v| in f32, computed in f64. New stored vectors are within the range of
+/// `engine::validate_stored_range`, where this is at most 2^100; a row stored before that
+/// check (a subnormal one) saturates at f32::MAX instead of becoming infinity, which times
+/// an underflowed dot product of 0 made NaN.
 pub fn inverse_norm(v: &[f32]) -> f32 {
     let sq: f64 = v.iter().map(|&x| (x as f64) * (x as f64)).sum();
     if sq > 0.0 {
-        (1.0 / sq.sqrt()) as f32
+        (1.0 / sq.sqrt()).min(f32::MAX as f64) as f32
     } else {
         0.0
     }
