@@ -1,9 +1,9 @@
 //! `ferromem._core`: the PyO3 control plane over `ferromem_core::Engine`.
 //!
 //! Every method extracts its arguments first (holding the GIL), then runs the engine with
-//! the GIL released through one wrapper (`PyEngine::call`; waits go through
-//! `PyEngine::wait`, which returns to Python between slices so Ctrl-C is honoured), then
-//! builds Python results. Vectors arrive through the
+//! the GIL released through one wrapper (`native`, and `PyEngine::call` for an engine's
+//! methods; waits go through `PyEngine::wait`, which returns to Python between slices so
+//! Ctrl-C is honoured), then builds Python results. Vectors arrive through the
 //! buffer protocol: a float32 C-contiguous buffer (what `ferromem._buffers` hands over) is
 //! read in place, never copied. Errors become the classes of `ferromem/exceptions.py`.
 
@@ -228,18 +228,7 @@ impl PyEngine {
     /// ends the wait, and that exception is what the call raises.
     fn call<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&Engine) -> Result<T, Error> + Send) -> PyResult<T> {
         let engine = self.engine()?;
-        let result = py.detach(|| {
-            IN_CALL.with(|c| c.set(true));
-            let result = f(engine);
-            IN_CALL.with(|c| c.set(false));
-            result
-        });
-        if let Some(raised) = RAISED.with(|r| r.borrow_mut().take()) {
-            // The handler ran (and consumed the signal): its exception must reach the
-            // caller, whatever the engine returned.
-            return Err(raised);
-        }
-        result.map_err(to_py_err)
+        native(py, || f(engine))
     }
 
     /// A wait of up to `timeout` (None: no limit) in slices: `step(slice)` waits at most
@@ -314,6 +303,26 @@ fn interrupted() -> bool {
     }
 }
 
+/// Runs native work with the GIL released and converts its error: the one way this module
+/// leaves Python (engine methods through `PyEngine::call`, which adds the fork check). A
+/// wait inside it on SQLite's write lock asks `interrupted` between pauses; a signal
+/// handler that raised (KeyboardInterrupt) ends that wait, and its exception is what the
+/// call raises.
+fn native<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error> + Send) -> PyResult<T> {
+    let result = py.detach(|| {
+        IN_CALL.with(|c| c.set(true));
+        let result = f();
+        IN_CALL.with(|c| c.set(false));
+        result
+    });
+    if let Some(raised) = RAISED.with(|r| r.borrow_mut().take()) {
+        // The handler ran (and consumed the signal): its exception must reach the caller,
+        // whatever the work returned.
+        return Err(raised);
+    }
+    result.map_err(to_py_err)
+}
+
 /// A timeout in seconds as a Duration; one too long to represent (1e300) is no limit.
 fn timeout_duration(timeout: Option<f64>) -> PyResult<Option<Duration>> {
     match timeout {
@@ -336,7 +345,7 @@ impl PyEngine {
         let opts = OpenOptions { durability, precision, fast_open };
         // Registered before this engine exists, so any later fork is seen.
         fork::install();
-        let engine = py.detach(|| Engine::open_opts(path.as_deref(), dim, opts)).map_err(to_py_err)?;
+        let engine = native(py, || Engine::open_opts(path.as_deref(), dim, opts))?;
         Ok(PyEngine { inner: Arc::new(engine), forks: fork::generation() })
     }
 
@@ -712,7 +721,10 @@ fn query_and_rows<'a, Q: numpy::Element, T: numpy::Element>(query: &'a numpy::Py
 fn dot_rows_f32<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, rows: numpy::PyReadonlyArray2<'py, f32>) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     let mut out = vec![0.0f32; n];
-    py.detach(|| simd::dot_rows(q, r, dim, &mut out));
+    native(py, || {
+        simd::dot_rows(q, r, dim, &mut out);
+        Ok(())
+    })?;
     Ok(PyArray1::from_vec(py, out))
 }
 
@@ -721,7 +733,10 @@ fn dot_rows_f32<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, 
 fn dot_rows_f16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, rows: numpy::PyReadonlyArray2<'py, u16>) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     let mut out = vec![0.0f32; n];
-    py.detach(|| simd::half::dot_rows_f16(q, r, dim, &mut out));
+    native(py, || {
+        simd::half::dot_rows_f16(q, r, dim, &mut out);
+        Ok(())
+    })?;
     Ok(PyArray1::from_vec(py, out))
 }
 
@@ -730,7 +745,10 @@ fn dot_rows_f16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, 
 fn dot_rows_bf16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, rows: numpy::PyReadonlyArray2<'py, u16>) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     let mut out = vec![0.0f32; n];
-    py.detach(|| simd::bf16::dot_rows_bf16(q, r, dim, &mut out));
+    native(py, || {
+        simd::bf16::dot_rows_bf16(q, r, dim, &mut out);
+        Ok(())
+    })?;
     Ok(PyArray1::from_vec(py, out))
 }
 
@@ -740,7 +758,10 @@ fn dot_rows_bf16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>,
 fn dot_rows_bf16_pairs<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, u16>, rows: numpy::PyReadonlyArray2<'py, u16>) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     let mut out = vec![0.0f32; n];
-    py.detach(|| simd::bf16::dot_rows_bf16_pairs(q, r, dim, &mut out));
+    native(py, || {
+        simd::bf16::dot_rows_bf16_pairs(q, r, dim, &mut out);
+        Ok(())
+    })?;
     Ok(PyArray1::from_vec(py, out))
 }
 
@@ -759,7 +780,10 @@ fn dot_rows_i8<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, i8>, ro
         return Err(to_py_err(Error::InvalidInput(format!("int8 kernels take at most {} values", simd::int8::MAX_DIM))));
     }
     let mut out = vec![0i32; n];
-    py.detach(|| simd::int8::dot_rows_i8(q, r, dim, &mut out));
+    native(py, || {
+        simd::int8::dot_rows_i8(q, r, dim, &mut out);
+        Ok(())
+    })?;
     Ok(PyArray1::from_vec(py, out))
 }
 
