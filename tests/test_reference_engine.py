@@ -13,6 +13,7 @@ import pytest
 from conftest import NATIVE_AVAILABLE, NATIVE_SKIP_REASON, snapshot, unit_rows
 
 import ferromem
+from ferromem import _storefile
 from ferromem._reference import ReferenceEngine, child_of, scope_matches
 
 DIM = 6
@@ -371,12 +372,16 @@ def test_file_uses_the_shared_schema(tmp_path):
     assert tables == {
         "meta": ["key", "value"],
         "records": ["id", "content", "scope", "categories", "metadata", "importance",
-                    "created_at", "last_accessed", "source", "private", "vector", "seq"],
+                    "created_at", "last_accessed", "source", "private", "vector", "seq",
+                    "fields_crc", "vector_crc"],
         "tombstones": ["id", "seq"],
     }
     assert indexes == {"records_seq", "tombstones_seq"}
     assert mode == "wal"
-    assert meta["schema_version"] == "1" and meta["dim"] in ("", None) and meta["seq"] == "0"
+    assert meta["schema_version"] == "2" and meta["dim"] in ("", None) and meta["seq"] == "0"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == 0x4665526D
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     assert meta["epoch"] == "0"
 
     vector = np.array([1.5, -2.0, 0.25], dtype=np.float32)
@@ -447,9 +452,10 @@ def test_engine_reads_rows_written_by_another_writer(tmp_path):
         writer.execute("COMMIT")
 
     blob = np.array([0.0, 3.0], dtype="<f4").tobytes()
+    fields = ("theirs", "hello", "/x", '["c"]', '{"k": 1}', 0.7, 5.0, 6.0, "them", 1)
+    sums = (_storefile.fields_crc(*fields), _storefile.vector_crc(blob))
     foreign_write(lambda seq: [(
-        "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        ("theirs", "hello", "/x", '["c"]', '{"k": 1}', 0.7, 5.0, 6.0, "them", 1, blob, seq),
+        "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", (*fields, blob, seq, *sums),
     )])
     assert engine.get(["theirs"])[0][:10] == (
         "theirs", "hello", "/x", ["c"], '{"k": 1}', 0.7, 5.0, 6.0, "them", True)
@@ -505,7 +511,7 @@ def test_incompatible_and_corrupt_files(tmp_path):
     newer = str(tmp_path / "newer.ferro")
     ReferenceEngine(newer, None, "normal").close()
     with sqlite3.connect(newer) as conn:
-        conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+        conn.execute("PRAGMA user_version = 3")
     with pytest.raises(ferromem.IncompatibleStoreError) as info:
         ReferenceEngine(newer, None, "normal")
     assert isinstance(info.value, OSError) and "upgrade" in str(info.value)

@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from .exceptions import (
     CorruptStoreError,
+    DamagedRecordsWarning,
     DimensionMismatchError,
     DuplicateIdError,
     FerromemError,
@@ -19,16 +20,20 @@ from .exceptions import (
     InvalidMetadataError,
     InvalidVectorError,
     NativeUnavailableWarning,
+    NotAStoreError,
     NotFoundError,
+    ReadOnlyStoreError,
     StorageError,
     StoreClosedError,
 )
 from .records import Record, ScopeInfo
 from .store import SearchResult, Store, open
+from .store import check_store as check
 
 __all__ = [
     "__version__",
     "open",
+    "check",
     "Store",
     "SearchResult",
     "Record",
@@ -46,5 +51,8 @@ __all__ = [
     "StorageError",
     "CorruptStoreError",
     "IncompatibleStoreError",
+    "NotAStoreError",
+    "ReadOnlyStoreError",
     "NativeUnavailableWarning",
+    "DamagedRecordsWarning",
 ]

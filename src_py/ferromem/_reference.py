@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _storefile
 from .exceptions import (
     CorruptStoreError,
     DimensionMismatchError,
@@ -37,32 +38,25 @@ from .exceptions import (
     InvalidInputError,
     InvalidMetadataError,
     InvalidVectorError,
+    NotAStoreError,
+    ReadOnlyStoreError,
     StorageError,
     StoreClosedError,
 )
 
 __all__ = ["ReferenceEngine", "scope_matches", "child_of"]
 
-SCHEMA_VERSION = "1"
-
-_SCHEMA = (
-    "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE records(id TEXT PRIMARY KEY, content TEXT NOT NULL, scope TEXT NOT NULL,"
-    " categories TEXT NOT NULL, metadata TEXT NOT NULL, importance REAL NOT NULL,"
-    " created_at REAL NOT NULL, last_accessed REAL NOT NULL, source TEXT,"
-    " private INTEGER NOT NULL, vector BLOB NOT NULL, seq INTEGER NOT NULL)",
-    "CREATE INDEX records_seq ON records(seq)",
-    "CREATE TABLE tombstones(id TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
-    "CREATE INDEX tombstones_seq ON tombstones(seq)",
-)
+SCHEMA_VERSION = str(_storefile.SCHEMA_VERSION)
 
 _RECORD_COLUMNS = (
     "id, content, scope, categories, metadata, importance, created_at, last_accessed,"
     " source, private, vector"
 )
+# Selected for reads: the record, then its two checksums.
+_READ_COLUMNS = _RECORD_COLUMNS + ", fields_crc, vector_crc"
 _UPSERT_SQL = (
-    f"INSERT OR REPLACE INTO records({_RECORD_COLUMNS}, seq)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT OR REPLACE INTO records({_RECORD_COLUMNS}, seq, fields_crc, vector_crc)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 _BUSY_TIMEOUT_MS = 60_000
@@ -206,19 +200,21 @@ class _Stored:
         )
 
     def as_row(self, seq: int) -> tuple:
-        return (
+        fields = (
             self.id,
             self.content,
             self.scope,
             json.dumps(list(self.categories), ensure_ascii=False),
             self.metadata_json,
-            self.importance,
-            self.created_at,
-            self.last_accessed,
+            float(self.importance),
+            float(self.created_at),
+            float(self.last_accessed),
             self.source,
             int(self.private),
-            self.vector.astype("<f4", copy=False).tobytes(),
-            seq,
+        )
+        blob = self.vector.astype("<f4", copy=False).tobytes()
+        return (
+            *fields, blob, seq, _storefile.fields_crc(*fields), _storefile.vector_crc(blob)
         )
 
 
@@ -366,6 +362,21 @@ class _Filter:
 # --------------------------------------------------------------------------- sqlite help
 
 
+def _damaged_key(row: Any) -> str:
+    record_id = row[0]
+    if isinstance(record_id, bytes):
+        record_id = record_id.decode("utf-8", "replace")
+    return str(record_id)
+
+
+def _describe_damage(d: dict[str, Any]) -> str:
+    what = {
+        "vector": "its vector fails its checksum",
+        "fields": "its fields fail their checksum",
+    }.get(d["what"], "its stored values cannot be decoded")
+    return f"record {d['id']!r}: {what}"
+
+
 def _sqlite_error_name(exc: sqlite3.Error) -> str:
     return getattr(exc, "sqlite_errorname", "") or ""
 
@@ -437,7 +448,10 @@ def _operation(name: str, *, sync: bool = True) -> Callable:
 class ReferenceEngine:
     """The NumPy engine. Same interface as ``ferromem._core.Engine``."""
 
-    def __init__(self, path: str | None, dim: int | None, durability: str = "normal"):
+    def __init__(
+        self, path: str | None, dim: int | None, durability: str = "normal", *,
+        read_only: bool = False,
+    ):
         if durability not in ("normal", "full"):
             raise InvalidInputError(f"durability must be 'normal' or 'full', got {durability!r}")
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
@@ -445,7 +459,11 @@ class ReferenceEngine:
         self._lock = threading.RLock()
         self._path = path
         self._closed = False
+        self._read_only = bool(read_only)
+        self._version_1 = False  # a version 1 store opened read-only: no checksums to check
         self._records: dict[str, _Stored] = {}
+        # Rows that fail their checksums, by id as stored: kept out of _records, reported.
+        self._damaged: dict[str, dict[str, Any]] = {}
         self._dim: int | None = None
         self._seq = 0
         self._epoch = 0
@@ -504,9 +522,19 @@ class ReferenceEngine:
                 raise _storage_error(exc, self._path) from exc
 
     def _open_database(self, path: str, dim: int | None, durability: str) -> None:
+        found = _storefile.inspect(path)
+        if found == "missing":
+            if self._read_only:
+                raise NotAStoreError(
+                    f"{path} does not exist: there is no store to open read-only"
+                )
+            _storefile.create(path)
+            found = _storefile.inspect(path)
+        self._version_1 = found == "v1"
         try:
             conn = sqlite3.connect(
-                path,
+                _storefile._uri(path, "mode=ro") if self._read_only else path,
+                uri=self._read_only,
                 timeout=_BUSY_TIMEOUT_MS / 1000,
                 isolation_level=None,  # autocommit; transactions are explicit
                 check_same_thread=False,  # guarded by self._lock
@@ -518,7 +546,11 @@ class ReferenceEngine:
 
             def configure() -> None:
                 conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-                conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise CorruptStoreError(
+                        f"{path} is not in WAL mode (got {mode}), as every store is"
+                    )
                 synchronous = "FULL" if durability == "full" else "NORMAL"
                 conn.execute(f"PRAGMA synchronous = {synchronous}")
 
@@ -534,56 +566,41 @@ class ReferenceEngine:
         conn = self._conn
         assert conn is not None
         data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
         try:
-            tables = {
-                row[0]
-                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-            if "meta" not in tables:
-                if tables:
-                    raise CorruptStoreError(
-                        f"{self._path!r} is an SQLite database but not a ferromem store (it "
-                        f"has the tables {sorted(tables)}); choose another path"
-                    )
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.executemany(
-                    "INSERT INTO meta(key, value) VALUES (?, ?)",
-                    [
-                        ("schema_version", SCHEMA_VERSION),
-                        ("dim", "" if dim is None else str(dim)),
-                        ("seq", "0"),
-                        ("epoch", "0"),
-                    ],
+            if self._version_1 and not self._read_only:
+                _storefile.upgrade_from_1(conn)
+                self._version_1 = False
+            # The header again, through the connection: a change still in the WAL shows here.
+            user_version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if user_version > _storefile.SCHEMA_VERSION:
+                raise IncompatibleStoreError(
+                    f"{self._path} has ferromem schema version {user_version}; this ferromem "
+                    f"reads up to version {SCHEMA_VERSION}: upgrade ferromem (the store is "
+                    "left as it is)"
                 )
-            else:
-                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-                version = meta.get("schema_version")
-                if version != SCHEMA_VERSION:
-                    raise IncompatibleStoreError(
-                        f"{self._path!r} has schema version {version!r}, but this version of "
-                        f"ferromem reads version {SCHEMA_VERSION!r}; upgrade ferromem to open it"
-                    )
-                if not {"records", "tombstones"} <= tables:
-                    raise CorruptStoreError(
-                        f"{self._path!r} is missing the records or tombstones table"
-                    )
-                stored_dim = _parse_dim(meta.get("dim"))
-                if dim is not None and stored_dim is not None and dim != stored_dim:
-                    raise DimensionMismatchError(
-                        f"the store at {self._path!r} holds {stored_dim}-dimensional vectors "
-                        f"but dim={dim} was given; open it without dim, or with dim={stored_dim}",
-                        expected=stored_dim,
-                        got=dim,
-                    )
-                if dim is not None and stored_dim is None:
-                    # Declaring the dimension is a change other connections must notice.
-                    seq = int(meta.get("seq", "0")) + 1
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                        [("dim", str(dim)), ("seq", str(seq))],
-                    )
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            expected = "1" if self._version_1 else SCHEMA_VERSION
+            if meta.get("schema_version") != expected:
+                raise CorruptStoreError(
+                    f"{self._path}: its header says ferromem schema {expected} but its meta "
+                    f"table says {meta.get('schema_version')!r}"
+                )
+            stored_dim = _parse_dim(meta.get("dim"))
+            if dim is not None and stored_dim is not None and dim != stored_dim:
+                raise DimensionMismatchError(
+                    f"the store at {self._path!r} holds {stored_dim}-dimensional vectors "
+                    f"but dim={dim} was given; open it without dim, or with dim={stored_dim}",
+                    expected=stored_dim,
+                    got=dim,
+                )
+            if dim is not None and stored_dim is None and not self._read_only:
+                # Declaring the dimension is a change other connections must notice.
+                seq = int(meta.get("seq", "0")) + 1
+                conn.executemany(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                    [("dim", str(dim)), ("seq", str(seq))],
+                )
             self._load_all()
             conn.execute("COMMIT")
         except BaseException:
@@ -595,7 +612,7 @@ class ReferenceEngine:
     def _read_meta(self) -> tuple[int, int, int | None]:
         assert self._conn is not None
         meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
-        if meta.get("schema_version") != SCHEMA_VERSION:
+        if meta.get("schema_version") != ("1" if self._version_1 else SCHEMA_VERSION):
             raise IncompatibleStoreError(
                 f"{self._path!r} now has schema version {meta.get('schema_version')!r}; "
                 f"this version of ferromem reads {SCHEMA_VERSION!r}"
@@ -607,9 +624,14 @@ class ReferenceEngine:
             raise CorruptStoreError(f"{self._path!r} has a malformed change sequence") from None
         return seq, epoch, _parse_dim(meta.get("dim"))
 
-    def _row_to_stored(self, row: tuple, dim: int | None) -> _Stored:
+    def _row_to_stored(self, row: tuple, dim: int | None) -> _Stored | None:
+        """The record of a row, or None (and the row quarantined) when it fails its
+        checksums or cannot be decoded."""
         (record_id, content, scope, categories, metadata, importance, created_at,
-         last_accessed, source, private, blob) = row
+         last_accessed, source, private, blob, fields_sum, vector_sum) = row
+        if not self._version_1 and not self._row_is_whole(row):
+            return None
+        self._damaged.pop(record_id, None)
         try:
             category_list = json.loads(categories)
         except ValueError:
@@ -632,13 +654,50 @@ class ReferenceEngine:
         except InvalidMetadataError as exc:
             raise CorruptStoreError(f"record {record_id!r} has malformed metadata: {exc}") from None
 
+    def _row_is_whole(self, row: tuple) -> bool:
+        (record_id, content, scope, categories, metadata, importance, created_at,
+         last_accessed, source, private, blob, fields_sum, vector_sum) = row
+        what = None
+        texts = (record_id, content, scope, categories, metadata)
+        if (
+            not all(isinstance(t, str) for t in texts)
+            or not all(isinstance(x, (int, float)) for x in (importance, created_at, last_accessed))
+            or not (source is None or isinstance(source, str))
+            or private not in (0, 1)
+            or not isinstance(blob, bytes)
+            or not isinstance(fields_sum, int)
+            or not isinstance(vector_sum, int)
+        ):
+            what = "unreadable"
+        elif _storefile.fields_crc(*texts, importance, created_at, last_accessed, source,
+                                   private) != fields_sum:
+            what = "fields"
+        elif _storefile.vector_crc(blob) != vector_sum:
+            what = "vector"
+        if what is None:
+            return True
+        if isinstance(record_id, bytes):
+            record_id = record_id.decode("utf-8", "replace")
+        self._records.pop(record_id, None)
+        self._damaged[str(record_id)] = {"id": str(record_id), "seq": 0, "what": what}
+        return False
+
+    def _select_records(self, tail: str = "", args: tuple = ()) -> Any:
+        assert self._conn is not None
+        columns = _RECORD_COLUMNS + ", NULL, NULL" if self._version_1 else _READ_COLUMNS
+        return self._conn.execute(f"SELECT {columns}, seq FROM records {tail}", args)
+
     def _load_all(self) -> None:
         """Replaces memory with the database's content (inside a read snapshot)."""
         assert self._conn is not None
         seq, epoch, dim = self._read_meta()
         records = {}
-        for row in self._conn.execute(f"SELECT {_RECORD_COLUMNS} FROM records"):
-            stored = self._row_to_stored(row, dim)
+        self._damaged = {}
+        for *row, row_seq in self._select_records():
+            stored = self._row_to_stored(tuple(row), dim)
+            if stored is None:
+                self._damaged[_damaged_key(row)]["seq"] = row_seq
+                continue
             records[stored.id] = stored
         self._records = records
         self._dim = dim
@@ -656,12 +715,13 @@ class ReferenceEngine:
         self._dim = dim
         if seq == self._seq:
             return
-        changed = [
-            self._row_to_stored(row, dim)
-            for row in self._conn.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM records WHERE seq > ?", (self._seq,)
-            )
-        ]
+        changed = []
+        for *row, row_seq in self._select_records("WHERE seq > ?", (self._seq,)):
+            stored = self._row_to_stored(tuple(row), dim)
+            if stored is None:
+                self._damaged[_damaged_key(row)]["seq"] = row_seq
+            else:
+                changed.append(stored)
         deleted = [
             row[0]
             for row in self._conn.execute("SELECT id FROM tombstones WHERE seq > ?", (self._seq,))
@@ -670,6 +730,7 @@ class ReferenceEngine:
             self._records[stored.id] = stored
         for record_id in deleted:
             self._records.pop(record_id, None)
+            self._damaged.pop(record_id, None)
         self._seq = seq
         self._arena = None
 
@@ -709,6 +770,12 @@ class ReferenceEngine:
                 self._seq += 1
                 self._arena = None
             return result
+
+        if self._read_only:
+            raise ReadOnlyStoreError(
+                f"{self._path} was opened read-only: open it without read_only=True to "
+                "change it"
+            )
 
         def attempt() -> Any:
             data_version = conn.execute("PRAGMA data_version").fetchone()[0]
@@ -815,6 +882,7 @@ class ReferenceEngine:
                     self._dim = new_dim
                 for record in new_records:
                     self._records[record.id] = record
+                    self._damaged.pop(record.id, None)  # saved again: whole
 
             return None, statements, apply
 
@@ -863,14 +931,15 @@ class ReferenceEngine:
             existing = [record_id for record_id in wanted if record_id in self._records]
             if not existing:
                 return 0, [], lambda: None
+            touched = {i: self._records[i].replace(last_accessed=t) for i in existing}
+            # The fields' checksum covers last_accessed; the vector and its sum stay.
             statements = [(
-                "UPDATE records SET last_accessed = ?, seq = ? WHERE id = ?",
-                [(t, seq, record_id) for record_id in existing],
+                "UPDATE records SET last_accessed = ?, seq = ?, fields_crc = ? WHERE id = ?",
+                [(t, seq, touched[i].as_row(seq)[-2], i) for i in existing],
             )]
 
             def apply() -> None:
-                for record_id in existing:
-                    self._records[record_id] = self._records[record_id].replace(last_accessed=t)
+                self._records.update(touched)
 
             return len(existing), statements, apply
 
@@ -888,8 +957,12 @@ class ReferenceEngine:
             flt["ids"] = list(wanted if "ids" not in flt else wanted & set(flt["ids"]))
         _Filter(flt)  # reject a malformed filter before the transaction
 
+        only_ids = ids is not None and _Filter({k: v for k, v in flt.items() if k != "ids"}).is_empty()
+
         def plan(seq: int) -> tuple[int, list, Callable[[], None]]:
             doomed = [record.id for record in self._matching(flt)]
+            if only_ids:  # damaged records are deleted by id (how a user clears them)
+                doomed += [i for i in dict.fromkeys(flt["ids"]) if i in self._damaged]
             if not doomed:
                 return 0, [], lambda: None
             statements = [
@@ -902,7 +975,8 @@ class ReferenceEngine:
 
             def apply() -> None:
                 for record_id in doomed:
-                    del self._records[record_id]
+                    self._records.pop(record_id, None)
+                    self._damaged.pop(record_id, None)
 
             return len(doomed), statements, apply
 
@@ -1004,6 +1078,12 @@ class ReferenceEngine:
         result = []
         for record_id in ids:
             record = self._records.get(record_id)
+            if record is None and record_id in self._damaged:
+                raise CorruptStoreError(
+                    f"damaged store: record {record_id!r} fails its checksum on disk. Save "
+                    "the record again (or delete it) to clear it; `ferromem check` lists all "
+                    "damage"
+                )
             result.append(None if record is None else record.as_tuple())
         return result
 
@@ -1061,6 +1141,7 @@ class ReferenceEngine:
                 return
             self._closed = True
             self._records = {}
+            self._damaged = {}
             self._arena = None
             if self._conn is not None:
                 conn, self._conn = self._conn, None
@@ -1082,6 +1163,36 @@ class ReferenceEngine:
                     "max_us": float(values.max()),
                 }
             return report
+
+    def damaged(self) -> list[dict[str, Any]]:
+        """The quarantined records ({"id", "seq", "what"}), like the native engine's
+        stats()["damaged"]."""
+        with self._lock:
+            return sorted((dict(d) for d in self._damaged.values()), key=lambda d: d["id"])
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    @staticmethod
+    def verify(path: str) -> list[str]:
+        """What ``ferromem.check`` reports, read-only (see :func:`ferromem.check`)."""
+        engine = ReferenceEngine(path, None, read_only=True)
+        try:
+            assert engine._conn is not None
+            problems = [
+                f"SQLite: {line}" for (line,) in engine._conn.execute("PRAGMA integrity_check")
+                if line != "ok"
+            ]
+            if engine._version_1:
+                problems.append(
+                    "the store has schema version 1, whose records carry no checksums: "
+                    "open it once for writing to upgrade it"
+                )
+            problems += [_describe_damage(d) for d in engine._damaged.values()]
+            return problems
+        finally:
+            engine.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"dim={self._dim}, records={len(self._records)}"

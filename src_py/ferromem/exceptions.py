@@ -25,7 +25,10 @@ __all__ = [
     "StorageError",
     "CorruptStoreError",
     "IncompatibleStoreError",
+    "NotAStoreError",
+    "ReadOnlyStoreError",
     "NativeUnavailableWarning",
+    "DamagedRecordsWarning",
 ]
 
 
@@ -85,11 +88,28 @@ class StorageError(FerromemError, OSError):
 
 
 class CorruptStoreError(StorageError):
-    """The files at the store's path are not a readable ferromem store."""
+    """A store, or a record in it, is damaged on disk (it fails its checksums, or SQLite
+    finds its structure broken). ``ferromem check PATH`` lists all damage."""
 
 
 class IncompatibleStoreError(StorageError):
     """The store was written by an incompatible (newer) version of ferromem."""
+
+
+class NotAStoreError(CorruptStoreError):
+    """The file at the path is not a ferromem store (another application's database, an
+    empty or truncated file, not SQLite at all). ferromem left it byte for byte as it was.
+    A CorruptStoreError, which earlier versions raised for such files."""
+
+
+class ReadOnlyStoreError(StorageError):
+    """A write to a store opened with ``read_only=True``."""
+
+
+class DamagedRecordsWarning(RuntimeWarning):
+    """Records of a store fail their checksums: the store opened without them (they are
+    never scored or returned) and ``stats()["damaged"]`` lists them. Saving a record again
+    or deleting it by id clears it."""
 
 
 class NativeUnavailableWarning(RuntimeWarning):

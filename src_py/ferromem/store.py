@@ -26,6 +26,7 @@ from . import _convert
 from . import _validate as check
 from ._reference import ReferenceEngine
 from .exceptions import (
+    DamagedRecordsWarning,
     FerromemError,
     InvalidFilterError,
     InvalidInputError,
@@ -36,7 +37,7 @@ from .exceptions import (
 )
 from .records import Record, ScopeInfo
 
-__all__ = ["open", "Store", "SearchResult"]
+__all__ = ["open", "check_store", "Store", "SearchResult"]
 
 
 # --------------------------------------------------------------------------- data plane
@@ -127,6 +128,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     ef_search: int = 96,
     precision: str = "f32",
     fast_open: bool = False,
+    read_only: bool = False,
 ) -> Store:
     """Opens (or creates) a store.
 
@@ -158,6 +160,16 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     image is a cache, used only when it fits the store (an int8 image serves int8 stores
     only); stores opened without ``fast_open`` leave it alone, and deleting it is always
     safe. Native engine with a path only.
+    ``read_only``: never write to the file (it must be a store already): every write
+    raises ReadOnlyStoreError, and closing writes no graph or image. ``ferromem stats``
+    and ``ferromem check`` open this way.
+
+    A file that is not a ferromem store (another application's SQLite database, an empty
+    or truncated file, anything else) raises NotAStoreError and is left byte for byte as
+    it was; a store of a newer schema raises IncompatibleStoreError. Records that fail
+    their checksums on disk are left out of the open store, listed in
+    ``stats()["damaged"]`` and reported once with a DamagedRecordsWarning (see
+    :func:`check`).
     """
     path_text = check.check_path(path)
     cache_size = check.check_cache_size(cache_size)
@@ -167,8 +179,11 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     dim = check.check_dim(dim)
     durability = check.check_durability(durability)
     fast_open = check.check_bool(fast_open, "fast_open")
+    read_only = check.check_bool(read_only, "read_only")
+    if read_only and path_text is None:
+        raise InvalidInputError("read_only=True needs a path: an in-memory store has no file to protect")
     engine_factory, engine_name = _select_engine(check.check_engine(engine))
-    if path_text is not None:
+    if path_text is not None and not read_only:
         try:
             os.makedirs(os.path.dirname(path_text), exist_ok=True)
         except OSError as exc:
@@ -176,9 +191,10 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
                 f"cannot create the directory of {path_text!r}: {exc}"
             ) from exc
     if engine_name == "native":
-        engine_instance = engine_factory(path_text, dim, durability, precision, fast_open)
+        engine_instance = engine_factory(path_text, dim, durability, precision, fast_open, read_only)
     else:  # the reference engine holds f32 and reads the file whatever is asked
-        engine_instance = engine_factory(path_text, dim, durability)
+        engine_instance = engine_factory(path_text, dim, durability, read_only=read_only)
+    _warn_if_damaged(engine_instance, path_text)
     set_capacity = getattr(engine_instance, "set_cache_capacity", None)
     if set_capacity is not None:  # the reference engine keeps no cache
         set_capacity(cache_size)
@@ -186,6 +202,57 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     if set_index is not None:  # the reference engine always scans exactly
         set_index(index, ef_search)
     return Store(engine_instance, engine_name, index=index, ef_search=ef_search)
+
+
+def _damaged_records(engine: Any) -> builtins.list[dict[str, Any]]:
+    """The engine's quarantined records (the native engine reports them in its stats)."""
+    reported = getattr(engine, "damaged", None)
+    if callable(reported):
+        return builtins.list(reported())
+    return builtins.list(engine.stats().get("damaged") or [])
+
+
+def _warn_if_damaged(engine: Any, path: str | None) -> None:
+    damaged = _damaged_records(engine)
+    if damaged:
+        shown = ", ".join(repr(d["id"]) for d in damaged[:5])
+        more = f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+        warnings.warn(
+            f"{len(damaged)} record(s) of {path} fail their checksums on disk and were left "
+            f"out of the store: {shown}{more}. They are listed in stats()['damaged']; save "
+            "them again or delete them by id to clear them. `ferromem check PATH` lists "
+            "all damage.",
+            DamagedRecordsWarning,
+            stacklevel=3,
+        )
+
+
+def check_store(path: str | os.PathLike) -> list[str]:
+    """Verifies the store at ``path`` without writing to it: SQLite's own structure, the
+    meta table, every record's checksums, and the derived files beside it (the store
+    image and the saved graph) where they exist. Returns one line per problem; an empty
+    list means the store is whole. Raises NotAStoreError for a file that is not a store.
+    ``ferromem check PATH`` prints this list and exits 1 when it is not empty."""
+    path_text = _required_path(path)
+    if _core is None:
+        return ReferenceEngine.verify(path_text)
+    problems = builtins.list(_core.verify_store(path_text))
+    for suffix, verify_name in ((".image", "verify_image"), (".hnsw", "verify_graph")):
+        verify = getattr(_core, verify_name, None)
+        derived = path_text + suffix
+        if verify is not None and os.path.exists(derived):
+            problems.extend(
+                f"{os.path.basename(derived)} (a cache, ignored and rebuilt when damaged): {p}"
+                for p in verify(derived)
+            )
+    return problems
+
+
+def _required_path(path: Any) -> str:
+    path_text = check.check_path(path)
+    if path_text is None:
+        raise InvalidInputError("a path is required: an in-memory store has no file to check")
+    return path_text
 
 
 # --------------------------------------------------------------------------- helpers
@@ -731,6 +798,8 @@ class Store:
         else:
             operations, extras = raw, {}
         extras.setdefault("cache", dict(_NO_CACHE))
+        extras.setdefault("damaged", _damaged_records(self._engine))
+        extras.setdefault("read_only", bool(getattr(self._engine, "read_only", False)))
         extras.setdefault("precision", "f32")
         extras.setdefault("fast_open", {"enabled": False, "opened_from_image": False})
         extras.setdefault("index", {"mode": self._index, "ef_search": self._ef_search, **_NO_GRAPH})

@@ -13,12 +13,12 @@ use crate::record::{metadata_scalars, Record};
 use crate::simd;
 use crate::state::{inverse_norm, Hit, IndexConfig, IndexStats, Precision, State};
 use crate::storage::memory::MemoryStorage;
-use crate::storage::sqlite::SqliteStorage;
-use crate::storage::{Changes, Durability, Storage, WriteOp};
+use crate::storage::sqlite::{Access, SqliteStorage};
+use crate::storage::{Changes, Damage, Durability, Storage, WriteOp};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RwLock};
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -41,11 +41,14 @@ pub struct OpenOptions {
     /// Keep a store image beside the file (written at close when the store changed) and
     /// open from it when it fits: see [`crate::image`].
     pub fast_open: bool,
+    /// Never write to the file: writes fail with [`Error::ReadOnly`], and close writes no
+    /// graph or image. A store must exist at the path.
+    pub read_only: bool,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { durability: Durability::Normal, precision: Precision::F32, fast_open: false }
+        OpenOptions { durability: Durability::Normal, precision: Precision::F32, fast_open: false, read_only: false }
     }
 }
 
@@ -94,6 +97,9 @@ pub struct EngineStats {
     /// engine was opened from one.
     pub fast_open: bool,
     pub opened_from_image: bool,
+    pub read_only: bool,
+    /// Records kept out of the replica because they fail their checksums on disk.
+    pub damaged: Vec<Damage>,
 }
 
 /// A record with its vector, as `get` and `list` return them.
@@ -147,6 +153,7 @@ pub struct Engine {
     coalesced_searches: AtomicU64,
     coalesced_batches: AtomicU64,
     fast_open: bool,
+    read_only: bool,
     opened_from_image: bool,
     /// The (epoch, seq) of the image beside the store when it is known to hold exactly
     /// that replica (opened from it, or written by this engine): no rewrite needed.
@@ -167,6 +174,14 @@ fn rerank_width(k: usize) -> usize {
     k.saturating_add(k.max(RERANK_EXTRA))
 }
 const RERANK_EXTRA: usize = 16;
+
+/// The error a read of a quarantined record gets.
+fn damaged_record_error(d: &Damage) -> Error {
+    Error::Corrupt(format!(
+        "{} on disk. Save the record again (or delete it) to clear it; `ferromem check` lists all damage",
+        d.describe()
+    ))
+}
 
 /// Checks a row-major matrix of `dim`-vectors: finite values and no all-zero row.
 pub fn validate_vectors(data: &[f32], dim: usize) -> Result<()> {
@@ -249,7 +264,7 @@ impl Engine {
     /// Opens a store holding its vectors in memory at `precision` (see [`Precision`]);
     /// f16 needs a path: the exact vectors live in the durable layer only.
     pub fn open_with(path: Option<&Path>, dim: Option<usize>, durability: Durability, precision: Precision) -> Result<Engine> {
-        Engine::open_opts(path, dim, OpenOptions { durability, precision, fast_open: false })
+        Engine::open_opts(path, dim, OpenOptions { durability, precision, ..OpenOptions::default() })
     }
 
     /// Opens a store with every option. With `fast_open`, a store that has an image that
@@ -257,7 +272,7 @@ impl Engine {
     /// instead of reading every row.
     pub fn open_opts(path: Option<&Path>, dim: Option<usize>, opts: OpenOptions) -> Result<Engine> {
         crate::fork::install();
-        let OpenOptions { durability, precision, fast_open } = opts;
+        let OpenOptions { durability, precision, fast_open, read_only } = opts;
         let t = Instant::now();
         if dim == Some(0) {
             return Err(Error::InvalidInput("dim must be at least 1".into()));
@@ -274,11 +289,13 @@ impl Engine {
         let (mut writer, reader): (Box<dyn Storage>, Box<dyn Storage>) = match path {
             None => (Box::new(MemoryStorage), Box::new(MemoryStorage)),
             Some(p) => {
-                let mut reader = SqliteStorage::open(p, durability)?;
+                let access = if read_only { Access::ReadOnly } else { Access::ReadWrite };
+                let writer = SqliteStorage::open_as(p, durability, access)?;
+                let mut reader = SqliteStorage::open_as(p, durability, access)?;
                 if precision != Precision::F32 {
                     reader.map_reads()?;
                 }
-                (Box::new(SqliteStorage::open(p, durability)?), Box::new(reader))
+                (Box::new(writer), Box::new(reader))
             }
         };
         let from_image = match path {
@@ -297,10 +314,11 @@ impl Engine {
             None => {
                 let mut state = State::new();
                 state.precision = precision;
-                let (epoch, seq, stored_dim) = writer.load_each(&mut |r| state.put(r.rec, &r.vector))?;
-                state.epoch = epoch;
-                state.seq = seq;
-                state.dim = stored_dim;
+                let loaded = writer.load_each(&mut |r| state.put(r.rec, &r.vector))?;
+                state.epoch = loaded.epoch;
+                state.seq = loaded.seq;
+                state.dim = loaded.dim;
+                state.quarantine(loaded.damaged);
                 state
             }
         };
@@ -316,7 +334,10 @@ impl Engine {
             if let Ok(bytes) = std::fs::read(graph_file(p)) {
                 state.install_graph_file(&bytes);
             }
-            make_reserve(p);
+            if !read_only {
+                // A read-only open writes nothing, not even the reserve.
+                make_reserve(p);
+            }
         }
         let engine = Engine {
             state: Arc::new(RwLock::new(state)),
@@ -333,6 +354,7 @@ impl Engine {
             coalesced_searches: AtomicU64::new(0),
             coalesced_batches: AtomicU64::new(0),
             fast_open,
+            read_only,
             opened_from_image: image_at.is_some(),
             image_at: Mutex::new(image_at),
         };
@@ -394,9 +416,10 @@ impl Engine {
                 for r in snap.records {
                     st.put(r.rec, &r.vector)?;
                 }
+                st.quarantine(snap.damaged);
                 Ok(())
             }
-            Changes::Delta { epoch, seq, dim, upserts, deletes } => {
+            Changes::Delta { epoch, seq, dim, upserts, deletes, damaged } => {
                 let mut st = self.write_state();
                 if epoch != st.epoch || seq <= st.seq {
                     return Ok(());
@@ -413,6 +436,9 @@ impl Engine {
                         st.put(r.rec, &r.vector)?;
                     }
                 }
+                // A record rewritten since and now damaged on disk: its old version in the
+                // replica is no longer the record, and the new one cannot be served.
+                st.quarantine(damaged.into_iter().filter(|d| d.seq > since).collect());
                 if st.dim.is_none() {
                     st.dim = dim;
                 }
@@ -763,8 +789,17 @@ impl Engine {
         self.cache.lock().set_capacity(entries);
     }
 
+    /// The records with these ids (None where none is stored). A record that is stored
+    /// but damaged is an error naming it, never None: it exists, and it cannot be served.
     pub fn get(&self, ids: &[String]) -> Result<Vec<Option<RecordWithVector>>> {
-        self.read_with_vectors(Op::get, |st| ids.iter().map(|id| st.get(id).map(|(r, v)| (r.clone(), v.to_vec()))).collect())
+        let out = self.read_with_vectors(Op::get, |st| ids.iter().map(|id| st.get(id).map(|(r, v)| (r.clone(), v.to_vec()))).collect())?;
+        if out.iter().any(Option::is_none) {
+            let st = self.state.read();
+            if let Some(d) = ids.iter().zip(&out).filter(|(_, r)| r.is_none()).find_map(|(id, _)| st.damage_of(id)) {
+                return Err(damaged_record_error(d));
+            }
+        }
+        Ok(out)
     }
 
     /// A read that returns records with their vectors. Under f16 precision the replica
@@ -861,7 +896,13 @@ impl Engine {
         let delete = || {
             self.write_op(Op::delete, |st| {
                 let slots = st.select(filter);
-                let ops: Vec<OwnedOp> = st.ids_of(&slots).into_iter().map(OwnedOp::Delete).collect();
+                let mut ops: Vec<OwnedOp> = st.ids_of(&slots).into_iter().map(OwnedOp::Delete).collect();
+                // Damaged records named by id can be deleted too (that is how a user clears
+                // them), when the filter asks for nothing else that their fields would decide.
+                if let (Some(ids), true) = (&filter.ids, filter.only_ids()) {
+                    let named: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+                    ops.extend(named.into_iter().filter(|id| st.damage_of(id).is_some()).map(|id| OwnedOp::Delete(Arc::from(id))));
+                }
                 let n = ops.len();
                 Ok((ops, n))
             })
@@ -1012,6 +1053,9 @@ impl Engine {
         // Wait for an in-flight write to finish, then drop the connections.
         let writer = self.writer.lock().take();
         self.reader.lock().take();
+        if self.read_only {
+            return; // never a write: no graph, no image
+        }
         if let Some(mut writer) = writer {
             self.save_graph();
             self.save_image(writer.as_mut());
@@ -1086,6 +1130,8 @@ impl Engine {
             coalesced_batches: self.coalesced_batches.load(Ordering::Relaxed),
             fast_open: self.fast_open,
             opened_from_image: self.opened_from_image,
+            read_only: self.read_only,
+            damaged: st.damaged(),
         }
     }
 

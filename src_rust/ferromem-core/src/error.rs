@@ -21,10 +21,17 @@ pub enum Error {
     Closed,
     #[error("storage error: {0}")]
     Storage(String),
-    #[error("not a readable ferromem store: {0}")]
+    #[error("damaged store: {0}")]
     Corrupt(String),
     #[error("{0}")]
     Incompatible(String),
+    /// The file at the path is not a ferromem store (another application's, empty, or not
+    /// SQLite at all); nothing was written to it.
+    #[error("{0}")]
+    NotAStore(String),
+    /// A write to a store opened read-only.
+    #[error("{0}")]
+    ReadOnly(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

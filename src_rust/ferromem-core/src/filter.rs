@@ -63,6 +63,11 @@ impl Filter {
             && self.ids.is_none()
     }
 
+    /// True when ids are the only criterion.
+    pub fn only_ids(&self) -> bool {
+        self.ids.is_some() && Filter { ids: None, ..self.clone() }.is_empty()
+    }
+
     /// The scope prefix that actually restricts (None, "" and "/" match everything).
     pub fn effective_scope(&self) -> Option<&str> {
         match self.scope.as_deref() {

@@ -8,11 +8,12 @@ use crate::hnsw::{GraphQuery, GraphRows, Hnsw, HnswParams, SavedAt};
 use crate::index::FilterIndexes;
 use crate::record::{metadata_scalars, Record};
 use crate::simd;
+use crate::storage::Damage;
 use crate::topk::TopK;
 use crate::{Error, Result};
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// One search hit: the record's id and its cosine score.
@@ -264,6 +265,9 @@ pub struct State {
     ids: HashMap<Arc<str>, u32>,
     live: RoaringBitmap,
     idx: FilterIndexes,
+    /// Records whose stored bytes fail their checksums, by id as stored: kept out of the
+    /// replica (never scored or returned) and reported until saved again or deleted.
+    quarantined: BTreeMap<String, Damage>,
 }
 
 /// Whether scanning the `matching` records of a filter beats walking the graph for them
@@ -322,6 +326,24 @@ impl State {
         self.ids.len()
     }
 
+    /// Keeps damaged records out of the replica: a version of them it holds is dropped (a
+    /// damaged row is the newest write of its id), and each is remembered for `damaged`.
+    pub fn quarantine(&mut self, damaged: Vec<Damage>) {
+        for d in damaged {
+            self.remove(&d.id);
+            self.quarantined.insert(d.id.clone(), d);
+        }
+    }
+
+    /// The quarantined records, by id.
+    pub fn damaged(&self) -> Vec<Damage> {
+        self.quarantined.values().cloned().collect()
+    }
+
+    pub fn damage_of(&self, id: &str) -> Option<&Damage> {
+        self.quarantined.get(id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
@@ -341,6 +363,9 @@ impl State {
     /// right length) and the metadata JSON. An empty `vector` replaces the other fields of
     /// an existing record and keeps its vector (see `WriteOp::Put`).
     pub fn put(&mut self, rec: Record, vector: &[f32]) -> Result<()> {
+        if !self.quarantined.is_empty() {
+            self.quarantined.remove(&*rec.id); // saved again: whole
+        }
         if vector.is_empty() {
             return self.put_fields(rec);
         }
@@ -471,6 +496,9 @@ impl State {
 
     /// Removes a record; returns whether it existed.
     pub fn remove(&mut self, id: &str) -> bool {
+        if !self.quarantined.is_empty() {
+            self.quarantined.remove(id);
+        }
         let Some(slot) = self.ids.remove(id) else { return false };
         self.search_generation += 1;
         let s = slot as usize;

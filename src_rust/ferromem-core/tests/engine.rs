@@ -169,15 +169,16 @@ fn closed_engine_refuses_work() {
 }
 
 #[test]
-fn garbage_file_is_corrupt_not_a_panic() {
+fn garbage_file_is_refused_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("junk.ferro");
     std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
     match Engine::open(Some(&path), None, Durability::Normal) {
-        Err(Error::Corrupt(_)) => {}
-        Err(e) => panic!("expected Corrupt, got {e:?}"),
+        Err(Error::NotAStore(_)) => {}
+        Err(e) => panic!("expected NotAStore, got {e:?}"),
         Ok(_) => panic!("opened garbage"),
     }
+    assert_eq!(std::fs::read(&path).unwrap(), vec![0x42u8; 8192]);
 }
 
 /// Large scans take the two-phase path (half-precision pre-scan, exact re-score). Its

@@ -33,7 +33,7 @@ fn vectors(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn opts(fast_open: bool, precision: Precision) -> OpenOptions {
-    OpenOptions { durability: Durability::Normal, precision, fast_open }
+    OpenOptions { durability: Durability::Normal, precision, fast_open, ..OpenOptions::default() }
 }
 
 fn open(path: &Path, fast_open: bool) -> Engine {

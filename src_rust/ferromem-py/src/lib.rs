@@ -10,6 +10,7 @@
 use ferromem_core::engine::EngineStats;
 use ferromem_core::hnsw::HnswParams;
 use ferromem_core::state::{IndexConfig, IndexMode, Precision};
+use ferromem_core::storage::sqlite::{Access, SqliteStorage};
 use ferromem_core::{fork, simd, Durability, Engine, Error, Filter, OpenOptions, Patch, Privacy, Record, Scalar, WriteMode};
 use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::buffer::PyBuffer;
@@ -38,6 +39,8 @@ fn to_py_err(e: Error) -> PyErr {
             Error::Storage(_) => "StorageError",
             Error::Corrupt(_) => "CorruptStoreError",
             Error::Incompatible(_) => "IncompatibleStoreError",
+            Error::NotAStore(_) => "NotAStoreError",
+            Error::ReadOnly(_) => "ReadOnlyStoreError",
         };
         let msg = e.to_string();
         let made = py.import("ferromem.exceptions").and_then(|m| m.getattr(class)).and_then(|cls| match &e {
@@ -335,14 +338,22 @@ fn timeout_duration(timeout: Option<f64>) -> PyResult<Option<Duration>> {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (path=None, dim=None, durability="normal", precision="f32", fast_open=false))]
-    fn new(py: Python<'_>, path: Option<PathBuf>, dim: Option<usize>, durability: &str, precision: &str, fast_open: bool) -> PyResult<PyEngine> {
+    #[pyo3(signature = (path=None, dim=None, durability="normal", precision="f32", fast_open=false, read_only=false))]
+    fn new(
+        py: Python<'_>,
+        path: Option<PathBuf>,
+        dim: Option<usize>,
+        durability: &str,
+        precision: &str,
+        fast_open: bool,
+        read_only: bool,
+    ) -> PyResult<PyEngine> {
         let durability = Durability::from_name(durability).ok_or_else(|| {
             to_py_err(Error::InvalidInput(format!("durability must be 'normal' or 'full', not {durability:?}")))
         })?;
         let precision = Precision::from_name(precision)
             .ok_or_else(|| to_py_err(Error::InvalidInput(format!("precision must be 'f32', 'f16' or 'int8', not {precision:?}"))))?;
-        let opts = OpenOptions { durability, precision, fast_open };
+        let opts = OpenOptions { durability, precision, fast_open, read_only };
         // Registered before this engine exists, so any later fork is seen.
         fork::install();
         let engine = native(py, || Engine::open_opts(path.as_deref(), dim, opts))?;
@@ -642,6 +653,16 @@ impl PyEngine {
         image.set_item("enabled", s.fast_open)?;
         image.set_item("opened_from_image", s.opened_from_image)?;
         d.set_item("fast_open", image)?;
+        d.set_item("read_only", s.read_only)?;
+        let damaged = PyList::empty(py);
+        for x in &s.damaged {
+            let item = PyDict::new(py);
+            item.set_item("id", &x.id)?;
+            item.set_item("seq", x.seq)?;
+            item.set_item("what", x.what)?;
+            damaged.append(item)?;
+        }
+        d.set_item("damaged", damaged)?;
         Ok(d)
     }
 
@@ -794,11 +815,23 @@ fn int8_path(name: &str) -> PyResult<&'static str> {
     Ok(simd::int8::path_name(isa))
 }
 
+/// Verifies the store file at `path` read-only (SQLite's structure, the meta table, every
+/// record's checksums) and returns one line per problem; empty when it is whole. Writes
+/// nothing, so it is safe on any file: a file that is not a store raises NotAStoreError.
+#[pyfunction]
+fn verify_store(py: Python<'_>, path: PathBuf) -> PyResult<Vec<String>> {
+    native(py, || {
+        let mut storage = SqliteStorage::open_as(&path, Durability::Normal, Access::ReadOnly)?;
+        storage.verify()
+    })
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ferromem_core::interrupt::set_check(interrupted);
     m.add_class::<PyEngine>()?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_store, m)?)?;
     m.add_function(wrap_pyfunction!(simd_isa, m)?)?;
     m.add_function(wrap_pyfunction!(supported_isas, m)?)?;
     m.add_function(wrap_pyfunction!(force_isa, m)?)?;

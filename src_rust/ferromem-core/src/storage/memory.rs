@@ -1,6 +1,6 @@
 //! The storage of an in-memory store: nothing to persist, nothing to catch up from.
 
-use super::{Changes, Storage, StoredRecord, WriteOp};
+use super::{Changes, Loaded, Storage, StoredRecord, WriteOp};
 use crate::Result;
 use std::sync::Arc;
 
@@ -8,8 +8,8 @@ use std::sync::Arc;
 pub struct MemoryStorage;
 
 impl Storage for MemoryStorage {
-    fn load_each(&mut self, _sink: &mut dyn FnMut(StoredRecord) -> Result<()>) -> Result<(u64, u64, Option<usize>)> {
-        Ok((0, 0, None))
+    fn load_each(&mut self, _sink: &mut dyn FnMut(StoredRecord) -> Result<()>) -> Result<Loaded> {
+        Ok(Loaded { epoch: 0, seq: 0, dim: None, damaged: Vec::new() })
     }
     fn maybe_changed(&mut self) -> Result<bool> {
         Ok(false)

@@ -1,10 +1,14 @@
 //! The durable layer behind the in-memory replica, as a trait: the engine (search, filters,
 //! locking) never sees SQL. SQLite is the embedded default; a PostgreSQL backend shared by
-//! many hosts implements the same five operations.
+//! many hosts implements the same operations.
+//!
+//! Every record carries checksums ([`checksum`]) verified when it is read into memory; a
+//! record that fails them is reported as a [`Damage`], never served.
 //!
 //! Every write is stamped with a store-wide change sequence, and a reset bumps an epoch,
 //! so any replica can catch up from "what changed since (epoch, seq)".
 
+pub mod checksum;
 pub mod memory;
 pub mod sqlite;
 
@@ -19,12 +23,43 @@ pub struct StoredRecord {
     pub seq: u64,
 }
 
+/// A stored record that failed its checksums (or could not be decoded): it is kept out of
+/// the replica and reported (quarantined) until it is saved again or deleted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Damage {
+    /// The id as stored (decoded lossily when the id itself is damaged).
+    pub id: String,
+    /// The sequence of the write that last changed the row, as stored.
+    pub seq: u64,
+    /// What failed: "vector", "fields" or "unreadable".
+    pub what: &'static str,
+}
+
+impl Damage {
+    pub fn describe(&self) -> String {
+        match self.what {
+            "vector" => format!("record {:?}: its vector fails its checksum", self.id),
+            "fields" => format!("record {:?}: its fields fail their checksum", self.id),
+            _ => format!("record {:?}: its stored values cannot be decoded", self.id),
+        }
+    }
+}
+
+/// Where a full read ended: the store's position, and the records it could not serve.
+pub struct Loaded {
+    pub epoch: u64,
+    pub seq: u64,
+    pub dim: Option<usize>,
+    pub damaged: Vec<Damage>,
+}
+
 /// Everything a store holds, at one (epoch, seq).
 pub struct Snapshot {
     pub epoch: u64,
     pub seq: u64,
     pub dim: Option<usize>,
     pub records: Vec<StoredRecord>,
+    pub damaged: Vec<Damage>,
 }
 
 /// What changed after a given (epoch, seq).
@@ -32,7 +67,8 @@ pub enum Changes {
     /// Nothing committed since.
     None,
     /// Rows changed (upserted) and ids deleted after `since`, up to `seq`.
-    Delta { epoch: u64, seq: u64, dim: Option<usize>, upserts: Vec<StoredRecord>, deletes: Vec<(String, u64)> },
+    /// `damaged`: rows changed after `since` that fail their checksums.
+    Delta { epoch: u64, seq: u64, dim: Option<usize>, upserts: Vec<StoredRecord>, deletes: Vec<(String, u64)>, damaged: Vec<Damage> },
     /// The store was reset (or the changes are too old to replay): start again from this.
     Reload(Snapshot),
 }
@@ -68,21 +104,23 @@ pub trait Storage: Send {
     /// Reads everything, consistently.
     fn load(&mut self) -> Result<Snapshot> {
         let mut records = Vec::new();
-        let (epoch, seq, dim) = self.load_each(&mut |r| {
+        let Loaded { epoch, seq, dim, damaged } = self.load_each(&mut |r| {
             records.push(r);
             Ok(())
         })?;
-        Ok(Snapshot { epoch, seq, dim, records })
+        Ok(Snapshot { epoch, seq, dim, records, damaged })
     }
-    /// Streams every record to `sink`, consistently, and returns (epoch, seq, dim): opening
-    /// a large store never holds its vectors twice.
-    fn load_each(&mut self, sink: &mut dyn FnMut(StoredRecord) -> Result<()>) -> Result<(u64, u64, Option<usize>)>;
+    /// Streams every record that passes its checksums to `sink`, consistently, and returns
+    /// the position and the damaged records: opening a large store never holds its vectors
+    /// twice.
+    fn load_each(&mut self, sink: &mut dyn FnMut(StoredRecord) -> Result<()>) -> Result<Loaded>;
     /// Cheap check: may another connection have committed since the last call?
     fn maybe_changed(&mut self) -> Result<bool>;
     /// Reads what changed after (epoch, seq), consistently. Inside a write transaction it
     /// sees the latest committed state.
     fn changes_since(&mut self, epoch: u64, seq: u64) -> Result<Changes>;
     /// Starts an exclusive write transaction (waits for other writers, never fails on a lock).
+    /// A store opened read-only answers with [`crate::Error::ReadOnly`].
     fn begin_write(&mut self) -> Result<()>;
     /// Applies ops stamped with `seq` and sets the dimension, inside the write transaction.
     fn write(&mut self, ops: &[WriteOp<'_>], seq: u64, dim: Option<usize>) -> Result<()>;
