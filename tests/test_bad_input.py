@@ -289,6 +289,39 @@ CASES = [
      (ValueError,)),
     ("list-limit-float", lambda s: s.list(limit=1.5), ferromem.InvalidInputError,
      (ValueError,)),
+    # ---- magnitudes the f32 kernels cannot score (docs/architecture.md, "Extreme
+    # magnitudes"): refused before anything is written
+    ("vector-subnormal", lambda s: s.add("x", [1e-42, 0, 0, 0]), ferromem.InvalidVectorError,
+     (ValueError,)),
+    ("vector-tiny", lambda s: s.add("x", [1e-31, -1e-32, 0, 0]), ferromem.InvalidVectorError,
+     (ValueError,)),
+    ("vector-huge", lambda s: s.add("x", [3e38, 1, 0, 0]), ferromem.InvalidVectorError,
+     (ValueError,)),
+    ("vector-just-above-range", lambda s: s.add("x", [2.0**100 * 1.01, 0, 0, 0]),
+     ferromem.InvalidVectorError, (ValueError,)),
+    ("vector-huge-in-batch", lambda s: s.add(["x", "y"], [GOOD, [1e31, 0, 0, 0]]),
+     ferromem.InvalidVectorError, (ValueError,)),
+    ("upsert-vector-huge", lambda s: s.upsert("a", [0, 3e38, 0, 0]),
+     ferromem.InvalidVectorError, (ValueError,)),
+    ("update-vector-subnormal", lambda s: s.update("a", vector=[0, 1e-40, 0, 0]),
+     ferromem.InvalidVectorError, (ValueError,)),
+    # ---- datetimes the platform cannot turn into unix seconds
+    ("created-at-datetime-min", lambda s: s.add("x", GOOD, created_at=dt.datetime.min),
+     ferromem.InvalidInputError, (ValueError,)),
+    ("update-created-at-datetime-min",
+     lambda s: s.update("a", created_at=dt.datetime.min), ferromem.InvalidInputError,
+     (ValueError,)),
+    ("touch-at-datetime-min", lambda s: s.touch("a", at=dt.datetime.min),
+     ferromem.InvalidInputError, (ValueError,)),
+    ("delete-older-than-datetime-min", lambda s: s.delete(older_than=dt.datetime.min),
+     ferromem.InvalidFilterError, (ValueError,)),
+    # ---- wait_for_index's timeout
+    ("timeout-nan", lambda s: s.wait_for_index(NAN), ferromem.InvalidInputError,
+     (ValueError,)),
+    ("timeout-negative", lambda s: s.wait_for_index(-1), ferromem.InvalidInputError,
+     (ValueError,)),
+    ("timeout-str", lambda s: s.wait_for_index("1"), ferromem.InvalidInputError,
+     (ValueError,)),
 ]
 
 
@@ -363,6 +396,8 @@ def test_first_write_dimension_is_not_fixed_by_a_failed_write(store):
         ({"dim": "4"}, ferromem.InvalidInputError),
         ({"dim": True}, ferromem.InvalidInputError),
         ({"dim": 4.0}, ferromem.InvalidInputError),
+        ({"dim": 2**64}, ferromem.InvalidInputError),
+        ({"dim": 2**24 + 1}, ferromem.InvalidInputError),
         ({"path": 5}, ferromem.InvalidInputError),
         ({"path": ""}, ferromem.InvalidInputError),
         ({"path": b"bytes.ferro"}, ferromem.InvalidInputError),
@@ -394,3 +429,130 @@ def test_convert_rejects_what_the_facade_rejects():
     with pytest.raises(ferromem.DimensionMismatchError):
         _convert.as_vector([1.0, 2.0], dim=3)
     assert math.isclose(float(_convert.as_vector([1e-30, 0.0])[0]), 1e-30, rel_tol=1e-6)
+
+
+# --------------------------------------------------------------------------- saturation
+
+
+def test_counts_and_timeouts_beyond_any_store_saturate(seeded):
+    """Numbers too large for a native integer or a Duration mean "more than there is":
+    an offset past the end, no limit, no time limit (never OverflowError or a Rust
+    panic)."""
+    assert seeded.list(offset=2**64) == []
+    assert seeded.list(offset=np.uint64(2**64 - 1)) == []
+    assert [r.id for r in seeded.list(limit=2**64)] == ["b", "a"]
+    assert [r.id for r in seeded.list(offset=1, limit=10**30)] == ["a"]
+    for timeout in (1e300, 1e19, 2**64, 10**400, INF, np.float64(1e300)):
+        assert seeded.wait_for_index(timeout) is True
+    assert seeded.search(GOOD, k=2**64)[0] == ("a", 1.0)
+
+
+def test_huge_cache_size_and_dim_are_typed(tmp_path):
+    with ferromem.open(None, cache_size=2**64) as store:
+        store.add("a", GOOD)
+        assert store.search(GOOD, k=1)[0][0] == "a"
+    with pytest.raises(ferromem.InvalidInputError, match="dim"):
+        ferromem.open(None, dim=2**64)
+
+
+# --------------------------------------------------------------------------- hostile table
+
+_HOSTILE = [
+    2**64, -(2**64), 10**400, -1, 0, NAN, INF, -INF, True, np.int64(-5), np.uint64(2**64 - 1),
+    np.float32(NAN), np.float64(1e300), "x", b"x", None, [], {}, [None], object(),
+    dt.datetime.min, dt.datetime.max, dt.date(2020, 1, 1), 1e300,
+]
+
+
+def _store_calls():
+    """(name, call taking (store, value)) for every argument of every Store method."""
+    record_fields = ["contents", "scopes", "categories", "metadata", "importance", "created_at",
+                     "last_accessed", "sources", "private"]
+    filters = ["scope", "categories", "where", "source", "include_private", "visible_to", "ids"]
+    calls = []
+    for method in ("add", "upsert"):
+        calls.append((f"{method}-ids", lambda s, v, m=method: getattr(s, m)(v, GOOD)))
+        calls.append((f"{method}-vector", lambda s, v, m=method: getattr(s, m)("h", v)))
+        for field in record_fields:
+            calls.append((f"{method}-{field}",
+                          lambda s, v, m=method, f=field: getattr(s, m)("h", GOOD, **{f: v})))
+            calls.append((f"{method}-batch-{field}",
+                          lambda s, v, m=method, f=field: getattr(s, m)(["h", "i"], [GOOD, GOOD2],
+                                                                          **{f: v})))
+    for field in ["content", "scope", "categories", "metadata", "importance", "created_at",
+                  "last_accessed", "source", "private", "vector"]:
+        calls.append((f"update-{field}", lambda s, v, f=field: s.update("a", **{f: v})))
+    calls.append(("update-id", lambda s, v: s.update(v, content="c")))
+    calls.append(("touch-ids", lambda s, v: s.touch(v)))
+    calls.append(("touch-at", lambda s, v: s.touch("a", at=v)))
+    calls.append(("delete-ids", lambda s, v: s.delete(v)))
+    for field in ["scope", "categories", "where", "source", "older_than"]:
+        calls.append((f"delete-{field}", lambda s, v, f=field: s.delete(**{f: v})))
+    calls.append(("search-query", lambda s, v: s.search(v)))
+    calls.append(("search-k", lambda s, v: s.search(GOOD, k=v)))
+    calls.append(("search-min_score", lambda s, v: s.search(GOOD, min_score=v)))
+    for method in ("search", "list", "count", "category_counts"):
+        for field in filters:
+            if method == "search":
+                calls.append((f"{method}-{field}",
+                              lambda s, v, f=field: s.search(GOOD, **{f: v})))
+            else:
+                calls.append((f"{method}-{field}",
+                              lambda s, v, m=method, f=field: getattr(s, m)(**{f: v})))
+    calls.append(("list-offset", lambda s, v: s.list(offset=v)))
+    calls.append(("list-limit", lambda s, v: s.list(limit=v)))
+    calls.append(("get", lambda s, v: s.get(v)))
+    calls.append(("get_many", lambda s, v: s.get_many(v)))
+    calls.append(("child_scopes", lambda s, v: s.child_scopes(v)))
+    calls.append(("scope_info", lambda s, v: s.scope_info(v)))
+    calls.append(("set_index-index", lambda s, v: s.set_index(v)))
+    calls.append(("set_index-ef_search", lambda s, v: s.set_index(ef_search=v)))
+    calls.append(("wait_for_index", lambda s, v: s.wait_for_index(v)))
+    return calls
+
+
+@pytest.mark.parametrize("call", [c[1] for c in _store_calls()], ids=[c[0] for c in _store_calls()])
+def test_hostile_arguments_raise_only_typed_errors(store, call):
+    """Every argument of every Store method, given hostile values (huge and negative
+    ints, NaN, inf, bool-as-int, numpy scalars, wrong types, extreme datetimes): the call
+    either works or raises a class of ferromem.exceptions; never OverflowError,
+    TypeError, a datetime ValueError or a Rust panic."""
+    store.add(["a", "b"], [GOOD, GOOD2], scopes=["/p", "/q"], created_at=[1.0, 2.0])
+    for value in _HOSTILE:
+        try:
+            call(store, value)
+        except ferromem.FerromemError:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - PanicException is a BaseException
+            pytest.fail(f"{value!r} raised the untyped {type(exc).__module__}."
+                        f"{type(exc).__qualname__}: {exc}")
+        # Whatever happened, the store still answers.
+        assert store.count() >= 0
+
+
+@pytest.mark.parametrize("argument", ["dim", "durability", "engine", "cache_size", "index",
+                                      "ef_search", "precision", "fast_open"])
+def test_hostile_open_arguments_raise_only_typed_errors(argument, tmp_path):
+    for i, value in enumerate(_HOSTILE):
+        try:
+            ferromem.open(str(tmp_path / f"s{i}.ferro"), **{argument: value}).close()
+        except ferromem.FerromemError:
+            pass
+        except BaseException as exc:  # noqa: BLE001
+            pytest.fail(f"open({argument}={value!r}) raised the untyped "
+                        f"{type(exc).__qualname__}: {exc}")
+
+
+def test_int8_store_refuses_vectors_its_kernels_cannot_sum(tmp_path):
+    """Vectors longer than 65,536 values in an int8 store reached a Rust assert (a
+    PanicException, not even an Exception) at the first search; now they are refused at
+    the write, which writes nothing, and at open."""
+    long = np.ones(65_537, dtype=np.float32)
+    with ferromem.open(str(tmp_path / "s.ferro"), precision="int8") as store:
+        with pytest.raises(ferromem.InvalidVectorError, match="int8"):
+            store.add("a", long)
+        assert store.count() == 0 and store.dim is None
+        store.add("b", long[:65_536])
+        assert store.search(long[:65_536], k=1)[0][0] == "b"
+    with pytest.raises(ferromem.FerromemError, match="int8"):
+        ferromem.open(str(tmp_path / "t.ferro"), precision="int8", dim=70_000)

@@ -109,7 +109,7 @@ def test_new_stores_are_marked_and_no_temporary_file_is_left(engine_name, tmp_pa
         head = f.read(100)
     assert int.from_bytes(head[68:72], "big") == _storefile.APPLICATION_ID
     assert int.from_bytes(head[60:64], "big") == _storefile.SCHEMA_VERSION
-    assert [n for n in os.listdir(tmp_path) if not n.endswith(("-wal", "-shm"))] == ["new.ferro"]
+    assert [n for n in os.listdir(tmp_path) if not n.endswith(("-wal", "-shm", ".reserve"))] == ["new.ferro"]
 
 
 def test_read_only_writes_nothing(engine_name, tmp_path):

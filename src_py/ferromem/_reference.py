@@ -266,6 +266,26 @@ def _check_matrix(vectors: Any, dim: int | None) -> np.ndarray:
     return matrix
 
 
+# The native engine's range of a stored vector's largest absolute value (its f32 kernels
+# stay exact inside it; docs/architecture.md, "Extreme magnitudes"). This engine scores in
+# float64 and would cope with more, but both engines accept the same stores.
+MIN_STORED_MAGNITUDE = 2.0**-100
+MAX_STORED_MAGNITUDE = 2.0**100
+
+
+def _check_stored_range(matrix: np.ndarray) -> None:
+    largest = np.abs(matrix).max(axis=1)
+    bad = np.flatnonzero((largest < MIN_STORED_MAGNITUDE) | (largest > MAX_STORED_MAGNITUDE))
+    if bad.size:
+        row = int(bad[0])
+        raise InvalidVectorError(
+            f"vector {row} has largest absolute value {float(largest[row]):e}: a stored "
+            "vector's largest absolute value must lie between 2^-100 (about 7.9e-31) and "
+            "2^100 (about 1.3e30); cosine similarity does not depend on scale, so rescale "
+            "it (e.g. divide it by its norm)"
+        )
+
+
 class _Filter:
     """A canonical filter dict (docs/architecture.md), prepared for record-by-record tests."""
 
@@ -829,6 +849,7 @@ class ReferenceEngine:
         if len(set(ids)) != n:
             raise InvalidInputError("ids must be unique within one batch")
         matrix = _check_matrix(vectors, None)
+        _check_stored_range(matrix)
         if matrix.shape[0] != n:
             raise InvalidInputError(f"{n} ids but {matrix.shape[0]} vectors")
         new_records = [
@@ -882,6 +903,7 @@ class ReferenceEngine:
             vector = _check_matrix(fields["vector"], None)
             if vector.shape[0] != 1:
                 raise InvalidVectorError("update takes exactly one vector")
+            _check_stored_range(vector)
 
         def plan(seq: int) -> tuple[bool, list, Callable[[], None]]:
             current = self._records.get(id)

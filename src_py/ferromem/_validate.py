@@ -32,6 +32,13 @@ ENGINES = ("auto", "native", "reference")
 _MAX_METADATA_DEPTH = 64
 
 _INTEGER_TYPES = (int, np.integer)
+# Counts and positions beyond any store (offset, limit, cache_size) saturate here: the
+# engine takes them as 64-bit unsigned integers, and no store holds 2^62 of anything.
+_SATURATED = 2**62
+# The largest dim= a store takes: far above any embedding model (one vector would be
+# 64 MiB), and within every native integer. (int8 stores take at most 65,536 values; the
+# engine says so.)
+MAX_DIM = 2**24
 _REAL_TYPES = (int, float, np.integer, np.floating)
 _BOOL_TYPES = (bool, np.bool_)
 
@@ -82,8 +89,8 @@ def check_dim(dim: Any) -> int | None:
         return None
     if isinstance(dim, _BOOL_TYPES) or not isinstance(dim, _INTEGER_TYPES):
         raise InvalidInputError(f"dim must be a positive int or None, got {_type_name(dim)}")
-    if dim < 1:
-        raise InvalidInputError(f"dim must be a positive int or None, got {dim}")
+    if not 1 <= dim <= MAX_DIM:
+        raise InvalidInputError(f"dim must be an int between 1 and {MAX_DIM} or None, got {dim}")
     return int(dim)
 
 
@@ -223,7 +230,16 @@ def check_real(value: Any, name: str, error: type[Exception] = InvalidInputError
 def check_timestamp(value: Any, name: str, error: type[Exception] = InvalidInputError) -> float:
     """Unix seconds (a finite number) or a datetime (naive ones are local time)."""
     if isinstance(value, _dt.datetime):
-        return value.timestamp()
+        try:
+            return value.timestamp()
+        except (OverflowError, ValueError, OSError) as exc:
+            # datetime.min / datetime.max as local time fall outside what the platform's
+            # time functions convert.
+            raise error(
+                f"{name} {value!r} cannot be converted to unix seconds ({exc}); pass a "
+                "datetime between the years 1 and 9999 that your platform converts, "
+                "preferably timezone-aware"
+            ) from None
     if isinstance(value, _dt.date):
         raise error(f"{name} must be a datetime or unix seconds, got a date; use a datetime")
     if isinstance(value, _BOOL_TYPES) or not isinstance(value, _REAL_TYPES):
@@ -433,7 +449,7 @@ def check_offset(offset: Any) -> int:
         raise InvalidInputError(f"offset must be an int >= 0, got {_type_name(offset)}")
     if offset < 0:
         raise InvalidInputError(f"offset must be an int >= 0, got {offset}")
-    return int(offset)
+    return min(int(offset), _SATURATED)  # past the end either way
 
 
 def check_cache_size(value: Any) -> int:
@@ -441,7 +457,7 @@ def check_cache_size(value: Any) -> int:
         raise InvalidInputError(
             f"cache_size must be an int >= 0 (0 turns the result cache off), got {value!r}"
         )
-    return int(value)
+    return min(int(value), _SATURATED)
 
 
 INDEX_MODES = ("auto", "exact", "hnsw")
@@ -486,14 +502,21 @@ def check_ef_search(value: Any) -> int:
 
 
 def check_timeout(value: Any) -> float | None:
+    """Seconds >= 0, or None for no limit; a timeout too long to matter (inf, 1e300, a
+    huge int) is no limit too."""
     if value is None:
         return None
-    if isinstance(value, _BOOL_TYPES) or not isinstance(value, (int, float)):
+    if isinstance(value, _BOOL_TYPES) or not isinstance(value, _REAL_TYPES):
         raise InvalidInputError(f"timeout must be a number >= 0 or None, got {_type_name(value)}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise InvalidInputError(f"timeout must be a finite number >= 0 or None, got {value}")
-    return value
+    if value < 0:
+        raise InvalidInputError(f"timeout must be a number >= 0 or None, got {value}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    if math.isnan(seconds):
+        raise InvalidInputError("timeout must be a number >= 0 or None, got nan")
+    return None if math.isinf(seconds) else seconds
 
 
 def check_limit(limit: Any) -> int | None:
@@ -503,7 +526,7 @@ def check_limit(limit: Any) -> int | None:
         raise InvalidInputError(f"limit must be an int >= 0 or None, got {_type_name(limit)}")
     if limit < 0:
         raise InvalidInputError(f"limit must be an int >= 0 or None, got {limit}")
-    return int(limit)
+    return min(int(limit), _SATURATED)  # more than any store holds: no limit
 
 
 # --------------------------------------------------------------------------- filters

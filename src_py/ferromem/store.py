@@ -364,6 +364,33 @@ class SearchResult:
         return f"SearchResult([{shown}{more}])"
 
 
+# --------------------------------------------------------------------------- fork
+
+# How many forks this process descends through. A Store remembers the count it was opened
+# at: in a forked child, a store of the parent holds an engine whose threads (graph
+# builder, scan workers) are gone and whose locks one of them may hold, so it must not be
+# used there (the native engine refuses it too, and leaks it instead of closing it).
+_forks = 0
+# The parent's engines a child closed: kept, never finalised here (closing one would
+# touch the parent's connections and files).
+_inherited_engines: builtins.list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_FORKED_MESSAGE = (
+    "this store was opened in the parent process, before os.fork(); a forked child cannot "
+    "use it (its threads and locks stayed in the parent): open it again with "
+    "ferromem.open(path) in the child"
+)
+
+
 # --------------------------------------------------------------------------- store
 
 
@@ -379,6 +406,7 @@ class Store:
         self._index = index
         self._ef_search = ef_search
         self._closed = False
+        self._forks = _forks
 
     # ----------------------------------------------------------------- properties
 
@@ -401,13 +429,16 @@ class Store:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """True once closed, and in a forked child for a store of the parent."""
+        return self._closed or self._forks != _forks
 
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosedError(
                 "the store is closed; open it again with ferromem.open(path) to use it"
             )
+        if self._forks != _forks:
+            raise StoreClosedError(_FORKED_MESSAGE)
 
     # ----------------------------------------------------------------- writes
 
@@ -843,6 +874,10 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        if self._forks != _forks:
+            # The parent's engine: left alone (see _forks), kept alive.
+            _inherited_engines.append(self._engine)
+            return
         self._engine.close()
 
     def __enter__(self) -> Store:
@@ -853,6 +888,6 @@ class Store:
         self.close()
 
     def __repr__(self) -> str:
-        if self._closed:
+        if self._closed or self._forks != _forks:
             return f"<ferromem.Store path={self.path!r} engine={self._engine_name} closed>"
         return f"<ferromem.Store path={self.path!r} engine={self._engine_name} dim={self.dim}>"

@@ -124,7 +124,8 @@ DEFAULT_EMBEDDER: dict[str, Any] = {
     "config": {"model_name": "text-embedding-3-small"},
 }
 
-_COMPANIONS = ("", "-wal", "-shm", ".hnsw")  # .hnsw: the saved graph index
+# .hnsw: the saved graph index; .reserve: room for deletes on a full disk.
+_COMPANIONS = ("", "-wal", "-shm", ".hnsw", ".reserve")
 _UNSET: Any = object()
 
 

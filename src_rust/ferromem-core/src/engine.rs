@@ -211,6 +211,59 @@ pub fn validate_vectors(data: &[f32], dim: usize) -> Result<()> {
     Ok(())
 }
 
+/// The range of a stored vector's largest absolute value: 2^-100 ..= 2^100. A search
+/// scores the f64-normalised query against the stored f32 row (dot product in f32, then
+/// times the row's 1/|v|), so every intermediate stays in f32's normal range inside it:
+/// the dot is at most |v| <= sqrt(d) 2^100 (no overflow below 2^56 dimensions), 1/|v| at
+/// most 2^100, and the dot of a unit query with a row of |v| >= 2^-100 stays above the
+/// subnormals (2^-126) for any cosine the f32 sums resolve. The normalised f16 and int8
+/// copies are made from v * (1/|v|), within range too. Outside it a vector scored NaN, 0
+/// or +-1 against itself; it is refused instead (cosine does not depend on scale, so the
+/// caller can rescale it).
+pub const MIN_STORED_MAGNITUDE: f32 = 7.888_609e-31; // 2^-100
+pub const MAX_STORED_MAGNITUDE: f32 = 1.267_650_6e30; // 2^100
+
+/// An int8 store's vectors are at most `simd::int8::MAX_DIM` values long: beyond it the
+/// kernels' i32 sums could overflow (they assert, which was a panic reaching Python).
+fn check_int8_dim(precision: Precision, dim: usize) -> Result<()> {
+    if precision == Precision::Int8 && dim > simd::int8::MAX_DIM {
+        return Err(Error::InvalidVector(format!(
+            "precision 'int8' takes vectors of at most {} values, not {dim}; use precision 'f32' or 'f16' for longer ones",
+            simd::int8::MAX_DIM
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that every row of a validated matrix (finite, no zero row) has its largest
+/// absolute value within [`MIN_STORED_MAGNITUDE`, `MAX_STORED_MAGNITUDE`].
+pub fn validate_stored_range(data: &[f32], dim: usize) -> Result<()> {
+    for (r, row) in data.chunks_exact(dim).enumerate() {
+        let max = row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        if !(MIN_STORED_MAGNITUDE..=MAX_STORED_MAGNITUDE).contains(&max) {
+            return Err(Error::InvalidVector(format!(
+                "vector {r} has largest absolute value {max:e}: a stored vector's largest absolute value must lie between 2^-100 (about 7.9e-31) and 2^100 (about 1.3e30); cosine similarity does not depend on scale, so rescale it (e.g. divide it by its norm)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The rows of `queries` scaled to unit length, computed in f64: any finite, non-zero
+/// query (1e-42 subnormals, 3e38) becomes a unit f32 vector, so the f32 kernels never see
+/// a product or sum outside their range. Cosine does not depend on the query's scale.
+pub fn unit_queries(queries: &[f32], dim: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(queries.len());
+    for row in queries.chunks_exact(dim) {
+        // f32 squares lie in [2^-298, 2^256] and their sum below 2^256 d: no f64 overflow,
+        // and no underflow to zero for a non-zero row.
+        let sq: f64 = row.iter().map(|&x| (x as f64) * (x as f64)).sum();
+        let inv = 1.0 / sq.sqrt();
+        out.extend(row.iter().map(|&x| ((x as f64) * inv) as f32));
+    }
+    out
+}
+
 impl Engine {
     /// Opens (or creates) a store. `path` None keeps everything in memory.
     pub fn open(path: Option<&Path>, dim: Option<usize>, durability: Durability) -> Result<Engine> {
@@ -227,10 +280,14 @@ impl Engine {
     /// fits (see [`crate::image`]) maps it and applies the changes committed after it,
     /// instead of reading every row.
     pub fn open_opts(path: Option<&Path>, dim: Option<usize>, opts: OpenOptions) -> Result<Engine> {
+        crate::fork::install();
         let OpenOptions { durability, precision, fast_open, read_only } = opts;
         let t = Instant::now();
         if dim == Some(0) {
             return Err(Error::InvalidInput("dim must be at least 1".into()));
+        }
+        if let Some(d) = dim {
+            check_int8_dim(precision, d)?;
         }
         if precision != Precision::F32 && path.is_none() {
             return Err(Error::InvalidInput(format!(
@@ -296,6 +353,10 @@ impl Engine {
             // the background.
             if let Ok(bytes) = std::fs::read(graph_file(p)) {
                 graph_damage = state.install_graph_file(&bytes).err();
+            }
+            if !read_only {
+                // A read-only open writes nothing, not even the reserve.
+                make_reserve(p);
             }
         }
         let engine = Engine {
@@ -527,6 +588,7 @@ impl Engine {
             return Ok(());
         }
         validate_vectors(vectors, dim)?;
+        validate_stored_range(vectors, dim)?;
         if vectors.len() != records.len() * dim {
             return Err(Error::InvalidInput(format!(
                 "{} records but {} vectors",
@@ -552,6 +614,7 @@ impl Engine {
         let op = if mode == WriteMode::Insert { Op::add } else { Op::upsert };
         self.write_op(op, |st| {
             st.check_dim(dim)?;
+            check_int8_dim(st.precision, dim)?;
             if mode == WriteMode::Insert {
                 if let Some(r) = records.iter().find(|r| st.contains(&r.id)) {
                     return Err(Error::DuplicateId(r.id.to_string()));
@@ -578,6 +641,8 @@ impl Engine {
             return Err(Error::InvalidInput("min_score must be a finite number".into()));
         }
         validate_vectors(queries, dim)?;
+        let unit = unit_queries(queries, dim);
+        let queries = unit.as_slice();
         let nq = queries.len() / dim;
         let t = Instant::now();
         self.check_open()?;
@@ -794,6 +859,7 @@ impl Engine {
     pub fn update(&self, id: &str, patch: Patch) -> Result<bool> {
         if let Some(v) = &patch.vector {
             validate_vectors(v, v.len())?;
+            validate_stored_range(v, v.len())?;
         }
         if let Some(m) = &patch.metadata_json {
             metadata_scalars(m)?;
@@ -802,6 +868,7 @@ impl Engine {
             let Some((old, _)) = st.get(id) else { return Ok((Vec::new(), false)) };
             if let Some(v) = &patch.vector {
                 st.check_dim(v.len())?;
+                check_int8_dim(st.precision, v.len())?;
             }
             let mut rec = old.clone();
             let p = patch;
@@ -848,18 +915,26 @@ impl Engine {
         if filter.is_empty() {
             return Err(Error::InvalidFilter("delete needs at least one criterion; use reset() to delete everything".into()));
         }
-        self.write_op(Op::delete, |st| {
-            let slots = st.select(filter);
-            let mut ops: Vec<OwnedOp> = st.ids_of(&slots).into_iter().map(OwnedOp::Delete).collect();
-            // Damaged records named by id can be deleted too (that is how a user clears
-            // them), when the filter asks for nothing else that their fields would decide.
-            if let (Some(ids), true) = (&filter.ids, filter.only_ids()) {
-                let named: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
-                ops.extend(named.into_iter().filter(|id| st.damage_of(id).is_some()).map(|id| OwnedOp::Delete(Arc::from(id))));
-            }
-            let n = ops.len();
-            Ok((ops, n))
-        })
+        let delete = || {
+            self.write_op(Op::delete, |st| {
+                let slots = st.select(filter);
+                let mut ops: Vec<OwnedOp> = st.ids_of(&slots).into_iter().map(OwnedOp::Delete).collect();
+                // Damaged records named by id can be deleted too (that is how a user clears
+                // them), when the filter asks for nothing else that their fields would decide.
+                if let (Some(ids), true) = (&filter.ids, filter.only_ids()) {
+                    let named: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+                    ops.extend(named.into_iter().filter(|id| st.damage_of(id).is_some()).map(|id| OwnedOp::Delete(Arc::from(id))));
+                }
+                let n = ops.len();
+                Ok((ops, n))
+            })
+        };
+        match delete() {
+            // A full disk: the reserve beside the store gives the delete the room its WAL
+            // frames need, so the API can still free space (see `make_reserve`).
+            Err(e) if is_disk_full(&e) && self.path.as_deref().is_some_and(release_reserve) => delete(),
+            result => result,
+        }
     }
 
     pub fn list(&self, filter: &Filter, offset: usize, limit: Option<usize>) -> Result<Vec<RecordWithVector>> {
@@ -1100,6 +1175,47 @@ impl Drop for Engine {
         // Stops the builder (it holds its own reference to the state) and saves the graph.
         self.close();
     }
+}
+
+/// `<path>.reserve`: disk space held for deletes on a full disk (see `make_reserve`).
+pub fn reserve_file(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".reserve");
+    PathBuf::from(name)
+}
+
+/// The reserve's size: 16 pages of 32 KiB. A delete of a few records appends about five
+/// pages to the WAL (a table page, two index pages, the header), so this is room for a
+/// few deletes once it is released.
+pub const RESERVE_BYTES: usize = 512 * 1024;
+
+/// Creates the reserve beside a store, when it is missing and the disk has the room: a
+/// file of zeros (written, not sparse, so its blocks are really held). On a full disk a
+/// save fails with a typed error and writes nothing; so would a delete, leaving the API
+/// no way to free space, were it not for this: a delete that hits a full disk releases the
+/// reserve and runs again. The next open makes a new reserve when there is room. Deleting
+/// the file by hand is always safe. Best effort: a failure leaves the store without one.
+fn make_reserve(path: &Path) {
+    let target = reserve_file(path);
+    if target.exists() {
+        return;
+    }
+    let tmp = target.with_extension(format!("reserve.tmp{}", std::process::id()));
+    let written = std::fs::write(&tmp, vec![0u8; RESERVE_BYTES]).and_then(|()| std::fs::rename(&tmp, &target));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Frees the reserve; true when there was one to free.
+fn release_reserve(path: &Path) -> bool {
+    std::fs::remove_file(reserve_file(path)).is_ok()
+}
+
+/// Whether a storage error is SQLite's SQLITE_FULL. `Error::Storage` keeps only SQLite's
+/// message, and "database or disk is full" is SQLite's fixed text for that code.
+fn is_disk_full(e: &Error) -> bool {
+    matches!(e, Error::Storage(msg) if msg.contains("database or disk is full"))
 }
 
 /// The graph file of the store at `path`: `<path>.hnsw`.

@@ -291,10 +291,14 @@ fn reordered_sum_bound(dim: usize) -> f32 {
     (2.0 * dim as f64 * 2f64.powi(-24) + 1e-6) as f32
 }
 
+/// 1/|v| in f32, computed in f64. New stored vectors are within the range of
+/// `engine::validate_stored_range`, where this is at most 2^100; a row stored before that
+/// check (a subnormal one) saturates at f32::MAX instead of becoming infinity, which times
+/// an underflowed dot product of 0 made NaN.
 pub fn inverse_norm(v: &[f32]) -> f32 {
     let sq: f64 = v.iter().map(|&x| (x as f64) * (x as f64)).sum();
     if sq > 0.0 {
-        (1.0 / sq.sqrt()) as f32
+        (1.0 / sq.sqrt()).min(f32::MAX as f64) as f32
     } else {
         0.0
     }
@@ -858,7 +862,7 @@ impl State {
             hits.truncate(k);
             self.finish(hits)
         };
-        if nq >= 4 {
+        if nq >= 4 && crate::fork::threads() > 1 {
             (0..nq).into_par_iter().map(one).collect()
         } else {
             (0..nq).map(one).collect()
@@ -913,8 +917,8 @@ impl State {
         while i < build.todo.len() {
             // A round is what a writer waiting for the state lock may have to wait for: one
             // record while the graph is small (linked one by one), else two per core.
-            let sequential = build.graph.nodes() < BUILD_PARALLEL_MIN_NODES || rayon::current_num_threads() < 2;
-            let round = if sequential { 1 } else { (2 * rayon::current_num_threads()).min(BUILD_PARALLEL_BATCH) };
+            let sequential = build.graph.nodes() < BUILD_PARALLEL_MIN_NODES || crate::fork::threads() < 2;
+            let round = if sequential { 1 } else { (2 * crate::fork::threads()).min(BUILD_PARALLEL_BATCH) };
             let mut batch: Vec<(u32, u32)> = Vec::with_capacity(round);
             while i < build.todo.len() && batch.len() < round {
                 let slot = build.todo[i];
@@ -1076,7 +1080,7 @@ impl State {
     /// that the cores share when the scan is large.
     fn scan(&self, queries: &[f32], nq: usize, dim: usize, k: usize, candidates: Option<&[u32]>, mode: Scan<'_>) -> Vec<TopK> {
         let rows = candidates.map_or(self.slots.len(), |c| c.len());
-        let threads = rayon::current_num_threads();
+        let threads = crate::fork::threads();
         let parallel = threads > 1 && rows * dim * nq >= PARALLEL_MIN_FLOPS;
         // A parallel scan of a small store still gives every core about four blocks (so a
         // core that wakes late is not left with half the work): blocks are a power of two
@@ -1281,7 +1285,7 @@ mod tests {
         assert_eq!(at, BUILD_PARALLEL_MIN_NODES);
         // Then a round of at most two records per core.
         let next = st.extend_graph_build(&mut build, at, &asked, &mut scratch);
-        let per_round = (2 * rayon::current_num_threads()).min(BUILD_PARALLEL_BATCH);
+        let per_round = (2 * crate::fork::threads()).min(BUILD_PARALLEL_BATCH);
         assert!(next > at && next - at <= per_round.max(1), "{at} -> {next}");
         // Without a stop, the build runs to the end and covers every record.
         assert_eq!(st.extend_graph_build(&mut build, next, &|| false, &mut scratch), n);

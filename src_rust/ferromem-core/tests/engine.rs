@@ -262,7 +262,8 @@ fn two_phase_search_is_bit_identical_to_the_f32_scan() {
                     }
                 }
                 for q in 0..nq {
-                    let qv = &queries[q * dim..(q + 1) * dim];
+                    // The engine scores the query normalised in f64 (any finite scale).
+                    let qv = &ferromem_core::engine::unit_queries(&queries[q * dim..(q + 1) * dim], dim)[..];
                     let q_inv = inverse_norm(qv);
                     let mut want: Vec<(f32, &str)> = (0..n)
                         .filter(|&i| match (&f.scope, &f.categories) {

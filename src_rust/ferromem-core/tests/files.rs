@@ -110,8 +110,12 @@ fn a_new_store_is_marked_and_read_only_opens_write_nothing() {
     let head = std::fs::read(&path).unwrap();
     assert_eq!(i32::from_be_bytes(head[68..72].try_into().unwrap()), APPLICATION_ID);
     assert_eq!(u32::from_be_bytes(head[60..64].try_into().unwrap()), 2);
-    // Only the store: the temporary file it was made in is gone.
-    let names: Vec<_> = all_bytes(dir.path()).into_iter().map(|(n, _, _)| n).filter(|n| !n.ends_with("-wal") && !n.ends_with("-shm")).collect();
+    // Only the store (and its disk-full reserve): the temporary file it was made in is gone.
+    let names: Vec<_> = all_bytes(dir.path())
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .filter(|n| !n.ends_with("-wal") && !n.ends_with("-shm") && !n.ends_with(".reserve"))
+        .collect();
     assert_eq!(names, ["s.ferro"]);
     let before = std::fs::read(&path).unwrap();
     let e = Engine::open_opts(Some(&path), None, OpenOptions { read_only: true, ..OpenOptions::default() }).unwrap();

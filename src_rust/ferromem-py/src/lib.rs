@@ -1,7 +1,9 @@
 //! `ferromem._core`: the PyO3 control plane over `ferromem_core::Engine`.
 //!
 //! Every method extracts its arguments first (holding the GIL), then runs the engine with
-//! the GIL released (`py.detach`), then builds Python results. Vectors arrive through the
+//! the GIL released through one wrapper (`native`, and `PyEngine::call` for an engine's
+//! methods; waits go through `PyEngine::wait`, which returns to Python between slices so
+//! Ctrl-C is honoured), then builds Python results. Vectors arrive through the
 //! buffer protocol: a float32 C-contiguous buffer (what `ferromem._buffers` hands over) is
 //! read in place, never copied. Errors become the classes of `ferromem/exceptions.py`.
 
@@ -9,7 +11,7 @@ use ferromem_core::engine::EngineStats;
 use ferromem_core::hnsw::HnswParams;
 use ferromem_core::state::{IndexConfig, IndexMode, Precision};
 use ferromem_core::storage::sqlite::{Access, SqliteStorage};
-use ferromem_core::{simd, Durability, Engine, Error, Filter, OpenOptions, Patch, Privacy, Record, Scalar, WriteMode};
+use ferromem_core::{fork, simd, Durability, Engine, Error, Filter, OpenOptions, Patch, Privacy, Record, Scalar, WriteMode};
 use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyTypeError;
@@ -17,6 +19,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The longest a wait runs without returning to Python: a pending signal (Ctrl-C) is
+/// handled within about this long.
+const SIGNAL_SLICE: Duration = Duration::from_millis(50);
 
 /// Raises the ferromem exception class that matches an engine error.
 fn to_py_err(e: Error) -> PyErr {
@@ -198,6 +205,134 @@ fn check_len(name: &str, got: usize, want: usize) -> PyResult<()> {
 #[pyclass(module = "ferromem._core", name = "Engine", frozen)]
 struct PyEngine {
     inner: Arc<Engine>,
+    /// `fork::generation()` when it was opened: another value means this is a forked
+    /// child's copy of the parent's engine.
+    forks: u64,
+}
+
+impl PyEngine {
+    /// Whether this is the parent's engine, inherited through `fork()`: its threads are
+    /// gone and its locks may be held by one of them, so it is never touched.
+    fn inherited(&self) -> bool {
+        fork::generation() != self.forks
+    }
+
+    /// The engine, unless it was inherited through `fork()`.
+    fn engine(&self) -> PyResult<&Engine> {
+        if self.inherited() {
+            return Err(forked_error());
+        }
+        Ok(&self.inner)
+    }
+
+    /// Every call into the engine: the fork check, then `f` with the GIL released, then
+    /// its error as a ferromem exception. While `f` waits on SQLite's write lock it asks
+    /// `interrupted` between pauses; a signal whose handler raised (KeyboardInterrupt)
+    /// ends the wait, and that exception is what the call raises.
+    fn call<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&Engine) -> Result<T, Error> + Send) -> PyResult<T> {
+        let engine = self.engine()?;
+        native(py, || f(engine))
+    }
+
+    /// A wait of up to `timeout` (None: no limit) in slices: `step(slice)` waits at most
+    /// `slice` with the GIL released and returns true when done; between slices the GIL is
+    /// taken back and pending signals run their handlers, so Ctrl-C raises
+    /// KeyboardInterrupt within about `SIGNAL_SLICE`. False when the time ran out.
+    fn wait(&self, py: Python<'_>, timeout: Option<Duration>, mut step: impl FnMut(&Engine, Duration) -> Result<bool, Error> + Send) -> PyResult<bool> {
+        // A deadline beyond what Instant can hold is no deadline.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            let slice = match deadline {
+                None => SIGNAL_SLICE,
+                Some(d) => d.saturating_duration_since(Instant::now()).min(SIGNAL_SLICE),
+            };
+            if self.call(py, |engine| step(engine, slice))? {
+                return Ok(true);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+            py.check_signals()?;
+        }
+    }
+}
+
+impl Drop for PyEngine {
+    fn drop(&mut self) {
+        if self.inherited() {
+            // Dropping the last reference would close the parent's engine here (its locks,
+            // its SQLite connections, its files): leak it instead.
+            std::mem::forget(self.inner.clone());
+        }
+    }
+}
+
+fn forked_error() -> PyErr {
+    Python::attach(|py| {
+        let made = py.import("ferromem.exceptions").and_then(|m| m.getattr("StoreClosedError")).and_then(|cls| {
+            cls.call1(("this store was opened in the parent process, before os.fork(); a forked child cannot use it (its threads and locks stayed in the parent): open it again with ferromem.open(path) in the child",))
+        });
+        match made {
+            Ok(instance) => PyErr::from_value(instance),
+            Err(import_failure) => import_failure,
+        }
+    })
+}
+
+thread_local! {
+    /// Whether this thread is inside `PyEngine::call` (with the GIL released).
+    static IN_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The exception a signal handler raised during this thread's current call.
+    static RAISED: std::cell::RefCell<Option<PyErr>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The engine's interrupt check (`ferromem_core::interrupt`): takes the GIL back briefly
+/// and runs pending signal handlers (Python runs them on the main thread only); true
+/// when one raised, keeping its exception for `PyEngine::call`. Only threads inside a call
+/// ask: no other thread (the graph builder, a drop at interpreter exit) takes the GIL here.
+fn interrupted() -> bool {
+    if !IN_CALL.with(|c| c.get()) {
+        return false;
+    }
+    if RAISED.with(|r| r.borrow().is_some()) {
+        return true;
+    }
+    match Python::attach(|py| py.check_signals()) {
+        Ok(()) => false,
+        Err(raised) => {
+            RAISED.with(|r| *r.borrow_mut() = Some(raised));
+            true
+        }
+    }
+}
+
+/// Runs native work with the GIL released and converts its error: the one way this module
+/// leaves Python (engine methods through `PyEngine::call`, which adds the fork check). A
+/// wait inside it on SQLite's write lock asks `interrupted` between pauses; a signal
+/// handler that raised (KeyboardInterrupt) ends that wait, and its exception is what the
+/// call raises.
+fn native<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error> + Send) -> PyResult<T> {
+    let result = py.detach(|| {
+        IN_CALL.with(|c| c.set(true));
+        let result = f();
+        IN_CALL.with(|c| c.set(false));
+        result
+    });
+    if let Some(raised) = RAISED.with(|r| r.borrow_mut().take()) {
+        // The handler ran (and consumed the signal): its exception must reach the caller,
+        // whatever the work returned.
+        return Err(raised);
+    }
+    result.map_err(to_py_err)
+}
+
+/// A timeout in seconds as a Duration; one too long to represent (1e300) is no limit.
+fn timeout_duration(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    match timeout {
+        None => Ok(None),
+        Some(t) if t.is_nan() || t < 0.0 => Err(to_py_err(Error::InvalidInput("timeout must be a number >= 0 or None".into()))),
+        Some(t) => Ok(Duration::try_from_secs_f64(t).ok()),
+    }
 }
 
 #[pymethods]
@@ -219,14 +354,15 @@ impl PyEngine {
         let precision = Precision::from_name(precision)
             .ok_or_else(|| to_py_err(Error::InvalidInput(format!("precision must be 'f32', 'f16' or 'int8', not {precision:?}"))))?;
         let opts = OpenOptions { durability, precision, fast_open, read_only };
-        let engine = py.detach(|| Engine::open_opts(path.as_deref(), dim, opts)).map_err(to_py_err)?;
-        Ok(PyEngine { inner: Arc::new(engine) })
+        // Registered before this engine exists, so any later fork is seen.
+        fork::install();
+        let engine = native(py, || Engine::open_opts(path.as_deref(), dim, opts))?;
+        Ok(PyEngine { inner: Arc::new(engine), forks: fork::generation() })
     }
 
     #[getter]
     fn dim(&self, py: Python<'_>) -> PyResult<Option<usize>> {
-        let engine = &self.inner;
-        py.detach(|| engine.dim()).map_err(to_py_err)
+        self.call(py, |engine| engine.dim())
     }
 
     #[getter]
@@ -236,7 +372,7 @@ impl PyEngine {
 
     #[getter]
     fn closed(&self) -> bool {
-        self.inner.is_closed()
+        self.inherited() || self.inner.is_closed()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -304,10 +440,9 @@ impl PyEngine {
                 private,
             });
         }
-        let engine = &self.inner;
         let dim = rows.dim;
         let data = rows.as_slice();
-        py.detach(|| engine.upsert(records, data, dim, mode)).map_err(to_py_err)
+        self.call(py, |engine| engine.upsert(records, data, dim, mode))
     }
 
     /// Returns (ids: object array, scores: float32 array, offsets: int64 array of nq + 1).
@@ -322,8 +457,8 @@ impl PyEngine {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let filter = parse_filter(filter)?;
         let rows = F32Rows::from_py(queries)?;
-        let (engine, dim, data) = (&self.inner, rows.dim, rows.as_slice());
-        let hits = py.detach(|| engine.search(data, dim, k, &filter, min_score)).map_err(to_py_err)?;
+        let (dim, data) = (rows.dim, rows.as_slice());
+        let hits = self.call(py, |engine| engine.search(data, dim, k, &filter, min_score))?;
         let total: usize = hits.iter().map(Vec::len).sum();
         let mut ids: Vec<Py<PyAny>> = Vec::with_capacity(total);
         let mut scores: Vec<f32> = Vec::with_capacity(total);
@@ -347,8 +482,7 @@ impl PyEngine {
     }
 
     fn get<'py>(&self, py: Python<'py>, ids: Vec<String>) -> PyResult<Bound<'py, PyList>> {
-        let engine = &self.inner;
-        let found = py.detach(|| engine.get(&ids)).map_err(to_py_err)?;
+        let found = self.call(py, |engine| engine.get(&ids))?;
         let items = found
             .into_iter()
             .map(|r| match r {
@@ -389,13 +523,11 @@ impl PyEngine {
                 return Err(to_py_err(Error::InvalidInput("importance and timestamps must be finite numbers".into())));
             }
         }
-        let engine = &self.inner;
-        py.detach(|| engine.update(&id, p)).map_err(to_py_err)
+        self.call(py, |engine| engine.update(&id, p))
     }
 
     fn touch(&self, py: Python<'_>, ids: Vec<String>, t: f64) -> PyResult<usize> {
-        let engine = &self.inner;
-        py.detach(|| engine.touch(&ids, t)).map_err(to_py_err)
+        self.call(py, |engine| engine.touch(&ids, t))
     }
 
     #[pyo3(signature = (ids=None, filter=None))]
@@ -407,37 +539,32 @@ impl PyEngine {
                 Some(existing) => ids.into_iter().filter(|i| existing.contains(i)).collect(),
             });
         }
-        let engine = &self.inner;
-        py.detach(|| engine.delete(&f)).map_err(to_py_err)
+        self.call(py, |engine| engine.delete(&f))
     }
 
     #[pyo3(signature = (filter=None, offset=0, limit=None))]
     fn list<'py>(&self, py: Python<'py>, filter: Option<&Bound<'py, PyDict>>, offset: usize, limit: Option<usize>) -> PyResult<Bound<'py, PyList>> {
         let f = parse_filter(filter)?;
-        let engine = &self.inner;
-        let recs = py.detach(|| engine.list(&f, offset, limit)).map_err(to_py_err)?;
+        let recs = self.call(py, |engine| engine.list(&f, offset, limit))?;
         records_list(py, recs)
     }
 
     #[pyo3(signature = (filter=None))]
     fn count(&self, py: Python<'_>, filter: Option<&Bound<'_, PyDict>>) -> PyResult<usize> {
         let f = parse_filter(filter)?;
-        let engine = &self.inner;
-        py.detach(|| engine.count(&f)).map_err(to_py_err)
+        self.call(py, |engine| engine.count(&f))
     }
 
     #[pyo3(signature = (scope=None))]
     fn child_scopes(&self, py: Python<'_>, scope: Option<String>) -> PyResult<Vec<String>> {
-        let engine = &self.inner;
         let scope = scope.unwrap_or_else(|| "/".into());
-        py.detach(|| engine.child_scopes(&scope)).map_err(to_py_err)
+        self.call(py, |engine| engine.child_scopes(&scope))
     }
 
     #[pyo3(signature = (filter=None))]
     fn category_counts<'py>(&self, py: Python<'py>, filter: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyDict>> {
         let f = parse_filter(filter)?;
-        let engine = &self.inner;
-        let counts = py.detach(|| engine.category_counts(&f)).map_err(to_py_err)?;
+        let counts = self.call(py, |engine| engine.category_counts(&f))?;
         let d = PyDict::new(py);
         for (c, n) in counts {
             d.set_item(c, n)?;
@@ -447,9 +574,8 @@ impl PyEngine {
 
     #[pyo3(signature = (scope=None))]
     fn scope_info<'py>(&self, py: Python<'py>, scope: Option<String>) -> PyResult<Bound<'py, PyDict>> {
-        let engine = &self.inner;
         let scope = scope.unwrap_or_else(|| "/".into());
-        let info = py.detach(|| engine.scope_info(&scope)).map_err(to_py_err)?;
+        let info = self.call(py, |engine| engine.scope_info(&scope))?;
         let d = PyDict::new(py);
         d.set_item("path", info.path)?;
         d.set_item("record_count", info.record_count)?;
@@ -461,18 +587,23 @@ impl PyEngine {
     }
 
     fn reset(&self, py: Python<'_>) -> PyResult<()> {
-        let engine = &self.inner;
-        py.detach(|| engine.reset()).map_err(to_py_err)
+        self.call(py, |engine| engine.reset())
     }
 
-    fn close(&self, py: Python<'_>) {
-        let engine = &self.inner;
-        py.detach(|| engine.close())
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if self.inherited() {
+            // The parent's engine: closing it would take its locks (perhaps held by a
+            // thread that does not exist here) and write its files. It is leaked instead.
+            return Ok(());
+        }
+        self.call(py, |engine| {
+            engine.close();
+            Ok(())
+        })
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let engine = &self.inner;
-        let s: EngineStats = py.detach(|| engine.stats());
+        let s: EngineStats = self.call(py, |engine| Ok(engine.stats()))?;
         let d = PyDict::new(py);
         d.set_item("records", s.records)?;
         d.set_item("dim", s.dim)?;
@@ -542,25 +673,20 @@ impl PyEngine {
     fn set_index(&self, py: Python<'_>, mode: &str, ef_search: usize, m: usize, ef_construction: usize) -> PyResult<()> {
         let mode = IndexMode::from_name(mode).ok_or_else(|| to_py_err(Error::InvalidInput(format!("index must be 'auto', 'exact' or 'hnsw', not {mode:?}"))))?;
         let config = IndexConfig { mode, ef_search, params: HnswParams { m, ef_construction } };
-        let engine = &self.inner;
-        py.detach(|| engine.set_index(config)).map_err(to_py_err)
+        self.call(py, |engine| engine.set_index(config))
     }
 
     /// Blocks (GIL released) until the graph covers every record; False on timeout.
     #[pyo3(signature = (timeout = None))]
     fn wait_for_index(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
-        let timeout = match timeout {
-            Some(t) if !(t.is_finite() && t >= 0.0) => return Err(to_py_err(Error::InvalidInput("timeout must be a finite number >= 0".into()))),
-            Some(t) => Some(std::time::Duration::from_secs_f64(t)),
-            None => None,
-        };
-        let engine = &self.inner;
-        py.detach(|| engine.wait_for_index(timeout)).map_err(to_py_err)
+        let timeout = timeout_duration(timeout)?;
+        self.wait(py, timeout, |engine, slice| engine.wait_for_index(Some(slice)))
     }
 
     /// Bounds the result cache to `entries` single-query searches; 0 turns it off.
-    fn set_cache_capacity(&self, entries: usize) {
-        self.inner.set_cache_capacity(entries);
+    fn set_cache_capacity(&self, entries: usize) -> PyResult<()> {
+        self.engine()?.set_cache_capacity(entries);
+        Ok(())
     }
 }
 
@@ -631,7 +757,10 @@ fn query_and_rows<'a, Q: numpy::Element, T: numpy::Element>(query: &'a numpy::Py
 fn dot_rows_f32<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, rows: numpy::PyReadonlyArray2<'py, f32>) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     let mut out = vec![0.0f32; n];
-    py.detach(|| simd::dot_rows(q, r, dim, &mut out));
+    native(py, || {
+        simd::dot_rows(q, r, dim, &mut out);
+        Ok(())
+    })?;
     Ok(PyArray1::from_vec(py, out))
 }
 
@@ -640,7 +769,10 @@ fn dot_rows_f32<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, 
 fn dot_rows_f16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, rows: numpy::PyReadonlyArray2<'py, u16>) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     let mut out = vec![0.0f32; n];
-    py.detach(|| simd::half::dot_rows_f16(q, r, dim, &mut out));
+    native(py, || {
+        simd::half::dot_rows_f16(q, r, dim, &mut out);
+        Ok(())
+    })?;
     Ok(PyArray1::from_vec(py, out))
 }
 
@@ -649,7 +781,10 @@ fn dot_rows_f16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, 
 fn dot_rows_bf16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, rows: numpy::PyReadonlyArray2<'py, u16>) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     let mut out = vec![0.0f32; n];
-    py.detach(|| simd::bf16::dot_rows_bf16(q, r, dim, &mut out));
+    native(py, || {
+        simd::bf16::dot_rows_bf16(q, r, dim, &mut out);
+        Ok(())
+    })?;
     Ok(PyArray1::from_vec(py, out))
 }
 
@@ -659,7 +794,10 @@ fn dot_rows_bf16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>,
 fn dot_rows_bf16_pairs<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, u16>, rows: numpy::PyReadonlyArray2<'py, u16>) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     let mut out = vec![0.0f32; n];
-    py.detach(|| simd::bf16::dot_rows_bf16_pairs(q, r, dim, &mut out));
+    native(py, || {
+        simd::bf16::dot_rows_bf16_pairs(q, r, dim, &mut out);
+        Ok(())
+    })?;
     Ok(PyArray1::from_vec(py, out))
 }
 
@@ -678,7 +816,10 @@ fn dot_rows_i8<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, i8>, ro
         return Err(to_py_err(Error::InvalidInput(format!("int8 kernels take at most {} values", simd::int8::MAX_DIM))));
     }
     let mut out = vec![0i32; n];
-    py.detach(|| simd::int8::dot_rows_i8(q, r, dim, &mut out));
+    native(py, || {
+        simd::int8::dot_rows_i8(q, r, dim, &mut out);
+        Ok(())
+    })?;
     Ok(PyArray1::from_vec(py, out))
 }
 
@@ -694,15 +835,15 @@ fn int8_path(name: &str) -> PyResult<&'static str> {
 /// nothing, so it is safe on any file: a file that is not a store raises NotAStoreError.
 #[pyfunction]
 fn verify_store(py: Python<'_>, path: PathBuf) -> PyResult<Vec<String>> {
-    py.detach(|| {
+    native(py, || {
         let mut storage = SqliteStorage::open_as(&path, Durability::Normal, Access::ReadOnly)?;
         storage.verify()
     })
-    .map_err(to_py_err)
 }
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    ferromem_core::interrupt::set_check(interrupted);
     m.add_class::<PyEngine>()?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
     m.add_function(wrap_pyfunction!(verify_store, m)?)?;

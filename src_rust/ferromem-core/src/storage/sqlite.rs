@@ -96,13 +96,27 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 
 /// Runs `f`, retrying while SQLite reports the database busy (another process holds a lock
 /// beyond the busy timeout), with a growing pause, up to WRITE_LOCK_PATIENCE.
+/// SQLite's wait for a lock another connection holds (in place of `busy_timeout(60 s)`):
+/// pauses of 1, 2, 4 ... then 50 ms, about 60 s in all, given up as soon as the caller is
+/// interrupted (Ctrl-C), so a wait on another process's write lock ends within a pause of
+/// the signal. Returns whether SQLite should try again.
+fn busy_wait(attempts: i32) -> bool {
+    if crate::interrupt::requested() {
+        return false;
+    }
+    let pause_ms = 1u64 << attempts.clamp(0, 6);
+    std::thread::sleep(Duration::from_millis(pause_ms.min(50)));
+    // 63 ms for the first six, then 50 ms each: 60 s after 1,205 attempts.
+    attempts < 1_205
+}
+
 fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> Result<T> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
         match f() {
             Ok(v) => return Ok(v),
-            Err(e) if is_busy(&e) && start.elapsed() < WRITE_LOCK_PATIENCE => {
+            Err(e) if is_busy(&e) && start.elapsed() < WRITE_LOCK_PATIENCE && !crate::interrupt::requested() => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
@@ -440,7 +454,7 @@ impl SqliteStorage {
             Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         };
         let conn = Connection::open_with_flags(path, flags)?;
-        conn.busy_timeout(Duration::from_secs(60))?;
+        conn.busy_handler(Some(busy_wait))?;
         let mode: String = retry_busy(|| conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::Corrupt(format!("{} is not in WAL mode (got {mode}), as every store is", path.display())));
