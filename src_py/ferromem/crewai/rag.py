@@ -64,11 +64,13 @@ names (ValueError, TypeError).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
@@ -244,6 +246,18 @@ def _identity(file: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock shared by every process using this knowledge folder (released
+    by the OS if the holder dies)."""
+    fd = os.open(os.path.join(folder, ".ferromem-collections.lock"), os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 class RagClient(BaseClient):
     """CrewAI RAG client (``crewai.rag.core.base_client.BaseClient``) on ferromem stores.
 
@@ -317,9 +331,15 @@ class RagClient(BaseClient):
             if mode == "get" and identity is None:
                 return None
             if mode == "create":
+                # Exclusive across processes: the name is checked and the store made under
+                # a lock on a file of this folder. (Claiming the name with an empty file
+                # no longer works: an empty file is never taken for a store.)
                 try:
                     os.makedirs(self._path, exist_ok=True)
-                    os.close(os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+                    with _folder_lock(self._path):
+                        if os.path.exists(file):
+                            raise FileExistsError(file)
+                        store = _store.open(file, durability=self._durability)
                 except FileExistsError:
                     raise CollectionExistsError(
                         f"collection {collection_name!r} already exists; use "
@@ -327,6 +347,8 @@ class RagClient(BaseClient):
                     ) from None
                 except OSError as exc:
                     raise StorageError(f"cannot create {file!r}: {exc}") from exc
+                self._stores[collection_name] = (store, _identity(file))
+                return store
             store = _store.open(file, durability=self._durability)
             self._stores[collection_name] = (store, _identity(file))
             return store
