@@ -153,3 +153,29 @@ def test_multiprocessing_fork_pool(tmp_path):
     finally:
         _INHERITED = None
         store.close()
+
+
+@pytest.mark.skipif(not NATIVE_AVAILABLE, reason=NATIVE_SKIP_REASON)
+def test_a_child_opens_a_store_from_its_image(tmp_path):
+    # Opening from an image verifies its checksums on all cores: in a forked child (after
+    # the parent's parallel scans started rayon's pool) that must run on the calling thread.
+    path = str(tmp_path / "img.ferro")
+    rows = _rows(11, RECORDS)
+    with ferromem.open(path, fast_open=True, index="exact") as store:
+        store.add([f"q{i}" for i in range(RECORDS)], rows)
+        store.search(rows[:8], k=3)  # a parallel batch scan: the pool is running
+    with ferromem.open(path, fast_open=True, index="exact") as store:
+        assert store.stats()["fast_open"]["opened_from_image"]
+        store.search(rows[:8], k=3)
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:  # the child: exits without running the parent's cleanup
+                code = WRONG
+                try:
+                    with ferromem.open(path, fast_open=True, index="exact") as mine:
+                        ok = (mine.stats()["fast_open"]["opened_from_image"]
+                              and mine.search(rows[5], k=1).ids[0] == "q5")
+                        code = OK if ok else WRONG
+                finally:
+                    os._exit(code)
+            assert _wait_child(pid) == OK

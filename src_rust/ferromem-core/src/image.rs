@@ -511,13 +511,16 @@ fn parse_header(bytes: &[u8]) -> Result<Header, Unread> {
 /// Verifies the pieces of `h` that `wanted` selects (all on all cores): the problems,
 /// in file order, at most `limit` of them.
 fn damage(bytes: &[u8], h: &Header, wanted: impl Fn(Section) -> bool + Sync, limit: usize) -> Vec<String> {
-    let mut bad: Vec<(usize, String)> = h
-        .pieces
-        .par_iter()
-        .enumerate()
-        .filter(|(_, p)| wanted(p.section) && crc32(&bytes[p.bytes.clone()]) != p.crc)
-        .map(|(i, p)| (i, format!("{} fail their checksum", p.describe(h.precision))))
-        .collect();
+    let failed = |(i, p): (usize, &Piece)| {
+        (wanted(p.section) && crc32(&bytes[p.bytes.clone()]) != p.crc).then(|| (i, format!("{} fail their checksum", p.describe(h.precision))))
+    };
+    // On the calling thread in a forked child, whose inherited rayon pool may have no
+    // threads left to run a job (see `crate::fork`).
+    let mut bad: Vec<(usize, String)> = if crate::fork::threads() > 1 {
+        h.pieces.par_iter().enumerate().filter_map(failed).collect()
+    } else {
+        h.pieces.iter().enumerate().filter_map(failed).collect()
+    };
     bad.sort_by_key(|b| b.0);
     bad.into_iter().take(limit).map(|b| b.1).collect()
 }
