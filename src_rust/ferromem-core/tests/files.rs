@@ -48,7 +48,8 @@ fn all_bytes(dir: &Path) -> Vec<(String, u32, usize)> {
 #[test]
 fn another_applications_files_are_refused_and_left_as_they_were() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    type Maker = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Maker)> = vec![
         ("empty", Box::new(|p| std::fs::write(p, b"").unwrap())),
         ("one byte", Box::new(|p| std::fs::write(p, b"S").unwrap())),
         ("text", Box::new(|p| std::fs::write(p, b"hello, this is not a database at all, just some words").unwrap())),
@@ -236,8 +237,7 @@ fn a_damaged_record_is_quarantined_never_served() {
             assert_eq!(damaged[0].id, "b");
         }
         // Deleting it by id clears it, in this process and the other.
-        let mut only_b = Filter::default();
-        only_b.ids = Some(vec!["b".into()]);
+        let only_b = Filter { ids: Some(vec!["b".into()]), ..Filter::default() };
         assert_eq!(e.delete(&only_b).unwrap(), 1);
         assert!(e.stats().damaged.is_empty());
         assert!(live.get(&["b".to_string()]).unwrap()[0].is_none());
