@@ -82,8 +82,9 @@ _native_warning_lock = threading.Lock()
 _native_warning_issued = False
 
 _REINSTALL_HINT = (
-    "reinstall ferromem with a Rust toolchain available (https://rustup.rs), e.g. "
-    "`pip install --force-reinstall --no-binary ferromem ferromem`"
+    "reinstall ferromem with a Rust toolchain and a C compiler available "
+    "(https://rustup.rs): in a clone of the ferromem repository, "
+    "`pip install --force-reinstall .` (ferromem is not published on a package index)"
 )
 
 
