@@ -222,9 +222,13 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
         engine_instance = engine_factory(path_text, dim, durability, precision, fast_open, read_only)
     else:  # the reference engine holds f32 and reads the file whatever is asked
         engine_instance = engine_factory(path_text, dim, durability, read_only=read_only)
-    _warn_if_damaged(engine_instance, path_text)
-    if engine_name == "native" and path_text is not None:
-        _warn_damaged_caches(engine_instance, path_text)
+    try:
+        _warn_if_damaged(engine_instance, path_text)
+        if engine_name == "native" and path_text is not None:
+            _warn_damaged_caches(engine_instance, path_text)
+    except BaseException:  # a warnings filter turned a warning into an error
+        engine_instance.close()
+        raise
     set_capacity = getattr(engine_instance, "set_cache_capacity", None)
     if set_capacity is not None:  # the reference engine keeps no cache
         set_capacity(cache_size)
