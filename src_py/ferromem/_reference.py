@@ -362,11 +362,28 @@ class _Filter:
 # --------------------------------------------------------------------------- sqlite help
 
 
-def _damaged_key(row: Any) -> str:
-    record_id = row[0]
-    if isinstance(record_id, bytes):
-        record_id = record_id.decode("utf-8", "replace")
-    return str(record_id)
+def _row_damage(row: tuple) -> str | None:
+    """What fails in a stored row ("unreadable", "fields", "vector"), or None when it is
+    whole; the layout is ``storage/checksum.rs``'s."""
+    (record_id, content, scope, categories, metadata, importance, created_at,
+     last_accessed, source, private, blob, fields_sum, vector_sum) = row
+    texts = (record_id, content, scope, categories, metadata)
+    if (
+        not all(isinstance(t, str) for t in texts)
+        or not all(isinstance(x, (int, float)) for x in (importance, created_at, last_accessed))
+        or not (source is None or isinstance(source, str))
+        or private not in (0, 1)
+        or not isinstance(blob, bytes)
+        or not isinstance(fields_sum, int)
+        or not isinstance(vector_sum, int)
+    ):
+        return "unreadable"
+    if _storefile.fields_crc(*texts, importance, created_at, last_accessed, source,
+                             private) != fields_sum:
+        return "fields"
+    if _storefile.vector_crc(blob) != vector_sum:
+        return "vector"
+    return None
 
 
 def _describe_damage(d: dict[str, Any]) -> str:
@@ -624,12 +641,18 @@ class ReferenceEngine:
             raise CorruptStoreError(f"{self._path!r} has a malformed change sequence") from None
         return seq, epoch, _parse_dim(meta.get("dim"))
 
-    def _row_to_stored(self, row: tuple, dim: int | None) -> _Stored | None:
+    def _row_to_stored(self, row: tuple, seq: int, dim: int | None) -> _Stored | None:
         """The record of a row, or None (and the row quarantined) when it fails its
         checksums or cannot be decoded."""
         (record_id, content, scope, categories, metadata, importance, created_at,
          last_accessed, source, private, blob, fields_sum, vector_sum) = row
-        if not self._version_1 and not self._row_is_whole(row):
+        damage = None if self._version_1 else _row_damage(row)
+        if damage is not None:
+            if isinstance(record_id, bytes):
+                record_id = record_id.decode("utf-8", "replace")
+            record_id = str(record_id)
+            self._records.pop(record_id, None)
+            self._damaged[record_id] = {"id": record_id, "seq": seq, "what": damage}
             return None
         self._damaged.pop(record_id, None)
         try:
@@ -654,34 +677,6 @@ class ReferenceEngine:
         except InvalidMetadataError as exc:
             raise CorruptStoreError(f"record {record_id!r} has malformed metadata: {exc}") from None
 
-    def _row_is_whole(self, row: tuple) -> bool:
-        (record_id, content, scope, categories, metadata, importance, created_at,
-         last_accessed, source, private, blob, fields_sum, vector_sum) = row
-        what = None
-        texts = (record_id, content, scope, categories, metadata)
-        if (
-            not all(isinstance(t, str) for t in texts)
-            or not all(isinstance(x, (int, float)) for x in (importance, created_at, last_accessed))
-            or not (source is None or isinstance(source, str))
-            or private not in (0, 1)
-            or not isinstance(blob, bytes)
-            or not isinstance(fields_sum, int)
-            or not isinstance(vector_sum, int)
-        ):
-            what = "unreadable"
-        elif _storefile.fields_crc(*texts, importance, created_at, last_accessed, source,
-                                   private) != fields_sum:
-            what = "fields"
-        elif _storefile.vector_crc(blob) != vector_sum:
-            what = "vector"
-        if what is None:
-            return True
-        if isinstance(record_id, bytes):
-            record_id = record_id.decode("utf-8", "replace")
-        self._records.pop(record_id, None)
-        self._damaged[str(record_id)] = {"id": str(record_id), "seq": 0, "what": what}
-        return False
-
     def _select_records(self, tail: str = "", args: tuple = ()) -> Any:
         assert self._conn is not None
         columns = _RECORD_COLUMNS + ", NULL, NULL" if self._version_1 else _READ_COLUMNS
@@ -694,11 +689,9 @@ class ReferenceEngine:
         records = {}
         self._damaged = {}
         for *row, row_seq in self._select_records():
-            stored = self._row_to_stored(tuple(row), dim)
-            if stored is None:
-                self._damaged[_damaged_key(row)]["seq"] = row_seq
-                continue
-            records[stored.id] = stored
+            stored = self._row_to_stored(tuple(row), row_seq, dim)
+            if stored is not None:
+                records[stored.id] = stored
         self._records = records
         self._dim = dim
         self._seq = seq
@@ -715,13 +708,11 @@ class ReferenceEngine:
         self._dim = dim
         if seq == self._seq:
             return
-        changed = []
-        for *row, row_seq in self._select_records("WHERE seq > ?", (self._seq,)):
-            stored = self._row_to_stored(tuple(row), dim)
-            if stored is None:
-                self._damaged[_damaged_key(row)]["seq"] = row_seq
-            else:
-                changed.append(stored)
+        changed = [
+            stored
+            for *row, row_seq in self._select_records("WHERE seq > ?", (self._seq,))
+            if (stored := self._row_to_stored(tuple(row), row_seq, dim)) is not None
+        ]
         deleted = [
             row[0]
             for row in self._conn.execute("SELECT id FROM tombstones WHERE seq > ?", (self._seq,))

@@ -192,8 +192,21 @@ fn damaged_record_error(d: &Damage) -> Error {
     ))
 }
 
-/// Checks a row-major matrix of `dim`-vectors: finite values and no all-zero row.
+/// Checks a row-major matrix of `dim`-vectors: finite values and no all-zero row (queries;
+/// stored vectors also need [`validate_stored_vectors`]'s range).
 pub fn validate_vectors(data: &[f32], dim: usize) -> Result<()> {
+    check_rows(data, dim, None)
+}
+
+/// Checks vectors to be stored: those of [`validate_vectors`], and each row's largest
+/// absolute value within [`MIN_STORED_MAGNITUDE`, `MAX_STORED_MAGNITUDE`].
+pub fn validate_stored_vectors(data: &[f32], dim: usize) -> Result<()> {
+    check_rows(data, dim, Some(MIN_STORED_MAGNITUDE..=MAX_STORED_MAGNITUDE))
+}
+
+/// One pass over each row (its largest absolute value, or None at a non-finite value)
+/// decides every check; the messages are worked out only for a row that fails.
+fn check_rows(data: &[f32], dim: usize, range: Option<std::ops::RangeInclusive<f32>>) -> Result<()> {
     if dim == 0 || data.is_empty() {
         return Err(Error::InvalidVector("empty vector: a vector needs at least one value".into()));
     }
@@ -201,11 +214,19 @@ pub fn validate_vectors(data: &[f32], dim: usize) -> Result<()> {
         return Err(Error::InvalidVector(format!("{} values do not make rows of {dim}", data.len())));
     }
     for (r, row) in data.chunks_exact(dim).enumerate() {
-        if let Some(c) = row.iter().position(|x| !x.is_finite()) {
-            return Err(Error::InvalidVector(format!("vector {r} has a non-finite value ({}) at position {c}", row[c])));
-        }
-        if row.iter().all(|&x| x == 0.0) {
-            return Err(Error::InvalidVector(format!("vector {r} is all zeros: a zero vector has no direction")));
+        let largest = row.iter().try_fold(0.0f32, |m, &x| x.is_finite().then(|| m.max(x.abs())));
+        match largest {
+            None => {
+                let c = row.iter().position(|x| !x.is_finite()).unwrap_or(0);
+                return Err(Error::InvalidVector(format!("vector {r} has a non-finite value ({}) at position {c}", row[c])));
+            }
+            Some(0.0) => return Err(Error::InvalidVector(format!("vector {r} is all zeros: a zero vector has no direction"))),
+            Some(max) if range.as_ref().is_some_and(|range| !range.contains(&max)) => {
+                return Err(Error::InvalidVector(format!(
+                    "vector {r} has largest absolute value {max:e}: a stored vector's largest absolute value must lie between 2^-100 (about 7.9e-31) and 2^100 (about 1.3e30); cosine similarity does not depend on scale, so rescale it (e.g. divide it by its norm)"
+                )));
+            }
+            Some(_) => {}
         }
     }
     Ok(())
@@ -231,20 +252,6 @@ fn check_int8_dim(precision: Precision, dim: usize) -> Result<()> {
             "precision 'int8' takes vectors of at most {} values, not {dim}; use precision 'f32' or 'f16' for longer ones",
             simd::int8::MAX_DIM
         )));
-    }
-    Ok(())
-}
-
-/// Checks that every row of a validated matrix (finite, no zero row) has its largest
-/// absolute value within [`MIN_STORED_MAGNITUDE`, `MAX_STORED_MAGNITUDE`].
-pub fn validate_stored_range(data: &[f32], dim: usize) -> Result<()> {
-    for (r, row) in data.chunks_exact(dim).enumerate() {
-        let max = row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-        if !(MIN_STORED_MAGNITUDE..=MAX_STORED_MAGNITUDE).contains(&max) {
-            return Err(Error::InvalidVector(format!(
-                "vector {r} has largest absolute value {max:e}: a stored vector's largest absolute value must lie between 2^-100 (about 7.9e-31) and 2^100 (about 1.3e30); cosine similarity does not depend on scale, so rescale it (e.g. divide it by its norm)"
-            )));
-        }
     }
     Ok(())
 }
@@ -587,8 +594,7 @@ impl Engine {
         if records.is_empty() {
             return Ok(());
         }
-        validate_vectors(vectors, dim)?;
-        validate_stored_range(vectors, dim)?;
+        validate_stored_vectors(vectors, dim)?;
         if vectors.len() != records.len() * dim {
             return Err(Error::InvalidInput(format!(
                 "{} records but {} vectors",
@@ -858,8 +864,7 @@ impl Engine {
     /// Changes some fields of one record; false when the id does not exist.
     pub fn update(&self, id: &str, patch: Patch) -> Result<bool> {
         if let Some(v) = &patch.vector {
-            validate_vectors(v, v.len())?;
-            validate_stored_range(v, v.len())?;
+            validate_stored_vectors(v, v.len())?;
         }
         if let Some(m) = &patch.metadata_json {
             metadata_scalars(m)?;

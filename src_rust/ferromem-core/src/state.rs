@@ -292,7 +292,7 @@ fn reordered_sum_bound(dim: usize) -> f32 {
 }
 
 /// 1/|v| in f32, computed in f64. New stored vectors are within the range of
-/// `engine::validate_stored_range`, where this is at most 2^100; a row stored before that
+/// `engine::validate_stored_vectors`, where this is at most 2^100; a row stored before that
 /// check (a subnormal one) saturates at f32::MAX instead of becoming infinity, which times
 /// an underflowed dot product of 0 made NaN.
 pub fn inverse_norm(v: &[f32]) -> f32 {

@@ -43,15 +43,20 @@ fn to_py_err(e: Error) -> PyErr {
             Error::ReadOnly(_) => "ReadOnlyStoreError",
         };
         let msg = e.to_string();
-        let made = py.import("ferromem.exceptions").and_then(|m| m.getattr(class)).and_then(|cls| match &e {
-            Error::DimensionMismatch { expected, got } => cls.call1((msg.clone(), *expected, *got)),
-            _ => cls.call1((msg.clone(),)),
-        });
-        match made {
-            Ok(instance) => PyErr::from_value(instance),
-            Err(import_failure) => import_failure,
+        match &e {
+            Error::DimensionMismatch { expected, got } => ferromem_exception(py, class, (msg, *expected, *got)),
+            _ => ferromem_exception(py, class, (msg,)),
         }
     })
+}
+
+/// An instance of the class `class` of `ferromem/exceptions.py`, made with `args`.
+fn ferromem_exception<'py>(py: Python<'py>, class: &str, args: impl pyo3::call::PyCallArgs<'py>) -> PyErr {
+    let made = py.import("ferromem.exceptions").and_then(|m| m.getattr(class)).and_then(|cls| cls.call1(args));
+    match made {
+        Ok(instance) => PyErr::from_value(instance),
+        Err(import_failure) => import_failure,
+    }
 }
 
 fn filter_error(msg: impl Into<String>) -> PyErr {
@@ -269,13 +274,7 @@ impl Drop for PyEngine {
 
 fn forked_error() -> PyErr {
     Python::attach(|py| {
-        let made = py.import("ferromem.exceptions").and_then(|m| m.getattr("StoreClosedError")).and_then(|cls| {
-            cls.call1(("this store was opened in the parent process, before os.fork(); a forked child cannot use it (its threads and locks stayed in the parent): open it again with ferromem.open(path) in the child",))
-        });
-        match made {
-            Ok(instance) => PyErr::from_value(instance),
-            Err(import_failure) => import_failure,
-        }
+        ferromem_exception(py, "StoreClosedError", ("this store was opened in the parent process, before os.fork(); a forked child cannot use it (its threads and locks stayed in the parent): open it again with ferromem.open(path) in the child",))
     })
 }
 
@@ -354,8 +353,8 @@ impl PyEngine {
         let precision = Precision::from_name(precision)
             .ok_or_else(|| to_py_err(Error::InvalidInput(format!("precision must be 'f32', 'f16' or 'int8', not {precision:?}"))))?;
         let opts = OpenOptions { durability, precision, fast_open, read_only };
-        // Registered before this engine exists, so any later fork is seen.
-        fork::install();
+        // Engine::open_opts registers the fork handler before the engine exists, so the
+        // generation read below is the one any later fork changes.
         let engine = native(py, || Engine::open_opts(path.as_deref(), dim, opts))?;
         Ok(PyEngine { inner: Arc::new(engine), forks: fork::generation() })
     }
@@ -701,14 +700,14 @@ fn buffer_address(obj: &Bound<'_, PyAny>) -> PyResult<(usize, usize, usize)> {
 /// The problems of a store image file (its own checksums and structure, not whether it is
 /// current for its store): empty when whole or absent.
 #[pyfunction]
-fn verify_image(py: Python<'_>, image_path: PathBuf) -> Vec<String> {
-    py.detach(|| ferromem_core::image::verify_file(&image_path))
+fn verify_image(py: Python<'_>, image_path: PathBuf) -> PyResult<Vec<String>> {
+    native(py, || Ok(ferromem_core::image::verify_file(&image_path)))
 }
 
 /// The problems of a saved graph file (`<store>.hnsw`), as [`verify_image`].
 #[pyfunction]
-fn verify_graph(py: Python<'_>, graph_path: PathBuf) -> Vec<String> {
-    py.detach(|| ferromem_core::hnsw::verify_graph_file(&graph_path))
+fn verify_graph(py: Python<'_>, graph_path: PathBuf) -> PyResult<Vec<String>> {
+    native(py, || Ok(ferromem_core::hnsw::verify_graph_file(&graph_path)))
 }
 
 /// The SIMD path similarity kernels use now ("avx512", "avx2", "neon" or "scalar").

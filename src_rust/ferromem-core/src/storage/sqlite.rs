@@ -12,8 +12,8 @@
 //! ```
 //!
 //! **Whose file it is.** ferromem writes only to a file it created or has identified as a
-//! store: the SQLite header's application id and user version are read straight from the
-//! file before SQLite opens it for writing, and anything else (another application's
+//! store: the SQLite header's application id and user version are read (through an
+//! `immutable=1` connection, see [`inspect`]) before SQLite opens it for writing, and anything else (another application's
 //! database, an empty or truncated file, not SQLite at all) is refused with
 //! [`Error::NotAStore`], byte for byte untouched. A new store is made whole in a temporary
 //! file beside the path and linked into place, so the path never names a half-made store
@@ -94,8 +94,6 @@ fn is_busy(e: &rusqlite::Error) -> bool {
         if matches!(f.code, rusqlite::ffi::ErrorCode::DatabaseBusy | rusqlite::ffi::ErrorCode::DatabaseLocked))
 }
 
-/// Runs `f`, retrying while SQLite reports the database busy (another process holds a lock
-/// beyond the busy timeout), with a growing pause, up to WRITE_LOCK_PATIENCE.
 /// SQLite's wait for a lock another connection holds (in place of `busy_timeout(60 s)`):
 /// pauses of 1, 2, 4 ... then 50 ms, about 60 s in all, given up as soon as the caller is
 /// interrupted (Ctrl-C), so a wait on another process's write lock ends within a pause of
@@ -110,6 +108,8 @@ fn busy_wait(attempts: i32) -> bool {
     attempts < 1_205
 }
 
+/// Runs `f`, retrying while SQLite reports the database busy (another process holds a lock
+/// beyond the busy handler's wait), with a growing pause, up to WRITE_LOCK_PATIENCE.
 fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> Result<T> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
@@ -216,10 +216,7 @@ fn read_row(row: &rusqlite::Row<'_>, checksums: bool) -> rusqlite::Result<RowRea
         Some(None) => return damaged("unreadable"),
     };
     let Ok(categories) = serde_json::from_slice::<Vec<String>>(categories) else { return damaged("unreadable") };
-    if blob.is_empty() || !blob.len().is_multiple_of(4) {
-        return damaged("unreadable");
-    }
-    let vector = blob.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let Some(vector) = blob_to_vector(blob).ok().filter(|v| !v.is_empty()) else { return damaged("unreadable") };
     Ok(RowRead::Good(StoredRecord {
         rec: Record {
             id: Arc::from(id),
@@ -322,17 +319,14 @@ fn inspect(path: &Path) -> Result<Found> {
 /// `file:` URI of a path, for opening with URI parameters.
 fn file_uri(path: &Path, params: &str) -> String {
     let mut uri = String::from("file:");
-    for b in path.as_os_str().as_encoded_bytes() {
-        match b {
-            b'?' | b'#' | b'%' => uri.push_str(&format!("%{b:02X}")),
-            _ => uri.push(*b as char),
+    for &b in path.as_os_str().as_encoded_bytes() {
+        // SQLite decodes %XX in the path; ASCII other than its delimiters goes as it is.
+        if b.is_ascii() && !matches!(b, b'?' | b'#' | b'%') {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
         }
     }
-    // Non-ASCII bytes were pushed as Latin-1 chars above; re-encode them as %XX instead.
-    let uri: String = uri
-        .chars()
-        .map(|c| if (c as u32) < 0x80 { c.to_string() } else { format!("%{:02X}", c as u32) })
-        .collect();
     format!("{uri}?{params}")
 }
 
