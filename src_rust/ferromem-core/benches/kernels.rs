@@ -21,14 +21,10 @@ use std::time::{Duration, Instant};
 
 /// Deterministic values in [-1, 1) without a dependency: a 64-bit LCG, high bits.
 fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -81,21 +77,12 @@ impl Bench {
         let query = fill(dim, 7);
         let mut out = vec![0.0f32; n];
         let t = best_time(5, self.budget, || {
-            simd::dot_rows(
-                black_box(&query),
-                black_box(&arena[..n * dim]),
-                dim,
-                &mut out,
-            );
+            simd::dot_rows(black_box(&query), black_box(&arena[..n * dim]), dim, &mut out);
             black_box(&out);
         });
         let secs = t.as_secs_f64();
         let gbps = (n * dim * 4) as f64 / secs / 1e9;
-        println!(
-            "{label} {:>8.2} GB/s {:>9.1} ns/row",
-            gbps,
-            secs * 1e9 / n as f64
-        );
+        println!("{label} {:>8.2} GB/s {:>9.1} ns/row", gbps, secs * 1e9 / n as f64);
     }
 
     /// One query against every row stored as binary16 and as int8 (`simd::half`,
@@ -134,40 +121,23 @@ impl Bench {
     }
 
     fn gather(&self, isa: Isa, arena: &[f32], n: usize, dim: usize, rows: &[u32]) {
-        let label = format!(
-            "dot_gather      {:>6} of {n:>6} x {dim:<5} {:<7}",
-            rows.len(),
-            isa.name()
-        );
+        let label = format!("dot_gather      {:>6} of {n:>6} x {dim:<5} {:<7}", rows.len(), isa.name());
         if !self.wants(&label) {
             return;
         }
         let query = fill(dim, 11);
         let mut out = vec![0.0f32; rows.len()];
         let t = best_time(5, self.budget, || {
-            simd::dot_gather(
-                black_box(&query),
-                black_box(&arena[..n * dim]),
-                dim,
-                rows,
-                &mut out,
-            );
+            simd::dot_gather(black_box(&query), black_box(&arena[..n * dim]), dim, rows, &mut out);
             black_box(&out);
         });
         let secs = t.as_secs_f64();
         let gbps = (rows.len() * dim * 4) as f64 / secs / 1e9;
-        println!(
-            "{label} {:>8.2} GB/s {:>9.1} ns/row",
-            gbps,
-            secs * 1e9 / rows.len() as f64
-        );
+        println!("{label} {:>8.2} GB/s {:>9.1} ns/row", gbps, secs * 1e9 / rows.len() as f64);
     }
 
     fn multi(&self, isa: Isa, arena: &[f32], n: usize, dim: usize, nq: usize) {
-        let label = format!(
-            "dot_rows_multi  {n:>6} x {dim:<5} nq {nq:<3} {:<7}",
-            isa.name()
-        );
+        let label = format!("dot_rows_multi  {n:>6} x {dim:<5} nq {nq:<3} {:<7}", isa.name());
         if !self.wants(&label) {
             return;
         }
@@ -180,12 +150,7 @@ impl Bench {
         });
         let one_by_one = best_time(3, self.budget, || {
             for (q, out_q) in out.chunks_exact_mut(n).enumerate() {
-                simd::dot_rows(
-                    black_box(&queries[q * dim..(q + 1) * dim]),
-                    black_box(arena),
-                    dim,
-                    out_q,
-                );
+                simd::dot_rows(black_box(&queries[q * dim..(q + 1) * dim]), black_box(arena), dim, out_q);
             }
             black_box(&out);
         });
@@ -202,17 +167,10 @@ impl Bench {
 fn main() {
     // `cargo bench` passes `--bench`; the first other argument filters the lines.
     let filter = std::env::args().skip(1).find(|a| !a.starts_with("--"));
-    let bench = Bench {
-        filter,
-        budget: Duration::from_millis(400),
-    };
+    let bench = Bench { filter, budget: Duration::from_millis(400) };
     let isas = simd::supported_isas();
     let names: Vec<&str> = isas.iter().map(|isa| isa.name()).collect();
-    println!(
-        "# ferromem kernels: detected {}, supported [{}]",
-        simd::detected_isa().name(),
-        names.join(", ")
-    );
+    println!("# ferromem kernels: detected {}, supported [{}]", simd::detected_isa().name(), names.join(", "));
 
     let big = (100_000, 1536);
     let small = (10_000, 384);

@@ -94,7 +94,12 @@ fn corpus(kind: &str) -> Vec<Vec<u8>> {
     for (n, &(rows, dim)) in shapes.iter().enumerate() {
         for (p, precision) in [Precision::F32, Precision::F16, Precision::Int8].into_iter().enumerate() {
             let path = dir.path().join(format!("s{n}-{p}.ferro"));
-            let e = Engine::open_opts(Some(&path), None, OpenOptions { durability: Durability::Normal, precision, fast_open: true, ..OpenOptions::default() }).expect("open");
+            let e = Engine::open_opts(
+                Some(&path),
+                None,
+                OpenOptions { durability: Durability::Normal, precision, fast_open: true, ..OpenOptions::default() },
+            )
+            .expect("open");
             let vectors: Vec<f32> = (0..rows * dim).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
             e.upsert((0..rows).map(rec).collect(), &vectors, dim, WriteMode::Upsert).expect("fill");
             if kind != "image" && rows > 1 && precision == Precision::F32 {
@@ -270,10 +275,13 @@ fn run(kind: &str, seconds: f64, seed: u64, only: Option<u64>) -> bool {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let kind = args.first().map_or("all", String::as_str).to_owned();
-    let seconds: f64 = args.get(1).and_then(|s| s.parse().ok()).or_else(|| std::env::var("FUZZ_SECONDS").ok()?.parse().ok()).unwrap_or(10.0);
-    let seed: u64 = args.get(2).and_then(|s| s.parse().ok()).or_else(|| std::env::var("FUZZ_SEED").ok()?.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-    });
+    let seconds: f64 =
+        args.get(1).and_then(|s| s.parse().ok()).or_else(|| std::env::var("FUZZ_SECONDS").ok()?.parse().ok()).unwrap_or(10.0);
+    let seed: u64 = args
+        .get(2)
+        .and_then(|s| s.parse().ok())
+        .or_else(|| std::env::var("FUZZ_SEED").ok()?.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64));
     let only: Option<u64> = args.get(3).and_then(|s| s.parse().ok());
     SEED.store(seed, Ordering::Relaxed);
     println!("fuzz_caches {kind}: seed {seed}, {seconds} s per target");

@@ -186,10 +186,7 @@ const RERANK_EXTRA: usize = 16;
 
 /// The error a read of a quarantined record gets.
 fn damaged_record_error(d: &Damage) -> Error {
-    Error::Corrupt(format!(
-        "{} on disk. Save the record again (or delete it) to clear it; `ferromem check` lists all damage",
-        d.describe()
-    ))
+    Error::Corrupt(format!("{} on disk. Save the record again (or delete it) to clear it; `ferromem check` lists all damage", d.describe()))
 }
 
 /// Checks a row-major matrix of `dim`-vectors: finite values and no all-zero row (queries;
@@ -596,11 +593,7 @@ impl Engine {
         }
         validate_stored_vectors(vectors, dim)?;
         if vectors.len() != records.len() * dim {
-            return Err(Error::InvalidInput(format!(
-                "{} records but {} vectors",
-                records.len(),
-                vectors.len() / dim
-            )));
+            return Err(Error::InvalidInput(format!("{} records but {} vectors", records.len(), vectors.len() / dim)));
         }
         let mut seen = HashSet::with_capacity(records.len());
         for r in &records {
@@ -626,11 +619,7 @@ impl Engine {
                     return Err(Error::DuplicateId(r.id.to_string()));
                 }
             }
-            let ops = records
-                .into_iter()
-                .zip(vectors.chunks_exact(dim))
-                .map(|(rec, v)| OwnedOp::Put(rec, Cow::Borrowed(v)))
-                .collect();
+            let ops = records.into_iter().zip(vectors.chunks_exact(dim)).map(|(rec, v)| OwnedOp::Put(rec, Cow::Borrowed(v))).collect();
             Ok((ops, ()))
         })
     }
@@ -704,7 +693,15 @@ impl Engine {
     /// scan computes them), and the best k of those are the answer. When another connection
     /// committed in between, the replica catches up and the search runs again, so scores
     /// never mix two versions of a record. Returns the search generation it ran at.
-    fn search_reranked(&self, queries: &[f32], nq: usize, dim: usize, k: usize, filter: &Filter, min_score: Option<f32>) -> Result<(Vec<Vec<Hit>>, u64)> {
+    fn search_reranked(
+        &self,
+        queries: &[f32],
+        nq: usize,
+        dim: usize,
+        k: usize,
+        filter: &Filter,
+        min_score: Option<f32>,
+    ) -> Result<(Vec<Vec<Hit>>, u64)> {
         let width = rerank_width(k);
         loop {
             let (candidates, epoch, seq, generation) = {
@@ -726,7 +723,14 @@ impl Engine {
     /// int8 sums are exact integers), and each caller re-ranks its own at the position the
     /// batch ran at. When a candidate was rewritten or deleted since (or the batch
     /// failed), the query is searched again on its own.
-    fn search_reranked_shared(&self, query: &[f32], dim: usize, k: usize, filter: &Filter, min_score: Option<f32>) -> Result<(Vec<Vec<Hit>>, u64)> {
+    fn search_reranked_shared(
+        &self,
+        query: &[f32],
+        dim: usize,
+        k: usize,
+        filter: &Filter,
+        min_score: Option<f32>,
+    ) -> Result<(Vec<Vec<Hit>>, u64)> {
         // Waiting for a batch must not hold the state lock (see `search`).
         let job = Job::new(query.to_vec(), rerank_width(k), filter.clone(), None);
         let (candidates, _) = self.coalescer.submit(job.clone(), |batch| self.run_search_batch(batch));
@@ -744,7 +748,16 @@ impl Engine {
     /// rewritten or deleted after (epoch, seq) (writes to other records do not matter: the
     /// answer is then the one at (epoch, seq), a position the search saw).
     #[allow(clippy::too_many_arguments)]
-    fn rerank(&self, candidates: &[Vec<Hit>], queries: &[f32], dim: usize, k: usize, min_score: Option<f32>, epoch: u64, seq: u64) -> Result<Option<Vec<Vec<Hit>>>> {
+    fn rerank(
+        &self,
+        candidates: &[Vec<Hit>],
+        queries: &[f32],
+        dim: usize,
+        k: usize,
+        min_score: Option<f32>,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<Option<Vec<Vec<Hit>>>> {
         let mut ids: Vec<Arc<str>> = candidates.iter().flatten().map(|h| h.0.clone()).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -877,15 +890,33 @@ impl Engine {
             }
             let mut rec = old.clone();
             let p = patch;
-            if let Some(x) = p.content { rec.content = x }
-            if let Some(x) = p.scope { rec.scope = x }
-            if let Some(x) = p.categories { rec.categories = x }
-            if let Some(x) = p.metadata_json { rec.metadata_json = x }
-            if let Some(x) = p.importance { rec.importance = x }
-            if let Some(x) = p.created_at { rec.created_at = x }
-            if let Some(x) = p.last_accessed { rec.last_accessed = x }
-            if let Some(x) = p.source { rec.source = x }
-            if let Some(x) = p.private { rec.private = x }
+            if let Some(x) = p.content {
+                rec.content = x
+            }
+            if let Some(x) = p.scope {
+                rec.scope = x
+            }
+            if let Some(x) = p.categories {
+                rec.categories = x
+            }
+            if let Some(x) = p.metadata_json {
+                rec.metadata_json = x
+            }
+            if let Some(x) = p.importance {
+                rec.importance = x
+            }
+            if let Some(x) = p.created_at {
+                rec.created_at = x
+            }
+            if let Some(x) = p.last_accessed {
+                rec.last_accessed = x
+            }
+            if let Some(x) = p.source {
+                rec.source = x
+            }
+            if let Some(x) = p.private {
+                rec.private = x
+            }
             // No new vector: an empty one keeps the stored vector (nothing re-written).
             let vector = p.vector.unwrap_or_default();
             Ok((vec![OwnedOp::Put(rec, Cow::Owned(vector))], true))
@@ -943,7 +974,9 @@ impl Engine {
     }
 
     pub fn list(&self, filter: &Filter, offset: usize, limit: Option<usize>) -> Result<Vec<RecordWithVector>> {
-        let rows = self.read_with_vectors(Op::list, |st| st.list(filter, offset, limit).into_iter().map(|(r, v)| Some((r.clone(), v.to_vec()))).collect())?;
+        let rows = self.read_with_vectors(Op::list, |st| {
+            st.list(filter, offset, limit).into_iter().map(|(r, v)| Some((r.clone(), v.to_vec()))).collect()
+        })?;
         Ok(rows.into_iter().flatten().collect())
     }
 

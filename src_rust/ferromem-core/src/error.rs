@@ -40,9 +40,7 @@ impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ffi::ErrorCode;
         match &e {
-            rusqlite::Error::SqliteFailure(f, _)
-                if matches!(f.code, ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) =>
-            {
+            rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
                 Error::Corrupt(e.to_string())
             }
             _ => Error::Storage(e.to_string()),

@@ -103,11 +103,7 @@ pub fn scope_matches(prefix: &str, scope: &str) -> bool {
 /// `child_of("/a", "/a/b/c") == Some("/a/b")`.
 pub fn child_of<'a>(parent: &str, scope: &'a str) -> Option<&'a str> {
     let parent = parent.trim_end_matches('/');
-    let rest = if parent.is_empty() {
-        scope.strip_prefix('/')?
-    } else {
-        scope.strip_prefix(parent)?.strip_prefix('/')?
-    };
+    let rest = if parent.is_empty() { scope.strip_prefix('/')? } else { scope.strip_prefix(parent)?.strip_prefix('/')? };
     if rest.is_empty() {
         return None;
     }

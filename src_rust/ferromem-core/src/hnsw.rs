@@ -206,7 +206,17 @@ pub struct Hnsw {
 impl Hnsw {
     pub fn new(dim: usize, params: HnswParams) -> Hnsw {
         assert!(params.m >= 2 && params.ef_construction >= 1, "hnsw: m >= 2 and ef_construction >= 1");
-        Hnsw { params, dim, levels: Vec::new(), versions: Vec::new(), layer0: Vec::new(), upper: HashMap::new(), entry: None, top: 0, nodes: 0 }
+        Hnsw {
+            params,
+            dim,
+            levels: Vec::new(),
+            versions: Vec::new(),
+            layer0: Vec::new(),
+            upper: HashMap::new(),
+            entry: None,
+            top: 0,
+            nodes: 0,
+        }
     }
 
     pub fn params(&self) -> HnswParams {
@@ -318,7 +328,15 @@ impl Hnsw {
     /// Beam search of width `ef` on one layer. Every node is walked through; only those
     /// `accept` admits enter the result, so a filtered search keeps going until it has
     /// `ef` admitted nodes or the reachable graph is exhausted. Best first.
-    fn search_layer(&self, q: &GraphQuery, entries: &[Scored], ef: usize, level: u8, rows: &GraphRows<'_>, accept: &dyn Fn(u32) -> bool) -> Vec<Scored> {
+    fn search_layer(
+        &self,
+        q: &GraphQuery,
+        entries: &[Scored],
+        ef: usize,
+        level: u8,
+        rows: &GraphRows<'_>,
+        accept: &dyn Fn(u32) -> bool,
+    ) -> Vec<Scored> {
         VISITED.with(|v| {
             let mut visited = v.borrow_mut();
             visited.start(self.levels.len());
@@ -418,7 +436,14 @@ impl Hnsw {
     /// on each of its layers. Plans for different slots can be made in parallel against
     /// one graph and applied one after the other (they do not see each other, which costs
     /// nothing measurable once the graph holds a few thousand nodes).
-    pub fn plan_insert(&self, slot: u32, version: u32, rows: &GraphRows<'_>, current: &Current<'_>, scratch: &mut GraphQuery) -> PlannedInsert {
+    pub fn plan_insert(
+        &self,
+        slot: u32,
+        version: u32,
+        rows: &GraphRows<'_>,
+        current: &Current<'_>,
+        scratch: &mut GraphQuery,
+    ) -> PlannedInsert {
         assert_eq!(rows.row_len(slot), self.dim, "hnsw: row length differs from the graph's dim");
         let level = match self.levels.get(slot as usize) {
             Some(&l) if l != ABSENT => l,
@@ -435,7 +460,8 @@ impl Hnsw {
             let mut entries = vec![cur];
             links = vec![Vec::new(); level.min(self.top) as usize + 1];
             for l in (0..=level.min(self.top)).rev() {
-                let found = self.search_layer(&q, &entries, self.params.ef_construction, l, rows, &|s| s != slot && self.is_current(s, current));
+                let found =
+                    self.search_layer(&q, &entries, self.params.ef_construction, l, rows, &|s| s != slot && self.is_current(s, current));
                 links[l as usize] = self.select(&found, self.params.m, rows, scratch);
                 if !found.is_empty() {
                     entries = found;
@@ -556,7 +582,11 @@ struct GraphFile<'a> {
 fn parse_graph_file(bytes: &[u8]) -> Result<GraphFile<'_>, GraphUnfit> {
     let damaged = |why: String| Err(GraphUnfit::Damaged(why));
     if !bytes.starts_with(FILE_MAGIC_FAMILY) {
-        return damaged(if bytes.len() < FILE_MAGIC_FAMILY.len() { format!("truncated: {} bytes", bytes.len()) } else { "not a ferromem graph file (wrong magic bytes)".into() });
+        return damaged(if bytes.len() < FILE_MAGIC_FAMILY.len() {
+            format!("truncated: {} bytes", bytes.len())
+        } else {
+            "not a ferromem graph file (wrong magic bytes)".into()
+        });
     }
     if bytes.len() >= 8 && !bytes.starts_with(FILE_MAGIC) {
         return Err(GraphUnfit::Stale); // another format version
@@ -569,13 +599,18 @@ fn parse_graph_file(bytes: &[u8]) -> Result<GraphFile<'_>, GraphUnfit> {
     let at = SavedAt { epoch: field(r.u64()), seq: field(r.u64()) };
     let [dim, m, ef_construction, count] = [(); 4].map(|()| field(r.u32().map(u64::from)) as usize);
     let (nodes_len, links_len) = (field(r.u64()), field(r.u64()));
-    let (nodes_crc, links_crc, header_crc) = (field(r.u32().map(u64::from)) as u32, field(r.u32().map(u64::from)) as u32, field(r.u32().map(u64::from)) as u32);
+    let (nodes_crc, links_crc, header_crc) =
+        (field(r.u32().map(u64::from)) as u32, field(r.u32().map(u64::from)) as u32, field(r.u32().map(u64::from)) as u32);
     if crc32(&header[..FILE_HEADER - 4]) != header_crc {
         return damaged("the header fails its checksum".into());
     }
     let body = (bytes.len() - FILE_HEADER) as u64;
     if nodes_len.checked_add(links_len) != Some(body) {
-        return damaged(format!("truncated or extended: {} bytes where the header says {}", bytes.len(), FILE_HEADER as u128 + nodes_len as u128 + links_len as u128));
+        return damaged(format!(
+            "truncated or extended: {} bytes where the header says {}",
+            bytes.len(),
+            FILE_HEADER as u128 + nodes_len as u128 + links_len as u128
+        ));
     }
     let (nodes, links) = bytes[FILE_HEADER..].split_at(nodes_len as usize);
     if crc32(nodes) != nodes_crc {
@@ -608,7 +643,9 @@ impl<'b> GraphFile<'b> {
         let mut r = Reader { bytes: nodes, at: 0 };
         let mut levels = Vec::with_capacity(self.count);
         for i in 0..self.count {
-            let Some(id) = r.u32().and_then(|n| r.take(n as usize)) else { return damaged(format!("node {i} of {} runs past the nodes section", self.count)) };
+            let Some(id) = r.u32().and_then(|n| r.take(n as usize)) else {
+                return damaged(format!("node {i} of {} runs past the nodes section", self.count));
+            };
             let Ok(id) = std::str::from_utf8(id) else { return damaged(format!("node {i}'s record id is not UTF-8")) };
             let Some(level) = r.u8().filter(|&l| l <= MAX_LEVEL) else { return damaged(format!("node {i} has no valid level")) };
             visit(Item::Node(i, id, level))?;
@@ -623,7 +660,9 @@ impl<'b> GraphFile<'b> {
         for (i, &level) in levels.iter().enumerate() {
             for l in 0..=level {
                 let max = if l == 0 { 2 * self.params.m } else { self.params.m };
-                let Some(n) = r.u32().map(|n| n as usize) else { return damaged(format!("the links of node {i} run past the links section")) };
+                let Some(n) = r.u32().map(|n| n as usize) else {
+                    return damaged(format!("the links of node {i} run past the links section"));
+                };
                 if n > max {
                     return damaged(format!("node {i} has {n} links on layer {l}, more than {max}"));
                 }
@@ -696,7 +735,13 @@ impl Hnsw {
     /// structure fails; stale when it was written at another store position than
     /// `expected`, with other parameters, in another format version, or names a record the
     /// replica does not hold.
-    pub fn from_bytes(bytes: &[u8], expected: SavedAt, dim: usize, params: HnswParams, slot_of: impl Fn(&str) -> Option<(u32, u32)>) -> Result<Hnsw, GraphUnfit> {
+    pub fn from_bytes(
+        bytes: &[u8],
+        expected: SavedAt,
+        dim: usize,
+        params: HnswParams,
+        slot_of: impl Fn(&str) -> Option<(u32, u32)>,
+    ) -> Result<Hnsw, GraphUnfit> {
         let file = parse_graph_file(bytes)?;
         if file.at != expected || file.dim != dim || file.params != params {
             return Err(GraphUnfit::Stale);

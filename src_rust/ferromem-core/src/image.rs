@@ -198,7 +198,15 @@ impl Piece {
 /// The checksummed pieces of a row section of `rows` x `dim` values of `elem` bytes at
 /// `offset`: one per arena chunk, so that verification runs in parallel and a problem
 /// names the rows it concerns. `crcs` yields the table's entries in order.
-fn row_pieces(section: Section, offset: usize, rows: usize, dim: usize, elem: usize, crcs: &mut impl Iterator<Item = u32>, out: &mut Vec<Piece>) -> Option<()> {
+fn row_pieces(
+    section: Section,
+    offset: usize,
+    rows: usize,
+    dim: usize,
+    elem: usize,
+    crcs: &mut impl Iterator<Item = u32>,
+    out: &mut Vec<Piece>,
+) -> Option<()> {
     for c in 0..rows.div_ceil(CHUNK_ROWS) {
         let first = c * CHUNK_ROWS;
         let end = (first + CHUNK_ROWS).min(rows);
@@ -309,7 +317,12 @@ pub fn write(state: &State, target: &Path, token: &str) -> std::io::Result<()> {
             table.push(crc32(&factors));
         }
         // One CRC per arena chunk of rows, in row order.
-        let mut put_rows = |w: &mut BufWriter<File>, offset: u64, row_len: u64, rows: &mut dyn Iterator<Item = &[u8]>, table: &mut Vec<u32>| -> std::io::Result<()> {
+        let mut put_rows = |w: &mut BufWriter<File>,
+                            offset: u64,
+                            row_len: u64,
+                            rows: &mut dyn Iterator<Item = &[u8]>,
+                            table: &mut Vec<u32>|
+         -> std::io::Result<()> {
             let mut hasher = crc32fast::Hasher::new();
             let mut i = 0u64;
             for row in rows {
@@ -435,7 +448,8 @@ fn parse_header(bytes: &[u8]) -> Result<Header, Unread> {
     let code = field(r.u32().map(u64::from)) as u32;
     let (dim, rows, epoch, seq) = (field(r.u64()), field(r.u64()), field(r.u64()), field(r.u64()));
     let token: [u8; 16] = r.take(16).and_then(|t| t.try_into().ok()).expect("inside the header page");
-    let (records_off, records_len, norms_off, aux_off, rows_off, file_len) = (field(r.u64()), field(r.u64()), field(r.u64()), field(r.u64()), field(r.u64()), field(r.u64()));
+    let (records_off, records_len, norms_off, aux_off, rows_off, file_len) =
+        (field(r.u64()), field(r.u64()), field(r.u64()), field(r.u64()), field(r.u64()), field(r.u64()));
     let crc = field(r.u32().map(u64::from)) as u32;
     let precision = match code {
         0 => Precision::F32,
@@ -471,7 +485,9 @@ fn parse_header(bytes: &[u8]) -> Result<Header, Unread> {
     let values = (dim as u64).checked_mul(rows as u64).ok_or_else(bad_layout)?;
     let norms_end = norms_off.checked_add(rows as u64 * 4).ok_or_else(bad_layout)?;
     let (aux_ok, aux_end, row_bytes) = match precision {
-        Precision::F32 => (aux_off.is_multiple_of(PAGE) && aux_off >= norms_end, aux_off.checked_add(values.checked_mul(4).ok_or_else(bad_layout)?), 2),
+        Precision::F32 => {
+            (aux_off.is_multiple_of(PAGE) && aux_off >= norms_end, aux_off.checked_add(values.checked_mul(4).ok_or_else(bad_layout)?), 2)
+        }
         Precision::F16 => (aux_off == 0, Some(norms_end), 2),
         Precision::Int8 => (aux_off == norms_end, aux_off.checked_add(rows as u64 * 4), 1),
     };
@@ -504,7 +520,9 @@ fn parse_header(bytes: &[u8]) -> Result<Header, Unread> {
             (1, Some(()))
         }
     };
-    found.and_then(|()| row_pieces(Section::Rows, rows_off, rows, dim, elem, &mut crcs, &mut pieces)).expect("the table's length follows from the shape");
+    found
+        .and_then(|()| row_pieces(Section::Rows, rows_off, rows, dim, elem, &mut crcs, &mut pieces))
+        .expect("the table's length follows from the shape");
     Ok(Header { precision, dim, rows, epoch, seq, token, records, norms, aux_off, rows_off, pieces })
 }
 
@@ -512,7 +530,8 @@ fn parse_header(bytes: &[u8]) -> Result<Header, Unread> {
 /// in file order, at most `limit` of them.
 fn damage(bytes: &[u8], h: &Header, wanted: impl Fn(Section) -> bool + Sync, limit: usize) -> Vec<String> {
     let failed = |(i, p): (usize, &Piece)| {
-        (wanted(p.section) && crc32(&bytes[p.bytes.clone()]) != p.crc).then(|| (i, format!("{} fail their checksum", p.describe(h.precision))))
+        (wanted(p.section) && crc32(&bytes[p.bytes.clone()]) != p.crc)
+            .then(|| (i, format!("{} fail their checksum", p.describe(h.precision))))
     };
     // On the calling thread in a forked child, whose inherited rayon pool may have no
     // threads left to run a job (see `crate::fork`).
@@ -597,7 +616,9 @@ pub enum Loaded {
 pub fn load(file: &Path, expected: &Expected<'_>, precision: Precision) -> Loaded {
     let Ok(f) = File::open(file) else { return Loaded::Unused };
     match f.metadata() {
-        Ok(m) if m.len() < HEADER_BYTES as u64 => return Loaded::Damaged(format!("truncated: {} bytes, shorter than the {HEADER_BYTES}-byte header", m.len())),
+        Ok(m) if m.len() < HEADER_BYTES as u64 => {
+            return Loaded::Damaged(format!("truncated: {} bytes, shorter than the {HEADER_BYTES}-byte header", m.len()))
+        }
         Ok(_) => {}
         Err(_) => return Loaded::Unused,
     }
@@ -623,7 +644,8 @@ fn from_map(map: Arc<MmapMut>, expected: Option<&Expected<'_>>, precision: Preci
     };
     // An f16 store can use the half rows of an f32 image; otherwise the kinds must match.
     let usable = h.precision == precision || (precision == Precision::F16 && h.precision == Precision::F32);
-    let fits = expected.is_none_or(|e| token_bytes(e.token) == Some(h.token) && h.epoch == e.epoch && h.seq <= e.seq && e.dim == Some(h.dim));
+    let fits =
+        expected.is_none_or(|e| token_bytes(e.token) == Some(h.token) && h.epoch == e.epoch && h.seq <= e.seq && e.dim == Some(h.dim));
     if !usable || !fits {
         return Loaded::Unused;
     }
@@ -638,9 +660,14 @@ fn from_map(map: Arc<MmapMut>, expected: Option<&Expected<'_>>, precision: Preci
     };
     let inv_norm = f32s(&map[h.norms.clone()]);
     let vectors = match precision {
-        Precision::F32 => ImageArenas::F32 { vectors: mapped_arena(&map, h.aux_off, h.rows, h.dim), half: mapped_arena(&map, h.rows_off, h.rows, h.dim) },
+        Precision::F32 => {
+            ImageArenas::F32 { vectors: mapped_arena(&map, h.aux_off, h.rows, h.dim), half: mapped_arena(&map, h.rows_off, h.rows, h.dim) }
+        }
         Precision::F16 => ImageArenas::F16 { half: mapped_arena(&map, h.rows_off, h.rows, h.dim) },
-        Precision::Int8 => ImageArenas::Int8 { quant: mapped_arena(&map, h.rows_off, h.rows, h.dim), factors: f32s(&map[h.aux_off..h.aux_off + h.rows * 4]) },
+        Precision::Int8 => ImageArenas::Int8 {
+            quant: mapped_arena(&map, h.rows_off, h.rows, h.dim),
+            factors: f32s(&map[h.aux_off..h.aux_off + h.rows * 4]),
+        },
     };
     match State::from_image(h.dim, h.epoch, h.seq, records, vectors, inv_norm) {
         Ok(st) => Loaded::Image(Box::new(st)),

@@ -124,11 +124,7 @@ impl Metrics {
 
     /// Operations that ran at least once, with their latency figures.
     pub fn snapshot(&self) -> Vec<(&'static str, OpStats)> {
-        Op::ALL
-            .iter()
-            .map(|&op| (op.name(), self.hists[op as usize].snapshot()))
-            .filter(|(_, s)| s.count > 0)
-            .collect()
+        Op::ALL.iter().map(|&op| (op.name(), self.hists[op as usize].snapshot())).filter(|(_, s)| s.count > 0).collect()
     }
 }
 

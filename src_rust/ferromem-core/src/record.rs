@@ -20,13 +20,8 @@ pub struct Record {
 /// Parses a metadata text and returns its top-level scalar entries for the equality index.
 /// Errors when the text is not a JSON object.
 pub fn metadata_scalars(json: &str) -> crate::Result<Vec<(String, crate::filter::Scalar)>> {
-    let value: serde_json::Value = serde_json::from_str(json)
-        .map_err(|e| crate::Error::InvalidMetadata(format!("metadata is not valid JSON: {e}")))?;
-    let obj = value.as_object().ok_or_else(|| {
-        crate::Error::InvalidMetadata("metadata must be a JSON object (a dict)".into())
-    })?;
-    Ok(obj
-        .iter()
-        .filter_map(|(k, v)| crate::filter::Scalar::from_json(v).map(|s| (k.clone(), s)))
-        .collect())
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| crate::Error::InvalidMetadata(format!("metadata is not valid JSON: {e}")))?;
+    let obj = value.as_object().ok_or_else(|| crate::Error::InvalidMetadata("metadata must be a JSON object (a dict)".into()))?;
+    Ok(obj.iter().filter_map(|(k, v)| crate::filter::Scalar::from_json(v).map(|s| (k.clone(), s))).collect())
 }

@@ -4,7 +4,7 @@
 
 use crate::arena::{Arena, CHUNK_ROWS};
 use crate::filter::{child_of, scope_matches, Filter, Scalar};
-use crate::hnsw::{GraphQuery, GraphRows, Hnsw, HnswParams, SavedAt, GraphUnfit};
+use crate::hnsw::{GraphQuery, GraphRows, GraphUnfit, Hnsw, HnswParams, SavedAt};
 use crate::index::FilterIndexes;
 use crate::record::{metadata_scalars, Record};
 use crate::simd;
@@ -218,10 +218,21 @@ pub struct IndexStats {
 /// The rows a store image writes, live records in slot order (`slots`), per precision.
 pub enum ImageRows<'a, I> {
     /// The f32 vectors and their unit half-precision copy.
-    F32 { slots: I, vectors: &'a Arena, half: &'a Arena<u16> },
-    F16 { slots: I, half: &'a Arena<u16> },
+    F32 {
+        slots: I,
+        vectors: &'a Arena,
+        half: &'a Arena<u16>,
+    },
+    F16 {
+        slots: I,
+        half: &'a Arena<u16>,
+    },
     /// The unit vectors quantised to int8, and each one's factor.
-    Int8 { slots: I, quant: &'a Arena<i8>, factors: &'a [f32] },
+    Int8 {
+        slots: I,
+        quant: &'a Arena<i8>,
+        factors: &'a [f32],
+    },
 }
 
 /// The rows a store image gives back, row `i` for the image's record `i`.
@@ -390,8 +401,8 @@ impl State {
             None => match self.free.pop() {
                 Some(slot) => slot,
                 None => {
-                    let slot = u32::try_from(self.slots.len())
-                        .map_err(|_| Error::InvalidInput("a store holds at most 2^32 records".into()))?;
+                    let slot =
+                        u32::try_from(self.slots.len()).map_err(|_| Error::InvalidInput("a store holds at most 2^32 records".into()))?;
                     if self.slots.is_empty() {
                         self.arena = Arena::new(dim);
                         self.half = Arena::new(dim);
@@ -548,10 +559,7 @@ impl State {
         let bitmap = cands.unwrap_or(&self.live);
         match f.older_than {
             None => bitmap.iter().collect(),
-            Some(t) => bitmap
-                .iter()
-                .filter(|&s| self.slots[s as usize].as_ref().is_some_and(|x| x.rec.created_at < t))
-                .collect(),
+            Some(t) => bitmap.iter().filter(|&s| self.slots[s as usize].as_ref().is_some_and(|x| x.rec.created_at < t)).collect(),
         }
     }
 
@@ -663,7 +671,17 @@ impl State {
     #[allow(clippy::too_many_arguments)]
     /// `allowed`: the filter's `candidates`, computed by the caller.
     #[allow(clippy::too_many_arguments)]
-    fn search_exact(&self, queries: &[f32], nq: usize, dim: usize, k: usize, f: &Filter, allowed: Option<&RoaringBitmap>, min_score: Option<f32>, each: bool) -> Vec<Vec<Hit>> {
+    fn search_exact(
+        &self,
+        queries: &[f32],
+        nq: usize,
+        dim: usize,
+        k: usize,
+        f: &Filter,
+        allowed: Option<&RoaringBitmap>,
+        min_score: Option<f32>,
+        each: bool,
+    ) -> Vec<Vec<Hit>> {
         let q_inv: Vec<f32> = queries.chunks_exact(dim).map(inverse_norm).collect();
         let candidates = if f.is_empty() { None } else { Some(self.select_from(f, allowed)) };
         let rows = candidates.as_ref().map_or(self.slots.len(), |c| c.len());
@@ -694,7 +712,8 @@ impl State {
                 .enumerate()
                 .map(|(q, h)| {
                     let query = &queries[q * dim..(q + 1) * dim];
-                    let mut hits: Vec<(f32, u32)> = h.into_entries().into_iter().map(|(_, slot)| (self.exact_score(query, q_inv[q], slot), slot)).collect();
+                    let mut hits: Vec<(f32, u32)> =
+                        h.into_entries().into_iter().map(|(_, slot)| (self.exact_score(query, q_inv[q], slot), slot)).collect();
                     if let Some(m) = min_score {
                         hits.retain(|e| e.0 >= m);
                     }
@@ -737,7 +756,8 @@ impl State {
                     finish(exact)
                 } else {
                     let q_one = &queries[q * dim..(q + 1) * dim];
-                    let heaps = self.scan(q_one, 1, dim, k, candidates.as_deref(), Scan::Exact { q_inv: &q_inv[q..q + 1], min_score, each });
+                    let heaps =
+                        self.scan(q_one, 1, dim, k, candidates.as_deref(), Scan::Exact { q_inv: &q_inv[q..q + 1], min_score, each });
                     finish(heaps.into_iter().next().expect("one query").into_entries())
                 }
             })
@@ -829,7 +849,17 @@ impl State {
     /// finds fewer than k of the matching records (a filter that splits the graph) is
     /// answered by the exact scan instead.
     #[allow(clippy::too_many_arguments)]
-    fn search_graph(&self, graph: &Hnsw, plan: &GraphPlan, queries: &[f32], nq: usize, dim: usize, k: usize, f: &Filter, min_score: Option<f32>) -> Vec<Vec<Hit>> {
+    fn search_graph(
+        &self,
+        graph: &Hnsw,
+        plan: &GraphPlan,
+        queries: &[f32],
+        nq: usize,
+        dim: usize,
+        k: usize,
+        f: &Filter,
+        min_score: Option<f32>,
+    ) -> Vec<Vec<Hit>> {
         let accepts = |slot: u32| {
             plan.allowed.as_ref().is_none_or(|b| b.contains(slot))
                 && plan.older_than.is_none_or(|t| self.slots[slot as usize].as_ref().is_some_and(|x| x.rec.created_at < t))
@@ -851,7 +881,8 @@ impl State {
                 Precision::Int8 => rows.dot(&prepared, s),
                 Precision::F32 | Precision::F16 => self.exact_score(query, q_inv, s),
             };
-            let mut hits: Vec<(f32, u32)> = found.into_iter().chain(pending.iter().map(|&s| (0.0, s))).map(|(_, s)| (score(s), s)).collect();
+            let mut hits: Vec<(f32, u32)> =
+                found.into_iter().chain(pending.iter().map(|&s| (0.0, s))).map(|(_, s)| (score(s), s)).collect();
             if reached < k && (reached as u64) < plan.matching {
                 return self.search_exact(query, 1, dim, k, f, plan.allowed.as_ref(), min_score, true).pop().expect("one query");
             }
@@ -936,7 +967,10 @@ impl State {
             } else {
                 // The neighbour searches (nearly all the work) in parallel, the linking after.
                 let graph = &build.graph;
-                let plans: Vec<_> = batch.par_iter().map_init(GraphQuery::default, |sc, &(slot, v)| graph.plan_insert(slot, v, &rows, &current, sc)).collect();
+                let plans: Vec<_> = batch
+                    .par_iter()
+                    .map_init(GraphQuery::default, |sc, &(slot, v)| graph.plan_insert(slot, v, &rows, &current, sc))
+                    .collect();
                 for plan in plans {
                     build.graph.apply_insert(plan, &rows, &current, scratch);
                 }
@@ -960,7 +994,8 @@ impl State {
             return false;
         }
         let g = build.graph;
-        let covered: Vec<u32> = self.unindexed.iter().filter(|&s| g.version(s).is_some() && g.version(s) == self.current_version(s)).collect();
+        let covered: Vec<u32> =
+            self.unindexed.iter().filter(|&s| g.version(s).is_some() && g.version(s) == self.current_version(s)).collect();
         for s in covered {
             self.unindexed.remove(s);
         }
@@ -1085,7 +1120,8 @@ impl State {
         // A parallel scan of a small store still gives every core about four blocks (so a
         // core that wakes late is not left with half the work): blocks are a power of two
         // rows, so they never straddle an arena chunk, from MIN_BLOCK_ROWS to BLOCK_ROWS.
-        let block_rows = if parallel { rows.div_ceil(threads * 4).next_power_of_two().clamp(MIN_BLOCK_ROWS, BLOCK_ROWS) } else { BLOCK_ROWS };
+        let block_rows =
+            if parallel { rows.div_ceil(threads * 4).next_power_of_two().clamp(MIN_BLOCK_ROWS, BLOCK_ROWS) } else { BLOCK_ROWS };
         let blocks: Vec<(usize, usize)> = (0..rows).step_by(block_rows).map(|s| (s, (s + block_rows).min(rows))).collect();
         let scan_block = |heaps: &mut Vec<TopK>, scores: &mut Vec<f32>, (start, end): (usize, usize)| {
             let n = end - start;
@@ -1148,8 +1184,12 @@ impl State {
                         for q in 0..nq {
                             let out = &mut scores[q * n + i..q * n + i + run];
                             match mode {
-                                Scan::Exact { .. } => simd::dot_gather(&queries[q * dim..(q + 1) * dim], self.arena.chunk(c), dim, &local, out),
-                                Scan::Half { .. } => simd::half::dot_gather_f16(&queries[q * dim..(q + 1) * dim], self.half.chunk(c), dim, &local, out),
+                                Scan::Exact { .. } => {
+                                    simd::dot_gather(&queries[q * dim..(q + 1) * dim], self.arena.chunk(c), dim, &local, out)
+                                }
+                                Scan::Half { .. } => {
+                                    simd::half::dot_gather_f16(&queries[q * dim..(q + 1) * dim], self.half.chunk(c), dim, &local, out)
+                                }
                                 Scan::Int8 { quantised, factors } => {
                                     let query = &quantised[q * dim..(q + 1) * dim];
                                     for (o, &slot) in out.iter_mut().zip(&slots[i..i + run]) {

@@ -40,7 +40,8 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 /// Brute-force top-k ids of `q` among `live` (index, vector) pairs passing `keep`.
 fn brute(q: &[f32], vectors: &[f32], dim: usize, live: &HashSet<usize>, k: usize, keep: impl Fn(usize) -> bool) -> Vec<String> {
-    let mut s: Vec<(f32, usize)> = live.iter().copied().filter(|&i| keep(i)).map(|i| (cosine(q, &vectors[i * dim..(i + 1) * dim]), i)).collect();
+    let mut s: Vec<(f32, usize)> =
+        live.iter().copied().filter(|&i| keep(i)).map(|i| (cosine(q, &vectors[i * dim..(i + 1) * dim]), i)).collect();
     s.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     s.into_iter().take(k).map(|(_, i)| format!("r{i:05}")).collect()
 }
@@ -233,7 +234,12 @@ fn concurrent_single_queries_share_scans_and_get_their_own_answers() {
         }
     });
     let st = e.stats();
-    assert!(st.coalesced_batches > 0 && st.coalesced_searches >= 2 * st.coalesced_batches, "{} {}", st.coalesced_searches, st.coalesced_batches);
+    assert!(
+        st.coalesced_batches > 0 && st.coalesced_searches >= 2 * st.coalesced_batches,
+        "{} {}",
+        st.coalesced_searches,
+        st.coalesced_batches
+    );
 }
 
 #[test]

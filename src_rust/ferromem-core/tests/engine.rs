@@ -32,8 +32,13 @@ fn writes_survive_reopen_and_reach_a_second_engine() {
     let a = Engine::open(Some(&path), None, Durability::Normal).unwrap();
     let b = Engine::open(Some(&path), None, Durability::Normal).unwrap();
     let v = vecs(&mut rng, 3, 4);
-    a.upsert(vec![rec("x", "/a", &["c"], "{}", 1.0), rec("y", "/a/b", &[], "{}", 2.0), rec("z", "/ab", &[], "{}", 3.0)], &v, 4, WriteMode::Insert)
-        .unwrap();
+    a.upsert(
+        vec![rec("x", "/a", &["c"], "{}", 1.0), rec("y", "/a/b", &[], "{}", 2.0), rec("z", "/ab", &[], "{}", 3.0)],
+        &v,
+        4,
+        WriteMode::Insert,
+    )
+    .unwrap();
     // b never wrote: it must catch up before answering.
     assert_eq!(b.count(&Filter::default()).unwrap(), 3);
     assert_eq!(b.dim().unwrap(), Some(4));
@@ -71,7 +76,10 @@ fn failed_batches_write_nothing() {
     let err = e.upsert(vec![rec("c", "/", &[], "{}", 1.0)], &[1.0, 2.0], 2, WriteMode::Upsert).unwrap_err();
     assert!(matches!(err, Error::DimensionMismatch { expected: 3, got: 2 }));
     // NaN, zero vector, bad metadata.
-    assert!(matches!(e.upsert(vec![rec("d", "/", &[], "{}", 1.0)], &[f32::NAN, 0.0, 1.0], 3, WriteMode::Upsert), Err(Error::InvalidVector(_))));
+    assert!(matches!(
+        e.upsert(vec![rec("d", "/", &[], "{}", 1.0)], &[f32::NAN, 0.0, 1.0], 3, WriteMode::Upsert),
+        Err(Error::InvalidVector(_))
+    ));
     assert!(matches!(e.upsert(vec![rec("d", "/", &[], "{}", 1.0)], &[0.0; 3], 3, WriteMode::Upsert), Err(Error::InvalidVector(_))));
     assert!(matches!(e.upsert(vec![rec("d", "/", &[], "[1]", 1.0)], &good, 3, WriteMode::Upsert), Err(Error::InvalidMetadata(_))));
     assert_eq!(e.count(&Filter::default()).unwrap(), 1);
@@ -101,7 +109,13 @@ fn filtered_search_equals_brute_force_at(n: usize, dim: usize) {
     let v = vecs(&mut rng, n, dim);
     let mut recs = Vec::new();
     for i in 0..n {
-        let mut r = rec(&format!("id{i:05}"), scopes[i % scopes.len()], &[cats[i % 3]], &format!("{{\"k\": {}, \"s\": \"v{}\"}}", i % 4, i % 2), i as f64);
+        let mut r = rec(
+            &format!("id{i:05}"),
+            scopes[i % scopes.len()],
+            &[cats[i % 3]],
+            &format!("{{\"k\": {}, \"s\": \"v{}\"}}", i % 4, i % 2),
+            i as f64,
+        );
         r.private = i % 5 == 0;
         r.source = Some(format!("agent{}", i % 3));
         recs.push(r);
@@ -118,7 +132,13 @@ fn filtered_search_equals_brute_force_at(n: usize, dim: usize) {
         Filter { categories: Some(vec!["x".into(), "z".into()]), ..Filter::default() },
         Filter { where_eq: vec![("k".into(), Scalar::num(2.0))], ..Filter::default() },
         Filter { privacy: Privacy::VisibleTo(Some("agent1".into())), ..Filter::default() },
-        Filter { scope: Some("/a".into()), categories: Some(vec!["y".into()]), where_eq: vec![("s".into(), Scalar::Str("v1".into()))], older_than: Some(2000.0), ..Filter::default() },
+        Filter {
+            scope: Some("/a".into()),
+            categories: Some(vec!["y".into()]),
+            where_eq: vec![("s".into(), Scalar::Str("v1".into()))],
+            older_than: Some(2000.0),
+            ..Filter::default()
+        },
     ];
     // k = n: every matching record, so a row a scan skips cannot hide below the top 10.
     for (f, k) in filters.iter().flat_map(|f| [(f, 10), (f, n)]) {
@@ -231,9 +251,8 @@ fn two_phase_search_is_bit_identical_to_the_f32_scan() {
         }
     }
     let e = Engine::open(None, None, Durability::Normal).unwrap();
-    let recs: Vec<Record> = (0..n)
-        .map(|i| rec(&format!("id{:05}", (i * 7919) % n), ["/a", "/b"][i % 2], &[["x", "y", "z"][i % 3]], "{}", i as f64))
-        .collect();
+    let recs: Vec<Record> =
+        (0..n).map(|i| rec(&format!("id{:05}", (i * 7919) % n), ["/a", "/b"][i % 2], &[["x", "y", "z"][i % 3]], "{}", i as f64)).collect();
     e.upsert(recs.clone(), &v, dim, WriteMode::Insert).unwrap();
     let mut queries: Vec<f32> = vecs(&mut rng, 6, dim);
     queries.extend_from_slice(&v[0..dim]); // ties: 5 identical best matches
@@ -251,9 +270,8 @@ fn two_phase_search_is_bit_identical_to_the_f32_scan() {
             for min_score in [None, Some(0.2f32)] {
                 // One query per call takes the two-phase path; a batch takes the f32
                 // multi-query kernel, whose sums round differently (so near-ties may swap).
-                let got: Vec<_> = (0..nq)
-                    .map(|q| e.search(&queries[q * dim..(q + 1) * dim], dim, k, f, min_score).unwrap().remove(0))
-                    .collect();
+                let got: Vec<_> =
+                    (0..nq).map(|q| e.search(&queries[q * dim..(q + 1) * dim], dim, k, f, min_score).unwrap().remove(0)).collect();
                 let batch = e.search(&queries, dim, k, f, min_score).unwrap();
                 for (one, many) in got.iter().zip(&batch) {
                     assert_eq!(one.len(), many.len());

@@ -160,11 +160,7 @@ fn a_version_1_store_is_upgraded_with_checksums() {
         )
         .unwrap();
         let blob: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-        c.execute(
-            "INSERT INTO records VALUES ('a', 'hi', '/s', '[\"c\"]', '{}', 0.5, 1.0, 1.0, NULL, 0, ?1, 1)",
-            [blob],
-        )
-        .unwrap();
+        c.execute("INSERT INTO records VALUES ('a', 'hi', '/s', '[\"c\"]', '{}', 0.5, 1.0, 1.0, NULL, 0, ?1, 1)", [blob]).unwrap();
     }
     // Read-only: served as it is (no checksums to verify), and not upgraded.
     let ro = Engine::open_opts(Some(&path), None, OpenOptions { read_only: true, ..OpenOptions::default() }).unwrap();
@@ -201,7 +197,8 @@ fn damage(path: &Path, column: &str) {
             c.execute("UPDATE records SET importance = 0.50000001 WHERE id = 'b'", []).unwrap();
         }
         "type" => {
-            c.execute("UPDATE records SET scope = x'2f73' WHERE id = 'b'", []).unwrap(); // a BLOB, not TEXT
+            c.execute("UPDATE records SET scope = x'2f73' WHERE id = 'b'", []).unwrap();
+            // a BLOB, not TEXT
         }
         _ => unreachable!(),
     }

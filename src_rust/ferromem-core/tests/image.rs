@@ -47,12 +47,8 @@ fn fill(e: &Engine, range: std::ops::Range<usize>, seed: u64) {
 
 /// Everything an engine holds, in id order, with vectors as bits.
 fn content(e: &Engine) -> Vec<(Record, Vec<u32>)> {
-    let mut all: Vec<_> = e
-        .list(&Filter::default(), 0, None)
-        .unwrap()
-        .into_iter()
-        .map(|(r, v)| (r, v.iter().map(|x| x.to_bits()).collect()))
-        .collect();
+    let mut all: Vec<_> =
+        e.list(&Filter::default(), 0, None).unwrap().into_iter().map(|(r, v)| (r, v.iter().map(|x| x.to_bits()).collect())).collect();
     all.sort_by(|a, b| a.0.id.cmp(&b.0.id));
     all
 }
@@ -200,7 +196,7 @@ fn images_across_precisions_and_without_fast_open() {
     std::mem::forget(half_plain);
     fill(&half, 500..520, 11);
     drop(half); // an f16 image: no f32 rows
-    // ... which cannot serve f32: read from the file instead.
+                // ... which cannot serve f32: read from the file instead.
     let full = open(&path, true);
     assert!(!full.stats().opened_from_image);
     let plain = Engine::open(Some(&path), None, Durability::Normal).unwrap();
@@ -335,8 +331,8 @@ fn damage_in_any_section_of_an_image_is_rejected_and_reported() {
         };
         let rows_name = if precision == Precision::Int8 { "the int8 rows" } else { "the half-precision rows" };
         let mut flips = vec![
-            (20, "header"),                  // the dimension field
-            (4096 + 1, "header"),            // the checksum table
+            (20, "header"),       // the dimension field
+            (4096 + 1, "header"), // the checksum table
             (records_off + 10, "the records"),
             (norms_off + 4 * 9, "the norms"),
             (rows_off + 3, "0..4096"),
@@ -359,7 +355,16 @@ fn damage_in_any_section_of_an_image_is_rejected_and_reported() {
         }
         // Lengths and shapes at extremes, with every checksum recomputed: the structure
         // checks behind the checksums reject them without a panic or a huge allocation.
-        for (at, value) in [(24, u64::MAX), (24, 1 << 40), (16, u64::MAX), (16, 1 << 20), (72, u64::MAX), (80, u64::MAX - 3), (96, u64::MAX), (104, u64::MAX)] {
+        for (at, value) in [
+            (24, u64::MAX),
+            (24, 1 << 40),
+            (16, u64::MAX),
+            (16, 1 << 20),
+            (72, u64::MAX),
+            (80, u64::MAX - 3),
+            (96, u64::MAX),
+            (104, u64::MAX),
+        ] {
             let mut bad = good.clone();
             bad[at..at + 8].copy_from_slice(&value.to_le_bytes());
             ferromem_core::image::fuzz_reseal(&mut bad);

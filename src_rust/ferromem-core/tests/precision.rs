@@ -234,7 +234,11 @@ fn int8_search_never_mixes_versions_under_a_concurrent_writer() {
         while !stop.load(std::sync::atomic::Ordering::Acquire) || searches < 50 {
             let top = int8.search(&a, dim, 3, &Filter::default(), None).unwrap().pop().unwrap();
             let hit = top.iter().find(|h| &*h.0 == "r00001").expect("the record near the query is found");
-            assert!(hit.1.to_bits() == score_a.to_bits() || hit.1.to_bits() == score_b.to_bits(), "{} is neither {score_a} nor {score_b}", hit.1);
+            assert!(
+                hit.1.to_bits() == score_a.to_bits() || hit.1.to_bits() == score_b.to_bits(),
+                "{} is neither {score_a} nor {score_b}",
+                hit.1
+            );
             searches += 1;
         }
     });

@@ -117,10 +117,7 @@ fn scalar_of(v: &Bound<'_, PyAny>) -> PyResult<Scalar> {
     } else if v.is_instance_of::<PyString>() {
         Ok(Scalar::Str(v.extract()?))
     } else {
-        Err(filter_error(format!(
-            "where values must be str, int, float, bool or None, got {}",
-            v.get_type().name()?
-        )))
+        Err(filter_error(format!("where values must be str, int, float, bool or None, got {}", v.get_type().name()?)))
     }
 }
 
@@ -243,7 +240,12 @@ impl PyEngine {
     /// `slice` with the GIL released and returns true when done; between slices the GIL is
     /// taken back and pending signals run their handlers, so Ctrl-C raises
     /// KeyboardInterrupt within about `SIGNAL_SLICE`. False when the time ran out.
-    fn wait(&self, py: Python<'_>, timeout: Option<Duration>, mut step: impl FnMut(&Engine, Duration) -> Result<bool, Error> + Send) -> PyResult<bool> {
+    fn wait(
+        &self,
+        py: Python<'_>,
+        timeout: Option<Duration>,
+        mut step: impl FnMut(&Engine, Duration) -> Result<bool, Error> + Send,
+    ) -> PyResult<bool> {
         // A deadline beyond what Instant can hold is no deadline.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
@@ -347,9 +349,8 @@ impl PyEngine {
         fast_open: bool,
         read_only: bool,
     ) -> PyResult<PyEngine> {
-        let durability = Durability::from_name(durability).ok_or_else(|| {
-            to_py_err(Error::InvalidInput(format!("durability must be 'normal' or 'full', not {durability:?}")))
-        })?;
+        let durability = Durability::from_name(durability)
+            .ok_or_else(|| to_py_err(Error::InvalidInput(format!("durability must be 'normal' or 'full', not {durability:?}"))))?;
         let precision = Precision::from_name(precision)
             .ok_or_else(|| to_py_err(Error::InvalidInput(format!("precision must be 'f32', 'f16' or 'int8', not {precision:?}"))))?;
         let opts = OpenOptions { durability, precision, fast_open, read_only };
@@ -472,11 +473,7 @@ impl PyEngine {
         }
         PyTuple::new(
             py,
-            [
-                PyArray1::from_vec(py, ids).into_any(),
-                PyArray1::from_vec(py, scores).into_any(),
-                PyArray1::from_vec(py, offsets).into_any(),
-            ],
+            [PyArray1::from_vec(py, ids).into_any(), PyArray1::from_vec(py, scores).into_any(), PyArray1::from_vec(py, offsets).into_any()],
         )
     }
 
@@ -542,7 +539,13 @@ impl PyEngine {
     }
 
     #[pyo3(signature = (filter=None, offset=0, limit=None))]
-    fn list<'py>(&self, py: Python<'py>, filter: Option<&Bound<'py, PyDict>>, offset: usize, limit: Option<usize>) -> PyResult<Bound<'py, PyList>> {
+    fn list<'py>(
+        &self,
+        py: Python<'py>,
+        filter: Option<&Bound<'py, PyDict>>,
+        offset: usize,
+        limit: Option<usize>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let f = parse_filter(filter)?;
         let recs = self.call(py, |engine| engine.list(&f, offset, limit))?;
         records_list(py, recs)
@@ -670,7 +673,8 @@ impl PyEngine {
     /// Index mode ("auto" | "exact" | "hnsw"), graph search width and graph shape.
     #[pyo3(signature = (mode, ef_search, m = 16, ef_construction = 128))]
     fn set_index(&self, py: Python<'_>, mode: &str, ef_search: usize, m: usize, ef_construction: usize) -> PyResult<()> {
-        let mode = IndexMode::from_name(mode).ok_or_else(|| to_py_err(Error::InvalidInput(format!("index must be 'auto', 'exact' or 'hnsw', not {mode:?}"))))?;
+        let mode = IndexMode::from_name(mode)
+            .ok_or_else(|| to_py_err(Error::InvalidInput(format!("index must be 'auto', 'exact' or 'hnsw', not {mode:?}"))))?;
         let config = IndexConfig { mode, ef_search, params: HnswParams { m, ef_construction } };
         self.call(py, |engine| engine.set_index(config))
     }
@@ -736,7 +740,10 @@ fn force_isa(name: Option<&str>) -> PyResult<()> {
 /// The query's values, the rows of a C-contiguous matrix, their dimension and count;
 /// both contiguous, the rows as long as the query.
 #[allow(clippy::type_complexity)]
-fn query_and_rows<'a, Q: numpy::Element, T: numpy::Element>(query: &'a numpy::PyReadonlyArray1<'_, Q>, a: &'a numpy::PyReadonlyArray2<'_, T>) -> PyResult<(&'a [Q], &'a [T], usize, usize)> {
+fn query_and_rows<'a, Q: numpy::Element, T: numpy::Element>(
+    query: &'a numpy::PyReadonlyArray1<'_, Q>,
+    a: &'a numpy::PyReadonlyArray2<'_, T>,
+) -> PyResult<(&'a [Q], &'a [T], usize, usize)> {
     let q = query.as_slice().map_err(|_| to_py_err(Error::InvalidInput("the query must be contiguous".into())))?;
     let query_len = q.len();
     let (n, dim) = (a.shape()[0], a.shape()[1]);
@@ -753,7 +760,11 @@ fn query_and_rows<'a, Q: numpy::Element, T: numpy::Element>(query: &'a numpy::Py
 /// dot(query, row) for every row of a float32 matrix, on the active SIMD path, one
 /// thread (benchmarks of the kernels themselves; searches use them through the engine).
 #[pyfunction]
-fn dot_rows_f32<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, rows: numpy::PyReadonlyArray2<'py, f32>) -> PyResult<Bound<'py, PyArray1<f32>>> {
+fn dot_rows_f32<'py>(
+    py: Python<'py>,
+    query: numpy::PyReadonlyArray1<'py, f32>,
+    rows: numpy::PyReadonlyArray2<'py, f32>,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     let mut out = vec![0.0f32; n];
     native(py, || {
@@ -765,7 +776,11 @@ fn dot_rows_f32<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, 
 
 /// The same with the rows as binary16 (a float16 matrix viewed as uint16).
 #[pyfunction]
-fn dot_rows_f16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, rows: numpy::PyReadonlyArray2<'py, u16>) -> PyResult<Bound<'py, PyArray1<f32>>> {
+fn dot_rows_f16<'py>(
+    py: Python<'py>,
+    query: numpy::PyReadonlyArray1<'py, f32>,
+    rows: numpy::PyReadonlyArray2<'py, u16>,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     let mut out = vec![0.0f32; n];
     native(py, || {
@@ -777,7 +792,11 @@ fn dot_rows_f16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, 
 
 /// The same with the rows as bfloat16 (uint16 bits, the top half of each f32).
 #[pyfunction]
-fn dot_rows_bf16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>, rows: numpy::PyReadonlyArray2<'py, u16>) -> PyResult<Bound<'py, PyArray1<f32>>> {
+fn dot_rows_bf16<'py>(
+    py: Python<'py>,
+    query: numpy::PyReadonlyArray1<'py, f32>,
+    rows: numpy::PyReadonlyArray2<'py, u16>,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     let mut out = vec![0.0f32; n];
     native(py, || {
@@ -790,7 +809,11 @@ fn dot_rows_bf16<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, f32>,
 /// A bfloat16 query (uint16 bits) against bfloat16 rows: `vdpbf16ps` where the CPU has
 /// AVX-512 BF16 and the avx512 path is active.
 #[pyfunction]
-fn dot_rows_bf16_pairs<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, u16>, rows: numpy::PyReadonlyArray2<'py, u16>) -> PyResult<Bound<'py, PyArray1<f32>>> {
+fn dot_rows_bf16_pairs<'py>(
+    py: Python<'py>,
+    query: numpy::PyReadonlyArray1<'py, u16>,
+    rows: numpy::PyReadonlyArray2<'py, u16>,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     let mut out = vec![0.0f32; n];
     native(py, || {
@@ -809,7 +832,11 @@ fn bf16_path(name: &str) -> PyResult<&'static str> {
 
 /// The exact int32 dot products of an int8 query with every row of an int8 matrix.
 #[pyfunction]
-fn dot_rows_i8<'py>(py: Python<'py>, query: numpy::PyReadonlyArray1<'py, i8>, rows: numpy::PyReadonlyArray2<'py, i8>) -> PyResult<Bound<'py, PyArray1<i32>>> {
+fn dot_rows_i8<'py>(
+    py: Python<'py>,
+    query: numpy::PyReadonlyArray1<'py, i8>,
+    rows: numpy::PyReadonlyArray2<'py, i8>,
+) -> PyResult<Bound<'py, PyArray1<i32>>> {
     let (q, r, dim, n) = query_and_rows(&query, &rows)?;
     if dim > simd::int8::MAX_DIM {
         return Err(to_py_err(Error::InvalidInput(format!("int8 kernels take at most {} values", simd::int8::MAX_DIM))));

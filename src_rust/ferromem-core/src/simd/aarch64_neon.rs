@@ -26,21 +26,9 @@ pub(super) unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
         while i + 4 * LANES <= n {
             // vfmaq_f32(acc, x, y) = acc + x * y
             acc0 = vfmaq_f32(acc0, vld1q_f32(a.add(i)), vld1q_f32(b.add(i)));
-            acc1 = vfmaq_f32(
-                acc1,
-                vld1q_f32(a.add(i + LANES)),
-                vld1q_f32(b.add(i + LANES)),
-            );
-            acc2 = vfmaq_f32(
-                acc2,
-                vld1q_f32(a.add(i + 2 * LANES)),
-                vld1q_f32(b.add(i + 2 * LANES)),
-            );
-            acc3 = vfmaq_f32(
-                acc3,
-                vld1q_f32(a.add(i + 3 * LANES)),
-                vld1q_f32(b.add(i + 3 * LANES)),
-            );
+            acc1 = vfmaq_f32(acc1, vld1q_f32(a.add(i + LANES)), vld1q_f32(b.add(i + LANES)));
+            acc2 = vfmaq_f32(acc2, vld1q_f32(a.add(i + 2 * LANES)), vld1q_f32(b.add(i + 2 * LANES)));
+            acc3 = vfmaq_f32(acc3, vld1q_f32(a.add(i + 3 * LANES)), vld1q_f32(b.add(i + 3 * LANES)));
             i += 4 * LANES;
         }
         while i + LANES <= n {
@@ -58,13 +46,7 @@ pub(super) unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
 
 /// `out[i] = dot(query, arena + i*dim)` for `i < n`.
 #[target_feature(enable = "neon")]
-pub(super) unsafe fn dot_rows(
-    query: *const f32,
-    arena: *const f32,
-    dim: usize,
-    out: *mut f32,
-    n: usize,
-) {
+pub(super) unsafe fn dot_rows(query: *const f32, arena: *const f32, dim: usize, out: *mut f32, n: usize) {
     unsafe {
         for i in 0..n {
             *out.add(i) = dot(query, arena.add(i * dim), dim);
@@ -76,14 +58,7 @@ pub(super) unsafe fn dot_rows(
 /// No software prefetch: the stable intrinsic is x86-only, and aarch64 cores prefetch
 /// streams within a row well on their own.
 #[target_feature(enable = "neon")]
-pub(super) unsafe fn dot_gather(
-    query: *const f32,
-    arena: *const f32,
-    dim: usize,
-    rows: *const u32,
-    out: *mut f32,
-    n: usize,
-) {
+pub(super) unsafe fn dot_gather(query: *const f32, arena: *const f32, dim: usize, rows: *const u32, out: *mut f32, n: usize) {
     unsafe {
         for j in 0..n {
             *out.add(j) = dot(query, arena.add(*rows.add(j) as usize * dim), dim);
@@ -96,13 +71,7 @@ pub(super) unsafe fn dot_gather(
 /// register must fit the 32 vector registers: 4x4 uses 21.
 #[target_feature(enable = "neon")]
 #[inline]
-unsafe fn tile<const QB: usize, const RB: usize>(
-    queries: *const f32,
-    rows: *const f32,
-    dim: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
+unsafe fn tile<const QB: usize, const RB: usize>(queries: *const f32, rows: *const f32, dim: usize, out: *mut f32, out_stride: usize) {
     unsafe {
         let mut acc = [[vdupq_n_f32(0.0); RB]; QB];
         let mut k = 0;

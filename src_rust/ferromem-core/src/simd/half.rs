@@ -374,8 +374,24 @@ mod tests {
         let mut values: Vec<f32> = (0..4099).map(|_| lcg(&mut seed) * 3.0).collect();
         // Ties, subnormal and overflowing results, zeros of both signs, extremes.
         values.extend([
-            0.0, -0.0, 1.0, -1.0, 65504.0, 65520.0, 1e6, -1e6, 6.1e-5, 6.0e-8, 3.0e-8, 2.9e-8, 1e-10,
-            1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11), f32::MIN_POSITIVE, f32::MAX, f32::MIN,
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            65504.0,
+            65520.0,
+            1e6,
+            -1e6,
+            6.1e-5,
+            6.0e-8,
+            3.0e-8,
+            2.9e-8,
+            1e-10,
+            1.0 + 2f32.powi(-11),
+            1.0 + 3.0 * 2f32.powi(-11),
+            f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::MIN,
         ]);
         for scale in [1.0f32, 0.3, 1e-3, 7.0] {
             let mut want = vec![0u16; values.len()];

@@ -20,9 +20,9 @@
 //!
 //! Sums are exact while `dim <= MAX_DIM` (the VNNI sum of `(r + 128) * q` stays in i32).
 
-use super::{active_isa, is_supported, Isa, UnsupportedIsa};
 #[cfg(test)]
 use super::supported_isas;
+use super::{active_isa, is_supported, Isa, UnsupportedIsa};
 
 /// Longest vectors the kernels take: `MAX_DIM * 255 * 128 < 2^31`.
 pub const MAX_DIM: usize = 65_536;
@@ -313,7 +313,17 @@ mod tests {
         for dim in dims {
             // The full byte range, -128 included, and runs of extremes.
             let a: Vec<i8> = (0..dim).map(|i| if i % 17 == 0 { -128 } else { rng.gen() }).collect();
-            let b: Vec<i8> = (0..dim).map(|i| if i % 13 == 0 { -128 } else if i % 11 == 0 { 127 } else { rng.gen() }).collect();
+            let b: Vec<i8> = (0..dim)
+                .map(|i| {
+                    if i % 13 == 0 {
+                        -128
+                    } else if i % 11 == 0 {
+                        127
+                    } else {
+                        rng.gen()
+                    }
+                })
+                .collect();
             let want: i64 = a.iter().zip(&b).map(|(&x, &y)| x as i64 * y as i64).sum();
             let a_sum: i32 = a.iter().map(|&x| x as i32).sum();
             for isa in supported_isas() {

@@ -23,10 +23,10 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-mod scalar;
 pub mod bf16;
 pub mod half;
 pub mod int8;
+mod scalar;
 
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;
@@ -70,9 +70,7 @@ impl Isa {
     /// whitespace ignored).
     pub fn from_name(s: &str) -> Option<Isa> {
         let s = s.trim();
-        Isa::ALL
-            .into_iter()
-            .find(|isa| isa.name().eq_ignore_ascii_case(s))
+        Isa::ALL.into_iter().find(|isa| isa.name().eq_ignore_ascii_case(s))
     }
 
     /// Code stored in the dispatch atomic; 0 is reserved for "not chosen yet".
@@ -109,12 +107,7 @@ pub struct UnsupportedIsa(pub Isa);
 impl fmt::Display for UnsupportedIsa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let supported: Vec<&str> = supported_isas().into_iter().map(Isa::name).collect();
-        write!(
-            f,
-            "ISA '{}' is not supported by this CPU (supported: {})",
-            self.0.name(),
-            supported.join(", ")
-        )
+        write!(f, "ISA '{}' is not supported by this CPU (supported: {})", self.0.name(), supported.join(", "))
     }
 }
 
@@ -142,10 +135,7 @@ pub fn detected_isa() -> Isa {
 
 /// Every path this CPU can run, `Scalar` first and the best last.
 pub fn supported_isas() -> Vec<Isa> {
-    Isa::ALL
-        .into_iter()
-        .filter(|&isa| is_supported(isa))
-        .collect()
+    Isa::ALL.into_iter().filter(|&isa| is_supported(isa)).collect()
 }
 
 /// 0 = not chosen yet; otherwise `Isa::code` of a supported ISA.
@@ -165,18 +155,11 @@ fn initial_isa(requested: Option<&str>) -> Isa {
     match Isa::from_name(raw) {
         Some(isa) if is_supported(isa) => isa,
         Some(isa) => {
-            eprintln!(
-                "ferromem: {ENV_VAR}={raw}: {}; using '{}'",
-                UnsupportedIsa(isa),
-                detected.name()
-            );
+            eprintln!("ferromem: {ENV_VAR}={raw}: {}; using '{}'", UnsupportedIsa(isa), detected.name());
             detected
         }
         None => {
-            eprintln!(
-                "ferromem: {ENV_VAR}={raw}: unknown ISA (expected scalar, avx2, avx512 or neon); using '{}'",
-                detected.name()
-            );
+            eprintln!("ferromem: {ENV_VAR}={raw}: unknown ISA (expected scalar, avx2, avx512 or neon); using '{}'", detected.name());
             detected
         }
     }
@@ -185,12 +168,7 @@ fn initial_isa(requested: Option<&str>) -> Isa {
 #[cold]
 fn initialise_active() -> Isa {
     let requested = std::env::var_os(ENV_VAR);
-    let chosen = initial_isa(
-        requested
-            .as_ref()
-            .map(|raw| raw.to_string_lossy())
-            .as_deref(),
-    );
+    let chosen = initial_isa(requested.as_ref().map(|raw| raw.to_string_lossy()).as_deref());
     // compare_exchange, not store: a `force_isa` that ran while we were reading the
     // environment wins, and concurrent first callers agree on one value.
     match ACTIVE.compare_exchange(0, chosen.code(), Ordering::Relaxed, Ordering::Relaxed) {
@@ -229,9 +207,7 @@ fn length_mismatch(what: &str, expected: usize, got: usize) -> ! {
 #[inline]
 #[track_caller]
 fn checked_len(count: usize, dim: usize, what: &str) -> usize {
-    count
-        .checked_mul(dim)
-        .unwrap_or_else(|| panic!("ferromem simd: {what}: {count} x {dim} overflows usize"))
+    count.checked_mul(dim).unwrap_or_else(|| panic!("ferromem simd: {what}: {count} x {dim} overflows usize"))
 }
 
 /// Dot product of two equal-length vectors on the given path.
@@ -280,45 +256,17 @@ pub fn dot_rows(query: &[f32], arena: &[f32], dim: usize, out: &mut [f32]) {
     }
     let needed = checked_len(out.len(), dim, "dot_rows: rows x dim");
     if arena.len() < needed {
-        length_mismatch(
-            "dot_rows: arena.len() (at least rows x dim)",
-            needed,
-            arena.len(),
-        );
+        length_mismatch("dot_rows: arena.len() (at least rows x dim)", needed, arena.len());
     }
     match active_isa() {
         // SAFETY (every arm): the active ISA is supported; `query` holds `dim` floats, the
         // arena at least `out.len() * dim`, `out` exactly `out.len()` (checked above).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe {
-            x86_avx512::dot_rows(
-                query.as_ptr(),
-                arena.as_ptr(),
-                dim,
-                out.as_mut_ptr(),
-                out.len(),
-            )
-        },
+        Isa::Avx512 => unsafe { x86_avx512::dot_rows(query.as_ptr(), arena.as_ptr(), dim, out.as_mut_ptr(), out.len()) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe {
-            x86_avx2::dot_rows(
-                query.as_ptr(),
-                arena.as_ptr(),
-                dim,
-                out.as_mut_ptr(),
-                out.len(),
-            )
-        },
+        Isa::Avx2 => unsafe { x86_avx2::dot_rows(query.as_ptr(), arena.as_ptr(), dim, out.as_mut_ptr(), out.len()) },
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => unsafe {
-            aarch64_neon::dot_rows(
-                query.as_ptr(),
-                arena.as_ptr(),
-                dim,
-                out.as_mut_ptr(),
-                out.len(),
-            )
-        },
+        Isa::Neon => unsafe { aarch64_neon::dot_rows(query.as_ptr(), arena.as_ptr(), dim, out.as_mut_ptr(), out.len()) },
         _ => scalar::dot_rows(query, arena, dim, out),
     }
 }
@@ -332,11 +280,7 @@ pub fn dot_gather(query: &[f32], arena: &[f32], dim: usize, rows: &[u32], out: &
         length_mismatch("dot_gather: query.len() (must equal dim)", dim, query.len());
     }
     if rows.len() != out.len() {
-        length_mismatch(
-            "dot_gather: out.len() (must equal rows.len())",
-            rows.len(),
-            out.len(),
-        );
+        length_mismatch("dot_gather: out.len() (must equal rows.len())", rows.len(), out.len());
     }
     if dim == 0 {
         out.fill(0.0);
@@ -352,38 +296,11 @@ pub fn dot_gather(query: &[f32], arena: &[f32], dim: usize, rows: &[u32], out: &
         // SAFETY (every arm): the active ISA is supported; every row index is below the
         // arena's row count; `query` holds `dim` floats; `rows` and `out` as many each.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe {
-            x86_avx512::dot_gather(
-                query.as_ptr(),
-                arena.as_ptr(),
-                dim,
-                rows.as_ptr(),
-                out.as_mut_ptr(),
-                out.len(),
-            )
-        },
+        Isa::Avx512 => unsafe { x86_avx512::dot_gather(query.as_ptr(), arena.as_ptr(), dim, rows.as_ptr(), out.as_mut_ptr(), out.len()) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe {
-            x86_avx2::dot_gather(
-                query.as_ptr(),
-                arena.as_ptr(),
-                dim,
-                rows.as_ptr(),
-                out.as_mut_ptr(),
-                out.len(),
-            )
-        },
+        Isa::Avx2 => unsafe { x86_avx2::dot_gather(query.as_ptr(), arena.as_ptr(), dim, rows.as_ptr(), out.as_mut_ptr(), out.len()) },
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => unsafe {
-            aarch64_neon::dot_gather(
-                query.as_ptr(),
-                arena.as_ptr(),
-                dim,
-                rows.as_ptr(),
-                out.as_mut_ptr(),
-                out.len(),
-            )
-        },
+        Isa::Neon => unsafe { aarch64_neon::dot_gather(query.as_ptr(), arena.as_ptr(), dim, rows.as_ptr(), out.as_mut_ptr(), out.len()) },
         _ => scalar::dot_gather(query, arena, dim, rows, out),
     }
 }
@@ -397,37 +314,18 @@ pub fn dot_gather(query: &[f32], arena: &[f32], dim: usize, rows: &[u32], out: &
 ///
 /// Panics when `queries.len() != nq*dim`, the arena holds fewer than `n` rows, or
 /// `out.len() != nq*n`.
-pub fn dot_rows_multi(
-    queries: &[f32],
-    nq: usize,
-    arena: &[f32],
-    dim: usize,
-    n: usize,
-    out: &mut [f32],
-) {
+pub fn dot_rows_multi(queries: &[f32], nq: usize, arena: &[f32], dim: usize, n: usize, out: &mut [f32]) {
     let query_len = checked_len(nq, dim, "dot_rows_multi: nq x dim");
     if queries.len() != query_len {
-        length_mismatch(
-            "dot_rows_multi: queries.len() (must equal nq x dim)",
-            query_len,
-            queries.len(),
-        );
+        length_mismatch("dot_rows_multi: queries.len() (must equal nq x dim)", query_len, queries.len());
     }
     let needed = checked_len(n, dim, "dot_rows_multi: n x dim");
     if arena.len() < needed {
-        length_mismatch(
-            "dot_rows_multi: arena.len() (at least n x dim)",
-            needed,
-            arena.len(),
-        );
+        length_mismatch("dot_rows_multi: arena.len() (at least n x dim)", needed, arena.len());
     }
     let out_len = checked_len(nq, n, "dot_rows_multi: nq x n");
     if out.len() != out_len {
-        length_mismatch(
-            "dot_rows_multi: out.len() (must equal nq x n)",
-            out_len,
-            out.len(),
-        );
+        length_mismatch("dot_rows_multi: out.len() (must equal nq x n)", out_len, out.len());
     }
     if out_len == 0 {
         return;
@@ -436,38 +334,11 @@ pub fn dot_rows_multi(
         // SAFETY (every arm): the active ISA is supported; `queries` holds `nq * dim`
         // floats, the arena at least `n * dim`, `out` exactly `nq * n` (checked above).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe {
-            x86_avx512::dot_rows_multi(
-                queries.as_ptr(),
-                nq,
-                arena.as_ptr(),
-                dim,
-                n,
-                out.as_mut_ptr(),
-            )
-        },
+        Isa::Avx512 => unsafe { x86_avx512::dot_rows_multi(queries.as_ptr(), nq, arena.as_ptr(), dim, n, out.as_mut_ptr()) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe {
-            x86_avx2::dot_rows_multi(
-                queries.as_ptr(),
-                nq,
-                arena.as_ptr(),
-                dim,
-                n,
-                out.as_mut_ptr(),
-            )
-        },
+        Isa::Avx2 => unsafe { x86_avx2::dot_rows_multi(queries.as_ptr(), nq, arena.as_ptr(), dim, n, out.as_mut_ptr()) },
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => unsafe {
-            aarch64_neon::dot_rows_multi(
-                queries.as_ptr(),
-                nq,
-                arena.as_ptr(),
-                dim,
-                n,
-                out.as_mut_ptr(),
-            )
-        },
+        Isa::Neon => unsafe { aarch64_neon::dot_rows_multi(queries.as_ptr(), nq, arena.as_ptr(), dim, n, out.as_mut_ptr()) },
         _ => scalar::dot_rows_multi(queries, nq, arena, dim, n, out),
     }
 }
@@ -499,14 +370,7 @@ macro_rules! define_dot_rows_multi {
     ($features:literal, $query_tile:literal, $row_tile:literal) => {
         /// `out[q*n + i] = dot(queries + q*dim, arena + i*dim)` for `q < nq`, `i < n`.
         #[target_feature(enable = $features)]
-        pub(super) unsafe fn dot_rows_multi(
-            queries: *const f32,
-            nq: usize,
-            arena: *const f32,
-            dim: usize,
-            n: usize,
-            out: *mut f32,
-        ) {
+        pub(super) unsafe fn dot_rows_multi(queries: *const f32, nq: usize, arena: *const f32, dim: usize, n: usize, out: *mut f32) {
             const QB: usize = $query_tile;
             const RB: usize = $row_tile;
             unsafe {
@@ -547,8 +411,5 @@ macro_rules! define_dot_rows_multi {
         }
     };
 }
-#[cfg_attr(
-    not(any(target_arch = "x86_64", target_arch = "aarch64")),
-    allow(unused_imports)
-)]
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_imports))]
 use define_dot_rows_multi;

@@ -23,12 +23,7 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (k, (x, y)) in tail_a.iter().zip(tail_b).enumerate() {
         acc[k] += x * y;
     }
-    let pairs = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
+    let pairs = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
     (pairs[0] + pairs[2]) + (pairs[1] + pairs[3])
 }
 
@@ -53,14 +48,7 @@ pub(super) fn dot_gather(query: &[f32], arena: &[f32], dim: usize, rows: &[u32],
 
 /// `out[q*n + i] = dot(query q, row i)`, rows in cache-sized chunks so every query of the
 /// batch reads a chunk while it is still in cache.
-pub(super) fn dot_rows_multi(
-    queries: &[f32],
-    nq: usize,
-    arena: &[f32],
-    dim: usize,
-    n: usize,
-    out: &mut [f32],
-) {
+pub(super) fn dot_rows_multi(queries: &[f32], nq: usize, arena: &[f32], dim: usize, n: usize, out: &mut [f32]) {
     debug_assert_eq!(queries.len(), nq * dim);
     if dim == 0 {
         out.fill(0.0);

@@ -13,9 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 /// embedding sizes the engine sees in practice.
 fn dims() -> Vec<usize> {
     let mut dims: Vec<usize> = (1..=70).collect();
-    dims.extend([
-        127, 128, 129, 255, 256, 257, 383, 384, 385, 767, 768, 1023, 1024, 1535, 1536, 1537,
-    ]);
+    dims.extend([127, 128, 129, 255, 256, 257, 383, 384, 385, 767, 768, 1023, 1024, 1535, 1536, 1537]);
     dims
 }
 
@@ -33,13 +31,8 @@ impl ForcedIsa {
     fn lock() -> ForcedIsa {
         // A panicking test poisons the lock; the guarded state (the ISA) is restored by
         // Drop regardless, so the poison carries no information here.
-        let lock = FORCE_LOCK
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        ForcedIsa {
-            previous: active_isa(),
-            _lock: lock,
-        }
+        let lock = FORCE_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        ForcedIsa { previous: active_isa(), _lock: lock }
     }
 
     fn force(&self, isa: Isa) {
@@ -98,11 +91,7 @@ impl Padded {
     fn new(data: &[f32], offset: usize) -> Padded {
         let mut buf = vec![f32::NAN; offset + data.len() + 17];
         buf[offset..offset + data.len()].copy_from_slice(data);
-        Padded {
-            buf,
-            offset,
-            len: data.len(),
-        }
+        Padded { buf, offset, len: data.len() }
     }
 
     fn slice(&self) -> &[f32] {
@@ -124,11 +113,7 @@ fn assert_close(got: f32, a: &[f32], b: &[f32], context: &dyn Fn() -> String) {
     let (exact, abs_sum) = dot_f64(a, b);
     let err = (got as f64 - exact).abs();
     let tolerance = 1e-5 * abs_sum + 1e-6;
-    assert!(
-        err <= tolerance,
-        "{}: got {got}, expected {exact}, |err| {err:e} > tolerance {tolerance:e}",
-        context()
-    );
+    assert!(err <= tolerance, "{}: got {got}, expected {exact}, |err| {err:e} > tolerance {tolerance:e}", context());
 }
 
 #[test]
@@ -143,18 +128,10 @@ fn dot_f32_matches_f64_baseline_on_every_isa() {
                     let pa = Padded::new(&a, offset_a);
                     let pb = Padded::new(&b, offset_b);
                     let got = dot_f32(pa.slice(), pb.slice());
-                    assert_close(got, &a, &b, &|| {
-                        format!(
-                            "{isa:?} dot_f32 dim {dim} {kind:?} offsets ({offset_a}, {offset_b})"
-                        )
-                    });
+                    assert_close(got, &a, &b, &|| format!("{isa:?} dot_f32 dim {dim} {kind:?} offsets ({offset_a}, {offset_b})"));
                     // The explicit-ISA entry point runs the same code: bit-identical.
                     let with = dot_f32_with(isa, pa.slice(), pb.slice()).unwrap();
-                    assert_eq!(
-                        with.to_bits(),
-                        got.to_bits(),
-                        "{isa:?} dot_f32_with dim {dim}"
-                    );
+                    assert_eq!(with.to_bits(), got.to_bits(), "{isa:?} dot_f32_with dim {dim}");
                 }
             }
         }
@@ -214,16 +191,10 @@ fn dot_rows_matches_baseline_and_reads_only_its_rows() {
                     dot_rows(pq.slice(), pa.slice(), dim, &mut out);
                     for (i, &got) in out.iter().enumerate() {
                         let row = &arena[i * dim..(i + 1) * dim];
-                        assert_close(got, &query, row, &|| {
-                            format!("{isa:?} dot_rows dim {dim} {kind:?} offset {offset} row {i}")
-                        });
+                        assert_close(got, &query, row, &|| format!("{isa:?} dot_rows dim {dim} {kind:?} offset {offset} row {i}"));
                         // The engine ranks one query's rows against each other, whichever
                         // entry point scored them: same bits as the single dot product.
-                        assert_eq!(
-                            got.to_bits(),
-                            dot_f32(pq.slice(), row).to_bits(),
-                            "{isa:?} dim {dim} row {i}"
-                        );
+                        assert_eq!(got.to_bits(), dot_f32(pq.slice(), row).to_bits(), "{isa:?} dim {dim} row {i}");
                     }
                 }
             }
@@ -265,16 +236,8 @@ fn dot_gather_matches_baseline_and_skips_unselected_rows() {
                         for (j, &got) in out.iter().enumerate() {
                             let r = rows[j] as usize;
                             let row = &arena[r * dim..(r + 1) * dim];
-                            assert_close(got, &query, row, &|| {
-                                format!(
-                                    "{isa:?} dot_gather dim {dim} {kind:?} offset {offset} row {r}"
-                                )
-                            });
-                            assert_eq!(
-                                got.to_bits(),
-                                dot_f32(pq.slice(), row).to_bits(),
-                                "{isa:?} dim {dim} row {r}"
-                            );
+                            assert_close(got, &query, row, &|| format!("{isa:?} dot_gather dim {dim} {kind:?} offset {offset} row {r}"));
+                            assert_eq!(got.to_bits(), dot_f32(pq.slice(), row).to_bits(), "{isa:?} dim {dim} row {r}");
                         }
                     }
                 }
@@ -291,15 +254,7 @@ fn multi_dims() -> Vec<usize> {
     dims
 }
 
-fn check_dot_rows_multi(
-    isa: Isa,
-    rng: &mut StdRng,
-    nq: usize,
-    dim: usize,
-    n: usize,
-    kind: Values,
-    offset: usize,
-) {
+fn check_dot_rows_multi(isa: Isa, rng: &mut StdRng, nq: usize, dim: usize, n: usize, kind: Values, offset: usize) {
     let queries = random_values(rng, nq * dim, kind);
     // A NaN row after the n rows: n, not the arena's length, bounds the rows read.
     let mut arena = random_values(rng, n * dim, kind);
@@ -327,11 +282,7 @@ fn dot_rows_multi_matches_baseline_for_every_tile_remainder() {
             for nq in 1..=9 {
                 // Row counts around the 1-, 2- and 4-row tiles, none a multiple of 4 but 8.
                 for n in [1, 3, 8, 13] {
-                    let kind = if (dim + nq + n) % 2 == 0 {
-                        Values::Uniform
-                    } else {
-                        Values::Adversarial
-                    };
+                    let kind = if (dim + nq + n) % 2 == 0 { Values::Uniform } else { Values::Adversarial };
                     check_dot_rows_multi(isa, &mut rng, nq, dim, n, kind, (nq + n) % 2);
                 }
             }
@@ -369,10 +320,7 @@ fn dot_rows_multi_with_nothing_to_do() {
 
 fn unsupported_isas() -> Vec<Isa> {
     let supported = supported_isas();
-    Isa::ALL
-        .into_iter()
-        .filter(|isa| !supported.contains(isa))
-        .collect()
+    Isa::ALL.into_iter().filter(|isa| !supported.contains(isa)).collect()
 }
 
 #[test]
@@ -386,11 +334,7 @@ fn force_isa_rejects_what_the_cpu_lacks_and_changes_nothing() {
         let err = force_isa(Some(isa)).unwrap_err();
         assert_eq!(err, UnsupportedIsa(isa));
         assert!(err.to_string().contains(isa.name()), "{err}");
-        assert_eq!(
-            active_isa(),
-            Isa::Scalar,
-            "a failed force_isa({isa:?}) changed the active ISA"
-        );
+        assert_eq!(active_isa(), Isa::Scalar, "a failed force_isa({isa:?}) changed the active ISA");
     }
 }
 
@@ -412,14 +356,8 @@ fn detection_lists_scalar_first_and_the_best_last() {
     #[cfg(target_arch = "x86_64")]
     {
         assert!(!supported.contains(&Isa::Neon));
-        assert_eq!(
-            supported.contains(&Isa::Avx2),
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-        );
-        assert_eq!(
-            supported.contains(&Isa::Avx512),
-            is_x86_feature_detected!("avx512f")
-        );
+        assert_eq!(supported.contains(&Isa::Avx2), is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
+        assert_eq!(supported.contains(&Isa::Avx512), is_x86_feature_detected!("avx512f"));
     }
 }
 

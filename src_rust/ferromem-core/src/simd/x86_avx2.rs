@@ -32,12 +32,7 @@ pub(super) fn hsum(v: __m256) -> f32 {
 /// the pace of the current one, so that a gather keeps two rows in flight.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn dot_impl<const PREFETCH: bool>(
-    a: *const f32,
-    b: *const f32,
-    n: usize,
-    next: *const f32,
-) -> f32 {
+unsafe fn dot_impl<const PREFETCH: bool>(a: *const f32, b: *const f32, n: usize, next: *const f32) -> f32 {
     unsafe {
         let mut acc0 = _mm256_setzero_ps();
         let mut acc1 = _mm256_setzero_ps();
@@ -52,21 +47,9 @@ unsafe fn dot_impl<const PREFETCH: bool>(
                 _mm_prefetch::<_MM_HINT_T0>(p.add(64));
             }
             acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), acc0);
-            acc1 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.add(i + LANES)),
-                _mm256_loadu_ps(b.add(i + LANES)),
-                acc1,
-            );
-            acc2 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.add(i + 2 * LANES)),
-                _mm256_loadu_ps(b.add(i + 2 * LANES)),
-                acc2,
-            );
-            acc3 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.add(i + 3 * LANES)),
-                _mm256_loadu_ps(b.add(i + 3 * LANES)),
-                acc3,
-            );
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i + LANES)), _mm256_loadu_ps(b.add(i + LANES)), acc1);
+            acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i + 2 * LANES)), _mm256_loadu_ps(b.add(i + 2 * LANES)), acc2);
+            acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i + 3 * LANES)), _mm256_loadu_ps(b.add(i + 3 * LANES)), acc3);
             i += 4 * LANES;
         }
         if PREFETCH && i < n {
@@ -82,16 +65,9 @@ unsafe fn dot_impl<const PREFETCH: bool>(
         if i < n {
             // Masked-off lanes are not read, so the tail may end at the end of a mapping.
             let m = tail_mask(n - i);
-            acc1 = _mm256_fmadd_ps(
-                _mm256_maskload_ps(a.add(i), m),
-                _mm256_maskload_ps(b.add(i), m),
-                acc1,
-            );
+            acc1 = _mm256_fmadd_ps(_mm256_maskload_ps(a.add(i), m), _mm256_maskload_ps(b.add(i), m), acc1);
         }
-        hsum(_mm256_add_ps(
-            _mm256_add_ps(acc0, acc1),
-            _mm256_add_ps(acc2, acc3),
-        ))
+        hsum(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)))
     }
 }
 
@@ -104,13 +80,7 @@ pub(super) unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
 
 /// `out[i] = dot(query, arena + i*dim)` for `i < n`.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn dot_rows(
-    query: *const f32,
-    arena: *const f32,
-    dim: usize,
-    out: *mut f32,
-    n: usize,
-) {
+pub(super) unsafe fn dot_rows(query: *const f32, arena: *const f32, dim: usize, out: *mut f32, n: usize) {
     unsafe {
         for i in 0..n {
             *out.add(i) = dot_impl::<false>(query, arena.add(i * dim), dim, std::ptr::null());
@@ -120,14 +90,7 @@ pub(super) unsafe fn dot_rows(
 
 /// `out[j] = dot(query, arena + rows[j]*dim)` for `j < n`; every `rows[j]` is a valid row.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn dot_gather(
-    query: *const f32,
-    arena: *const f32,
-    dim: usize,
-    rows: *const u32,
-    out: *mut f32,
-    n: usize,
-) {
+pub(super) unsafe fn dot_gather(query: *const f32, arena: *const f32, dim: usize, rows: *const u32, out: *mut f32, n: usize) {
     unsafe {
         if n == 0 {
             return;
@@ -147,13 +110,7 @@ pub(super) unsafe fn dot_gather(
 /// register must fit the 16 ymm registers: 4x2 uses 11.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn tile<const QB: usize, const RB: usize>(
-    queries: *const f32,
-    rows: *const f32,
-    dim: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
+unsafe fn tile<const QB: usize, const RB: usize>(queries: *const f32, rows: *const f32, dim: usize, out: *mut f32, out_stride: usize) {
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); RB]; QB];
         let mut k = 0;

@@ -23,12 +23,7 @@ fn tail_mask(rem: usize) -> __mmask16 {
 /// the pace of the current one, so that a gather keeps two rows in flight.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn dot_impl<const PREFETCH: bool>(
-    a: *const f32,
-    b: *const f32,
-    n: usize,
-    next: *const f32,
-) -> f32 {
+unsafe fn dot_impl<const PREFETCH: bool>(a: *const f32, b: *const f32, n: usize, next: *const f32) -> f32 {
     unsafe {
         let mut acc0 = _mm512_setzero_ps();
         let mut acc1 = _mm512_setzero_ps();
@@ -45,21 +40,9 @@ unsafe fn dot_impl<const PREFETCH: bool>(
                 _mm_prefetch::<_MM_HINT_T0>(p.add(192));
             }
             acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i)), _mm512_loadu_ps(b.add(i)), acc0);
-            acc1 = _mm512_fmadd_ps(
-                _mm512_loadu_ps(a.add(i + LANES)),
-                _mm512_loadu_ps(b.add(i + LANES)),
-                acc1,
-            );
-            acc2 = _mm512_fmadd_ps(
-                _mm512_loadu_ps(a.add(i + 2 * LANES)),
-                _mm512_loadu_ps(b.add(i + 2 * LANES)),
-                acc2,
-            );
-            acc3 = _mm512_fmadd_ps(
-                _mm512_loadu_ps(a.add(i + 3 * LANES)),
-                _mm512_loadu_ps(b.add(i + 3 * LANES)),
-                acc3,
-            );
+            acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i + LANES)), _mm512_loadu_ps(b.add(i + LANES)), acc1);
+            acc2 = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i + 2 * LANES)), _mm512_loadu_ps(b.add(i + 2 * LANES)), acc2);
+            acc3 = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i + 3 * LANES)), _mm512_loadu_ps(b.add(i + 3 * LANES)), acc3);
             i += 4 * LANES;
         }
         if PREFETCH && i < n {
@@ -78,11 +61,7 @@ unsafe fn dot_impl<const PREFETCH: bool>(
             // Masked-off lanes are neither read nor faulted on, so the tail may end
             // anywhere, even at the last byte of a mapping.
             let m = tail_mask(n - i);
-            acc1 = _mm512_fmadd_ps(
-                _mm512_maskz_loadu_ps(m, a.add(i)),
-                _mm512_maskz_loadu_ps(m, b.add(i)),
-                acc1,
-            );
+            acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a.add(i)), _mm512_maskz_loadu_ps(m, b.add(i)), acc1);
         }
         let sum = _mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3));
         _mm512_reduce_add_ps(sum)
@@ -98,13 +77,7 @@ pub(super) unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
 
 /// `out[i] = dot(query, arena + i*dim)` for `i < n`.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn dot_rows(
-    query: *const f32,
-    arena: *const f32,
-    dim: usize,
-    out: *mut f32,
-    n: usize,
-) {
+pub(super) unsafe fn dot_rows(query: *const f32, arena: *const f32, dim: usize, out: *mut f32, n: usize) {
     unsafe {
         for i in 0..n {
             *out.add(i) = dot_impl::<false>(query, arena.add(i * dim), dim, std::ptr::null());
@@ -114,14 +87,7 @@ pub(super) unsafe fn dot_rows(
 
 /// `out[j] = dot(query, arena + rows[j]*dim)` for `j < n`; every `rows[j]` is a valid row.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn dot_gather(
-    query: *const f32,
-    arena: *const f32,
-    dim: usize,
-    rows: *const u32,
-    out: *mut f32,
-    n: usize,
-) {
+pub(super) unsafe fn dot_gather(query: *const f32, arena: *const f32, dim: usize, rows: *const u32, out: *mut f32, n: usize) {
     unsafe {
         if n == 0 {
             return;
@@ -141,13 +107,7 @@ pub(super) unsafe fn dot_gather(
 /// register must fit the 32 zmm registers: 4x4 uses 21.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn tile<const QB: usize, const RB: usize>(
-    queries: *const f32,
-    rows: *const f32,
-    dim: usize,
-    out: *mut f32,
-    out_stride: usize,
-) {
+unsafe fn tile<const QB: usize, const RB: usize>(queries: *const f32, rows: *const f32, dim: usize, out: *mut f32, out_stride: usize) {
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); RB]; QB];
         let mut k = 0;

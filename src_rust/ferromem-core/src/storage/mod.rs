@@ -12,9 +12,9 @@ pub mod checksum;
 pub mod memory;
 pub mod sqlite;
 
-use std::sync::Arc;
 use crate::record::Record;
 use crate::Result;
+use std::sync::Arc;
 
 /// A record as stored, with its vector and the sequence number of its last change.
 pub struct StoredRecord {
@@ -77,8 +77,13 @@ pub enum Changes {
 pub enum WriteOp<'a> {
     /// Inserts or replaces a record. An empty `vector` keeps the stored one (the record
     /// exists: an update of other fields, or a touch), so no vector is rewritten.
-    Put { rec: &'a Record, vector: &'a [f32] },
-    Delete { id: &'a str },
+    Put {
+        rec: &'a Record,
+        vector: &'a [f32],
+    },
+    Delete {
+        id: &'a str,
+    },
 }
 
 /// Durability of a commit; see docs/architecture.md.

@@ -162,7 +162,9 @@ fn raw_row<'r>(row: &'r rusqlite::Row<'_>) -> rusqlite::Result<Option<(RawFields
             _ => None,
         })
     };
-    let (Some(id), Some(content), Some(scope), Some(categories_json), Some(metadata_json)) = (text(0)?, text(1)?, text(2)?, text(3)?, text(4)?) else {
+    let (Some(id), Some(content), Some(scope), Some(categories_json), Some(metadata_json)) =
+        (text(0)?, text(1)?, text(2)?, text(3)?, text(4)?)
+    else {
         return Ok(None);
     };
     let (Some(importance), Some(created_at), Some(last_accessed)) = (real(5)?, real(6)?, real(7)?) else {
@@ -205,7 +207,18 @@ fn read_row(row: &rusqlite::Row<'_>, checksums: bool) -> rusqlite::Result<RowRea
             return damaged("vector");
         }
     }
-    let RawFields { id, content, scope, categories_json: categories, metadata_json: metadata, importance, created_at, last_accessed, source, private } = raw;
+    let RawFields {
+        id,
+        content,
+        scope,
+        categories_json: categories,
+        metadata_json: metadata,
+        importance,
+        created_at,
+        last_accessed,
+        source,
+        private,
+    } = raw;
     let utf8 = |b: &[u8]| std::str::from_utf8(b).map(str::to_owned).ok();
     let (Some(id), Some(content), Some(scope), Some(metadata_json)) = (utf8(id), utf8(content), utf8(scope), utf8(metadata)) else {
         return damaged("unreadable");
@@ -457,8 +470,10 @@ impl SqliteStorage {
             Durability::Normal => "NORMAL",
             Durability::Full => "FULL",
         };
-        conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF; \
-             PRAGMA wal_autocheckpoint=256; PRAGMA journal_size_limit=8388608;"))?;
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF; \
+             PRAGMA wal_autocheckpoint=256; PRAGMA journal_size_limit=8388608;"
+        ))?;
         let mut s = SqliteStorage { conn, path: path.to_path_buf(), data_version: 0, in_write: false, access, checksums: true };
         if version_1 {
             match access {
@@ -529,10 +544,8 @@ impl SqliteStorage {
                 self.path.display()
             )));
         }
-        let version: Option<String> = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0))
-            .optional()?;
+        let version: Option<String> =
+            self.conn.query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0)).optional()?;
         let expected = if self.checksums { "2" } else { "1" };
         match version.as_deref() {
             Some(v) if v == expected => Ok(()),
@@ -554,10 +567,9 @@ impl SqliteStorage {
     fn writable(&self) -> Result<()> {
         match self.access {
             Access::ReadWrite => Ok(()),
-            Access::ReadOnly => Err(Error::ReadOnly(format!(
-                "{} was opened read-only: open it without read_only=True to change it",
-                self.path.display()
-            ))),
+            Access::ReadOnly => {
+                Err(Error::ReadOnly(format!("{} was opened read-only: open it without read_only=True to change it", self.path.display())))
+            }
         }
     }
 
@@ -644,7 +656,8 @@ impl SqliteStorage {
             problems.extend(lines.into_iter().filter(|l| l != "ok").map(|l| format!("SQLite: {l}")));
         }
         if !self.checksums {
-            problems.push("the store has schema version 1, whose records carry no checksums: open it once for writing to upgrade it".into());
+            problems
+                .push("the store has schema version 1, whose records carry no checksums: open it once for writing to upgrade it".into());
         }
         let dim = match self.meta() {
             Ok((_, _, dim)) => dim,
@@ -656,7 +669,11 @@ impl SqliteStorage {
         let damaged = self.in_read(|s| {
             s.each_record("WHERE seq >= ?1", 0, &mut |r| {
                 if let Some(d) = dim.filter(|&d| d != r.vector.len()) {
-                    problems.push(format!("record {:?}: its vector has {} values but the store's dimension is {d}", &*r.rec.id, r.vector.len()));
+                    problems.push(format!(
+                        "record {:?}: its vector has {} values but the store's dimension is {d}",
+                        &*r.rec.id,
+                        r.vector.len()
+                    ));
                 }
                 Ok(())
             })
@@ -726,8 +743,8 @@ impl Storage for SqliteStorage {
             for op in ops {
                 match op {
                     WriteOp::Put { rec, vector } => {
-                        let categories = serde_json::to_string(&rec.categories)
-                            .map_err(|e| Error::InvalidInput(format!("categories: {e}")))?;
+                        let categories =
+                            serde_json::to_string(&rec.categories).map_err(|e| Error::InvalidInput(format!("categories: {e}")))?;
                         let (id, private): (&str, i64) = (&rec.id, rec.private as i64);
                         let fields_sum = RawFields::of(rec, &categories).crc() as i64;
                         let fields: [&dyn ToSql; 10] = [
@@ -751,7 +768,12 @@ impl Storage for SqliteStorage {
                         } else {
                             let blob = vector_to_blob(vector);
                             let vector_sum = vector_crc(&blob) as i64;
-                            put.execute(params_from_iter(fields.into_iter().chain([&blob as &dyn ToSql, &seq_i, &fields_sum, &vector_sum])))?;
+                            put.execute(params_from_iter(fields.into_iter().chain([
+                                &blob as &dyn ToSql,
+                                &seq_i,
+                                &fields_sum,
+                                &vector_sum,
+                            ])))?;
                             untomb.execute(params![&*rec.id])?;
                         }
                     }
