@@ -18,9 +18,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 import ferromem
+import numpy as np
 from ferromem.crewai import demo
 
 
@@ -28,7 +27,6 @@ def record_building_share(n: int, dim: int, queries: int = 200) -> dict[str, flo
     """p50 of MemoryStorage.search against the bare Store.search it wraps (same store,
     same queries, limit 10): the difference is filter handling and MemoryRecord building."""
     from crewai.memory.types import MemoryRecord
-
     from ferromem.crewai import MemoryStorage
 
     rng = np.random.default_rng(0)
@@ -36,8 +34,14 @@ def record_building_share(n: int, dim: int, queries: int = 200) -> dict[str, flo
     with tempfile.TemporaryDirectory() as tmp:
         # Cache off: the same query goes to both calls, and the second would be a cache hit.
         storage = MemoryStorage(store=ferromem.open(os.path.join(tmp, "s.ferro"), cache_size=0))
-        storage.save([MemoryRecord(id=f"r{i}", content=f"memory {i}", scope=f"/s/{i % 10}",
-                                   categories=["c"], embedding=v) for i, v in enumerate(vectors.tolist())])
+        storage.save(
+            [
+                MemoryRecord(
+                    id=f"r{i}", content=f"memory {i}", scope=f"/s/{i % 10}", categories=["c"], embedding=v
+                )
+                for i, v in enumerate(vectors.tolist())
+            ]
+        )
         probes = rng.standard_normal((queries, dim)).astype(np.float32)
         bare, wrapped = [], []
         for q in probes:
@@ -70,9 +74,11 @@ def main() -> int:
         result = demo.run(n=n, dim=args.dim, recalls=args.recalls)
         demo.print_report(result, write)
         share = record_building_share(n, args.dim)
-        write(f"\nMemoryStorage.search p50 {share['memorystorage_search_ms']:.3f} ms = Store.search "
-              f"{share['store_search_ms']:.3f} ms + conversion to MemoryRecord "
-              f"({100 * share['share']:.0f}% of the call)\n")
+        write(
+            f"\nMemoryStorage.search p50 {share['memorystorage_search_ms']:.3f} ms = Store.search "
+            f"{share['store_search_ms']:.3f} ms + conversion to MemoryRecord "
+            f"({100 * share['share']:.0f}% of the call)\n"
+        )
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("```\n" + out.getvalue() + "```\n")

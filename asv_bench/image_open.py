@@ -27,21 +27,21 @@ import time
 
 
 def worker_create(path: str, rows: int, dim: int, precision: str) -> None:
-    import numpy as np
-
     import ferromem
+    import numpy as np
 
     rng = np.random.default_rng(1)
     with ferromem.open(path, precision=precision, fast_open=True, index="exact") as store:
         for start in range(0, rows, 5000):
             n = min(5000, rows - start)
-            store.add([f"r{i}" for i in range(start, start + n)], rng.standard_normal((n, dim), dtype=np.float32))
+            store.add(
+                [f"r{i}" for i in range(start, start + n)], rng.standard_normal((n, dim), dtype=np.float32)
+            )
 
 
 def worker_open(path: str, precision: str, fast_open: bool = True) -> None:
-    import numpy as np
-
     import ferromem
+    import numpy as np
 
     t0 = time.perf_counter()
     store = ferromem.open(path, precision=precision, fast_open=fast_open, index="exact", cache_size=0)
@@ -58,7 +58,9 @@ def run(build_path: str, *args: str) -> str:
     env = dict(os.environ)
     if build_path:
         env["PYTHONPATH"] = build_path + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, __file__, *args], env=env, check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, *args], env=env, check=True, capture_output=True, text=True
+    )
     return out.stdout
 
 
@@ -69,7 +71,11 @@ def main() -> None:
     p.add_argument("--precisions", default="f32,int8")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--build", action="append", default=[], help="LABEL=PYTHONPATH (repeatable)")
-    p.add_argument("--plain", action="store_true", help="also time the first build's open without fast_open (rows read from SQLite)")
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="also time the first build's open without fast_open (rows read from SQLite)",
+    )
     p.add_argument("--dir", default=None, help="where the stores go (default: a temporary folder)")
     p.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -107,7 +113,9 @@ def main() -> None:
             opens = [s["open_ms"] for s in samples[label]]
             first = statistics.median(s["first_search_ms"] for s in samples[label])
             mb = os.path.getsize(path + ".image") / 1e6 if kind == "open" else 0
-            print(f"| {precision} | {label} | {mb:,.0f} | {statistics.median(opens):,.0f} ({min(opens):,.0f}-{max(opens):,.0f}) | {first:,.0f} |")
+            print(
+                f"| {precision} | {label} | {mb:,.0f} | {statistics.median(opens):,.0f} ({min(opens):,.0f}-{max(opens):,.0f}) | {first:,.0f} |"
+            )
 
 
 if __name__ == "__main__":

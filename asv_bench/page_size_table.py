@@ -18,9 +18,8 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
-
 import ferromem
+import numpy as np
 
 
 def measure(page: int, dim: int, records: int, saves: int = 40) -> dict:
@@ -36,9 +35,14 @@ def measure(page: int, dim: int, records: int, saves: int = 40) -> dict:
         with ferromem.open(path) as store:
             for start in range(0, records, 500):
                 end = min(records, start + 500)
-                store.add([f"r{i}" for i in range(start, end)], rows[start:end],
-                          contents=[f"memory number {i} " * 8 for i in range(start, end)],
-                          scopes="/org/team/agent", categories=["fact"], metadata=meta[start:end])
+                store.add(
+                    [f"r{i}" for i in range(start, end)],
+                    rows[start:end],
+                    contents=[f"memory number {i} " * 8 for i in range(start, end)],
+                    scopes="/org/team/agent",
+                    categories=["fact"],
+                    metadata=meta[start:end],
+                )
         disk = os.path.getsize(path)
         wal = path + "-wal"
         growth, times = [], []
@@ -47,15 +51,24 @@ def measure(page: int, dim: int, records: int, saves: int = 40) -> dict:
             for i in range(saves):
                 before = os.path.getsize(wal) if os.path.exists(wal) else 0
                 t = time.perf_counter()
-                store.add(f"s{i}", extra[i], contents="a new memory " * 8,
-                          scopes="/org/team/agent", categories=["fact"], metadata={"kind": "x"})
+                store.add(
+                    f"s{i}",
+                    extra[i],
+                    contents="a new memory " * 8,
+                    scopes="/org/team/agent",
+                    categories=["fact"],
+                    metadata={"kind": "x"},
+                )
                 times.append(time.perf_counter() - t)
                 after = os.path.getsize(wal)
                 if after >= before:  # a checkpoint that restarted the WAL is not growth
                     growth.append(after - before)
         return {
-            "page": page, "dim": dim, "disk_per_record": disk / records,
-            "vector_bytes": dim * 4, "wal_per_save": statistics.median(growth),
+            "page": page,
+            "dim": dim,
+            "disk_per_record": disk / records,
+            "vector_bytes": dim * 4,
+            "wal_per_save": statistics.median(growth),
             "save_p50_ms": statistics.median(times) * 1e3,
         }
 
@@ -69,9 +82,11 @@ def main() -> None:
     for dim in (384, 1536):
         for page in (4096, 8192, 16384, 32768):
             r = measure(page, dim, args.records)
-            print(f"| {page // 1024} KiB | {dim} | {r['disk_per_record']:.0f} "
-                  f"({r['disk_per_record'] / r['vector_bytes']:.2f}x) | "
-                  f"{r['wal_per_save']:.0f} | {r['save_p50_ms']:.2f} |")
+            print(
+                f"| {page // 1024} KiB | {dim} | {r['disk_per_record']:.0f} "
+                f"({r['disk_per_record'] / r['vector_bytes']:.2f}x) | "
+                f"{r['wal_per_save']:.0f} | {r['save_p50_ms']:.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -69,8 +69,14 @@ class Skip(Exception):
     """A peer that cannot run here; its message is the reason shown in the table."""
 
 
-def timed(fn: Callable[[Any], Any], inputs: Sequence[Any], *, warmup: int = 2,
-          budget_s: float | None = None, min_runs: int = 5) -> tuple[np.ndarray, list[Any]]:
+def timed(
+    fn: Callable[[Any], Any],
+    inputs: Sequence[Any],
+    *,
+    warmup: int = 2,
+    budget_s: float | None = None,
+    min_runs: int = 5,
+) -> tuple[np.ndarray, list[Any]]:
     """The one timing loop: ``fn(x)`` for each input after ``warmup`` untimed calls, stopping
     early once ``budget_s`` seconds have passed and ``min_runs`` calls were timed. Returns
     (seconds per call, outputs)."""
@@ -98,16 +104,18 @@ def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return x
 
 
-def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int = K, block: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
+def exact_topk(
+    vectors: np.ndarray, queries: np.ndarray, k: int = K, block: int = BATCH
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k (ids best first, their scores) by numpy gemm, in query blocks."""
     ids = np.empty((len(queries), k), dtype=np.int64)
     scores = np.empty((len(queries), k), dtype=np.float32)
     for s in range(0, len(queries), block):
-        sim = queries[s:s + block] @ vectors.T
+        sim = queries[s : s + block] @ vectors.T
         part = np.argpartition(-sim, k, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(sim, part, 1), axis=1, kind="stable")
-        ids[s:s + block] = np.take_along_axis(part, order, 1)
-        scores[s:s + block] = np.take_along_axis(sim, ids[s:s + block], 1)
+        ids[s : s + block] = np.take_along_axis(part, order, 1)
+        scores[s : s + block] = np.take_along_axis(sim, ids[s : s + block], 1)
     return ids, scores
 
 
@@ -120,8 +128,9 @@ def numpy_topk(sim: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(top, np.argsort(-np.take_along_axis(sim, top, 1), axis=1), 1)
 
 
-def recall_at_k(found: Sequence[np.ndarray], vectors: np.ndarray, queries: np.ndarray,
-                kth_scores: np.ndarray, k: int = K) -> float:
+def recall_at_k(
+    found: Sequence[np.ndarray], vectors: np.ndarray, queries: np.ndarray, kth_scores: np.ndarray, k: int = K
+) -> float:
     """recall@k with the data README's tie rule: a returned id is a hit when its true score
     is at least the exact k-th score minus 1e-4 (each id counted once, at most k)."""
     hits = 0
@@ -145,8 +154,9 @@ def need(module: str, dist: str | None = None) -> Any:
     try:
         return importlib.import_module(module)
     except Exception as exc:  # noqa: BLE001 - any import failure skips the peer
-        raise Skip(f"`{module}` not importable ({type(exc).__name__}: {exc}); "
-                   f"pip install {dist or module}") from exc
+        raise Skip(
+            f"`{module}` not importable ({type(exc).__name__}: {exc}); pip install {dist or module}"
+        ) from exc
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -218,8 +228,13 @@ def minilm_dataset(data_dir: str, limit: int | None, queries: int | None) -> Dat
         qs = qs[:queries]
     if limit and limit < len(vectors):  # a prefix is a representative sample; truth recomputed
         return Dataset(f"MiniLM {limit:,} x 384 (prefix)", vectors[:limit], qs)
-    return Dataset(f"MiniLM {len(vectors):,} x 384", vectors, qs,
-                   z["queries_top10"][:len(qs)].astype(np.int64), z["queries_top10_scores"][:len(qs), K - 1])
+    return Dataset(
+        f"MiniLM {len(vectors):,} x 384",
+        vectors,
+        qs,
+        z["queries_top10"][: len(qs)].astype(np.int64),
+        z["queries_top10_scores"][: len(qs), K - 1],
+    )
 
 
 # =========================================================================== peers
@@ -349,11 +364,17 @@ class ChromaPeer(Peer):
         # unit vectors.
         self.col = self.client.create_collection("bench", embedding_function=None)
         hnsw = (getattr(self.col, "configuration", None) or {}).get("hnsw") or {}
-        self.params = ("default: " + ", ".join(f"{k}={hnsw[k]}" for k in ("max_neighbors", "ef_construction", "ef_search")
-                                               if k in hnsw)) or "default"
+        self.params = (
+            "default: "
+            + ", ".join(
+                f"{k}={hnsw[k]}" for k in ("max_neighbors", "ef_construction", "ef_search") if k in hnsw
+            )
+        ) or "default"
         step = self.client.get_max_batch_size()
         for s in range(0, len(vectors), step):
-            self.col.add(ids=[str(i) for i in range(s, min(s + step, len(vectors)))], embeddings=vectors[s:s + step])
+            self.col.add(
+                ids=[str(i) for i in range(s, min(s + step, len(vectors)))], embeddings=vectors[s : s + step]
+            )
 
     def search(self, q, k):
         return self.col.query(query_embeddings=q[None, :], n_results=k, include=[])["ids"][0]
@@ -406,7 +427,9 @@ class FerromemPeer(Peer):
             self.store = self._open()
             if self.index == "hnsw":
                 self.store.wait_for_index()
-            self.params = f"{self.store.engine} engine, {self.precision}" + (", ef_search=" if self.index == "hnsw" else "")
+            self.params = f"{self.store.engine} engine, {self.precision}" + (
+                ", ef_search=" if self.index == "hnsw" else ""
+            )
             return
         self.tmp = tempfile.mkdtemp(prefix="peers-ferromem-")
         self.path = os.path.join(self.tmp, "bench.ferro")
@@ -418,8 +441,9 @@ class FerromemPeer(Peer):
         step = 10_000
         for s in range(0, len(vectors), step):
             e = min(s + step, len(vectors))
-            self.store.add([str(i) for i in range(s, e)], vectors[s:e],
-                           contents=[f"passage {i}" for i in range(s, e)])
+            self.store.add(
+                [str(i) for i in range(s, e)], vectors[s:e], contents=[f"passage {i}" for i in range(s, e)]
+            )
         if self.index == "hnsw":
             self.store.wait_for_index()
         self.params = f"{self.store.engine} engine" + (", ef_search=" if self.index == "hnsw" else "")
@@ -449,11 +473,22 @@ class FerromemPeer(Peer):
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-EXACT_PEERS: list[Callable[[], Peer]] = [lambda: FerromemPeer("exact"), lambda: FerromemPeer("exact", "f16"),
-                                         lambda: FerromemPeer("exact", "int8"), NumpyPeer, FaissFlatPeer]
-ANN_PEERS: list[Callable[[], Peer]] = [lambda: FerromemPeer("hnsw"), lambda: FerromemPeer("hnsw", "int8"),
-                                       FaissHNSWPeer, USearchPeer, ChromaPeer,
-                                       lambda: FerromemPeer("exact"), FaissFlatPeer]
+EXACT_PEERS: list[Callable[[], Peer]] = [
+    lambda: FerromemPeer("exact"),
+    lambda: FerromemPeer("exact", "f16"),
+    lambda: FerromemPeer("exact", "int8"),
+    NumpyPeer,
+    FaissFlatPeer,
+]
+ANN_PEERS: list[Callable[[], Peer]] = [
+    lambda: FerromemPeer("hnsw"),
+    lambda: FerromemPeer("hnsw", "int8"),
+    FaissHNSWPeer,
+    USearchPeer,
+    ChromaPeer,
+    lambda: FerromemPeer("exact"),
+    FaissFlatPeer,
+]
 
 
 class Built:
@@ -517,7 +552,9 @@ class Figure:
 def parallel_sum(chunks: list[np.ndarray]) -> float:
     """Sums each chunk on its own thread (numpy releases the GIL in the reduction)."""
     out = [0.0] * len(chunks)
-    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, chunks[i].sum())) for i in range(len(chunks))]
+    threads = [
+        threading.Thread(target=lambda i=i: out.__setitem__(i, chunks[i].sum())) for i in range(len(chunks))
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -546,17 +583,39 @@ def machine_limits(quick: bool) -> tuple[Figure, dict]:
         "gflops": 2 * n**3 / mm.min() / 1e9,
     }
     limits["bw"] = max(limits["bw_1t"], limits["bw_all"], limits["bw_gemv"])
-    fig = Figure("a", "Machine limits", "measured in this run; the yardsticks of figures b and c",
-                 ["measure", "value", "how"])
+    fig = Figure(
+        "a",
+        "Machine limits",
+        "measured in this run; the yardsticks of figures b and c",
+        ["measure", "value", "how"],
+    )
     fig.rows = [
-        ["memory bandwidth, 1 thread", f"{limits['bw_1t']:.1f} GB/s", f"numpy sum over {nbytes / 2**30:.2g} GiB float32, best of 5"],
-        [f"memory bandwidth, {cores} threads", f"{limits['bw_all']:.1f} GB/s", f"the same sum split over {cores} threads"],
-        ["memory bandwidth, BLAS sgemv", f"{limits['bw_gemv']:.1f} GB/s", "numpy (256Ki x 1024 float32, 1 GiB) @ vector, best of 5"],
-        ["sgemm", f"{limits['gflops']:.1f} GFLOP/s", f"numpy {n}^3 float32 matmul, best of 3 ({blas_name()})"],
+        [
+            "memory bandwidth, 1 thread",
+            f"{limits['bw_1t']:.1f} GB/s",
+            f"numpy sum over {nbytes / 2**30:.2g} GiB float32, best of 5",
+        ],
+        [
+            f"memory bandwidth, {cores} threads",
+            f"{limits['bw_all']:.1f} GB/s",
+            f"the same sum split over {cores} threads",
+        ],
+        [
+            "memory bandwidth, BLAS sgemv",
+            f"{limits['bw_gemv']:.1f} GB/s",
+            "numpy (256Ki x 1024 float32, 1 GiB) @ vector, best of 5",
+        ],
+        [
+            "sgemm",
+            f"{limits['gflops']:.1f} GFLOP/s",
+            f"numpy {n}^3 float32 matmul, best of 3 ({blas_name()})",
+        ],
     ]
-    fig.notes.append(f"Figures b and c take the largest bandwidth ({limits['bw']:.1f} GB/s) and the sgemm figure as "
-                     "100%. On a shared machine a limit measured here can be lower than what a later figure "
-                     "reaches, and a fraction then exceeds 100%.")
+    fig.notes.append(
+        f"Figures b and c take the largest bandwidth ({limits['bw']:.1f} GB/s) and the sgemm figure as "
+        "100%. On a shared machine a limit measured here can be lower than what a later figure "
+        "reaches, and a fraction then exceeds 100%."
+    )
 
     def plot(ax):
         labels = ["sum 1T\n(GB/s)", f"sum {cores}T\n(GB/s)", "sgemv\n(GB/s)", "sgemm\n(GFLOP/s)"]
@@ -574,13 +633,24 @@ def exact_one_query(built: Built, limits: dict, budget_s: float) -> Figure:
     """(b) one query at a time, exact top-10."""
     ds = built.ds
     nbytes = ds.vectors.nbytes
-    fig = Figure("b", f"One query, exact top-{K}, {ds.shape} float32",
-                 f"p50/p95 of single-query latency over {len(ds.queries)} random queries; effective GB/s = "
-                 f"{nbytes / 1e6:,.0f} MB of float32 matrix / p50 time (the same figure for the f16 and int8 "
-                 "stores, which stream a half and a quarter of it); vector memory = ferromem's replica "
-                 "(stats()['memory_bytes']), the matrix's bytes for the others",
-                 ["peer", "p50 ms", "p95 ms", "effective GB/s", "of bandwidth", "p50 / ferromem", "recall@10",
-                  "memory MB"])
+    fig = Figure(
+        "b",
+        f"One query, exact top-{K}, {ds.shape} float32",
+        f"p50/p95 of single-query latency over {len(ds.queries)} random queries; effective GB/s = "
+        f"{nbytes / 1e6:,.0f} MB of float32 matrix / p50 time (the same figure for the f16 and int8 "
+        "stores, which stream a half and a quarter of it); vector memory = ferromem's replica "
+        "(stats()['memory_bytes']), the matrix's bytes for the others",
+        [
+            "peer",
+            "p50 ms",
+            "p95 ms",
+            "effective GB/s",
+            "of bandwidth",
+            "p50 / ferromem",
+            "recall@10",
+            "memory MB",
+        ],
+    )
     data = []
     for factory in EXACT_PEERS:
         peer, build = built.get(factory)
@@ -589,19 +659,36 @@ def exact_one_query(built: Built, limits: dict, budget_s: float) -> Figure:
             continue
         secs, raw = timed(lambda q, peer=peer: peer.search(q, K), ds.queries, budget_s=budget_s)
         found = [peer.ids(r) for r in raw]
-        rec = recall_at_k(found, ds.vectors, ds.queries[:len(found)], ds.kth[:len(found)])
+        rec = recall_at_k(found, ds.vectors, ds.queries[: len(found)], ds.kth[: len(found)])
         gbs = nbytes / (p(secs, 50) / 1e3) / 1e9
         memory = peer.memory_mb() if hasattr(peer, "memory_mb") else nbytes / 1e6
-        data.append((peer.name, p(secs, 50), p(secs, 95), gbs, gbs / limits["bw"] if limits else None, rec, memory))
+        data.append(
+            (peer.name, p(secs, 50), p(secs, 95), gbs, gbs / limits["bw"] if limits else None, rec, memory)
+        )
     ours = next((d[1] for d in data if d[0].startswith("ferromem")), None)
     for name, p50, p95, gbs, frac, rec, memory in data:
-        fig.rows.append([name, fmt(p50), fmt(p95), f"{gbs:.1f}", "-" if frac is None else f"{100 * frac:.0f}%",
-                         ratio(p50, ours), f"{rec:.3f}", f"{memory:,.0f}"])
+        fig.rows.append(
+            [
+                name,
+                fmt(p50),
+                fmt(p95),
+                f"{gbs:.1f}",
+                "-" if frac is None else f"{100 * frac:.0f}%",
+                ratio(p50, ours),
+                f"{rec:.3f}",
+                f"{memory:,.0f}",
+            ]
+        )
 
     def plot(ax):
         names = [d[0] for d in data]
-        ax.barh(names, [d[1] for d in data], xerr=[[0] * len(data), [d[2] - d[1] for d in data]],
-                color="#4c72b0", capsize=3)
+        ax.barh(
+            names,
+            [d[1] for d in data],
+            xerr=[[0] * len(data), [d[2] - d[1] for d in data]],
+            color="#4c72b0",
+            capsize=3,
+        )
         for i, d in enumerate(data):
             label = f" {d[1]:.2f} ms, {d[3]:.1f} GB/s" + (f" ({100 * d[4]:.0f}% of bw)" if d[4] else "")
             ax.text(d[2], i, label, va="center")
@@ -620,9 +707,12 @@ def exact_batch(built: Built, limits: dict, reps: int) -> Figure:
     n, d = ds.vectors.shape
     qs = ds.queries[:BATCH]  # the data set has at least BATCH queries when c runs
     flops = 2.0 * n * d * len(qs)
-    fig = Figure("c", f"Batch of {len(qs)} queries, exact top-{K}, {ds.shape}",
-                 f"median of {reps} batched calls; fraction of sgemm peak = 2*N*D*{len(qs)} flops / time / measured sgemm",
-                 ["peer", "batch ms", "queries/s", "GFLOP/s", "of sgemm peak", "time / ferromem", "recall@10"])
+    fig = Figure(
+        "c",
+        f"Batch of {len(qs)} queries, exact top-{K}, {ds.shape}",
+        f"median of {reps} batched calls; fraction of sgemm peak = 2*N*D*{len(qs)} flops / time / measured sgemm",
+        ["peer", "batch ms", "queries/s", "GFLOP/s", "of sgemm peak", "time / ferromem", "recall@10"],
+    )
     ds.ensure_truth()
     data = []
     for factory in EXACT_PEERS:
@@ -632,13 +722,21 @@ def exact_batch(built: Built, limits: dict, reps: int) -> Figure:
             continue
         secs, raw = timed(lambda b, peer=peer: peer.batch(b, K), [qs] * reps, warmup=1)
         t = float(np.median(secs))
-        rec = recall_at_k(peer.batch_ids(raw[0]), ds.vectors, qs, ds.kth[:len(qs)])
+        rec = recall_at_k(peer.batch_ids(raw[0]), ds.vectors, qs, ds.kth[: len(qs)])
         data.append((peer.name, t, len(qs) / t, flops / t / 1e9, rec))
     ours = next((x[1] for x in data if x[0].startswith("ferromem")), None)
     for name, t, qps, gf, rec in data:
-        fig.rows.append([name, fmt(t * 1e3), f"{qps:,.0f}", f"{gf:.1f}",
-                         f"{100 * gf / limits['gflops']:.0f}%" if limits else "-", ratio(t, ours),
-                         f"{rec:.3f}"])
+        fig.rows.append(
+            [
+                name,
+                fmt(t * 1e3),
+                f"{qps:,.0f}",
+                f"{gf:.1f}",
+                f"{100 * gf / limits['gflops']:.0f}%" if limits else "-",
+                ratio(t, ours),
+                f"{rec:.3f}",
+            ]
+        )
 
     def plot(ax):
         ax.barh([x[0] for x in data], [x[2] for x in data], color="#55a868")
@@ -658,11 +756,23 @@ def ann(built: Built, key: str, title: str, budget_s: float) -> Figure:
     """(d, e) build time, latency and recall@10 of each peer, over its search-width sweep."""
     ds = built.ds
     ds.ensure_truth()
-    fig = Figure(key, f"{title}: {ds.name}",
-                 f"{len(ds.queries):,} queries, one at a time; recall@{K} against the exact top-{K} "
-                 f"(tie rule: a hit when its true score >= the exact {K}th - 1e-4); ratios against ferromem hnsw "
-                 f"at ef_search={FERRO_EF_REF} (ferromem.open's default is 96, between the sweep's 64 and 128)",
-                 ["peer", "params", "build s", "p50 ms", "p95 ms", f"recall@{K}", "p50 / ferromem", "build / ferromem"])
+    fig = Figure(
+        key,
+        f"{title}: {ds.name}",
+        f"{len(ds.queries):,} queries, one at a time; recall@{K} against the exact top-{K} "
+        f"(tie rule: a hit when its true score >= the exact {K}th - 1e-4); ratios against ferromem hnsw "
+        f"at ef_search={FERRO_EF_REF} (ferromem.open's default is 96, between the sweep's 64 and 128)",
+        [
+            "peer",
+            "params",
+            "build s",
+            "p50 ms",
+            "p95 ms",
+            f"recall@{K}",
+            "p50 / ferromem",
+            "build / ferromem",
+        ],
+    )
     data: list[tuple[str, str, float, Any, float, float, float]] = []
     for factory in ANN_PEERS:
         peer, build = built.get(factory)
@@ -675,32 +785,63 @@ def ann(built: Built, key: str, title: str, budget_s: float) -> Figure:
             except Skip as exc:
                 fig.rows.append([peer.name, f"skipped: {exc}", "", "", "", "", "", ""])
                 break
-            secs, raw = timed(lambda q, peer=peer: peer.search(q, K), ds.queries, budget_s=budget_s, min_runs=100)
+            secs, raw = timed(
+                lambda q, peer=peer: peer.search(q, K), ds.queries, budget_s=budget_s, min_runs=100
+            )
             found = [peer.ids(r) for r in raw]
-            rec = recall_at_k(found, ds.vectors, ds.queries[:len(found)], ds.kth[:len(found)])
-            data.append((peer.name, peer.params + ("" if knob is None else str(knob)), build, knob,
-                         p(secs, 50), p(secs, 95), rec))
+            rec = recall_at_k(found, ds.vectors, ds.queries[: len(found)], ds.kth[: len(found)])
+            data.append(
+                (
+                    peer.name,
+                    peer.params + ("" if knob is None else str(knob)),
+                    build,
+                    knob,
+                    p(secs, 50),
+                    p(secs, 95),
+                    rec,
+                )
+            )
             log(f"  {peer.name} {knob}: p50 {p(secs, 50):.3f} ms recall {rec:.3f}")
     ref = next((x for x in data if x[0] == "ferromem hnsw" and x[3] == FERRO_EF_REF), None)
     if ref is None:
         ref = next((x for x in data if x[0] == "ferromem exact"), None)
-        fig.about = fig.about.replace(f"ferromem hnsw at ef_search={FERRO_EF_REF} (ferromem.open's default is 96, between the sweep's 64 and 128)", "ferromem exact")
+        fig.about = fig.about.replace(
+            f"ferromem hnsw at ef_search={FERRO_EF_REF} (ferromem.open's default is 96, between the sweep's 64 and 128)",
+            "ferromem exact",
+        )
     seen = set()
-    for name, params, build, knob, p50, p95, rec in data:
+    for name, params, build, _knob, p50, p95, rec in data:
         first = name not in seen
         seen.add(name)
-        fig.rows.append([name, params, f"{build:.1f}" if first else "", fmt(p50), fmt(p95), f"{rec:.3f}",
-                         ratio(p50, ref and ref[4]), ratio(build, ref and ref[2]) if first else ""])
+        fig.rows.append(
+            [
+                name,
+                params,
+                f"{build:.1f}" if first else "",
+                fmt(p50),
+                fmt(p95),
+                f"{rec:.3f}",
+                ratio(p50, ref and ref[4]),
+                ratio(build, ref and ref[2]) if first else "",
+            ]
+        )
 
     def plot(ax):
         for name in dict.fromkeys(x[0] for x in data):
             pts = [x for x in data if x[0] == name]
             style = "o-" if len(pts) > 1 else "s"
-            ax.plot([x[5] for x in pts], [x[6] for x in pts], style, label=name,
-                    lw=2.5 if name.startswith("ferromem") else 1.2)
+            ax.plot(
+                [x[5] for x in pts],
+                [x[6] for x in pts],
+                style,
+                label=name,
+                lw=2.5 if name.startswith("ferromem") else 1.2,
+            )
             for x in pts:
                 if x[3] is not None:
-                    ax.annotate(str(x[3]), (x[5], x[6]), textcoords="offset points", xytext=(3, -9), fontsize=7)
+                    ax.annotate(
+                        str(x[3]), (x[5], x[6]), textcoords="offset points", xytext=(3, -9), fontsize=7
+                    )
         ax.set_xscale("log")
         ax.set_xlabel("p95 ms per query (log)")
         ax.set_ylabel(f"recall@{K}")
@@ -721,10 +862,18 @@ def _crewai_records(items: list[dict], vectors: np.ndarray, start: int, stop: in
     so ids sharing a prefix would overwrite each other there."""
     from crewai.memory.types import MemoryRecord
 
-    return [MemoryRecord(id=str(uuid.UUID(int=i + 1)), content=it["content"], scope=it["scope"],
-                         categories=it["categories"], importance=it["importance"], metadata=it["metadata"],
-                         embedding=v)
-            for i, it, v in zip(range(start, stop), items[start:stop], vectors[start:stop].tolist())]
+    return [
+        MemoryRecord(
+            id=str(uuid.UUID(int=i + 1)),
+            content=it["content"],
+            scope=it["scope"],
+            categories=it["categories"],
+            importance=it["importance"],
+            metadata=it["metadata"],
+            embedding=v,
+        )
+        for i, it, v in zip(range(start, stop), items[start:stop], vectors[start:stop].tolist())
+    ]
 
 
 def _row_of(record: Any) -> int:
@@ -755,8 +904,11 @@ class FerromemCrew(CrewBackend):
     def __init__(self, index: str | None = None, precision: str | None = None):
         self.index = index
         self.precision = precision
-        self.name = "ferromem MemoryStorage" + (f", index={index}" if index else "") + (
-            f", precision={precision}" if precision else "")
+        self.name = (
+            "ferromem MemoryStorage"
+            + (f", index={index}" if index else "")
+            + (f", precision={precision}" if precision else "")
+        )
         self.note = ""
 
     def make(self, root):
@@ -803,8 +955,13 @@ class QdrantEdgeCrew(CrewBackend):
         return mod.QdrantEdgeStorage(path=os.path.join(root, "qdrant-edge"))
 
 
-CREW_BACKENDS: list[Callable[[], CrewBackend]] = [FerromemCrew, lambda: FerromemCrew("exact"),
-                                                  lambda: FerromemCrew("exact", "int8"), LanceCrew, QdrantEdgeCrew]
+CREW_BACKENDS: list[Callable[[], CrewBackend]] = [
+    FerromemCrew,
+    lambda: FerromemCrew("exact"),
+    lambda: FerromemCrew("exact", "int8"),
+    LanceCrew,
+    QdrantEdgeCrew,
+]
 
 
 def crewai_figure(n: int, dim: int, probes: int, seconds: float, budget_s: float) -> Figure:
@@ -816,14 +973,31 @@ def crewai_figure(n: int, dim: int, probes: int, seconds: float, budget_s: float
     from ferromem._workload import AGENTS, memories
 
     items = list(memories(n))
-    filt = [dict(scope_prefix=f"/crew/{AGENTS[i % len(AGENTS)]}", categories=["decision"]) for i in range(probes)]
-    fig = Figure("f", f"Through CrewAI's StorageBackend, {n:,} x {dim} memories",
-                 f"save() in batches of 1,000 MemoryRecords, then search(limit={K}) of {probes} probe vectors; "
-                 f"filtered = scope_prefix='/crew/<agent>' + categories=['decision'] (1 in 12 records match, "
-                 f"so {K} results are always due); 8 threads doing 90% search / 10% save(1 record) for {seconds:g} s; "
-                 f"ratios against ferromem with index=exact, since CrewAI's storages scan exactly",
-                 ["storage", "save s", "index wait s", "search p50 ms", "recall@10", "filtered p50 ms", "filtered results (of 10)",
-                  "8-thread ops/s", "search / ferromem", "filtered / ferromem", "ops time / ferromem"])
+    filt = [
+        {"scope_prefix": f"/crew/{AGENTS[i % len(AGENTS)]}", "categories": ["decision"]}
+        for i in range(probes)
+    ]
+    fig = Figure(
+        "f",
+        f"Through CrewAI's StorageBackend, {n:,} x {dim} memories",
+        f"save() in batches of 1,000 MemoryRecords, then search(limit={K}) of {probes} probe vectors; "
+        f"filtered = scope_prefix='/crew/<agent>' + categories=['decision'] (1 in 12 records match, "
+        f"so {K} results are always due); 8 threads doing 90% search / 10% save(1 record) for {seconds:g} s; "
+        f"ratios against ferromem with index=exact, since CrewAI's storages scan exactly",
+        [
+            "storage",
+            "save s",
+            "index wait s",
+            "search p50 ms",
+            "recall@10",
+            "filtered p50 ms",
+            "filtered results (of 10)",
+            "8-thread ops/s",
+            "search / ferromem",
+            "filtered / ferromem",
+            "ops time / ferromem",
+        ],
+    )
     data = []
     step = 1000
     for factory in CREW_BACKENDS:
@@ -845,17 +1019,38 @@ def crewai_figure(n: int, dim: int, probes: int, seconds: float, budget_s: float
             backend.ready(storage)
             ready = time.perf_counter() - t
             qlists = queries.tolist()
-            secs, raw = timed(lambda q: storage.search(q, limit=K), qlists, budget_s=budget_s)
+            secs, raw = timed(
+                lambda q, storage=storage: storage.search(q, limit=K), qlists, budget_s=budget_s
+            )
             found = [np.array([_row_of(r) for r, _ in res], dtype=np.int64) for res in raw]
-            rec = recall_at_k(found, vectors, queries[:len(found)], scores[:len(found), K - 1])
-            fsecs, fraw = timed(lambda i: storage.search(qlists[i], limit=K, **filt[i]), list(range(probes)),
-                                budget_s=budget_s)
+            rec = recall_at_k(found, vectors, queries[: len(found)], scores[: len(found), K - 1])
+            fsecs, fraw = timed(
+                lambda i, storage=storage, qlists=qlists: storage.search(qlists[i], limit=K, **filt[i]),
+                list(range(probes)),
+                budget_s=budget_s,
+            )
             got = [len(r) for r in fraw]
             ops, errors = mixed_load(storage, queries, seconds)
-            data.append((backend.name, load, ready, p(secs, 50), rec, p(fsecs, 50), float(np.mean(got)),
-                         sum(g < K for g in got), len(got), ops, errors, getattr(backend, "note", "")))
-            log(f"  search p50 {p(secs, 50):.2f} ms, filtered {p(fsecs, 50):.2f} ms ({np.mean(got):.1f} results), "
-                f"{ops:,.0f} ops/s, {errors} errors")
+            data.append(
+                (
+                    backend.name,
+                    load,
+                    ready,
+                    p(secs, 50),
+                    rec,
+                    p(fsecs, 50),
+                    float(np.mean(got)),
+                    sum(g < K for g in got),
+                    len(got),
+                    ops,
+                    errors,
+                    getattr(backend, "note", ""),
+                )
+            )
+            log(
+                f"  search p50 {p(secs, 50):.2f} ms, filtered {p(fsecs, 50):.2f} ms ({np.mean(got):.1f} results), "
+                f"{ops:,.0f} ops/s, {errors} errors"
+            )
         except Exception as exc:  # noqa: BLE001 - a failing backend is a row, never a crash
             reason = str(exc) if isinstance(exc, Skip) else f"{type(exc).__name__}: {exc}"
             log(f"  skipped {backend.name}: {reason}")
@@ -869,25 +1064,40 @@ def crewai_figure(n: int, dim: int, probes: int, seconds: float, budget_s: float
     # Like for like: CrewAI's storages scan exactly, so ratios are against ferromem's exact
     # scan when it ran (the default row then shows what its graph buys).
     ours = next((x for x in data if x[0].endswith("index=exact")), None) or next(
-        (x for x in data if x[0].startswith("ferromem")), None)
+        (x for x in data if x[0].startswith("ferromem")), None
+    )
     for name, load, ready, p50, rec, fp50, got, short, total, ops, errors, note in data:
-        fig.rows.append([name + (f" ({note})" if note else ""), f"{load:.1f}", f"{ready:.1f}" if ready >= 0.05 else "-",
-                         fmt(p50), f"{rec:.3f}", fmt(fp50),
-                         f"{got:.1f}" + (f" ({short}/{total} queries short)" if short else ""),
-                         fmt(ops) + (f" ({errors} errors)" if errors else ""),
-                         ratio(p50, ours and ours[3]), ratio(fp50, ours and ours[5]),
-                         ratio(1 / ops if ops else None, 1 / ours[9] if ours and ours[9] else None)])
+        fig.rows.append(
+            [
+                name + (f" ({note})" if note else ""),
+                f"{load:.1f}",
+                f"{ready:.1f}" if ready >= 0.05 else "-",
+                fmt(p50),
+                f"{rec:.3f}",
+                fmt(fp50),
+                f"{got:.1f}" + (f" ({short}/{total} queries short)" if short else ""),
+                fmt(ops) + (f" ({errors} errors)" if errors else ""),
+                ratio(p50, ours and ours[3]),
+                ratio(fp50, ours and ours[5]),
+                ratio(1 / ops if ops else None, 1 / ours[9] if ours and ours[9] else None),
+            ]
+        )
     if any("hnsw" in x[-1] for x in data):
         fig.notes.append(
             "ferromem's default index (`auto`) searches its HNSW graph at this size. Random vectors have no "
             "neighbourhood structure, so its recall here is as low as every graph index's in figure e; on real "
             "embeddings it is figure d's. LanceDB (no vector index created by CrewAI) and Qdrant Edge scan "
-            "exactly, as does ferromem with index=exact, the reference of the ratios.")
+            "exactly, as does ferromem with index=exact, the reference of the ratios."
+        )
 
     def plot(axes):
-        names = [x[0].replace("CrewAI ", "").replace(" MemoryStorage", "") + (" (default)" if x[-1] else "")
-                 for x in data]
-        for ax, col, label in zip(axes, (3, 5, 9), ("search p50 ms", "filtered search p50 ms", "8-thread ops/s")):
+        names = [
+            x[0].replace("CrewAI ", "").replace(" MemoryStorage", "") + (" (default)" if x[-1] else "")
+            for x in data
+        ]
+        for ax, col, label in zip(
+            axes, (3, 5, 9), ("search p50 ms", "filtered search p50 ms", "8-thread ops/s")
+        ):
             vals = [x[col] for x in data]
             ax.bar(names, vals, color=["#c44e52" if nm.startswith("ferromem") else "#8c8c8c" for nm in names])
             ax.set_yscale("log")
@@ -915,9 +1125,17 @@ def mixed_load(storage: Any, queries: np.ndarray, seconds: float, threads: int =
         while time.perf_counter() < stop:
             try:
                 if i % 10 == 9:
-                    storage.save([MemoryRecord(id=str(uuid.uuid4()), content=f"thread {w} note {i}",
-                                               scope=f"/crew/t{w}", categories=["fact"],
-                                               embedding=qlists[i % len(qlists)])])
+                    storage.save(
+                        [
+                            MemoryRecord(
+                                id=str(uuid.uuid4()),
+                                content=f"thread {w} note {i}",
+                                scope=f"/crew/t{w}",
+                                categories=["fact"],
+                                embedding=qlists[i % len(qlists)],
+                            )
+                        ]
+                    )
                 else:
                     storage.search(qlists[i % len(qlists)], limit=K)
                 counts[w] += 1
@@ -962,7 +1180,17 @@ def machine_facts() -> list[str]:
         from ferromem import _core
 
         isa = _core.simd_isa()
-    pkgs = ["ferromem", "numpy", "faiss-cpu", "usearch", "chromadb", "crewai", "lancedb", "qdrant-edge-py", "matplotlib"]
+    pkgs = [
+        "ferromem",
+        "numpy",
+        "faiss-cpu",
+        "usearch",
+        "chromadb",
+        "crewai",
+        "lancedb",
+        "qdrant-edge-py",
+        "matplotlib",
+    ]
     versions = ", ".join(f"{d} {version(d) or 'not installed'}" for d in pkgs)
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
@@ -1040,28 +1268,50 @@ def write_markdown(path: str, blocks: dict[str, str]) -> None:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 2)[2],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run (20k x 384, 2k CrewAI records)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="small sizes for a smoke run (20k x 384, 2k CrewAI records)"
+    )
     ap.add_argument("--only", default="a,b,c,d,e,f", help="comma-separated figures to run (default all)")
-    ap.add_argument("--n", type=int, help="rows of the random matrix for b, c, e (default 100000; quick 20000)")
+    ap.add_argument(
+        "--n", type=int, help="rows of the random matrix for b, c, e (default 100000; quick 20000)"
+    )
     ap.add_argument("--dim", type=int, help="its dimension (default 1536; quick 384)")
     ap.add_argument("--queries", type=int, help="random queries for b and e (default 200; quick 50)")
-    ap.add_argument("--minilm-n", type=int, help="use only the first N passages of the real set in d "
-                                                 "(ground truth then recomputed; quick 10000)")
+    ap.add_argument(
+        "--minilm-n",
+        type=int,
+        help="use only the first N passages of the real set in d (ground truth then recomputed; quick 10000)",
+    )
     ap.add_argument("--crewai-n", type=int, help="records for f (default --n; quick 2000)")
     ap.add_argument("--crewai-dim", type=int, help="dimension for f (default --dim)")
     ap.add_argument("--seconds", type=float, help="length of the 8-thread run in f (default 10; quick 3)")
-    ap.add_argument("--g-n", type=int, default=1_000_000, help="rows of the random matrix for g (default 1000000)")
+    ap.add_argument(
+        "--g-n", type=int, default=1_000_000, help="rows of the random matrix for g (default 1000000)"
+    )
     ap.add_argument("--g-dim", type=int, default=384, help="its dimension (default 384)")
-    ap.add_argument("--peers", help="comma-separated name prefixes: run only the peers whose name starts with one "
-                                    "(e.g. 'ferromem,faiss'; default every peer)")
-    ap.add_argument("--data", default=os.environ.get("FERROMEM_DATA") or os.environ.get("FERROMEM_SHARED_DATA")
-                    or os.path.join(REPO, "..", "shared", "data"),
-                    help="folder with docs-minilm384.npz (default $FERROMEM_DATA, else $FERROMEM_SHARED_DATA as the "
-                         "asv suite reads it, else ../shared/data from the repo root)")
-    ap.add_argument("--out", default=os.path.join(REPO, "docs"),
-                    help="writes <out>/benchmarks.md (between the peers markers) and <out>/img/peers-*.png")
+    ap.add_argument(
+        "--peers",
+        help="comma-separated name prefixes: run only the peers whose name starts with one "
+        "(e.g. 'ferromem,faiss'; default every peer)",
+    )
+    ap.add_argument(
+        "--data",
+        default=os.environ.get("FERROMEM_DATA")
+        or os.environ.get("FERROMEM_SHARED_DATA")
+        or os.path.join(REPO, "..", "shared", "data"),
+        help="folder with docs-minilm384.npz (default $FERROMEM_DATA, else $FERROMEM_SHARED_DATA as the "
+        "asv suite reads it, else ../shared/data from the repo root)",
+    )
+    ap.add_argument(
+        "--out",
+        default=os.path.join(REPO, "docs"),
+        help="writes <out>/benchmarks.md (between the peers markers) and <out>/img/peers-*.png",
+    )
     a = ap.parse_args(argv)
     if a.peers:
         prefixes = tuple(x.strip().lower() for x in a.peers.split(",") if x.strip())
@@ -1078,8 +1328,10 @@ def main(argv: Iterable[str] | None = None) -> int:
 
     def done(fig: Figure) -> None:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        fig.stamp = (f"{'quick' if q else 'full-size'} run, figure finished {time.strftime('%Y-%m-%d %H:%M')}, "
-                     f"1-minute load average then {load:.1f}")
+        fig.stamp = (
+            f"{'quick' if q else 'full-size'} run, figure finished {time.strftime('%Y-%m-%d %H:%M')}, "
+            f"1-minute load average then {load:.1f}"
+        )
         figs.append(fig)
 
     limits: dict = {}
@@ -1132,16 +1384,23 @@ def main(argv: Iterable[str] | None = None) -> int:
 
     if "f" in only:
         cn = a.crewai_n or (2_000 if q else n)
-        done(crewai_figure(cn, a.crewai_dim or dim, 50 if q else 200, a.seconds or (3.0 if q else 10.0), budget))
+        done(
+            crewai_figure(
+                cn, a.crewai_dim or dim, 50 if q else 200, a.seconds or (3.0 if q else 10.0), budget
+            )
+        )
 
     figs.sort(key=lambda f: f.key)
     out = os.path.abspath(a.out)
     os.makedirs(out, exist_ok=True)
     save_plots(figs, out)
-    header = [f"Run of `python asv_bench/peers.py{' --quick' if q else ''}"
-              f"{'' if a.only == 'a,b,c,d,e,f' else ' --only ' + a.only}"
-              f"{' --peers ' + a.peers if a.peers else ''}` on "
-              f"{_dt.date.today().isoformat()}, {time.perf_counter() - t0:.0f} s in all. Machine:", ""] + machine_facts()
+    header = [
+        f"Run of `python asv_bench/peers.py{' --quick' if q else ''}"
+        f"{'' if a.only == 'a,b,c,d,e,f' else ' --only ' + a.only}"
+        f"{' --peers ' + a.peers if a.peers else ''}` on "
+        f"{_dt.date.today().isoformat()}, {time.perf_counter() - t0:.0f} s in all. Machine:",
+        "",
+    ] + machine_facts()
     blocks = render(figs, header)
     for key in ["machine"] + [f.key for f in figs]:
         print(blocks[key] + "\n")

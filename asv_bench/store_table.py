@@ -70,7 +70,8 @@ def run_one(n: int, dim: int, reps: int, seconds: float) -> dict:
             all_vectors.append(v)
             idx = range(start, start + m)
             store.add(
-                [f"r{i}" for i in idx], v,
+                [f"r{i}" for i in idx],
+                v,
                 contents=[f"memory number {i}" for i in idx],
                 scopes=[SCOPES[i % len(SCOPES)] for i in idx],
                 categories=[[CATEGORIES[i % len(CATEGORIES)]] for i in idx],
@@ -100,7 +101,14 @@ def run_one(n: int, dim: int, reps: int, seconds: float) -> dict:
         for i in range(reps):
             v = unit_rows(rng, 1, dim)[0]
             t = time.perf_counter()
-            store.add(f"s{i}", v, contents="one more", scopes=SCOPES[i % len(SCOPES)], categories=["cat1"], metadata={"kind": "fact"})
+            store.add(
+                f"s{i}",
+                v,
+                contents="one more",
+                scopes=SCOPES[i % len(SCOPES)],
+                categories=["cat1"],
+                metadata={"kind": "fact"},
+            )
             saves.append(time.perf_counter() - t)
         out["save_p50_ms"], out["save_p95_ms"] = pct(saves, 50), pct(saves, 95)
         # The same with durability="full": an fsync per commit (survives power loss).
@@ -195,9 +203,13 @@ def table(rows: list[dict]) -> str:
             f"| {fmt(r['disk_per_record'], 0)} | {r['vector_bytes']:,} |"
         )
     lines.append("")
-    lines.append("Against CrewAI's default storage (LanceDB) at the same size, reference figures of the issue:")
+    lines.append(
+        "Against CrewAI's default storage (LanceDB) at the same size, reference figures of the issue:"
+    )
     lines.append("")
-    lines.append("| records | save p50: CrewAI / ferromem | search p50: CrewAI / ferromem | 8-thread ops/s: ferromem / CrewAI |")
+    lines.append(
+        "| records | save p50: CrewAI / ferromem | search p50: CrewAI / ferromem | 8-thread ops/s: ferromem / CrewAI |"
+    )
     lines.append("|---|---|---|---|")
     for r in rows:
         ref = CREWAI_REFERENCE.get(r["n"])
@@ -225,13 +237,27 @@ def main() -> int:
         return 0
     rows = []
     for n in [int(s) for s in a.sizes.split(",")]:
-        cmd = [sys.executable, __file__, "--one", str(n), "--dim", str(a.dim), "--reps", str(a.reps), "--seconds", str(a.seconds)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            str(n),
+            "--dim",
+            str(a.dim),
+            "--reps",
+            str(a.reps),
+            "--seconds",
+            str(a.seconds),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             sys.stderr.write(res.stderr)
             return res.returncode
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-        print(f"done {n:,} records ({rows[-1]['engine']} engine, load {rows[-1]['load_s']:.1f} s)", file=sys.stderr)
+        print(
+            f"done {n:,} records ({rows[-1]['engine']} engine, load {rows[-1]['load_s']:.1f} s)",
+            file=sys.stderr,
+        )
     t = table(rows)
     print(t)
     if a.markdown:

@@ -13,8 +13,8 @@ Three things live here:
   id with the very same code. This module therefore imports neither pytest nor ferromem
   at import time: children start fast and only load what they use.
 
-The tests import it as ``from _helpers import ...``; pytest's default import mode puts
-the tests directory on ``sys.path`` (tests/ has no ``__init__.py``).
+The tests, grouped by topic in sub-folders, import it as ``from _helpers import ...``:
+pytest puts the tests directory on ``sys.path`` (``pythonpath`` in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -25,21 +25,37 @@ import json
 import os
 import random
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
+
+import numpy as np
 
 # Strings that break hand-built SQL, LIKE patterns, paths or encodings, for the
 # round-trip tests of every adapter. Quotes, SQL LIKE wildcards, backslashes, control characters, NUL, non-BMP and
 # right-to-left text, combining and zero-width characters, empty and blank strings.
 HOSTILE = [
-    'it\'s "quoted"', "50%_off", "5_%xoff", "%", "_", "back\\slash\\\\", "C:\\path\\to",
-    "tab\tnew\nline", "nul\x00byte", "茶🍵 ✓", "עברית RTL", "e\u0301 combining",
-    "zero\u200bwidth", "", " ", "'; DROP TABLE memories; --", "price $5", "a.b[0]",
+    'it\'s "quoted"',
+    "50%_off",
+    "5_%xoff",
+    "%",
+    "_",
+    "back\\slash\\\\",
+    "C:\\path\\to",
+    "tab\tnew\nline",
+    "nul\x00byte",
+    "茶🍵 ✓",
+    "עברית RTL",
+    "e\u0301 combining",
+    "zero\u200bwidth",
+    "",
+    " ",
+    "'; DROP TABLE memories; --",
+    "price $5",
+    "a.b[0]",
     '{"json": 1}',
 ]
-
-import numpy as np
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
@@ -171,7 +187,7 @@ class Rec:
         if self.last_accessed is None:
             self.last_accessed = self.created_at
 
-    def copy(self, **changes) -> "Rec":
+    def copy(self, **changes) -> Rec:
         changes.setdefault("vector", self.vector.copy())
         changes.setdefault("metadata", json.loads(json.dumps(self.metadata)))
         return replace(self, **changes)
@@ -446,8 +462,15 @@ class Oracle:
             return [self.ids[j] for j in self.twins.get(i, ()) if mask[j]]
 
         check_ranking(
-            list(result.ids), np.asarray(result.scores), ranked, member_scores, exact_score,
-            twins, k, min_score=min_score, context=context,
+            list(result.ids),
+            np.asarray(result.scores),
+            ranked,
+            member_scores,
+            exact_score,
+            twins,
+            k,
+            min_score=min_score,
+            context=context,
         )
 
 
@@ -472,8 +495,15 @@ def assert_exact_ranking(
         return groups[vector_keys[record_id]] if vector_keys else []
 
     check_ranking(
-        got_ids, got_scores, ranked, np.array(list(candidates.values()), dtype=np.float64),
-        candidates.get, twins, k, min_score=min_score, context=context,
+        got_ids,
+        got_scores,
+        ranked,
+        np.array(list(candidates.values()), dtype=np.float64),
+        candidates.get,
+        twins,
+        k,
+        min_score=min_score,
+        context=context,
     )
 
 
@@ -538,9 +568,7 @@ def check_ranking(
             i + 1 >= len(ranked) or want_score - ranked[i + 1][1] > tol
         )
         if isolated:
-            assert gid == want_id, (
-                f"result {i} is {gid!r}, expected {want_id!r} (no tie within {tol}){where}"
-            )
+            assert gid == want_id, f"result {i} is {gid!r}, expected {want_id!r} (no tie within {tol}){where}"
         if min_score is not None:
             # The engine filters on its own float32 score; allow float32 rounding of the bound.
             assert gscore >= min_score - 1e-6, f"{gid!r} score {gscore} < min_score {min_score}{where}"
@@ -603,8 +631,15 @@ def derived_vector(record_id: str, dim: int = DERIVED_DIM, version: int = 0) -> 
 def derived_record(record_id: str, dim: int = DERIVED_DIM, version: int = 0, **extra_meta) -> Rec:
     """Every field of a record, a pure function of its id (and a version number)."""
     seed = _id_seed(record_id)
-    metadata = {"id": record_id, "v": version, "pi": 3.25, "ok": seed % 3 == 0, "nil": None,
-                "tags": ["x", seed % 7], "u": "ünï✓"}
+    metadata = {
+        "id": record_id,
+        "v": version,
+        "pi": 3.25,
+        "ok": seed % 3 == 0,
+        "nil": None,
+        "tags": ["x", seed % 7],
+        "u": "ünï✓",
+    }
     metadata.update(extra_meta)
     created = 1_700_000_000.0 + (seed % 1_000_000) / 8.0
     return Rec(
@@ -695,8 +730,7 @@ def store_server_main(argv: list[str]) -> None:
             elif op == "search":
                 query = np.asarray(command["query"], dtype=np.float32)
                 result = store.search(query, command["k"], **command.get("filter", {}))
-                reply = {"ids": [str(i) for i in result.ids],
-                         "scores": [float(s) for s in result.scores]}
+                reply = {"ids": [str(i) for i in result.ids], "scores": [float(s) for s in result.scores]}
             elif op == "add":
                 recs = [derived_record(i, command.get("dim", DERIVED_DIM)) for i in command["ids"]]
                 reply = {"ids": store_records(store, recs)}
@@ -753,7 +787,12 @@ def concurrent_writer_main(argv: list[str]) -> None:
     Waits for the start file (so that all writers overlap), saves ``total`` records in
     batches of random size, then checks it reads back every one of its own records."""
     path, engine, prefix, total, seed, start_file = (
-        argv[0], argv[1], argv[2], int(argv[3]), int(argv[4]), argv[5]
+        argv[0],
+        argv[1],
+        argv[2],
+        int(argv[3]),
+        int(argv[4]),
+        argv[5],
     )
     import time
 
@@ -804,8 +843,11 @@ def hypothesis_settings(**overrides):
     options = {
         "deadline": None,
         "derandomize": os.environ.get("FERROMEM_HYPOTHESIS_RANDOM") != "1",
-        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                  HealthCheck.data_too_large],
+        "suppress_health_check": [
+            HealthCheck.too_slow,
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.data_too_large,
+        ],
         "print_blob": True,
     }
     options.update(overrides)

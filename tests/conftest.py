@@ -8,10 +8,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import ferromem
 import numpy as np
 import pytest
-
-import ferromem
 
 # CrewAI tests run offline. CrewAI's trace collection would try the network, and its
 # tracing handler waits 5 s for a parent span on every Memory save run in Memory's

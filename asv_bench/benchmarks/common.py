@@ -22,7 +22,8 @@ def build_store(path, n, dim, seed=0):
             m = min(2000, n - start)
             idx = range(start, start + m)
             store.add(
-                [f"r{i}" for i in idx], unit_rows(rng, m, dim),
+                [f"r{i}" for i in idx],
+                unit_rows(rng, m, dim),
                 contents=[f"memory number {i}" for i in idx],
                 scopes=[SCOPES[i % len(SCOPES)] for i in idx],
                 categories=[[CATEGORIES[i % len(CATEGORIES)]] for i in idx],

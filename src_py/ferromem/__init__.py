@@ -1,14 +1,16 @@
 """ferromem: fast, safe, embedded vector memory for AI agents.
 
-    import ferromem
-    with ferromem.open("memory.ferro") as store:
-        store.add("note-1", embedding, contents="...", scopes="/project/agent")
-        hits = store.search(query_embedding, k=5, scope="/project")
+import ferromem
+with ferromem.open("memory.ferro") as store:
+    store.add("note-1", embedding, contents="...", scopes="/project/agent")
+    hits = store.search(query_embedding, k=5, scope="/project")
 """
+
 __version__ = "0.1.0"
 
 from .exceptions import (
     CorruptStoreError,
+    DamagedCacheWarning,
     DamagedRecordsWarning,
     DimensionMismatchError,
     DuplicateIdError,
@@ -20,7 +22,6 @@ from .exceptions import (
     InvalidMetadataError,
     InvalidVectorError,
     NativeUnavailableWarning,
-    DamagedCacheWarning,
     NotAStoreError,
     NotFoundError,
     ReadOnlyStoreError,

@@ -29,9 +29,11 @@ from typing import Any
 import numpy as np
 
 import ferromem
-from ferromem.exceptions import FerromemError
-from ferromem._workload import AGENTS, memories as _memories
+from ferromem._workload import AGENTS
+from ferromem._workload import memories as _memories
 from ferromem.embedders import HashingEmbedder
+from ferromem.exceptions import FerromemError
+
 
 def _pct(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples) * 1e6, q)) if samples else float("nan")
@@ -71,15 +73,31 @@ def demo(args: argparse.Namespace) -> int:
         print(f"engine: {store.engine}")
         half = n // 2
         for m, v in zip(items[:half], vectors[:half]):
-            timed("remember (one)", store.add, m["id"], v, contents=m["content"], scopes=m["scope"],
-                  categories=m["categories"], importance=m["importance"], metadata=m["metadata"])
+            timed(
+                "remember (one)",
+                store.add,
+                m["id"],
+                v,
+                contents=m["content"],
+                scopes=m["scope"],
+                categories=m["categories"],
+                importance=m["importance"],
+                metadata=m["metadata"],
+            )
         rest = items[half:]
         for start in range(0, len(rest), 100):
-            chunk = rest[start:start + 100]
-            timed("remember_many (100)", store.add, [m["id"] for m in chunk], vectors[half + start: half + start + len(chunk)],
-                  contents=[m["content"] for m in chunk], scopes=[m["scope"] for m in chunk],
-                  categories=[m["categories"] for m in chunk], importance=[m["importance"] for m in chunk],
-                  metadata=[m["metadata"] for m in chunk])
+            chunk = rest[start : start + 100]
+            timed(
+                "remember_many (100)",
+                store.add,
+                [m["id"] for m in chunk],
+                vectors[half + start : half + start + len(chunk)],
+                contents=[m["content"] for m in chunk],
+                scopes=[m["scope"] for m in chunk],
+                categories=[m["categories"] for m in chunk],
+                importance=[m["importance"] for m in chunk],
+                metadata=[m["metadata"] for m in chunk],
+            )
         ids = [m["id"] for m in items]
         scopes = np.array([m["scope"] for m in items])
         cats = [set(m["categories"]) for m in items]
@@ -121,7 +139,9 @@ def demo(args: argparse.Namespace) -> int:
     print(f"\n{'operation':34s} {'n':>6s} {'p50 us':>10s} {'p95 us':>10s}")
     for name, samples in timings.items():
         print(f"{name:34s} {len(samples):6d} {_pct(samples, 50):10.1f} {_pct(samples, 95):10.1f}")
-    print(f"\nfiltered recalls checked against brute force: {'all exact' if mismatches == 0 else f'{mismatches} differ'}")
+    print(
+        f"\nfiltered recalls checked against brute force: {'all exact' if mismatches == 0 else f'{mismatches} differ'}"
+    )
     if args.json:
         print(json.dumps({"engine_stats": stats}, indent=2, default=str))
     if tmp is not None:
@@ -135,10 +155,16 @@ def crewai_demo(args: argparse.Namespace) -> int:
     from ferromem.crewai import demo as crewai_demo_module
 
     backends = ("ferromem",) if args.ferromem_only else ("ferromem", "lancedb")
-    print(f"ferromem {ferromem.__version__}: CrewAI Memory on {' and '.join(backends)} "
-          f"({args.n} memories, {args.dim}-dim; no LLM, no network) ...", flush=True)
+    print(
+        f"ferromem {ferromem.__version__}: CrewAI Memory on {' and '.join(backends)} "
+        f"({args.n} memories, {args.dim}-dim; no LLM, no network) ...",
+        flush=True,
+    )
     result = crewai_demo_module.run(
-        n=args.n, dim=args.dim, recalls=args.recalls, backends=backends,
+        n=args.n,
+        dim=args.dim,
+        recalls=args.recalls,
+        backends=backends,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     crewai_demo_module.print_report(result)
@@ -155,13 +181,14 @@ def _crewai_available() -> bool:
 
 def demo_cmd(args: argparse.Namespace) -> int:
     if args.path is not None and os.path.lexists(args.path) and not args.force:
-        print(f"ferromem demo: {args.path} exists; the demo adds and deletes memories in the "
-              "store at --path, so it refuses an existing one (pass --force to use it anyway)",
-              file=sys.stderr)
+        print(
+            f"ferromem demo: {args.path} exists; the demo adds and deletes memories in the "
+            "store at --path, so it refuses an existing one (pass --force to use it anyway)",
+            file=sys.stderr,
+        )
         return 2
     if args.path is not None and not args.store_only:
-        print("ferromem demo: --path is for the store-only demo; add --store-only",
-              file=sys.stderr)
+        print("ferromem demo: --path is for the store-only demo; add --store-only", file=sys.stderr)
         return 2
     if not args.store_only:
         if _crewai_available():
@@ -169,8 +196,10 @@ def demo_cmd(args: argparse.Namespace) -> int:
             args.dim = args.dim or 1536
             args.recalls = args.recalls or 100
             return crewai_demo(args)
-        print("CrewAI 1.x is not installed (pip install 'crewai>=1.15,<2'): running the "
-              "store-only demo instead.\n")
+        print(
+            "CrewAI 1.x is not installed (pip install 'crewai>=1.15,<2'): running the "
+            "store-only demo instead.\n"
+        )
     args.n = args.n or 2000
     args.dim = args.dim or 384
     args.recalls = args.recalls or 200
@@ -198,14 +227,18 @@ def import_cmd(args: argparse.Namespace) -> int:
         storage_dir = os.environ.get("CREWAI_STORAGE_DIR")
         source = args.source or os.path.join(storage_dir or _crewai_data_dir(), "memory")
         report = migrate.import_lancedb(source, args.to, table=args.table)
-        print(f"imported {report['imported']:,} memories from {source}; verified: every one is "
-              f"in the destination ({report['destination_total']:,} records there)")
+        print(
+            f"imported {report['imported']:,} memories from {source}; verified: every one is "
+            f"in the destination ({report['destination_total']:,} records there)"
+        )
     else:
         source = args.source or _crewai_data_dir()
         reports = migrate.import_chromadb(source, args.to, collections=args.collection)
         for name, report in reports.items():
-            print(f"collection {name!r}: imported {report['imported']:,} documents; verified "
-                  f"({report['destination_total']:,} there)")
+            print(
+                f"collection {name!r}: imported {report['imported']:,} documents; verified "
+                f"({report['destination_total']:,} there)"
+            )
         print(f"{len(reports)} collections from {source}")
     return 0
 
@@ -239,6 +272,7 @@ def check_cmd(args: argparse.Namespace) -> int:
 
 def _count(minimum: int) -> Callable[[str], int]:
     """An argparse type: an int >= minimum (argparse turns the error into a usage error)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -258,20 +292,32 @@ def _add_demo(sub: Any) -> None:
         help="run a real CrewAI Memory workload on ferromem and on CrewAI's default storage "
         "side by side (or, with --store-only or without CrewAI, the store alone)",
     )
-    d.add_argument("--n", type=_count(4), default=None,
-                   help="memories to remember (default 1000; store-only 2000)")
-    d.add_argument("--dim", type=_count(1), default=None,
-                   help="embedding dimension (default 1536; store-only 384)")
-    d.add_argument("--recalls", type=_count(1), default=None,
-                   help="recalls per filter kind (default 100; store-only 200)")
+    d.add_argument(
+        "--n", type=_count(4), default=None, help="memories to remember (default 1000; store-only 2000)"
+    )
+    d.add_argument(
+        "--dim", type=_count(1), default=None, help="embedding dimension (default 1536; store-only 384)"
+    )
+    d.add_argument(
+        "--recalls",
+        type=_count(1),
+        default=None,
+        help="recalls per filter kind (default 100; store-only 200)",
+    )
     d.add_argument("--ferromem-only", action="store_true", help="CrewAI demo on ferromem only")
     d.add_argument("--store-only", action="store_true", help="the ferromem store alone, no CrewAI")
-    d.add_argument("--path", default=None,
-                   help="store-only: a new store path (default: a temporary file); an existing "
-                   "one is refused unless --force")
-    d.add_argument("--force", action="store_true",
-                   help="store-only: run in the store at --path even if it exists (the demo adds "
-                   "and deletes memories there)")
+    d.add_argument(
+        "--path",
+        default=None,
+        help="store-only: a new store path (default: a temporary file); an existing "
+        "one is refused unless --force",
+    )
+    d.add_argument(
+        "--force",
+        action="store_true",
+        help="store-only: run in the store at --path even if it exists (the demo adds "
+        "and deletes memories there)",
+    )
     d.add_argument("--durability", default="normal", choices=["normal", "full"], help="store-only")
     d.add_argument("--json", action="store_true", help="store-only: also print the engine's statistics")
     d.set_defaults(func=demo_cmd)
@@ -283,13 +329,22 @@ def _add_import(sub: Any) -> None:
         help="copy a CrewAI LanceDB memory store or ChromaDB knowledge store into ferromem",
     )
     imp.add_argument("kind", choices=["lancedb", "chromadb"])
-    imp.add_argument("source", nargs="?", default=None,
-                     help="the source directory, only read (default: CrewAI's own for that kind)")
-    imp.add_argument("--to", default=None,
-                     help="destination (default: where ferromem.crewai looks by default)")
+    imp.add_argument(
+        "source",
+        nargs="?",
+        default=None,
+        help="the source directory, only read (default: CrewAI's own for that kind)",
+    )
+    imp.add_argument(
+        "--to", default=None, help="destination (default: where ferromem.crewai looks by default)"
+    )
     imp.add_argument("--table", default="memories", help="lancedb: the table (default memories)")
-    imp.add_argument("--collection", action="append", default=None,
-                     help="chromadb: a collection to copy (repeatable; default all)")
+    imp.add_argument(
+        "--collection",
+        action="append",
+        default=None,
+        help="chromadb: a collection to copy (repeatable; default all)",
+    )
     imp.set_defaults(func=import_cmd)
 
 
@@ -343,9 +398,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ferromem {args.command}: {_one_line(exc)}", file=sys.stderr)
         return 1
     except ImportError as exc:
-        print(f"ferromem {args.command}: needs {exc.name or 'a module'} that is not installed "
-              f"({_one_line(exc)}); from a ferromem clone: pip install \".[crewai]\"",
-              file=sys.stderr)
+        print(
+            f"ferromem {args.command}: needs {exc.name or 'a module'} that is not installed "
+            f'({_one_line(exc)}); from a ferromem clone: pip install ".[crewai]"',
+            file=sys.stderr,
+        )
         return 1
 
 

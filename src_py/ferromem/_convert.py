@@ -117,9 +117,7 @@ def _is_array_like(obj: Any) -> bool:
         pass
     cls = type(obj)
     return (
-        hasattr(cls, "__array__")
-        or hasattr(cls, "__array_interface__")
-        or hasattr(cls, "__array_struct__")
+        hasattr(cls, "__array__") or hasattr(cls, "__array_interface__") or hasattr(cls, "__array_struct__")
     )
 
 
@@ -198,8 +196,7 @@ def _number(item: Any, row: int, column: int) -> float:
         else:
             hint = ""
         raise InvalidVectorError(
-            f"expected a number (int or float) at {_position(row, column)}, got "
-            f"{type(item).__name__}{hint}"
+            f"expected a number (int or float) at {_position(row, column)}, got {type(item).__name__}{hint}"
         )
     if isinstance(item, float):  # float subclasses, numpy.float64 among them
         return float(item)
@@ -236,8 +233,7 @@ def _row_array(row: Any, index: int) -> np.ndarray:
         raise InvalidVectorError(f"row {index}: vector values must be real numbers, {problem}")
     if arr.ndim != 1:
         raise InvalidVectorError(
-            f"row {index} has shape {arr.shape}, expected a 1-D vector: vectors have at "
-            "most 2 dimensions"
+            f"row {index} has shape {arr.shape}, expected a 1-D vector: vectors have at most 2 dimensions"
         )
     return arr
 
@@ -249,19 +245,14 @@ def _ragged(index: int, length: int, d: int) -> InvalidVectorError:
     )
 
 
-def _matrix_from_sequence(
-    seq: list | tuple, dim: int | None, one_vector: bool
-) -> np.ndarray:
+def _matrix_from_sequence(seq: list | tuple, dim: int | None, one_vector: bool) -> np.ndarray:
     count = len(seq)
     if count == 0:
         raise InvalidVectorError(
-            f"empty input (an empty {type(seq).__name__}): expected at least one vector "
-            "of at least one value"
+            f"empty input (an empty {type(seq).__name__}): expected at least one vector of at least one value"
         )
     first = seq[0]
-    if not (
-        isinstance(first, (list, tuple)) or (_is_array_like(first) and not _is_number(first))
-    ):
+    if not (isinstance(first, (list, tuple)) or (_is_array_like(first) and not _is_number(first))):
         # A flat sequence of numbers: one vector.
         _check_rows(1, count, one_vector, (count,))
         out = _row_of_numbers([_number(item, -1, j) for j, item in enumerate(seq)])

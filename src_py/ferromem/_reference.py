@@ -49,8 +49,7 @@ __all__ = ["ReferenceEngine", "scope_matches", "child_of"]
 SCHEMA_VERSION = str(_storefile.SCHEMA_VERSION)
 
 _RECORD_COLUMNS = (
-    "id, content, scope, categories, metadata, importance, created_at, last_accessed,"
-    " source, private, vector"
+    "id, content, scope, categories, metadata, importance, created_at, last_accessed, source, private, vector"
 )
 # Selected for reads: the record, then its two checksums.
 _READ_COLUMNS = _RECORD_COLUMNS + ", fields_crc, vector_crc"
@@ -101,7 +100,7 @@ def child_of(parent: str, scope: str) -> str | None:
     else:
         if not scope.startswith(parent):
             return None
-        rest = scope[len(parent):]
+        rest = scope[len(parent) :]
         if not rest.startswith("/"):
             return None
         rest = rest[1:]
@@ -213,9 +212,7 @@ class _Stored:
             int(self.private),
         )
         blob = self.vector.astype("<f4", copy=False).tobytes()
-        return (
-            *fields, blob, seq, _storefile.fields_crc(*fields), _storefile.vector_crc(blob)
-        )
+        return (*fields, blob, seq, _storefile.fields_crc(*fields), _storefile.vector_crc(blob))
 
 
 # Every stored field but the id and the derived metadata index can be updated.
@@ -249,13 +246,10 @@ def _check_matrix(vectors: Any, dim: int | None) -> np.ndarray:
     if matrix.ndim == 1:
         matrix = matrix.reshape(1, -1)
     if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
-        raise InvalidVectorError(
-            f"vectors must be a non-empty 2-D matrix, got shape {matrix.shape}"
-        )
+        raise InvalidVectorError(f"vectors must be a non-empty 2-D matrix, got shape {matrix.shape}")
     if dim is not None and matrix.shape[1] != dim:
         raise DimensionMismatchError(
-            f"vector has {matrix.shape[1]} dimensions but the store holds {dim}-dimensional "
-            "vectors",
+            f"vector has {matrix.shape[1]} dimensions but the store holds {dim}-dimensional vectors",
             expected=dim,
             got=matrix.shape[1],
         )
@@ -365,8 +359,21 @@ class _Filter:
 def _row_damage(row: tuple) -> str | None:
     """What fails in a stored row ("unreadable", "fields", "vector"), or None when it is
     whole; the layout is ``storage/checksum.rs``'s."""
-    (record_id, content, scope, categories, metadata, importance, created_at,
-     last_accessed, source, private, blob, fields_sum, vector_sum) = row
+    (
+        record_id,
+        content,
+        scope,
+        categories,
+        metadata,
+        importance,
+        created_at,
+        last_accessed,
+        source,
+        private,
+        blob,
+        fields_sum,
+        vector_sum,
+    ) = row
     texts = (record_id, content, scope, categories, metadata)
     if (
         not all(isinstance(t, str) for t in texts)
@@ -378,8 +385,7 @@ def _row_damage(row: tuple) -> str | None:
         or not isinstance(vector_sum, int)
     ):
         return "unreadable"
-    if _storefile.fields_crc(*texts, importance, created_at, last_accessed, source,
-                             private) != fields_sum:
+    if _storefile.fields_crc(*texts, importance, created_at, last_accessed, source, private) != fields_sum:
         return "fields"
     if _storefile.vector_crc(blob) != vector_sum:
         return "vector"
@@ -400,7 +406,7 @@ def _sqlite_error_name(exc: sqlite3.Error) -> str:
 
 def _is_busy(exc: sqlite3.Error) -> bool:
     name = _sqlite_error_name(exc)
-    if name.startswith("SQLITE_BUSY") or name.startswith("SQLITE_LOCKED"):
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return True
     message = str(exc).lower()
     return "database is locked" in message or "database table is locked" in message
@@ -410,8 +416,7 @@ def _storage_error(exc: sqlite3.Error, path: str | None) -> StorageError:
     name = _sqlite_error_name(exc)
     message = str(exc)
     if (
-        name.startswith("SQLITE_NOTADB")
-        or name.startswith("SQLITE_CORRUPT")
+        name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT"))
         or "file is not a database" in message
         or "malformed" in message
     ):
@@ -466,7 +471,11 @@ class ReferenceEngine:
     """The NumPy engine. Same interface as ``ferromem._core.Engine``."""
 
     def __init__(
-        self, path: str | None, dim: int | None, durability: str = "normal", *,
+        self,
+        path: str | None,
+        dim: int | None,
+        durability: str = "normal",
+        *,
         read_only: bool = False,
     ):
         if durability not in ("normal", "full"):
@@ -542,9 +551,7 @@ class ReferenceEngine:
         found = _storefile.inspect(path)
         if found == "missing":
             if self._read_only:
-                raise NotAStoreError(
-                    f"{path} does not exist: there is no store to open read-only"
-                )
+                raise NotAStoreError(f"{path} does not exist: there is no store to open read-only")
             _storefile.create(path)
             found = _storefile.inspect(path)
         self._version_1 = found == "v1"
@@ -565,9 +572,7 @@ class ReferenceEngine:
                 conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
                 mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
                 if str(mode).lower() != "wal":
-                    raise CorruptStoreError(
-                        f"{path} is not in WAL mode (got {mode}), as every store is"
-                    )
+                    raise CorruptStoreError(f"{path} is not in WAL mode (got {mode}), as every store is")
                 synchronous = "FULL" if durability == "full" else "NORMAL"
                 conn.execute(f"PRAGMA synchronous = {synchronous}")
 
@@ -644,8 +649,21 @@ class ReferenceEngine:
     def _row_to_stored(self, row: tuple, seq: int, dim: int | None) -> _Stored | None:
         """The record of a row, or None (and the row quarantined) when it fails its
         checksums or cannot be decoded."""
-        (record_id, content, scope, categories, metadata, importance, created_at,
-         last_accessed, source, private, blob, fields_sum, vector_sum) = row
+        (
+            record_id,
+            content,
+            scope,
+            categories,
+            metadata,
+            importance,
+            created_at,
+            last_accessed,
+            source,
+            private,
+            blob,
+            fields_sum,
+            vector_sum,
+        ) = row
         damage = None if self._version_1 else _row_damage(row)
         if damage is not None:
             if isinstance(record_id, bytes):
@@ -659,9 +677,7 @@ class ReferenceEngine:
             category_list = json.loads(categories)
         except ValueError:
             raise CorruptStoreError(f"record {record_id!r} has malformed categories") from None
-        if not isinstance(blob, bytes) or len(blob) % 4 != 0 or (
-            dim is not None and len(blob) != 4 * dim
-        ):
+        if not isinstance(blob, bytes) or len(blob) % 4 != 0 or (dim is not None and len(blob) != 4 * dim):
             size = len(blob) if isinstance(blob, bytes) else "?"
             raise CorruptStoreError(
                 f"record {record_id!r} has a vector of {size} bytes, which does not fit the "
@@ -671,8 +687,17 @@ class ReferenceEngine:
         vector.flags.writeable = False
         try:
             return _Stored(
-                record_id, content, scope, category_list, metadata, importance, created_at,
-                last_accessed, source, bool(private), vector,
+                record_id,
+                content,
+                scope,
+                category_list,
+                metadata,
+                importance,
+                created_at,
+                last_accessed,
+                source,
+                bool(private),
+                vector,
             )
         except InvalidMetadataError as exc:
             raise CorruptStoreError(f"record {record_id!r} has malformed metadata: {exc}") from None
@@ -714,8 +739,7 @@ class ReferenceEngine:
             if (stored := self._row_to_stored(tuple(row), row_seq, dim)) is not None
         ]
         deleted = [
-            row[0]
-            for row in self._conn.execute("SELECT id FROM tombstones WHERE seq > ?", (self._seq,))
+            row[0] for row in self._conn.execute("SELECT id FROM tombstones WHERE seq > ?", (self._seq,))
         ]
         for stored in changed:
             self._records[stored.id] = stored
@@ -764,8 +788,7 @@ class ReferenceEngine:
 
         if self._read_only:
             raise ReadOnlyStoreError(
-                f"{self._path} was opened read-only: open it without read_only=True to "
-                "change it"
+                f"{self._path} was opened read-only: open it without read_only=True to change it"
             )
 
         def attempt() -> Any:
@@ -833,8 +856,17 @@ class ReferenceEngine:
         if mode not in ("insert", "upsert"):
             raise InvalidInputError(f"mode must be 'insert' or 'upsert', got {mode!r}")
         n = len(ids)
-        columns = (contents, scopes, categories, metadata_json, importance, created_at,
-                   last_accessed, sources, private)
+        columns = (
+            contents,
+            scopes,
+            categories,
+            metadata_json,
+            importance,
+            created_at,
+            last_accessed,
+            sources,
+            private,
+        )
         if any(len(column) != n for column in columns):
             raise InvalidInputError("every field needs one value per id")
         if len(set(ids)) != n:
@@ -844,9 +876,19 @@ class ReferenceEngine:
         if matrix.shape[0] != n:
             raise InvalidInputError(f"{n} ids but {matrix.shape[0]} vectors")
         new_records = [
-            _Stored(ids[i], contents[i], scopes[i], categories[i], metadata_json[i],
-                    importance[i], created_at[i], last_accessed[i], sources[i],
-                    private[i], _readonly_vector(matrix[i]))
+            _Stored(
+                ids[i],
+                contents[i],
+                scopes[i],
+                categories[i],
+                metadata_json[i],
+                importance[i],
+                created_at[i],
+                last_accessed[i],
+                sources[i],
+                private[i],
+                _readonly_vector(matrix[i]),
+            )
             for i in range(n)
         ]
 
@@ -856,9 +898,7 @@ class ReferenceEngine:
             if mode == "insert":
                 for record_id in ids:
                     if record_id in self._records:
-                        raise DuplicateIdError(
-                            f"id {record_id!r} already exists; use upsert to replace it"
-                        )
+                        raise DuplicateIdError(f"id {record_id!r} already exists; use upsert to replace it")
             new_dim = matrix.shape[1] if self._dim is None else None
             statements = [
                 # Generators: the rows are only built when a database executes them.
@@ -924,10 +964,12 @@ class ReferenceEngine:
                 return 0, [], lambda: None
             touched = {i: self._records[i].replace(last_accessed=t) for i in existing}
             # The fields' checksum covers last_accessed; the vector and its sum stay.
-            statements = [(
-                "UPDATE records SET last_accessed = ?, seq = ?, fields_crc = ? WHERE id = ?",
-                [(t, seq, touched[i].as_row(seq)[-2], i) for i in existing],
-            )]
+            statements = [
+                (
+                    "UPDATE records SET last_accessed = ?, seq = ?, fields_crc = ? WHERE id = ?",
+                    [(t, seq, touched[i].as_row(seq)[-2], i) for i in existing],
+                )
+            ]
 
             def apply() -> None:
                 self._records.update(touched)
@@ -939,9 +981,7 @@ class ReferenceEngine:
     @_operation("delete", sync=False)
     def delete(self, ids: list[str] | None, filter: dict | None) -> int:
         if ids is None and _Filter(filter).is_empty():
-            raise InvalidFilterError(
-                "delete needs at least one criterion; use reset() to delete everything"
-            )
+            raise InvalidFilterError("delete needs at least one criterion; use reset() to delete everything")
         flt = dict(filter or {})
         if ids is not None:
             wanted = set(ids)
@@ -1014,9 +1054,7 @@ class ReferenceEngine:
             candidate_ids, candidate_matrix, candidate_norms = arena_ids, arena, arena_norms
         else:
             candidates = [
-                i
-                for i, record_id in enumerate(arena_ids)
-                if prepared.matches(self._records[record_id])
+                i for i, record_id in enumerate(arena_ids) if prepared.matches(self._records[record_id])
             ]
             candidate_ids = [arena_ids[i] for i in candidates]
             candidate_matrix = arena[candidates]
@@ -1048,9 +1086,7 @@ class ReferenceEngine:
         return ids_array, np.asarray(out_scores, dtype=np.float32), offsets
 
     @staticmethod
-    def _top_k(
-        scores: np.ndarray, ids: list[str], k: int, min_score: float | None
-    ) -> list[int]:
+    def _top_k(scores: np.ndarray, ids: list[str], k: int, min_score: float | None) -> list[int]:
         """Indices of the k best: score descending, ties by id ascending."""
         if min_score is None:
             keep = np.arange(len(scores))
@@ -1172,7 +1208,8 @@ class ReferenceEngine:
         try:
             assert engine._conn is not None
             problems = [
-                f"SQLite: {line}" for (line,) in engine._conn.execute("PRAGMA integrity_check")
+                f"SQLite: {line}"
+                for (line,) in engine._conn.execute("PRAGMA integrity_check")
                 if line != "ok"
             ]
             if engine._version_1:

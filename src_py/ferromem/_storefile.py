@@ -37,19 +37,16 @@ TABLES = (
     "CREATE INDEX records_seq ON records(seq)",
     "CREATE TABLE tombstones(id TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
     "CREATE INDEX tombstones_seq ON tombstones(seq)",
-    "INSERT INTO meta(key, value) VALUES ('schema_version', '2'), ('dim', ''), ('seq', '0'),"
-    " ('epoch', '0')",
+    "INSERT INTO meta(key, value) VALUES ('schema_version', '2'), ('dim', ''), ('seq', '0'), ('epoch', '0')",
 )
 
 
 def _refuse(path: str, what: str, hint: str = "") -> NotAStoreError:
-    return NotAStoreError(
-        f"{path} {what}: it is not a ferromem store, and ferromem left it untouched.{hint}"
-    )
+    return NotAStoreError(f"{path} {what}: it is not a ferromem store, and ferromem left it untouched.{hint}")
 
 
 def inspect(path: str) -> str:
-    """"missing", "store" (this schema version) or "v1"; raises for anything else.
+    """ "missing", "store" (this schema version) or "v1"; raises for anything else.
 
     The header is read through SQLite (``immutable=1``), never with a plain file: closing
     any descriptor of a file drops every POSIX lock this process holds on it, including
@@ -65,7 +62,8 @@ def inspect(path: str) -> str:
         raise _refuse(path, "is a directory")
     if size == 0:
         raise _refuse(
-            path, "is empty (0 bytes)",
+            path,
+            "is empty (0 bytes)",
             " A store is never empty: if this file was one, it was truncated, and only a"
             " backup can restore it.",
         )
@@ -74,7 +72,8 @@ def inspect(path: str) -> str:
             head = f.read(100)
         if _MAGIC.startswith(head[:16]) or head.startswith(_MAGIC):
             raise _refuse(
-                path, f"is truncated ({size} bytes, shorter than any SQLite database)",
+                path,
+                f"is truncated ({size} bytes, shorter than any SQLite database)",
                 " If this file was a store, only a backup can restore it.",
             )
         raise _refuse(path, "is not a SQLite database")
@@ -99,14 +98,13 @@ def inspect(path: str) -> str:
         return "store"
     if application_id != 0:
         raise _refuse(
-            path, f"is a SQLite database of another application (application_id"
+            path,
+            f"is a SQLite database of another application (application_id"
             f" {application_id & 0xFFFFFFFF:#010x})",
         )
     if _is_version_1(path):
         return "v1"
-    raise _refuse(
-        path, "is a SQLite database of another application (its tables are not a store's)"
-    )
+    raise _refuse(path, "is a SQLite database of another application (its tables are not a store's)")
 
 
 def _uri(path: str, params: str) -> str:
@@ -117,12 +115,13 @@ def _is_version_1(path: str) -> bool:
     def look(params: str) -> tuple[list[str], str | None]:
         conn = sqlite3.connect(_uri(path, params), uri=True)
         try:
-            tables = [r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+            tables = [
+                r[0]
+                for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            ]
             version = None
             if "meta" in tables:
-                row = conn.execute(
-                    "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
                 version = row[0] if row else None
             return tables, version
         finally:
@@ -208,14 +207,19 @@ def _text(value: object) -> bytes:
 
 
 def fields_crc(
-    record_id: str, content: str, scope: str, categories_json: str, metadata_json: str,
-    importance: float, created_at: float, last_accessed: float, source: str | None,
+    record_id: str,
+    content: str,
+    scope: str,
+    categories_json: str,
+    metadata_json: str,
+    importance: float,
+    created_at: float,
+    last_accessed: float,
+    source: str | None,
     private: bool | int,
 ) -> int:
     """The CRC-32 of a record's fields in the layout of ``storage/checksum.rs``."""
-    data = b"".join(
-        _text(x) for x in (record_id, content, scope, categories_json, metadata_json)
-    )
+    data = b"".join(_text(x) for x in (record_id, content, scope, categories_json, metadata_json))
     data += struct.pack("<ddd", float(importance), float(created_at), float(last_accessed))
     data += b"\x00" if source is None else b"\x01" + _text(source)
     data += b"\x01" if private else b"\x00"

@@ -105,9 +105,7 @@ def check_durability(durability: Any) -> str:
 
 def check_engine(engine: Any) -> str:
     if not isinstance(engine, str) or engine not in ENGINES:
-        raise InvalidInputError(
-            f"engine must be 'auto', 'native' or 'reference', got {engine!r}"
-        )
+        raise InvalidInputError(f"engine must be 'auto', 'native' or 'reference', got {engine!r}")
     return engine
 
 
@@ -120,9 +118,7 @@ def check_id(value: Any, name: str = "id") -> str:
     if not value:
         raise InvalidIdError(f"{name} is empty; ids must be non-empty strings")
     if not _is_utf8_encodable(value):
-        raise InvalidIdError(
-            f"{name} {value!r} contains a lone surrogate and cannot be stored as UTF-8"
-        )
+        raise InvalidIdError(f"{name} {value!r} contains a lone surrogate and cannot be stored as UTF-8")
     return value
 
 
@@ -243,9 +239,7 @@ def check_timestamp(value: Any, name: str, error: type[Exception] = InvalidInput
     if isinstance(value, _dt.date):
         raise error(f"{name} must be a datetime or unix seconds, got a date; use a datetime")
     if isinstance(value, _BOOL_TYPES) or not isinstance(value, _REAL_TYPES):
-        raise error(
-            f"{name} must be unix seconds (a number) or a datetime, got {_type_name(value)}"
-        )
+        raise error(f"{name} must be unix seconds (a number) or a datetime, got {_type_name(value)}")
     return check_real(value, name, error)
 
 
@@ -265,9 +259,7 @@ def _check_json(value: Any, path: str, depth: int, containers: set[int]) -> None
     JSON cannot represent exactly, naming where it is."""
     if value is None or isinstance(value, (str, bool, np.bool_)):
         if isinstance(value, str) and not _is_utf8_encodable(value):
-            raise InvalidMetadataError(
-                f"{path} contains a lone surrogate, which is not valid UTF-8"
-            )
+            raise InvalidMetadataError(f"{path} contains a lone surrogate, which is not valid UTF-8")
         return
     if isinstance(value, _REAL_TYPES):
         try:
@@ -317,9 +309,7 @@ def _check_json(value: Any, path: str, depth: int, containers: set[int]) -> None
 def metadata_json(value: Any, name: str = "metadata") -> str:
     """One record's metadata (a dict) as a compact JSON object text."""
     if not isinstance(value, dict):
-        raise InvalidMetadataError(
-            f"{name} must be a dict (a JSON object), got {_type_name(value)}"
-        )
+        raise InvalidMetadataError(f"{name} must be a dict (a JSON object), got {_type_name(value)}")
     _check_json(value, name, 0, set())
     return json.dumps(
         value, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_json_default
@@ -393,9 +383,7 @@ def record_fields(
     out = {
         "contents": field(contents, "contents", lambda v: isinstance(v, str), check_text, ""),
         "scopes": field(scopes, "scopes", lambda v: isinstance(v, str), check_scope, "/"),
-        "categories": field(
-            categories, "categories", _is_category_list, check_categories, []
-        ),
+        "categories": field(categories, "categories", _is_category_list, check_categories, []),
         "metadata_json": field(
             metadata,
             "metadata",
@@ -406,24 +394,18 @@ def record_fields(
         ),
         "importance": field(importance, "importance", is_number, check_real, 0.5),
         "created_at": field(created_at, "created_at", is_number, check_timestamp, now),
-        "private": field(
-            private, "private", lambda v: isinstance(v, _BOOL_TYPES), check_bool, False
-        ),
+        "private": field(private, "private", lambda v: isinstance(v, _BOOL_TYPES), check_bool, False),
     }
     if last_accessed is None:
         out["last_accessed"] = list(out["created_at"])
     else:
-        out["last_accessed"] = field(
-            last_accessed, "last_accessed", is_number, check_timestamp, now
-        )
+        out["last_accessed"] = field(last_accessed, "last_accessed", is_number, check_timestamp, now)
     if sources is None:
         out["sources"] = [None] * n
     elif single:
         out["sources"] = [check_source(sources, "sources")]
     else:
-        out["sources"] = _per_record(
-            sources, n, "sources", lambda v: isinstance(v, str), check_source
-        )
+        out["sources"] = _per_record(sources, n, "sources", lambda v: isinstance(v, str), check_source)
     return out
 
 
@@ -469,9 +451,7 @@ PRECISIONS = ("f32", "f16", "int8")
 
 def _check_one_of(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise InvalidInputError(
-            f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
-        )
+        raise InvalidInputError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
 
 
@@ -495,9 +475,7 @@ def check_ef_search(value: Any) -> int:
         or not isinstance(value, _INTEGER_TYPES)
         or not 1 <= value <= MAX_EF_SEARCH
     ):
-        raise InvalidInputError(
-            f"ef_search must be an int between 1 and {MAX_EF_SEARCH}, got {value!r}"
-        )
+        raise InvalidInputError(f"ef_search must be an int between 1 and {MAX_EF_SEARCH}, got {value!r}")
     return int(value)
 
 
@@ -553,9 +531,7 @@ def check_where(where: Any) -> list[tuple[str, Any]] | None:
     if where is None:
         return None
     if not isinstance(where, dict):
-        raise InvalidFilterError(
-            f"where must be a dict of metadata key -> value, got {_type_name(where)}"
-        )
+        raise InvalidFilterError(f"where must be a dict of metadata key -> value, got {_type_name(where)}")
     pairs = []
     for key, value in where.items():
         if not isinstance(key, str):
@@ -585,13 +561,10 @@ def build_filter(
     if categories is not None:
         if isinstance(categories, str):
             raise InvalidFilterError(
-                f"categories must be a list of str (any-of), got a str; pass a list: "
-                f"[{categories!r}]"
+                f"categories must be a list of str (any-of), got a str; pass a list: [{categories!r}]"
             )
         if not isinstance(categories, (list, tuple, set, frozenset)):
-            raise InvalidFilterError(
-                f"categories must be a list of str, got {_type_name(categories)}"
-            )
+            raise InvalidFilterError(f"categories must be a list of str, got {_type_name(categories)}")
         for item in categories:
             if not isinstance(item, str):
                 raise InvalidFilterError(
@@ -628,8 +601,6 @@ def build_filter(
             raise InvalidFilterError(f"ids must be a list of str, got {_type_name(ids)}")
         for item in ids:
             if not isinstance(item, str):
-                raise InvalidFilterError(
-                    f"ids must be a list of str, got an item of type {_type_name(item)}"
-                )
+                raise InvalidFilterError(f"ids must be a list of str, got an item of type {_type_name(item)}")
         flt["ids"] = sorted(set(ids))
     return flt

@@ -10,6 +10,7 @@ lexical overlap, not meaning: use a real embedding model for semantic recall.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -37,7 +38,7 @@ class HashingEmbedder:
         words = [w.lower() for w in _WORD.findall(text)]
         for w in words:
             yield "w:" + w, 1.0
-        for a, b in zip(words, words[1:]):
+        for a, b in itertools.pairwise(words):
             yield "b:" + a + " " + b, 0.7
         n = self.char_ngrams
         if n:
@@ -64,7 +65,11 @@ class HashingEmbedder:
         """Embeds texts into a float32 (n, dim) matrix of unit rows."""
         if isinstance(texts, str):
             raise InvalidInputError("embed takes a list of texts; use embed_one for one text")
-        return np.stack([self.embed_one(t) for t in texts]) if len(texts) else np.zeros((0, self.dim), np.float32)
+        return (
+            np.stack([self.embed_one(t) for t in texts])
+            if len(texts)
+            else np.zeros((0, self.dim), np.float32)
+        )
 
     def __call__(self, input: Sequence[str]) -> list[np.ndarray]:  # noqa: A002 - Chroma's name
         """The embedding-function protocol CrewAI and ChromaDB call: a list of texts in, a

@@ -50,9 +50,7 @@ def _load_data_plane() -> Any:
         from . import _buffers  # type: ignore[attr-defined]
     except ImportError:
         return _convert
-    if callable(getattr(_buffers, "as_matrix", None)) and callable(
-        getattr(_buffers, "as_vector", None)
-    ):
+    if callable(getattr(_buffers, "as_matrix", None)) and callable(getattr(_buffers, "as_vector", None)):
         return _buffers
     return _convert
 
@@ -71,9 +69,7 @@ def _load_native() -> tuple[Any, BaseException | None]:
     except ImportError as exc:
         return None, exc
     if not hasattr(_core, "Engine"):
-        return None, ImportError(
-            "ferromem._core loaded but has no Engine (a partial or outdated build)"
-        )
+        return None, ImportError("ferromem._core loaded but has no Engine (a partial or outdated build)")
     return _core, None
 
 
@@ -215,9 +211,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
         try:
             os.makedirs(os.path.dirname(path_text), exist_ok=True)
         except OSError as exc:
-            raise StorageError(
-                f"cannot create the directory of {path_text!r}: {exc}"
-            ) from exc
+            raise StorageError(f"cannot create the directory of {path_text!r}: {exc}") from exc
     if engine_name == "native":
         engine_instance = engine_factory(path_text, dim, durability, precision, fast_open, read_only)
     else:  # the reference engine holds f32 and reads the file whatever is asked
@@ -295,9 +289,17 @@ _UNSET: Any = object()
 # stats()["cache"] of an engine without a result cache (the reference engine).
 _NO_CACHE = {"capacity": 0, "entries": 0, "hits": 0, "misses": 0, "hit_rate": 0.0}
 # stats()["index"] of an engine without a graph (the reference engine).
-_NO_GRAPH = {"m": None, "ef_construction": None, "active": "exact", "graph_nodes": 0,
-             "pending": 0, "graph_bytes": 0, "builds": 0, "building": False,
-             "graph_file_rejected": None}
+_NO_GRAPH = {
+    "m": None,
+    "ef_construction": None,
+    "active": "exact",
+    "graph_nodes": 0,
+    "pending": 0,
+    "graph_bytes": 0,
+    "builds": 0,
+    "building": False,
+    "graph_file_rejected": None,
+}
 # k beyond any store size changes nothing (each query returns min(k, matches)); the
 # bound keeps a huge k from overflowing a native integer or pre-allocating.
 _MAX_K = 2**31 - 1
@@ -429,7 +431,7 @@ class Store:
 
     @property
     def engine(self) -> str:
-        """"native" or "reference"."""
+        """ "native" or "reference"."""
         return self._engine_name
 
     @property
@@ -439,9 +441,7 @@ class Store:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreClosedError(
-                "the store is closed; open it again with ferromem.open(path) to use it"
-            )
+            raise StoreClosedError("the store is closed; open it again with ferromem.open(path) to use it")
         if self._forks != _forks:
             raise StoreClosedError(_FORKED_MESSAGE)
 
@@ -467,8 +467,18 @@ class Store:
         scalar fields. Batch form: ``ids`` a list (or None with a matrix) and each field
         a list of one value per record or one value for all. Returns the ids."""
         return self._write(
-            "insert", ids, vectors, contents, scopes, categories, metadata, importance,
-            created_at, last_accessed, sources, private,
+            "insert",
+            ids,
+            vectors,
+            contents,
+            scopes,
+            categories,
+            metadata,
+            importance,
+            created_at,
+            last_accessed,
+            sources,
+            private,
         )
 
     def upsert(
@@ -488,8 +498,18 @@ class Store:
     ) -> list[str]:
         """Like :meth:`add`, but an existing id is replaced (the whole record)."""
         return self._write(
-            "upsert", ids, vectors, contents, scopes, categories, metadata, importance,
-            created_at, last_accessed, sources, private,
+            "upsert",
+            ids,
+            vectors,
+            contents,
+            scopes,
+            categories,
+            metadata,
+            importance,
+            created_at,
+            last_accessed,
+            sources,
+            private,
         )
 
     def _write(
@@ -524,8 +544,7 @@ class Store:
             duplicate = check.find_duplicate(id_list)
             if duplicate is not None:
                 raise InvalidInputError(
-                    f"id {duplicate!r} appears more than once in this batch; ids in one "
-                    "call must be unique"
+                    f"id {duplicate!r} appears more than once in this batch; ids in one call must be unique"
                 )
             matrix = _as_matrix(vectors)
             if matrix.shape[0] != len(id_list):
@@ -570,9 +589,7 @@ class Store:
         except TypeError:
             n_vectors = -1
         if n_vectors != 0:
-            raise InvalidInputError(
-                "ids is an empty list but vectors were given; pass one id per vector"
-            )
+            raise InvalidInputError("ids is an empty list but vectors were given; pass one id per vector")
         return []
 
     def update(
@@ -648,7 +665,10 @@ class Store:
         self._check_open()
         id_list = None if ids is None else check.ids_or_single(ids)
         flt = check.build_filter(
-            scope=scope, categories=categories, where=where, source=source,
+            scope=scope,
+            categories=categories,
+            where=where,
+            source=source,
             older_than=older_than,
         )
         # A scope of "/" matches everything, so it does not count as a criterion: a
@@ -703,13 +723,18 @@ class Store:
         k = check.check_k(k)
         min_score = check.check_min_score(min_score)
         flt = check.build_filter(
-            scope=scope, categories=categories, where=where, source=source,
-            include_private=include_private, visible_to=visible_to, ids=ids,
+            scope=scope,
+            categories=categories,
+            where=where,
+            source=source,
+            include_private=include_private,
+            visible_to=visible_to,
+            ids=ids,
         )
         queries, single = _query_matrix(query)  # the engine checks the dimension
         ids, scores, offsets = self._engine.search(queries, min(k, _MAX_K), flt, min_score)
         results = [
-            SearchResult(ids[offsets[i]:offsets[i + 1]], scores[offsets[i]:offsets[i + 1]], self)
+            SearchResult(ids[offsets[i] : offsets[i + 1]], scores[offsets[i] : offsets[i + 1]], self)
             for i in range(queries.shape[0])
         ]
         return results[0] if single else results
@@ -742,8 +767,13 @@ class Store:
         """The matching records, newest first (created_at descending, ties by id)."""
         self._check_open()
         flt = check.build_filter(
-            scope=scope, categories=categories, where=where, source=source,
-            include_private=include_private, visible_to=visible_to, ids=ids,
+            scope=scope,
+            categories=categories,
+            where=where,
+            source=source,
+            include_private=include_private,
+            visible_to=visible_to,
+            ids=ids,
         )
         offset = check.check_offset(offset)
         limit = check.check_limit(limit)
@@ -765,8 +795,13 @@ class Store:
         """How many records match."""
         self._check_open()
         flt = check.build_filter(
-            scope=scope, categories=categories, where=where, source=source,
-            include_private=include_private, visible_to=visible_to, ids=ids,
+            scope=scope,
+            categories=categories,
+            where=where,
+            source=source,
+            include_private=include_private,
+            visible_to=visible_to,
+            ids=ids,
         )
         return int(self._engine.count(flt))
 
@@ -792,8 +827,13 @@ class Store:
         """How many matching records have each category."""
         self._check_open()
         flt = check.build_filter(
-            scope=scope, categories=categories, where=where, source=source,
-            include_private=include_private, visible_to=visible_to, ids=ids,
+            scope=scope,
+            categories=categories,
+            where=where,
+            source=source,
+            include_private=include_private,
+            visible_to=visible_to,
+            ids=ids,
         )
         return dict(self._engine.category_counts(flt))
 

@@ -44,8 +44,7 @@ def __getattr__(name: str) -> Any:
     except ImportError as exc:
         if exc.name and exc.name.split(".")[0] in ("crewai", "crewai_core"):
             raise ImportError(
-                f"ferromem.crewai.{name} needs CrewAI 1.x: pip install 'crewai>=1.15,<2' "
-                f"({exc})"
+                f"ferromem.crewai.{name} needs CrewAI 1.x: pip install 'crewai>=1.15,<2' ({exc})"
             ) from exc
         raise
     # Every name of that module at once: importing the submodule ``install`` bound the

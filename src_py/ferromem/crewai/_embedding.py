@@ -76,9 +76,7 @@ def check_reserved_keys(metadata: Any, name: str) -> None:
     if isinstance(metadata, dict) and any(
         isinstance(key, str) and key.startswith(RESERVED_PREFIX) for key in metadata
     ):
-        raise InvalidMetadataError(
-            f"{name}: keys starting with {RESERVED_PREFIX!r} are reserved by ferromem"
-        )
+        raise InvalidMetadataError(f"{name}: keys starting with {RESERVED_PREFIX!r} are reserved by ferromem")
 
 
 def placeholder_rows(

@@ -38,9 +38,7 @@ def _equalities(where: Any, name: str) -> list[tuple[str, Any]]:
                 f"unsupported filter operator {key!r}: ferromem takes {{key: value}}, "
                 "{key: {'$eq': value}} and {'$and': [...]}"
             )
-        elif isinstance(value, dict) and any(
-            isinstance(k, str) and k.startswith("$") for k in value
-        ):
+        elif isinstance(value, dict) and any(isinstance(k, str) and k.startswith("$") for k in value):
             if list(value) != ["$eq"]:
                 raise InvalidFilterError(
                     f"unsupported condition {value!r} on {key!r}: only '$eq' is supported"
@@ -89,16 +87,13 @@ def split_metadata_filter(
         return None, {}
     if not isinstance(metadata_filter, dict):
         raise InvalidFilterError(
-            f"metadata_filter must be a dict of metadata key -> value, got "
-            f"{type(metadata_filter).__name__}"
+            f"metadata_filter must be a dict of metadata key -> value, got {type(metadata_filter).__name__}"
         )
     engine: dict[str, Any] = {}
     residual: dict[str, Any] = {}
     for key, value in metadata_filter.items():
         if not isinstance(key, str):
-            raise InvalidFilterError(
-                f"metadata_filter keys must be str, got {type(key).__name__}: {key!r}"
-            )
+            raise InvalidFilterError(f"metadata_filter keys must be str, got {type(key).__name__}: {key!r}")
         (engine if _engine_agrees(value) else residual)[key] = value
     return (engine or None), residual
 
@@ -113,8 +108,4 @@ def residual_matches(metadata: dict[str, Any], residual: dict[str, Any]) -> bool
 
 def filter_ids(store: Any, residual: dict[str, Any], **criteria: Any) -> list[str]:
     """The ids of the records matching ``criteria`` (engine filters) and ``residual``."""
-    return [
-        record.id
-        for record in store.list(**criteria)
-        if residual_matches(record.metadata, residual)
-    ]
+    return [record.id for record in store.list(**criteria) if residual_matches(record.metadata, residual)]

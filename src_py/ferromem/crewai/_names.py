@@ -25,9 +25,7 @@ def collection_file_name(collection_name: str) -> str:
     case-insensitive file systems and no name leaves the directory), cut and suffixed
     with ``~`` and its SHA-256 when too long for a file name (``~`` occurs nowhere else)."""
     if not isinstance(collection_name, str) or not collection_name:
-        raise InvalidInputError(
-            f"collection_name must be a non-empty str, got {collection_name!r}"
-        )
+        raise InvalidInputError(f"collection_name must be a non-empty str, got {collection_name!r}")
     # surrogatepass: a lone surrogate still maps to its own, distinct bytes.
     raw = collection_name.encode("utf-8", "surrogatepass")
     stem = "".join(chr(b) if b in _SAFE_BYTES else f"%{b:02X}" for b in raw)
@@ -44,6 +42,4 @@ def path_argument(value: Any, name: str = "path") -> str:
         text = os.fspath(value)
         if isinstance(text, str) and text:
             return text
-    raise InvalidInputError(
-        f"{name} must be a non-empty str or os.PathLike path, got {type(value).__name__}"
-    )
+    raise InvalidInputError(f"{name} must be a non-empty str or os.PathLike path, got {type(value).__name__}")

@@ -86,10 +86,12 @@ def _groups(items: list[dict], batch: int) -> list[list[dict]]:
     that share them, then cut into batches."""
     by_key: dict[tuple, list[dict]] = {}
     for item in items:
-        by_key.setdefault((item["scope"], tuple(item["categories"]), item["importance_band"]), []).append(item)
+        by_key.setdefault((item["scope"], tuple(item["categories"]), item["importance_band"]), []).append(
+            item
+        )
     out = []
     for group in by_key.values():
-        out.extend(group[i:i + batch] for i in range(0, len(group), batch))
+        out.extend(group[i : i + batch] for i in range(0, len(group), batch))
     return out
 
 
@@ -97,12 +99,19 @@ def recall_texts(items: list[dict], recalls: int) -> list[str]:
     """One distinct query per recall (a topic question plus a stored memory's words), so
     that the recall and search rows time searches, not ferromem's result cache, which has
     a row of its own."""
-    return [f"{QUERIES[i % len(QUERIES)]}: {items[(i * 7919) % len(items)]['content']}"
-            for i in range(recalls)]
+    return [
+        f"{QUERIES[i % len(QUERIES)]}: {items[(i * 7919) % len(items)]['content']}" for i in range(recalls)
+    ]
 
 
-def _workload(memory: Any, storage: Any, items: list[dict], embed: _TableEmbedder, recalls: int,
-              step: Callable[[str], Any] = lambda _: None) -> tuple[dict, dict]:
+def _workload(
+    memory: Any,
+    storage: Any,
+    items: list[dict],
+    embed: _TableEmbedder,
+    recalls: int,
+    step: Callable[[str], Any] = lambda _: None,
+) -> tuple[dict, dict]:
     """Runs the workload on one Memory; returns (timings, observed results). ``step`` is
     called with the name of each phase as it starts."""
     from crewai.memory.types import MemoryRecord
@@ -112,14 +121,25 @@ def _workload(memory: Any, storage: Any, items: list[dict], embed: _TableEmbedde
     singles, batched = items[:20], items[20:]
     step(f"remember {len(items):,} memories")
     for item in singles:
-        _timed(t, "Memory.remember (1 item)", memory.remember, item["content"], scope=item["scope"],
-               categories=item["categories"], importance=item["importance"])
+        _timed(
+            t,
+            "Memory.remember (1 item)",
+            memory.remember,
+            item["content"],
+            scope=item["scope"],
+            categories=item["categories"],
+            importance=item["importance"],
+        )
     for group in _groups(batched, 100):
         head = group[0]
 
         def remember_batch(group: list[dict] = group, head: dict = head) -> None:
-            memory.remember_many([g["content"] for g in group], scope=head["scope"],
-                                 categories=head["categories"], importance=head["importance"])
+            memory.remember_many(
+                [g["content"] for g in group],
+                scope=head["scope"],
+                categories=head["categories"],
+                importance=head["importance"],
+            )
             memory.drain_writes()
 
         _timed(t, "Memory.remember_many (<=100, saved)", remember_batch)
@@ -152,12 +172,24 @@ def _workload(memory: Any, storage: Any, items: list[dict], embed: _TableEmbedde
     probe_vectors = embed(recall_texts(items, recalls))
     for i, q in enumerate(probe_vectors):
         _timed(t, "storage.search", storage.search, q, limit=10)
-        _timed(t, "storage.search scope+categories", storage.search, q,
-               scope_prefix=f"/crew/{AGENTS[i % len(AGENTS)]}", categories=["decision"], limit=10)
+        _timed(
+            t,
+            "storage.search scope+categories",
+            storage.search,
+            q,
+            scope_prefix=f"/crew/{AGENTS[i % len(AGENTS)]}",
+            categories=["decision"],
+            limit=10,
+        )
     extra = []
     for i in range(50):
-        rec = MemoryRecord(id=f"probe-{i}", content=f"probe memory {i}", scope="/probe",
-                           categories=["probe"], embedding=embed([f"probe memory {i}"])[0])
+        rec = MemoryRecord(
+            id=f"probe-{i}",
+            content=f"probe memory {i}",
+            scope="/probe",
+            categories=["probe"],
+            embedding=embed([f"probe memory {i}"])[0],
+        )
         _timed(t, "storage.save (1 record)", storage.save, [rec])
         extra.append(rec.id)
     for rid in extra:
@@ -197,8 +229,14 @@ def _items(n: int) -> list[dict]:
     return items
 
 
-def run(n: int = 1000, dim: int = 1536, recalls: int = 100, backends: tuple[str, ...] = ("ferromem", "lancedb"),
-        workdir: str | None = None, progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
+def run(
+    n: int = 1000,
+    dim: int = 1536,
+    recalls: int = 100,
+    backends: tuple[str, ...] = ("ferromem", "lancedb"),
+    workdir: str | None = None,
+    progress: Callable[[str], Any] | None = None,
+) -> dict[str, Any]:
     """Runs the workload on each backend (a fresh store each) and returns
     ``{"timings": {backend: {op: [seconds]}}, "seen": {backend: {...}}, "n", "dim"}``.
     ``progress``, when given, is called with a line as each backend and phase starts."""
@@ -223,8 +261,9 @@ def run(n: int = 1000, dim: int = 1536, recalls: int = 100, backends: tuple[str,
     try:
         for name in backends:
             storage = factories[name]()
-            memory = Memory(storage=storage, embedder=embed, llm="offline-no-llm",
-                            consolidation_threshold=1.0)
+            memory = Memory(
+                storage=storage, embedder=embed, llm="offline-no-llm", consolidation_threshold=1.0
+            )
             started = time.perf_counter()
 
             def step(phase: str, name: str = name, started: float = started) -> None:
@@ -278,15 +317,18 @@ def print_report(result: dict[str, Any], write: Callable[[str], Any] = print) ->
         same_set = sum(x != y and sorted(x) == sorted(y) for x, y in pairs)
         got_a = sum(len(x) for x, _ in pairs) / max(len(pairs), 1)
         got_b = sum(len(y) for _, y in pairs) / max(len(pairs), 1)
-        write(f"  {kind:26s} identical {same}/{len(pairs)}, same set in another order {same_set}, "
-              f"results per recall {got_a:.1f} vs {got_b:.1f}")
+        write(
+            f"  {kind:26s} identical {same}/{len(pairs)}, same set in another order {same_set}, "
+            f"results per recall {got_a:.1f} vs {got_b:.1f}"
+        )
     if a["scopes"] != b["scopes"]:
         write(f"  list_scopes('/crew'): {a['scopes']} vs {b['scopes']}")
     write(f"  forget(scope='/crew/planner') deleted {a['forget scope']} vs {b['forget scope']}")
     if "cache" in a:
         c = a["cache"]
-        write(f"  {ours} result cache: {c['hits']} hits, {c['misses']} misses "
-              f"({100 * c['hit_rate']:.0f}%)")
-    write("  (orders differ where scores differ: ferromem scores cosine similarity, LanceDB "
-          "1/(1+L2); with a filter, LanceDB filters after fetching 3x the limit, so it can return "
-          "fewer results than match)")
+        write(f"  {ours} result cache: {c['hits']} hits, {c['misses']} misses ({100 * c['hit_rate']:.0f}%)")
+    write(
+        "  (orders differ where scores differ: ferromem scores cosine similarity, LanceDB "
+        "1/(1+L2); with a filter, LanceDB filters after fetching 3x the limit, so it can return "
+        "fewer results than match)"
+    )

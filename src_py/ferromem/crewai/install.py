@@ -82,7 +82,9 @@ def install(
     """
     global _state
     for name, value in (
-        ("memory", memory), ("knowledge", knowledge), ("chromadb", chromadb),
+        ("memory", memory),
+        ("knowledge", knowledge),
+        ("chromadb", chromadb),
         ("qdrant_edge", qdrant_edge),
     ):
         if not isinstance(value, bool):
@@ -111,9 +113,7 @@ def install(
             "stores": {} if _state is None else _state["settings"]["stores"],
         }
         _state = {"previous": previous, "settings": settings}
-    memory_factory.set_memory_storage_factory(
-        _memory_factory(settings) if memory else previous["memory"]
-    )
+    memory_factory.set_memory_storage_factory(_memory_factory(settings) if memory else previous["memory"])
     knowledge_factory.set_knowledge_storage_factory(
         rag.knowledge_storage_factory if knowledge else previous["knowledge"]
     )

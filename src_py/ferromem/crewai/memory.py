@@ -121,9 +121,7 @@ def _prefix(scope_prefix: str | None) -> str | None:
     if scope_prefix is None:
         return None
     if not isinstance(scope_prefix, str):
-        raise InvalidInputError(
-            f"scope_prefix must be a str or None, got {type(scope_prefix).__name__}"
-        )
+        raise InvalidInputError(f"scope_prefix must be a str or None, got {type(scope_prefix).__name__}")
     path = canonical_scope(scope_prefix, "scope_prefix")
     return None if path == "/" else path
 
@@ -145,9 +143,7 @@ def _check_limit(value: Any, name: str) -> None:
 
 def _id_list(record_ids: Any) -> list[str]:
     if isinstance(record_ids, (str, bytes)) or not isinstance(record_ids, (list, tuple, set)):
-        raise InvalidIdError(
-            f"record_ids must be a list of str, got {type(record_ids).__name__}"
-        )
+        raise InvalidIdError(f"record_ids must be a list of str, got {type(record_ids).__name__}")
     return list(record_ids)
 
 
@@ -212,9 +208,17 @@ def _construct_fast(values: dict[str, Any]) -> MemoryRecord:
 def _fast_construct_works() -> bool:
     """Checked once at import: the shortcut must equal model_construct on this pydantic."""
     values = {
-        "id": "x", "content": "c", "scope": "/", "categories": ["a"], "metadata": {"k": 1},
-        "importance": 0.5, "created_at": _EPOCH, "last_accessed": _EPOCH, "embedding": [1.0],
-        "source": None, "private": False,
+        "id": "x",
+        "content": "c",
+        "scope": "/",
+        "categories": ["a"],
+        "metadata": {"k": 1},
+        "importance": 0.5,
+        "created_at": _EPOCH,
+        "last_accessed": _EPOCH,
+        "embedding": [1.0],
+        "source": None,
+        "private": False,
     }
     if set(values) != _FIELDS:
         return False
@@ -226,8 +230,8 @@ def _fast_construct_works() -> bool:
         return False
 
 
-_construct = _construct_fast if _fast_construct_works() else (
-    lambda values: MemoryRecord.model_construct(**values)
+_construct = (
+    _construct_fast if _fast_construct_works() else (lambda values: MemoryRecord.model_construct(**values))
 )
 
 
@@ -235,9 +239,7 @@ def _stored_metadata(record: MemoryRecord) -> dict[str, Any]:
     """The metadata as stored: the record's, plus its scope string when that is not
     canonical (so it round-trips byte for byte)."""
     if not isinstance(record.metadata, dict):
-        raise InvalidMetadataError(
-            f"metadata must be a dict, got {type(record.metadata).__name__}"
-        )
+        raise InvalidMetadataError(f"metadata must be a dict, got {type(record.metadata).__name__}")
     metadata = dict(record.metadata)
     if any(isinstance(key, str) and key.startswith(_RESERVED_PREFIX) for key in metadata):
         raise InvalidMetadataError(
@@ -277,9 +279,7 @@ class MemoryStorage:
             if path is not None:
                 raise InvalidInputError("pass either path or store, not both")
             if not isinstance(store, _store.Store):
-                raise InvalidInputError(
-                    f"store must be a ferromem Store, got {type(store).__name__}"
-                )
+                raise InvalidInputError(f"store must be a ferromem Store, got {type(store).__name__}")
             self._store = store
             self._owns_store = False
             self._file = store.path
@@ -295,8 +295,11 @@ class MemoryStorage:
 
     @staticmethod
     def _resolve_path(path: str | os.PathLike | None, table_name: str) -> str:
-        if not isinstance(table_name, str) or not table_name or "/" in table_name or (
-            os.sep in table_name or table_name in (".", "..")
+        if (
+            not isinstance(table_name, str)
+            or not table_name
+            or "/" in table_name
+            or (os.sep in table_name or table_name in (".", ".."))
         ):
             raise InvalidInputError(
                 f"table_name must be a plain file name such as 'memories', got {table_name!r}"
@@ -324,9 +327,7 @@ class MemoryStorage:
                 if self._store.closed:
                     # The dimension is the file's now; vector_dim only matters for a file
                     # that was removed meanwhile, as when first opened.
-                    self._store = _store.open(
-                        self._file, dim=self._vector_dim, durability=self._durability
-                    )
+                    self._store = _store.open(self._file, dim=self._vector_dim, durability=self._durability)
                 store = self._store
         return store
 
@@ -341,16 +342,12 @@ class MemoryStorage:
     def _write(self, records: Sequence[MemoryRecord]) -> None:
         """Validates every record, then upserts all of them in one transaction."""
         if isinstance(records, MemoryRecord) or not isinstance(records, (list, tuple)):
-            raise InvalidInputError(
-                f"records must be a list of MemoryRecord, got {type(records).__name__}"
-            )
+            raise InvalidInputError(f"records must be a list of MemoryRecord, got {type(records).__name__}")
         store = self._live()
         dim = None
         for record in records:
             if not isinstance(record, MemoryRecord):
-                raise InvalidInputError(
-                    f"records must be MemoryRecord objects, got {type(record).__name__}"
-                )
+                raise InvalidInputError(f"records must be MemoryRecord objects, got {type(record).__name__}")
             embedding = record.embedding
             if embedding is not None and not isinstance(embedding, (list, tuple, np.ndarray)):
                 raise InvalidInputError(
@@ -432,19 +429,21 @@ class MemoryStorage:
             embedding = record.vector.tolist()
         # The values were validated when saved: skipping pydantic's validation keeps the
         # conversion from dominating a search.
-        return _construct({
-            "id": record.id,
-            "content": record.content,
-            "scope": scope,
-            "categories": list(record.categories),
-            "metadata": metadata,
-            "importance": record.importance,
-            "created_at": _from_epoch(record.created_at),
-            "last_accessed": _from_epoch(record.last_accessed),
-            "embedding": embedding,
-            "source": record.source,
-            "private": record.private,
-        })
+        return _construct(
+            {
+                "id": record.id,
+                "content": record.content,
+                "scope": scope,
+                "categories": list(record.categories),
+                "metadata": metadata,
+                "importance": record.importance,
+                "created_at": _from_epoch(record.created_at),
+                "last_accessed": _from_epoch(record.last_accessed),
+                "embedding": embedding,
+                "source": record.source,
+                "private": record.private,
+            }
+        )
 
     # ------------------------------------------------------------ StorageBackend
 
@@ -528,9 +527,7 @@ class MemoryStorage:
         # Records saved without an embedding (or with a zero one) sit at a placeholder
         # direction and must not rank: search_ranked leaves them out, exactly.
         try:
-            records, scores = search_ranked(
-                store, query_embedding, limit, min_score=min_score, **criteria
-            )
+            records, scores = search_ranked(store, query_embedding, limit, min_score=min_score, **criteria)
         except DimensionMismatchError as exc:
             raise EmbeddingDimensionMismatchError(exc.expected, exc.got) from exc
         out = []
@@ -560,17 +557,13 @@ class MemoryStorage:
         ids = None if record_ids is None else _id_list(record_ids)
         older = None if older_than is None else _to_epoch(older_than, "older_than", exact=False)
         if residual:
-            matched = filter_ids(
-                store, residual, scope=scope, categories=categories, where=where, ids=ids
-            )
+            matched = filter_ids(store, residual, scope=scope, categories=categories, where=where, ids=ids)
             ids = matched
         if ids is not None and not ids:
             return 0
         if ids is None and scope is None and categories is None and where is None and older is None:
             return store.clear()
-        return store.delete(
-            ids, scope=scope, categories=categories, where=where, older_than=older
-        )
+        return store.delete(ids, scope=scope, categories=categories, where=where, older_than=older)
 
     def list_records(
         self, scope_prefix: str | None = None, limit: int | None = 200, offset: int = 0
@@ -590,9 +583,7 @@ class MemoryStorage:
             limit = None
         return [
             self._to_record(record)
-            for record in self._live().list(
-                scope=_prefix(scope_prefix), offset=offset, limit=limit
-            )
+            for record in self._live().list(scope=_prefix(scope_prefix), offset=offset, limit=limit)
         ]
 
     def get_scope_info(self, scope: str) -> ScopeInfo:

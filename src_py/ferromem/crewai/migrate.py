@@ -63,8 +63,7 @@ class _Progress:
             self._last = now
             width = 30
             filled = width * self.done // max(self.total, 1)
-            line = (f"{self.label} [{'#' * filled}{'.' * (width - filled)}] "
-                    f"{self.done:,}/{self.total:,}")
+            line = f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done:,}/{self.total:,}"
             self.stream.write(("\r" + line) if self._tty else (line + "\n"))
             self.stream.flush()
 
@@ -204,16 +203,14 @@ def _check_chroma_store(source: str) -> None:
     and immutable, so SQLite creates no journal, log or lock file beside it."""
     file = os.path.join(source, "chroma.sqlite3")
     if not os.path.isfile(file):
-        raise MigrationError(
-            f"{source!r} is not a ChromaDB directory: it has no chroma.sqlite3"
-        )
+        raise MigrationError(f"{source!r} is not a ChromaDB directory: it has no chroma.sqlite3")
     uri = "file:" + urllib.parse.quote(os.path.abspath(file)) + "?mode=ro&immutable=1"
     try:
         connection = sqlite3.connect(uri, uri=True)
         try:
-            tables = {row[0] for row in connection.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'"
-            )}
+            tables = {
+                row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
         finally:
             connection.close()
     except sqlite3.DatabaseError as exc:
@@ -264,7 +261,9 @@ def _copy_chroma(
                     )
                     try:
                         store.upsert(
-                            got["ids"], vectors, contents=[d or "" for d in got["documents"]],
+                            got["ids"],
+                            vectors,
+                            contents=[d or "" for d in got["documents"]],
                             metadata=metadata,
                         )
                     except DimensionMismatchError as exc:
@@ -283,13 +282,14 @@ def _copy_chroma(
     return report
 
 
-def _verify(ids: list[str], total: int, get_many: Callable[[list[str]], list[Any]], dest_total: int,
-            what: str) -> dict[str, int]:
+def _verify(
+    ids: list[str], total: int, get_many: Callable[[list[str]], list[Any]], dest_total: int, what: str
+) -> dict[str, int]:
     if len(set(ids)) != total:
         raise MigrationError(f"read {len(set(ids))} distinct {what} but the source counts {total}")
     missing = 0
     for start in range(0, len(ids), BATCH):
-        missing += sum(r is None for r in get_many(ids[start:start + BATCH]))
+        missing += sum(r is None for r in get_many(ids[start : start + BATCH]))
     if missing:
         raise MigrationError(f"{missing} of {total} {what} are missing from the destination")
     return {"source": total, "imported": len(ids), "destination_total": dest_total}

@@ -196,9 +196,7 @@ def _prepare_documents(
 ) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """(ids, contents, metadata) after checking every document; ids are unique."""
     if not isinstance(documents, (list, tuple)):
-        raise InvalidDocumentError(
-            f"documents must be a list of dicts, got {type(documents).__name__}"
-        )
+        raise InvalidDocumentError(f"documents must be a list of dicts, got {type(documents).__name__}")
     if not documents:
         raise InvalidInputError("documents must not be empty")
     positions: dict[str, int] = {}
@@ -215,9 +213,7 @@ def _prepare_documents(
             raise InvalidDocumentError(f"{name} has no 'content'")
         content = doc["content"]
         if not isinstance(content, str):
-            raise InvalidDocumentError(
-                f"{name}['content'] must be a str, got {type(content).__name__}"
-            )
+            raise InvalidDocumentError(f"{name}['content'] must be a str, got {type(content).__name__}")
         check.check_text(content, f"{name}['content']")
         metadata = doc.get("metadata")
         if isinstance(metadata, list):
@@ -284,9 +280,7 @@ class RagClient(BaseClient):
         self._path = Path(os.path.abspath(base))
         self.embedding_function = _resolve_embedding_function(embedding_function)
         self.default_limit = _check_int(default_limit, "default_limit")
-        self.default_score_threshold = check.check_real(
-            default_score_threshold, "default_score_threshold"
-        )
+        self.default_score_threshold = check.check_real(default_score_threshold, "default_score_threshold")
         self.default_batch_size = _check_int(default_batch_size, "default_batch_size")
         self._durability = check.check_durability(durability)
         self._lock = threading.Lock()
@@ -357,9 +351,7 @@ class RagClient(BaseClient):
         return embedding_matrix(self.embedding_function, texts, query=query)
 
     @staticmethod
-    def _dimension_mismatch(
-        collection_name: str, exc: DimensionMismatchError
-    ) -> DimensionMismatchError:
+    def _dimension_mismatch(collection_name: str, exc: DimensionMismatchError) -> DimensionMismatchError:
         # CrewAI's KnowledgeStorage recognises this case by the words "dimension mismatch".
         return DimensionMismatchError(
             f"embedding dimension mismatch: collection {collection_name!r} holds "
@@ -395,19 +387,17 @@ class RagClient(BaseClient):
         Empty ``documents`` raise a ValueError; a document that is not a dict with a str
         ``content`` raises InvalidDocumentError (a TypeError); an embedding dimension other
         than the collection's raises DimensionMismatchError ("dimension mismatch")."""
-        size = (
-            self.default_batch_size if batch_size is None else _check_int(batch_size, "batch_size")
-        )
+        size = self.default_batch_size if batch_size is None else _check_int(batch_size, "batch_size")
         ids, texts, metadatas = _prepare_documents(documents)
         store = self._collection(collection_name, "open")
         for start in range(0, len(ids), size):
             stop = start + size
-            vectors, batch_metadata = placeholder_rows(
-                self._embed(texts[start:stop]), metadatas[start:stop]
-            )
+            vectors, batch_metadata = placeholder_rows(self._embed(texts[start:stop]), metadatas[start:stop])
             try:
                 store.upsert(
-                    ids[start:stop], vectors, contents=texts[start:stop],
+                    ids[start:stop],
+                    vectors,
+                    contents=texts[start:stop],
                     metadata=batch_metadata,
                 )
             except DimensionMismatchError as exc:
@@ -431,10 +421,7 @@ class RagClient(BaseClient):
         k = self.default_limit if limit is None else _check_int(limit, "limit")
         if score_threshold is _UNSET:
             score_threshold = self.default_score_threshold
-        threshold = (
-            None if score_threshold is None
-            else check.check_real(score_threshold, "score_threshold")
-        )
+        threshold = None if score_threshold is None else check.check_real(score_threshold, "score_threshold")
         merged = chroma_where(metadata_filter, "metadata_filter")
         where, residual = split_metadata_filter(merged or None)
         store = self._collection(collection_name, "get")
@@ -456,7 +443,10 @@ class RagClient(BaseClient):
             return []
         try:
             records, cosines = search_ranked(
-                store, vector, k, min_score=2.0 * threshold - 1.0 if threshold else None,
+                store,
+                vector,
+                k,
+                min_score=2.0 * threshold - 1.0 if threshold else None,
                 **criteria,
             )
         except DimensionMismatchError as exc:
@@ -466,12 +456,14 @@ class RagClient(BaseClient):
             # None: deleted by another thread since the search; a placeholder never ranks.
             if record is None or NO_EMBEDDING_KEY in record.metadata:
                 continue
-            results.append(SearchResult(
-                id=record.id,
-                content=record.content,
-                metadata=record.metadata,
-                score=min(1.0, max(0.0, (1.0 + cosine) / 2.0)),
-            ))
+            results.append(
+                SearchResult(
+                    id=record.id,
+                    content=record.content,
+                    metadata=record.metadata,
+                    score=min(1.0, max(0.0, (1.0 + cosine) / 2.0)),
+                )
+            )
             if len(results) == k:
                 break
         return results
@@ -529,9 +521,7 @@ class RagClient(BaseClient):
         await asyncio.to_thread(self.create_collection, collection_name=collection_name)
 
     async def aget_or_create_collection(self, *, collection_name: str) -> _store.Store:
-        return await asyncio.to_thread(
-            self.get_or_create_collection, collection_name=collection_name
-        )
+        return await asyncio.to_thread(self.get_or_create_collection, collection_name=collection_name)
 
     async def aadd_documents(
         self,
@@ -541,7 +531,9 @@ class RagClient(BaseClient):
         batch_size: int | None = None,
     ) -> None:
         await asyncio.to_thread(
-            self.add_documents, collection_name=collection_name, documents=documents,
+            self.add_documents,
+            collection_name=collection_name,
+            documents=documents,
             batch_size=batch_size,
         )
 
@@ -555,8 +547,12 @@ class RagClient(BaseClient):
         score_threshold: float | None = _UNSET,
     ) -> list[SearchResult]:
         return await asyncio.to_thread(
-            self.search, collection_name=collection_name, query=query, limit=limit,
-            metadata_filter=metadata_filter, score_threshold=score_threshold,
+            self.search,
+            collection_name=collection_name,
+            query=query,
+            limit=limit,
+            metadata_filter=metadata_filter,
+            score_threshold=score_threshold,
         )
 
     async def adelete_collection(self, *, collection_name: str) -> None:
@@ -659,19 +655,18 @@ class KnowledgeStorage(BaseKnowledgeStorage):
         if query is None or (isinstance(query, (str, list, tuple)) and not query):
             return []
         return self.client.search(
-            collection_name=self.collection, query=self._query_text(query), limit=limit,
-            metadata_filter=metadata_filter, score_threshold=score_threshold,
+            collection_name=self.collection,
+            query=self._query_text(query),
+            limit=limit,
+            metadata_filter=metadata_filter,
+            score_threshold=score_threshold,
         )
 
     def save(self, documents: list[str]) -> None:
         if documents is None:
             return
-        if not isinstance(documents, (list, tuple)) or not all(
-            isinstance(doc, str) for doc in documents
-        ):
-            raise InvalidDocumentError(
-                f"documents must be a list of str, got {type(documents).__name__}"
-            )
+        if not isinstance(documents, (list, tuple)) or not all(isinstance(doc, str) for doc in documents):
+            raise InvalidDocumentError(f"documents must be a list of str, got {type(documents).__name__}")
         if not documents:
             return
         self.client.add_documents(

@@ -133,9 +133,7 @@ def _openai_default() -> Any:
         OpenAIEmbeddingFunction,
     )
 
-    return OpenAIEmbeddingFunction(
-        api_key=os.getenv("OPENAI_API_KEY"), model_name="text-embedding-3-small"
-    )
+    return OpenAIEmbeddingFunction(api_key=os.getenv("OPENAI_API_KEY"), model_name="text-embedding-3-small")
 
 
 def _is_embeddings_provider(value: Any) -> bool:
@@ -255,9 +253,7 @@ class RAGStorage(_SharedOnCopy):
         durability: str = "normal",
     ) -> None:
         if not isinstance(type, str) or not type:
-            raise InvalidInputError(
-                f"type must be a non-empty str such as 'short_term', got {type!r}"
-            )
+            raise InvalidInputError(f"type must be a non-empty str such as 'short_term', got {type!r}")
         if embedder is not None and embedder_config is not None:
             raise InvalidInputError("pass embedder or embedder_config, not both")
         self.type = type
@@ -268,9 +264,7 @@ class RAGStorage(_SharedOnCopy):
         self.agents = "_".join(_sanitize_role(agent.role) for agent in crew.agents) if crew else ""
         self.collection_name = f"memory_{type}_{self.agents}" if self.agents else f"memory_{type}"
         self.embedder = _resolve_embedder(embedder if embedder is not None else embedder_config)
-        self._open(
-            _resolve_file(path, collection_file_name(self.collection_name)), durability=durability
-        )
+        self._open(_resolve_file(path, collection_file_name(self.collection_name)), durability=durability)
 
     def _embed(self, texts: list[str], *, query: bool = False) -> np.ndarray:
         return embedding_matrix(self.embedder, texts, query=query)
@@ -313,10 +307,7 @@ class RAGStorage(_SharedOnCopy):
         k = _check_int(limit, "limit")
         if k < 1:
             raise InvalidInputError(f"limit must be >= 1, got {k}")
-        threshold = (
-            None if score_threshold is None
-            else check.check_real(score_threshold, "score_threshold")
-        )
+        threshold = None if score_threshold is None else check.check_real(score_threshold, "score_threshold")
         merged = chroma_where(filter, "filter")
         where, residual = split_metadata_filter(merged or None)
         if merged is None or self._store.dim is None:
@@ -331,9 +322,7 @@ class RAGStorage(_SharedOnCopy):
         if is_zero_query(vector):
             # No direction, no cosine: nothing is similar (the dimension is still checked).
             if vector.shape[0] != store.dim:
-                raise self._dimension_mismatch(
-                    DimensionMismatchError("", store.dim, int(vector.shape[0]))
-                )
+                raise self._dimension_mismatch(DimensionMismatchError("", store.dim, int(vector.shape[0])))
             return []
         min_score = 2.0 * threshold - 1.0 - _THRESHOLD_MARGIN if threshold else None
         try:
@@ -345,25 +334,25 @@ class RAGStorage(_SharedOnCopy):
             score = min(1.0, max(0.0, (1.0 + cosine) / 2.0))
             # None: deleted by another thread since the search; a placeholder (a zero
             # embedding) never ranks.
-            if record is None or NO_EMBEDDING_KEY in record.metadata or (
-                threshold and score < threshold
-            ):
+            if record is None or NO_EMBEDDING_KEY in record.metadata or (threshold and score < threshold):
                 continue
             if len(results) == k:
                 break
-            results.append({
-                "id": record.id, "content": record.content, "metadata": record.metadata,
-                "score": score,
-            })
+            results.append(
+                {
+                    "id": record.id,
+                    "content": record.content,
+                    "metadata": record.metadata,
+                    "score": score,
+                }
+            )
         return results
 
     def reset(self) -> None:
         """Deletes every record of the collection (its embedding dimension is free again).
         Raises :class:`ResetNotAllowedError` when created with ``allow_reset=False``."""
         if not self.allow_reset:
-            raise ResetNotAllowedError(
-                f"the {self.type} memory storage was created with allow_reset=False"
-            )
+            raise ResetNotAllowedError(f"the {self.type} memory storage was created with allow_reset=False")
         self._store.reset()
 
     def __repr__(self) -> str:
@@ -405,11 +394,10 @@ class LTMStorage(_SharedOnCopy):
     one transaction, so processes may save to one file at once and nothing is lost.
     """
 
-    def __init__(
-        self, db_path: str | os.PathLike | None = None, *, durability: str = "normal"
-    ) -> None:
+    def __init__(self, db_path: str | os.PathLike | None = None, *, durability: str = "normal") -> None:
         file = (
-            default_storage_dir() / LTM_FILE_NAME if db_path is None
+            default_storage_dir() / LTM_FILE_NAME
+            if db_path is None
             else Path(path_argument(db_path, "db_path"))
         )
         self._open(file, dim=1, durability=durability)
@@ -445,8 +433,7 @@ class LTMStorage(_SharedOnCopy):
         task = check.check_text(task_description, "task_description")
         n = _check_int(latest_n, "latest_n")
         rows = [
-            record.metadata
-            for record in sorted(self._store.list(where={_TASK: task}), key=lambda r: r.id)
+            record.metadata for record in sorted(self._store.list(where={_TASK: task}), key=lambda r: r.id)
         ]
         # Python's sort is stable (also with reverse=True): the later keys break the ties
         # of the earlier ones.
@@ -456,9 +443,7 @@ class LTMStorage(_SharedOnCopy):
             rows = rows[:n]
         if not rows:
             return None
-        return [
-            {"metadata": m[_METADATA], "datetime": m[_DATETIME], "score": m[_SCORE]} for m in rows
-        ]
+        return [{"metadata": m[_METADATA], "datetime": m[_DATETIME], "score": m[_SCORE]} for m in rows]
 
     def reset(self) -> None:
         """Deletes every entry."""
