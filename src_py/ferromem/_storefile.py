@@ -201,7 +201,7 @@ def upgrade_from_1(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def _text(value: object) -> bytes:
+def _text(value: str | bytes) -> bytes:
     data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(value)
     return struct.pack("<I", len(data)) + data
 

@@ -18,13 +18,14 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
 from . import _convert
 from . import _validate as check
 from ._reference import ReferenceEngine
+from ._typing import ArrayLike, Durability, EngineChoice, IndexMode, Matrix, Precision, Vector
 from .exceptions import (
     DamagedCacheWarning,
     DamagedRecordsWarning,
@@ -145,12 +146,12 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     path: str | os.PathLike | None = None,
     *,
     dim: int | None = None,
-    durability: str = "normal",
-    engine: str = "auto",
+    durability: Durability = "normal",
+    engine: EngineChoice = "auto",
     cache_size: int = 256,
-    index: str = "auto",
+    index: IndexMode = "auto",
     ef_search: int = 96,
-    precision: str = "f32",
+    precision: Precision = "f32",
     fast_open: bool = False,
     read_only: bool = False,
 ) -> Store:
@@ -699,6 +700,57 @@ class Store:
 
     # ----------------------------------------------------------------- reads
 
+    # One vector gives one SearchResult, a matrix a list of them (decided at run time by
+    # the number of dimensions); the overloads tell a type checker which, from the query's
+    # type (ferromem/_typing.py).
+    @overload
+    def search(
+        self,
+        query: Vector,
+        k: int = 10,
+        *,
+        scope: Any = None,
+        categories: Any = None,
+        where: Any = None,
+        source: Any = None,
+        include_private: Any = True,
+        visible_to: Any = None,
+        ids: Any = None,
+        min_score: Any = None,
+    ) -> SearchResult: ...
+
+    @overload
+    def search(
+        self,
+        query: Matrix,
+        k: int = 10,
+        *,
+        scope: Any = None,
+        categories: Any = None,
+        where: Any = None,
+        source: Any = None,
+        include_private: Any = True,
+        visible_to: Any = None,
+        ids: Any = None,
+        min_score: Any = None,
+    ) -> builtins.list[SearchResult]: ...
+
+    @overload
+    def search(
+        self,
+        query: ArrayLike,
+        k: int = 10,
+        *,
+        scope: Any = None,
+        categories: Any = None,
+        where: Any = None,
+        source: Any = None,
+        include_private: Any = True,
+        visible_to: Any = None,
+        ids: Any = None,
+        min_score: Any = None,
+    ) -> SearchResult | builtins.list[SearchResult]: ...
+
     def search(
         self,
         query: Any,
@@ -712,7 +764,7 @@ class Store:
         visible_to: Any = None,
         ids: Any = None,
         min_score: Any = None,
-    ) -> SearchResult | list[SearchResult]:
+    ) -> SearchResult | builtins.list[SearchResult]:
         """The k most similar records (cosine similarity, best first, ties by id).
 
         A single vector gives a :class:`SearchResult`; a matrix of queries gives one per
@@ -889,7 +941,7 @@ class Store:
 
     # ----------------------------------------------------------------- lifecycle
 
-    def set_index(self, index: str | None = None, *, ef_search: int | None = None) -> None:
+    def set_index(self, index: IndexMode | None = None, *, ef_search: int | None = None) -> None:
         """Changes the index mode and/or the graph search width of this open store (the
         same values as :func:`ferromem.open`; None keeps the current one). A graph the new
         mode wants is built in the background; cached results are dropped."""

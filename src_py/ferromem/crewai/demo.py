@@ -89,7 +89,7 @@ def _groups(items: list[dict], batch: int) -> list[list[dict]]:
         by_key.setdefault((item["scope"], tuple(item["categories"]), item["importance_band"]), []).append(
             item
         )
-    out = []
+    out: list[list[dict]] = []
     for group in by_key.values():
         out.extend(group[i : i + batch] for i in range(0, len(group), batch))
     return out
@@ -145,7 +145,7 @@ def _workload(
         _timed(t, "Memory.remember_many (<=100, saved)", remember_batch)
     seen["stored"] = storage.count()
 
-    kinds = {
+    kinds: dict[str, dict[str, Any]] = {
         "recall": {},
         "recall scope": {"scope": "/crew/{agent}"},
         "recall categories": {"categories": ["decision"]},
@@ -241,6 +241,7 @@ def run(
     ``{"timings": {backend: {op: [seconds]}}, "seen": {backend: {...}}, "n", "dim"}``.
     ``progress``, when given, is called with a line as each backend and phase starts."""
     from crewai import Memory
+    from crewai.memory.storage.backend import StorageBackend
     from crewai.memory.storage.lancedb_storage import LanceDBStorage
 
     _quiet_crewai_console()
@@ -251,9 +252,13 @@ def run(
     items = _items(n)
     texts = [i["content"] for i in items] + QUERIES + recall_texts(items, recalls)
     embed = _TableEmbedder(HashingEmbedder(dim), texts)
-    tmp = tempfile.TemporaryDirectory(prefix="ferromem-crewai-demo-") if workdir is None else None
-    root = workdir if tmp is None else tmp.name
-    factories = {
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="ferromem-crewai-demo-")
+        root = tmp.name
+    else:
+        root = workdir
+    factories: dict[str, Callable[[], StorageBackend]] = {
         "ferromem": lambda: MemoryStorage(os.path.join(root, "ferromem")),
         "lancedb": lambda: LanceDBStorage(path=os.path.join(root, "lancedb"), compact_every=100),
     }

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import store as _store
+from .._typing import Durability
 from ..exceptions import InvalidInputError
 from ._names import path_argument
 from .memory import MemoryStorage
@@ -64,7 +65,7 @@ def install(
     chromadb: bool = False,
     qdrant_edge: bool = False,
     path: str | os.PathLike | None = None,
-    durability: str = "normal",
+    durability: Durability = "normal",
 ) -> None:
     """Makes CrewAI use ferromem. Call once at start-up, before creating Memory/Crew.
 
@@ -98,6 +99,7 @@ def install(
     from . import rag
 
     with _lock:
+        previous: dict[str, Any]
         if _state is None:
             previous = {
                 "memory": memory_factory._factory,

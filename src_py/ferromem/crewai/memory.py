@@ -62,13 +62,14 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from crewai.memory.storage.backend import EmbeddingDimensionMismatchError
 from crewai.memory.types import MemoryRecord, ScopeInfo
 
 from .. import store as _store
+from .._typing import Durability
 from ..exceptions import (
     DimensionMismatchError,
     InvalidIdError,
@@ -205,9 +206,16 @@ def _construct_fast(values: dict[str, Any]) -> MemoryRecord:
     return record
 
 
+def _embedding_dimension_error(exc: DimensionMismatchError) -> EmbeddingDimensionMismatchError:
+    """CrewAI's error for a vector of another dimension than the store's. The store raises
+    DimensionMismatchError with both lengths set (they are None only in one built by hand
+    without them), so they are passed on as they are."""
+    return EmbeddingDimensionMismatchError(cast(int, exc.expected), cast(int, exc.got))
+
+
 def _fast_construct_works() -> bool:
     """Checked once at import: the shortcut must equal model_construct on this pydantic."""
-    values = {
+    values: dict[str, Any] = {
         "id": "x",
         "content": "c",
         "scope": "/",
@@ -271,7 +279,7 @@ class MemoryStorage:
         table_name: str = "memories",
         vector_dim: int | None = None,
         *,
-        durability: str = "normal",
+        durability: Durability = "normal",
         store: _store.Store | None = None,
         search_embeddings: bool = False,
     ) -> None:
@@ -410,7 +418,7 @@ class MemoryStorage:
             )
         except DimensionMismatchError as exc:
             # Another process fixed the dimension since this one last looked.
-            raise EmbeddingDimensionMismatchError(exc.expected, exc.got) from exc
+            raise _embedding_dimension_error(exc) from exc
 
     @staticmethod
     def _to_record(record: Any, with_embedding: bool = True) -> MemoryRecord:
@@ -529,7 +537,7 @@ class MemoryStorage:
         try:
             records, scores = search_ranked(store, query_embedding, limit, min_score=min_score, **criteria)
         except DimensionMismatchError as exc:
-            raise EmbeddingDimensionMismatchError(exc.expected, exc.got) from exc
+            raise _embedding_dimension_error(exc) from exc
         out = []
         for stored_record, score in zip(records, scores):
             # None: deleted by another thread since the search.

@@ -225,7 +225,7 @@ def _check_chroma_store(source: str) -> None:
 def _copy_chroma(
     client: Any,
     source: str,
-    destination: str | os.PathLike,
+    destination: str | os.PathLike | None,
     collections: list[str] | None,
     batch: int,
     progress: TextIO | None,

@@ -73,7 +73,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast, overload
 
 import numpy as np
 from crewai.knowledge.storage.base_knowledge_storage import BaseKnowledgeStorage
@@ -87,6 +87,7 @@ from pydantic.dataclasses import dataclass as pyd_dataclass
 
 from .. import _validate as check
 from .. import store as _store
+from .._typing import Durability
 from ..exceptions import (
     DimensionMismatchError,
     FerromemError,
@@ -163,7 +164,9 @@ def _resolve_embedding_function(value: Any) -> Callable[..., Any]:
     if isinstance(value, (dict, BaseEmbeddingsProvider)):
         return build_embedder(value)
     if isinstance(value, type) and issubclass(value, BaseEmbeddingsProvider):
-        return build_embedder(value())
+        # A provider class whose fields all have defaults (the base class's do not).
+        provider_class: Any = value
+        return build_embedder(provider_class())
     raise InvalidInputError(
         "embedding_function must be a callable (list of texts -> vectors) or a CrewAI "
         f"embedder config such as {DEFAULT_EMBEDDER!r}, got {type(value).__name__}"
@@ -274,7 +277,7 @@ class RagClient(BaseClient):
         default_limit: int = 5,
         default_score_threshold: float = 0.6,
         default_batch_size: int = 100,
-        durability: str = "normal",
+        durability: Durability = "normal",
     ) -> None:
         base = default_knowledge_path() if path is None else Path(path_argument(path))
         self._path = Path(os.path.abspath(base))
@@ -282,7 +285,8 @@ class RagClient(BaseClient):
         self.default_limit = _check_int(default_limit, "default_limit")
         self.default_score_threshold = check.check_real(default_score_threshold, "default_score_threshold")
         self.default_batch_size = _check_int(default_batch_size, "default_batch_size")
-        self._durability = check.check_durability(durability)
+        check.check_durability(durability)
+        self._durability: Durability = durability
         self._lock = threading.Lock()
         # collection name -> (open store, (st_dev, st_ino) of its file when opened)
         self._stores: dict[str, tuple[_store.Store, tuple[int, int] | None]] = {}
@@ -305,6 +309,12 @@ class RagClient(BaseClient):
         return self._path / collection_file_name(collection_name)
 
     # ------------------------------------------------------------ stores
+
+    @overload
+    def _collection(self, collection_name: str, mode: Literal["get"]) -> _store.Store | None: ...
+
+    @overload
+    def _collection(self, collection_name: str, mode: Literal["open", "create"]) -> _store.Store: ...
 
     def _collection(
         self, collection_name: str, mode: Literal["get", "open", "create"]
@@ -579,7 +589,7 @@ class RagConfig(BaseRagConfig):
         default="ferromem", init=False
     )
     path: str | Path | None = None
-    durability: Literal["normal", "full"] = "normal"
+    durability: Durability = "normal"
 
 
 def create_rag_client(config: BaseRagConfig) -> RagClient:
@@ -593,14 +603,17 @@ def create_rag_client(config: BaseRagConfig) -> RagClient:
             f"config must be a CrewAI RAG config (RagConfig, ChromaDBConfig, ...), got "
             f"{type(config).__name__}"
         )
-    own = isinstance(config, RagConfig)
+    path: str | Path | None = None
+    durability: Durability = "normal"
+    if isinstance(config, RagConfig):
+        path, durability = config.path, config.durability
     return RagClient(
-        config.path if own else None,
+        path,
         embedding_function=config.embedding_function,
         default_limit=config.limit,
         default_score_threshold=config.score_threshold,
         default_batch_size=config.batch_size,
-        durability=config.durability if own else "normal",
+        durability=durability,
     )
 
 
@@ -634,6 +647,10 @@ class KnowledgeStorage(BaseKnowledgeStorage):
             raise InvalidInputError("pass either client, or embedder and path, not both")
         return self
 
+    def _rag_client(self) -> RagClient:
+        # Never None once constructed: _init_client sets it.
+        return cast(RagClient, self.client)
+
     @property
     def collection(self) -> str:
         """The RAG collection this storage reads and writes."""
@@ -654,7 +671,7 @@ class KnowledgeStorage(BaseKnowledgeStorage):
     ) -> list[SearchResult]:
         if query is None or (isinstance(query, (str, list, tuple)) and not query):
             return []
-        return self.client.search(
+        return self._rag_client().search(
             collection_name=self.collection,
             query=self._query_text(query),
             limit=limit,
@@ -669,19 +686,19 @@ class KnowledgeStorage(BaseKnowledgeStorage):
             raise InvalidDocumentError(f"documents must be a list of str, got {type(documents).__name__}")
         if not documents:
             return
-        self.client.add_documents(
+        self._rag_client().add_documents(
             collection_name=self.collection, documents=[{"content": doc} for doc in documents]
         )
 
     def reset(self) -> None:
         try:
-            self.client.delete_collection(collection_name=self.collection)
+            self._rag_client().delete_collection(collection_name=self.collection)
         except CollectionNotFoundError:
             pass
 
     def close(self) -> None:
         """Closes the client's open stores; a later call reopens them."""
-        self.client.close()
+        self._rag_client().close()
 
     async def asearch(
         self,

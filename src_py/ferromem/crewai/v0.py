@@ -73,11 +73,13 @@ import numpy as np
 
 from .. import _validate as check
 from .. import store as _store
+from .._typing import Durability
 from ..exceptions import (
     DimensionMismatchError,
     FerromemError,
     InvalidInputError,
 )
+from ..store import Store
 from ._embedding import (
     NO_EMBEDDING_KEY,
     _DefaultEmbedder,
@@ -200,7 +202,7 @@ class _SharedOnCopy:
         self._reopen_lock = threading.Lock()
 
     @property
-    def _store(self) -> _store.Store:
+    def _store(self) -> Store:
         """The open store, opened again (once, whatever the threads) after close()."""
         handle = self._handle
         if handle.closed:
@@ -216,7 +218,7 @@ class _SharedOnCopy:
         return clone
 
     @property
-    def store(self) -> _store.Store:
+    def store(self) -> Store:
         """The underlying :class:`ferromem.Store`."""
         return self._store
 
@@ -250,7 +252,7 @@ class RAGStorage(_SharedOnCopy):
         path: str | os.PathLike | None = None,
         *,
         embedder: Any = None,
-        durability: str = "normal",
+        durability: Durability = "normal",
     ) -> None:
         if not isinstance(type, str) or not type:
             raise InvalidInputError(f"type must be a non-empty str such as 'short_term', got {type!r}")
@@ -329,7 +331,7 @@ class RAGStorage(_SharedOnCopy):
             records, cosines = search_ranked(store, vector, k, min_score=min_score, **criteria)
         except DimensionMismatchError as exc:
             raise self._dimension_mismatch(exc) from exc
-        results = []
+        results: list[dict[str, Any]] = []
         for record, cosine in zip(records, cosines):
             score = min(1.0, max(0.0, (1.0 + cosine) / 2.0))
             # None: deleted by another thread since the search; a placeholder (a zero
@@ -394,7 +396,9 @@ class LTMStorage(_SharedOnCopy):
     one transaction, so processes may save to one file at once and nothing is lost.
     """
 
-    def __init__(self, db_path: str | os.PathLike | None = None, *, durability: str = "normal") -> None:
+    def __init__(
+        self, db_path: str | os.PathLike | None = None, *, durability: Durability = "normal"
+    ) -> None:
         file = (
             default_storage_dir() / LTM_FILE_NAME
             if db_path is None
