@@ -17,6 +17,7 @@ newer ``seq`` (or reload everything when ``epoch`` changed, i.e. after a reset).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import json
 import math
@@ -28,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _storefile
+from . import _buffers, _storefile
+from . import _validate as check
+from ._schema import Filter, Patch, RecordBatch, RecordRow, record_field_names
 from .exceptions import (
     CorruptStoreError,
     DimensionMismatchError,
@@ -130,22 +133,10 @@ def _scalar_key(value: Any) -> tuple | None:
 
 
 class _Stored:
-    """One record in memory. Replaced, never mutated, so tuples handed out stay valid."""
+    """One record in memory: the fields of the schema's RecordRow (in its order), and
+    the metadata's scalars for where-filters. Replaced, never mutated."""
 
-    __slots__ = (
-        "id",
-        "content",
-        "scope",
-        "categories",
-        "metadata_json",
-        "importance",
-        "created_at",
-        "last_accessed",
-        "source",
-        "private",
-        "vector",
-        "scalars",
-    )
+    __slots__ = (*record_field_names(), "scalars")
 
     def __init__(
         self,
@@ -183,20 +174,12 @@ class _Stored:
         values["record_id"] = values.pop("id")
         return _Stored(**values)
 
-    def as_tuple(self) -> tuple:
-        return (
-            self.id,
-            self.content,
-            self.scope,
-            list(self.categories),
-            self.metadata_json,
-            self.importance,
-            self.created_at,
-            self.last_accessed,
-            self.source,
-            self.private,
-            self.vector,
-        )
+    def record_row(self) -> RecordRow:
+        """The record as the engine interface returns it (the vector is shared: it is
+        read-only)."""
+        fields = {name: getattr(self, name) for name in record_field_names()}
+        fields["categories"] = list(self.categories)
+        return RecordRow(**fields)
 
     def as_row(self, seq: int) -> tuple:
         fields = (
@@ -213,10 +196,6 @@ class _Stored:
         )
         blob = self.vector.astype("<f4", copy=False).tobytes()
         return (*fields, blob, seq, _storefile.fields_crc(*fields), _storefile.vector_crc(blob))
-
-
-# Every stored field but the id and the derived metadata index can be updated.
-_UPDATABLE_FIELDS = frozenset(_Stored.__slots__) - {"id", "scalars"}
 
 
 def _metadata_scalars(metadata_json: str) -> dict[str, tuple]:
@@ -241,22 +220,16 @@ def _readonly_vector(values: Any) -> np.ndarray:
 
 
 def _check_matrix(vectors: Any, dim: int | None) -> np.ndarray:
-    """Re-checks what would corrupt state: shape, dimension, finite, non-zero rows."""
-    matrix = np.asarray(vectors, dtype=np.float32)
-    if matrix.ndim == 1:
-        matrix = matrix.reshape(1, -1)
-    if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
-        raise InvalidVectorError(f"vectors must be a non-empty 2-D matrix, got shape {matrix.shape}")
+    """Re-checks what would corrupt state: shape, finite, non-zero rows (through the
+    facade's own intake, so with its wording), then the store's dimension (with the
+    native engine's wording: the one a caller sees from either engine)."""
+    matrix = _buffers.as_matrix(vectors)
     if dim is not None and matrix.shape[1] != dim:
         raise DimensionMismatchError(
             f"vector has {matrix.shape[1]} dimensions but the store holds {dim}-dimensional vectors",
             expected=dim,
             got=matrix.shape[1],
         )
-    if not np.isfinite(matrix).all():
-        raise InvalidVectorError("vectors contain NaN or infinity")
-    if not (matrix != 0).any(axis=1).all():
-        raise InvalidVectorError("a vector is all zeros (it has no direction)")
     return matrix
 
 
@@ -294,31 +267,25 @@ class _Filter:
         "ids",
     )
 
-    def __init__(self, flt: dict[str, Any] | None):
-        flt = dict(flt or {})
-        unknown = set(flt) - set(self.__slots__)
-        if unknown:
-            raise InvalidFilterError(f"unknown filter keys: {sorted(unknown)}")
-        self.scope = flt.get("scope")
-        categories = flt.get("categories")
-        self.categories = None if categories is None else frozenset(categories)
-        where = flt.get("where")
-        if where:
+    def __init__(self, flt: Filter | None):
+        flt = Filter() if flt is None else flt
+        self.scope = flt.scope
+        self.categories = None if flt.categories is None else frozenset(flt.categories)
+        if flt.where:
             keyed = []
-            for key, value in where:
+            for key, value in flt.where:
                 scalar = _scalar_key(value)
                 if scalar is None:
                     raise InvalidFilterError(f"where[{key!r}] must be a scalar, got {value!r}")
                 keyed.append((key, scalar))
-            self.where = keyed
+            self.where: list[tuple[str, tuple]] | None = keyed
         else:
             self.where = None
-        self.source = flt.get("source")
-        self.include_private = bool(flt.get("include_private", True))
-        self.visible_to = flt.get("visible_to")
-        self.older_than = flt.get("older_than")
-        ids = flt.get("ids")
-        self.ids = None if ids is None else frozenset(ids)
+        self.source = flt.source
+        self.include_private = bool(flt.include_private)
+        self.visible_to = flt.visible_to
+        self.older_than = flt.older_than
+        self.ids = None if flt.ids is None else frozenset(flt.ids)
 
     def is_empty(self) -> bool:
         """True when the filter restricts nothing (a scope of '/' matches everything)."""
@@ -819,7 +786,7 @@ class ReferenceEngine:
     def _set_dim_statement(self, dim: int) -> tuple[str, list]:
         return ("INSERT OR REPLACE INTO meta(key, value) VALUES ('dim', ?)", [(str(dim),)])
 
-    def _matching(self, flt: dict | None) -> list[_Stored]:
+    def _matching(self, flt: Filter | None) -> list[_Stored]:
         prepared = _Filter(flt)
         return [record for record in self._records.values() if prepared.matches(record)]
 
@@ -837,59 +804,23 @@ class ReferenceEngine:
     # ----------------------------------------------------------------- writes
 
     @_operation("write", sync=False)
-    def upsert(
-        self,
-        ids: list[str],
-        vectors: Any,
-        contents: list[str],
-        scopes: list[str],
-        categories: list[list[str]],
-        metadata_json: list[str],
-        importance: list[float],
-        created_at: list[float],
-        last_accessed: list[float],
-        sources: list[str | None],
-        private: list[bool],
-        mode: str,
-    ) -> None:
+    def upsert(self, batch: RecordBatch, mode: str) -> None:
         self._current_op = "add" if mode == "insert" else "upsert"
         if mode not in ("insert", "upsert"):
             raise InvalidInputError(f"mode must be 'insert' or 'upsert', got {mode!r}")
+        ids = batch.id
         n = len(ids)
-        columns = (
-            contents,
-            scopes,
-            categories,
-            metadata_json,
-            importance,
-            created_at,
-            last_accessed,
-            sources,
-            private,
-        )
+        columns = [getattr(batch, name) for name in record_field_names() if name != "vector"]
         if any(len(column) != n for column in columns):
             raise InvalidInputError("every field needs one value per id")
         if len(set(ids)) != n:
             raise InvalidInputError("ids must be unique within one batch")
-        matrix = _check_matrix(vectors, None)
+        matrix = _check_matrix(batch.vector, None)
         _check_stored_range(matrix)
         if matrix.shape[0] != n:
             raise InvalidInputError(f"{n} ids but {matrix.shape[0]} vectors")
         new_records = [
-            _Stored(
-                ids[i],
-                contents[i],
-                scopes[i],
-                categories[i],
-                metadata_json[i],
-                importance[i],
-                created_at[i],
-                last_accessed[i],
-                sources[i],
-                private[i],
-                _readonly_vector(matrix[i]),
-            )
-            for i in range(n)
+            _Stored(*(column[i] for column in columns), _readonly_vector(matrix[i])) for i in range(n)
         ]
 
         def plan(seq: int) -> tuple[None, list, Callable[[], None]]:
@@ -920,21 +851,18 @@ class ReferenceEngine:
         self._write(plan)
 
     @_operation("update", sync=False)
-    def update(self, id: str, fields: dict[str, Any]) -> bool:
-        unknown = set(fields) - _UPDATABLE_FIELDS
-        if unknown:
-            raise InvalidInputError(f"cannot update unknown fields {sorted(unknown)}")
-        changes = {k: v for k, v in fields.items() if k != "vector"}
+    def update(self, id: str, patch: Patch) -> bool:
+        changes = patch.changes()
+        vector = None
+        if "vector" in changes:
+            vector = _check_matrix(changes.pop("vector"), None)
+            if vector.shape[0] != 1:
+                raise InvalidVectorError("update takes exactly one vector")
+            _check_stored_range(vector)
         if "metadata_json" in changes:
             _metadata_scalars(changes["metadata_json"])  # raises on a non-object
         if "categories" in changes:
             changes["categories"] = tuple(changes["categories"])
-        vector = None
-        if "vector" in fields:
-            vector = _check_matrix(fields["vector"], None)
-            if vector.shape[0] != 1:
-                raise InvalidVectorError("update takes exactly one vector")
-            _check_stored_range(vector)
 
         def plan(seq: int) -> tuple[bool, list, Callable[[], None]]:
             current = self._records.get(id)
@@ -979,21 +907,18 @@ class ReferenceEngine:
         return self._write(plan)
 
     @_operation("delete", sync=False)
-    def delete(self, ids: list[str] | None, filter: dict | None) -> int:
-        if ids is None and _Filter(filter).is_empty():
-            raise InvalidFilterError("delete needs at least one criterion; use reset() to delete everything")
-        flt = dict(filter or {})
+    def delete(self, ids: list[str] | None = None, filter: Filter | None = None) -> int:
+        flt = check.require_delete_criterion(ids, Filter() if filter is None else filter)
+        only_ids = ids is not None and not dataclasses.replace(flt, ids=None).restricts()
         if ids is not None:
             wanted = set(ids)
-            flt["ids"] = list(wanted if "ids" not in flt else wanted & set(flt["ids"]))
+            flt = dataclasses.replace(flt, ids=list(wanted if flt.ids is None else wanted & set(flt.ids)))
         _Filter(flt)  # reject a malformed filter before the transaction
-
-        only_ids = ids is not None and _Filter({k: v for k, v in flt.items() if k != "ids"}).is_empty()
 
         def plan(seq: int) -> tuple[int, list, Callable[[], None]]:
             doomed = [record.id for record in self._matching(flt)]
             if only_ids:  # damaged records are deleted by id (how a user clears them)
-                doomed += [i for i in dict.fromkeys(flt["ids"]) if i in self._damaged]
+                doomed += [i for i in dict.fromkeys(flt.ids or ()) if i in self._damaged]
             if not doomed:
                 return 0, [], lambda: None
             statements = [
@@ -1039,7 +964,7 @@ class ReferenceEngine:
 
     @_operation("search")
     def search(
-        self, queries: Any, k: int, filter: dict | None, min_score: float | None
+        self, queries: Any, k: int, filter: Filter | None = None, min_score: float | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidInputError(f"k must be an int >= 1, got {k!r}")
@@ -1101,7 +1026,7 @@ class ReferenceEngine:
         return ordered[:k]
 
     @_operation("get")
-    def get(self, ids: list[str]) -> list[tuple | None]:
+    def get(self, ids: list[str]) -> list[RecordRow | None]:
         result = []
         for record_id in ids:
             record = self._records.get(record_id)
@@ -1111,23 +1036,25 @@ class ReferenceEngine:
                     "the record again (or delete it) to clear it; `ferromem check` lists all "
                     "damage"
                 )
-            result.append(None if record is None else record.as_tuple())
+            result.append(None if record is None else record.record_row())
         return result
 
     @_operation("list")
-    def list(self, filter: dict | None, offset: int, limit: int | None) -> list[tuple]:
+    def list(
+        self, filter: Filter | None = None, offset: int = 0, limit: int | None = None
+    ) -> list[RecordRow]:
         if offset < 0 or (limit is not None and limit < 0):
             raise InvalidInputError("offset and limit must be >= 0")
         records = sorted(self._matching(filter), key=lambda r: (-r.created_at, r.id))
         end = None if limit is None else offset + limit
-        return [record.as_tuple() for record in records[offset:end]]
+        return [record.record_row() for record in records[offset:end]]
 
     @_operation("count")
-    def count(self, filter: dict | None) -> int:
+    def count(self, filter: Filter | None = None) -> int:
         return len(self._matching(filter))
 
     @_operation("scopes")
-    def child_scopes(self, scope: str | None) -> list[str]:
+    def child_scopes(self, scope: str | None = None) -> list[str]:
         return self._child_scopes(scope or "/")
 
     def _child_scopes(self, scope: str) -> list[str]:
@@ -1139,16 +1066,16 @@ class ReferenceEngine:
         return sorted(children)
 
     @_operation("scopes")
-    def category_counts(self, filter: dict | None) -> dict[str, int]:
+    def category_counts(self, filter: Filter | None = None) -> dict[str, int]:
         counts: collections.Counter = collections.Counter()
         for record in self._matching(filter):
             counts.update(record.categories)
         return dict(sorted(counts.items()))
 
     @_operation("scopes")
-    def scope_info(self, scope: str | None) -> dict[str, Any]:
+    def scope_info(self, scope: str | None = None) -> dict[str, Any]:
         scope = scope or "/"
-        records = self._matching({"scope": scope})
+        records = self._matching(Filter(scope=scope))
         categories = sorted({c for record in records for c in record.categories})
         created = [record.created_at for record in records]
         return {
