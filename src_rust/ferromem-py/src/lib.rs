@@ -17,7 +17,7 @@ use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,67 +26,47 @@ use std::time::{Duration, Instant};
 /// handled within about this long.
 const SIGNAL_SLICE: Duration = Duration::from_millis(50);
 
-/// The classes of `ferromem/exceptions.py` that engine errors become, in one order.
-const EXCEPTION_CLASSES: [&str; 12] = [
-    "InvalidInputError",
-    "InvalidVectorError",
-    "DimensionMismatchError",
-    "InvalidMetadataError",
-    "InvalidFilterError",
-    "DuplicateIdError",
-    "StoreClosedError",
-    "StorageError",
-    "CorruptStoreError",
-    "IncompatibleStoreError",
-    "NotAStoreError",
-    "ReadOnlyStoreError",
-];
+/// The class of `ferromem/exceptions.py` an engine error becomes: its slot in
+/// `EXCEPTION_CLASSES` and its name.
+fn class_of(e: &Error) -> (usize, &'static str) {
+    match e {
+        Error::InvalidInput(_) => (0, "InvalidInputError"),
+        Error::InvalidVector(_) => (1, "InvalidVectorError"),
+        Error::DimensionMismatch { .. } => (2, "DimensionMismatchError"),
+        Error::InvalidMetadata(_) => (3, "InvalidMetadataError"),
+        Error::InvalidFilter(_) => (4, "InvalidFilterError"),
+        Error::DuplicateId(_) => (5, "DuplicateIdError"),
+        Error::Closed => (6, "StoreClosedError"),
+        Error::Storage(_) => (7, "StorageError"),
+        Error::Corrupt(_) => (8, "CorruptStoreError"),
+        Error::Incompatible(_) => (9, "IncompatibleStoreError"),
+        Error::NotAStore(_) => (10, "NotAStoreError"),
+        Error::ReadOnly(_) => (11, "ReadOnlyStoreError"),
+    }
+}
 
-/// The classes of `EXCEPTION_CLASSES`, imported from `ferromem.exceptions` at the first
-/// error and kept: an error costs no import or attribute lookup by name after that.
-static EXCEPTIONS: PyOnceLock<Vec<Py<PyAny>>> = PyOnceLock::new();
+/// Each class of `class_of`, imported from `ferromem.exceptions` at its first use and
+/// kept: an error costs no import and no attribute lookup after that.
+static EXCEPTION_CLASSES: [PyOnceLock<Py<PyType>>; 12] = [const { PyOnceLock::new() }; 12];
 
-/// The ferromem exception class `name` (one of `EXCEPTION_CLASSES`).
-fn exception_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-    let classes = EXCEPTIONS.get_or_try_init(py, || {
-        let module = py.import("ferromem.exceptions")?;
-        EXCEPTION_CLASSES.iter().map(|class| module.getattr(*class).map(Bound::unbind)).collect::<PyResult<Vec<_>>>()
-    })?;
-    let index = EXCEPTION_CLASSES.iter().position(|class| *class == name).expect("a class of EXCEPTION_CLASSES");
-    Ok(classes[index].bind(py).clone())
+/// An instance of the ferromem exception class of `kind`, made with `args`.
+fn ferromem_exception<'py>(py: Python<'py>, kind: &Error, args: impl pyo3::call::PyCallArgs<'py>) -> PyErr {
+    let (slot, name) = class_of(kind);
+    match EXCEPTION_CLASSES[slot].import(py, "ferromem.exceptions", name).and_then(|class| class.call1(args)) {
+        Ok(instance) => PyErr::from_value(instance),
+        Err(import_failure) => import_failure,
+    }
 }
 
 /// Raises the ferromem exception class that matches an engine error.
 fn to_py_err(e: Error) -> PyErr {
     Python::attach(|py| {
-        let class = match &e {
-            Error::InvalidInput(_) => "InvalidInputError",
-            Error::InvalidVector(_) => "InvalidVectorError",
-            Error::DimensionMismatch { .. } => "DimensionMismatchError",
-            Error::InvalidMetadata(_) => "InvalidMetadataError",
-            Error::InvalidFilter(_) => "InvalidFilterError",
-            Error::DuplicateId(_) => "DuplicateIdError",
-            Error::Closed => "StoreClosedError",
-            Error::Storage(_) => "StorageError",
-            Error::Corrupt(_) => "CorruptStoreError",
-            Error::Incompatible(_) => "IncompatibleStoreError",
-            Error::NotAStore(_) => "NotAStoreError",
-            Error::ReadOnly(_) => "ReadOnlyStoreError",
-        };
         let msg = e.to_string();
         match &e {
-            Error::DimensionMismatch { expected, got } => ferromem_exception(py, class, (msg, *expected, *got)),
-            _ => ferromem_exception(py, class, (msg,)),
+            Error::DimensionMismatch { expected, got } => ferromem_exception(py, &e, (msg, *expected, *got)),
+            _ => ferromem_exception(py, &e, (msg,)),
         }
     })
-}
-
-/// An instance of the class `class` of `ferromem/exceptions.py`, made with `args`.
-fn ferromem_exception<'py>(py: Python<'py>, class: &str, args: impl pyo3::call::PyCallArgs<'py>) -> PyErr {
-    match exception_class(py, class).and_then(|cls| cls.call1(args)) {
-        Ok(instance) => PyErr::from_value(instance),
-        Err(import_failure) => import_failure,
-    }
 }
 
 fn filter_error(msg: impl Into<String>) -> PyErr {
@@ -396,7 +376,7 @@ impl Drop for PyEngine {
 
 fn forked_error() -> PyErr {
     Python::attach(|py| {
-        ferromem_exception(py, "StoreClosedError", ("this store was opened in the parent process, before os.fork(); a forked child cannot use it (its threads and locks stayed in the parent): open it again with ferromem.open(path) in the child",))
+        ferromem_exception(py, &Error::Closed, ("this store was opened in the parent process, before os.fork(); a forked child cannot use it (its threads and locks stayed in the parent): open it again with ferromem.open(path) in the child",))
     })
 }
 
