@@ -18,6 +18,7 @@ separate protocol :class:`IndexedEngine`; the facade asks for them with ``isinst
 
 from __future__ import annotations
 
+import builtins
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -71,13 +72,15 @@ class Engine(Protocol):
     def delete(self, ids: list[str] | None = None, filter: Filter | None = None) -> int:
         """Deletes the records that match every criterion given (ids AND filter)."""
 
-    def list(self, filter: Filter | None = None, offset: int = 0, limit: int | None = None) -> list[Row]:
+    def list(
+        self, filter: Filter | None = None, offset: int = 0, limit: int | None = None
+    ) -> builtins.list[Row]:
         """The matching records, newest first (created_at descending, ties by id)."""
 
     def count(self, filter: Filter | None = None) -> int:
         """How many records match."""
 
-    def child_scopes(self, scope: str | None = None) -> list[str]:
+    def child_scopes(self, scope: str | None = None) -> builtins.list[str]:
         """The sorted direct child scopes of ``scope`` that hold records."""
 
     def category_counts(self, filter: Filter | None = None) -> dict[str, int]:

@@ -16,6 +16,7 @@ newer ``seq`` (or reload everything when ``epoch`` changed, i.e. after a reset).
 
 from __future__ import annotations
 
+import builtins
 import collections
 import dataclasses
 import functools
@@ -819,8 +820,9 @@ class ReferenceEngine:
         _check_stored_range(matrix)
         if matrix.shape[0] != n:
             raise InvalidInputError(f"{n} ids but {matrix.shape[0]} vectors")
+        # Each record's values in the schema's order, the vector last.
         new_records = [
-            _Stored(*(column[i] for column in columns), _readonly_vector(matrix[i])) for i in range(n)
+            _Stored(*[column[i] for column in columns] + [_readonly_vector(matrix[i])]) for i in range(n)
         ]
 
         def plan(seq: int) -> tuple[None, list, Callable[[], None]]:
@@ -831,7 +833,7 @@ class ReferenceEngine:
                     if record_id in self._records:
                         raise DuplicateIdError(f"id {record_id!r} already exists; use upsert to replace it")
             new_dim = matrix.shape[1] if self._dim is None else None
-            statements = [
+            statements: builtins.list[tuple[str, Any]] = [
                 # Generators: the rows are only built when a database executes them.
                 (_UPSERT_SQL, (record.as_row(seq) for record in new_records)),
                 ("DELETE FROM tombstones WHERE id = ?", ((record_id,) for record_id in ids)),
@@ -1042,7 +1044,7 @@ class ReferenceEngine:
     @_operation("list")
     def list(
         self, filter: Filter | None = None, offset: int = 0, limit: int | None = None
-    ) -> list[RecordRow]:
+    ) -> builtins.list[RecordRow]:
         if offset < 0 or (limit is not None and limit < 0):
             raise InvalidInputError("offset and limit must be >= 0")
         records = sorted(self._matching(filter), key=lambda r: (-r.created_at, r.id))
@@ -1054,10 +1056,10 @@ class ReferenceEngine:
         return len(self._matching(filter))
 
     @_operation("scopes")
-    def child_scopes(self, scope: str | None = None) -> list[str]:
+    def child_scopes(self, scope: str | None = None) -> builtins.list[str]:
         return self._child_scopes(scope or "/")
 
-    def _child_scopes(self, scope: str) -> list[str]:
+    def _child_scopes(self, scope: str) -> builtins.list[str]:
         children = set()
         for record in self._records.values():
             child = child_of(scope, record.scope)
@@ -1118,7 +1120,7 @@ class ReferenceEngine:
                 }
             return report
 
-    def damaged(self) -> list[dict[str, Any]]:
+    def damaged(self) -> builtins.list[dict[str, Any]]:
         """The quarantined records ({"id", "seq", "what"}), like the native engine's
         stats()["damaged"]."""
         with self._lock:
@@ -1129,7 +1131,7 @@ class ReferenceEngine:
         return self._read_only
 
     @staticmethod
-    def verify(path: str) -> list[str]:
+    def verify(path: str) -> builtins.list[str]:
         """What ``ferromem.check`` reports, read-only (see :func:`ferromem.check`)."""
         engine = ReferenceEngine(path, None, read_only=True)
         try:
