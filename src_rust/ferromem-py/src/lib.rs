@@ -824,24 +824,36 @@ fn force_isa(name: Option<&str>) -> PyResult<()> {
     simd::force_isa(isa).map_err(|e| to_py_err(Error::InvalidInput(e.to_string())))
 }
 
-/// The query's values, the rows of a C-contiguous matrix, their dimension and count;
-/// both contiguous, the rows as long as the query.
-#[allow(clippy::type_complexity)]
-fn query_and_rows<'a, Q: numpy::Element, T: numpy::Element>(
-    query: &'a numpy::PyReadonlyArray1<'_, Q>,
-    a: &'a numpy::PyReadonlyArray2<'_, T>,
-) -> PyResult<(&'a [Q], &'a [T], usize, usize)> {
+/// Runs `kernel(query, rows, dim, out)` with the GIL released over a query and the rows
+/// of a C-contiguous matrix (both contiguous, the rows as long as the query, at most
+/// `int8_max_dim` values for the int8 kernels), returning one value per row: the one body
+/// of the `dot_rows_*` functions, which differ only in their element types and kernel.
+fn kernel_rows<'py, Q: numpy::Element + Sync, T: numpy::Element + Sync, O: numpy::Element + Copy + Default + Send>(
+    py: Python<'py>,
+    query: &numpy::PyReadonlyArray1<'py, Q>,
+    rows: &numpy::PyReadonlyArray2<'py, T>,
+    int8_max_dim: Option<usize>,
+    kernel: impl FnOnce(&[Q], &[T], usize, &mut [O]) + Send,
+) -> PyResult<Bound<'py, PyArray1<O>>> {
     let q = query.as_slice().map_err(|_| to_py_err(Error::InvalidInput("the query must be contiguous".into())))?;
     let query_len = q.len();
-    let (n, dim) = (a.shape()[0], a.shape()[1]);
+    let (n, dim) = (rows.shape()[0], rows.shape()[1]);
     if dim == 0 {
         return Err(to_py_err(Error::InvalidInput("rows need at least one value".into())));
     }
     if dim != query_len {
         return Err(to_py_err(Error::InvalidInput(format!("rows have {dim} values, the query {query_len}"))));
     }
-    let rows = a.as_slice().map_err(|_| to_py_err(Error::InvalidInput("rows must be C-contiguous".into())))?;
-    Ok((q, rows, dim, n))
+    if let Some(max_dim) = int8_max_dim.filter(|max_dim| dim > *max_dim) {
+        return Err(to_py_err(Error::InvalidInput(format!("int8 kernels take at most {max_dim} values"))));
+    }
+    let r = rows.as_slice().map_err(|_| to_py_err(Error::InvalidInput("rows must be C-contiguous".into())))?;
+    let mut out = vec![O::default(); n];
+    native(py, || {
+        kernel(q, r, dim, &mut out);
+        Ok(())
+    })?;
+    Ok(PyArray1::from_vec(py, out))
 }
 
 /// dot(query, row) for every row of a float32 matrix, on the active SIMD path, one
@@ -852,13 +864,7 @@ fn dot_rows_f32<'py>(
     query: numpy::PyReadonlyArray1<'py, f32>,
     rows: numpy::PyReadonlyArray2<'py, f32>,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let (q, r, dim, n) = query_and_rows(&query, &rows)?;
-    let mut out = vec![0.0f32; n];
-    native(py, || {
-        simd::dot_rows(q, r, dim, &mut out);
-        Ok(())
-    })?;
-    Ok(PyArray1::from_vec(py, out))
+    kernel_rows(py, &query, &rows, None, simd::dot_rows)
 }
 
 /// The same with the rows as binary16 (a float16 matrix viewed as uint16).
@@ -868,13 +874,7 @@ fn dot_rows_f16<'py>(
     query: numpy::PyReadonlyArray1<'py, f32>,
     rows: numpy::PyReadonlyArray2<'py, u16>,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let (q, r, dim, n) = query_and_rows(&query, &rows)?;
-    let mut out = vec![0.0f32; n];
-    native(py, || {
-        simd::half::dot_rows_f16(q, r, dim, &mut out);
-        Ok(())
-    })?;
-    Ok(PyArray1::from_vec(py, out))
+    kernel_rows(py, &query, &rows, None, simd::half::dot_rows_f16)
 }
 
 /// The same with the rows as bfloat16 (uint16 bits, the top half of each f32).
@@ -884,13 +884,7 @@ fn dot_rows_bf16<'py>(
     query: numpy::PyReadonlyArray1<'py, f32>,
     rows: numpy::PyReadonlyArray2<'py, u16>,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let (q, r, dim, n) = query_and_rows(&query, &rows)?;
-    let mut out = vec![0.0f32; n];
-    native(py, || {
-        simd::bf16::dot_rows_bf16(q, r, dim, &mut out);
-        Ok(())
-    })?;
-    Ok(PyArray1::from_vec(py, out))
+    kernel_rows(py, &query, &rows, None, simd::bf16::dot_rows_bf16)
 }
 
 /// A bfloat16 query (uint16 bits) against bfloat16 rows: `vdpbf16ps` where the CPU has
@@ -901,13 +895,7 @@ fn dot_rows_bf16_pairs<'py>(
     query: numpy::PyReadonlyArray1<'py, u16>,
     rows: numpy::PyReadonlyArray2<'py, u16>,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let (q, r, dim, n) = query_and_rows(&query, &rows)?;
-    let mut out = vec![0.0f32; n];
-    native(py, || {
-        simd::bf16::dot_rows_bf16_pairs(q, r, dim, &mut out);
-        Ok(())
-    })?;
-    Ok(PyArray1::from_vec(py, out))
+    kernel_rows(py, &query, &rows, None, simd::bf16::dot_rows_bf16_pairs)
 }
 
 /// The bf16 x bf16 kernel path an ISA runs ("avx512-bf16", "avx512", "avx2" or "scalar").
@@ -917,23 +905,15 @@ fn bf16_path(name: &str) -> PyResult<&'static str> {
     Ok(simd::bf16::path_name(isa))
 }
 
-/// The exact int32 dot products of an int8 query with every row of an int8 matrix.
+/// The exact int32 dot products of an int8 query with every row of an int8 matrix (at
+/// most `simd::int8::MAX_DIM` values: the kernels' exact-sum bound).
 #[pyfunction]
 fn dot_rows_i8<'py>(
     py: Python<'py>,
     query: numpy::PyReadonlyArray1<'py, i8>,
     rows: numpy::PyReadonlyArray2<'py, i8>,
 ) -> PyResult<Bound<'py, PyArray1<i32>>> {
-    let (q, r, dim, n) = query_and_rows(&query, &rows)?;
-    if dim > simd::int8::MAX_DIM {
-        return Err(to_py_err(Error::InvalidInput(format!("int8 kernels take at most {} values", simd::int8::MAX_DIM))));
-    }
-    let mut out = vec![0i32; n];
-    native(py, || {
-        simd::int8::dot_rows_i8(q, r, dim, &mut out);
-        Ok(())
-    })?;
-    Ok(PyArray1::from_vec(py, out))
+    kernel_rows(py, &query, &rows, Some(simd::int8::MAX_DIM), simd::int8::dot_rows_i8)
 }
 
 /// The int8 kernel path an ISA runs ("avx512-vnni", "avx2" or "scalar").
