@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -324,38 +324,43 @@ class _Filter:
 # --------------------------------------------------------------------------- sqlite help
 
 
-def _row_damage(row: tuple) -> str | None:
+class _SqlRow(NamedTuple):
+    """A row of the records table as ``_READ_COLUMNS`` selects it (values as SQLite
+    returns them, unchecked)."""
+
+    id: Any
+    content: Any
+    scope: Any
+    categories: Any  # a JSON list text
+    metadata: Any  # a JSON object text
+    importance: Any
+    created_at: Any
+    last_accessed: Any
+    source: Any
+    private: Any  # 0 or 1
+    vector: Any  # little-endian float32 bytes
+    fields_crc: Any
+    vector_crc: Any
+
+
+def _row_damage(row: _SqlRow) -> str | None:
     """What fails in a stored row ("unreadable", "fields", "vector"), or None when it is
     whole; the layout is ``storage/checksum.rs``'s."""
-    (
-        record_id,
-        content,
-        scope,
-        categories,
-        metadata,
-        importance,
-        created_at,
-        last_accessed,
-        source,
-        private,
-        blob,
-        fields_sum,
-        vector_sum,
-    ) = row
-    texts = (record_id, content, scope, categories, metadata)
+    texts = (row.id, row.content, row.scope, row.categories, row.metadata)
+    numbers = (row.importance, row.created_at, row.last_accessed)
     if (
         not all(isinstance(t, str) for t in texts)
-        or not all(isinstance(x, (int, float)) for x in (importance, created_at, last_accessed))
-        or not (source is None or isinstance(source, str))
-        or private not in (0, 1)
-        or not isinstance(blob, bytes)
-        or not isinstance(fields_sum, int)
-        or not isinstance(vector_sum, int)
+        or not all(isinstance(x, (int, float)) for x in numbers)
+        or not (row.source is None or isinstance(row.source, str))
+        or row.private not in (0, 1)
+        or not isinstance(row.vector, bytes)
+        or not isinstance(row.fields_crc, int)
+        or not isinstance(row.vector_crc, int)
     ):
         return "unreadable"
-    if _storefile.fields_crc(*texts, importance, created_at, last_accessed, source, private) != fields_sum:
+    if _storefile.fields_crc(*texts, *numbers, row.source, row.private) != row.fields_crc:
         return "fields"
-    if _storefile.vector_crc(blob) != vector_sum:
+    if _storefile.vector_crc(row.vector) != row.vector_crc:
         return "vector"
     return None
 
@@ -617,22 +622,9 @@ class ReferenceEngine:
     def _row_to_stored(self, row: tuple, seq: int, dim: int | None) -> _Stored | None:
         """The record of a row, or None (and the row quarantined) when it fails its
         checksums or cannot be decoded."""
-        (
-            record_id,
-            content,
-            scope,
-            categories,
-            metadata,
-            importance,
-            created_at,
-            last_accessed,
-            source,
-            private,
-            blob,
-            fields_sum,
-            vector_sum,
-        ) = row
-        damage = None if self._version_1 else _row_damage(row)
+        stored = _SqlRow._make(row)
+        record_id, blob = stored.id, stored.vector
+        damage = None if self._version_1 else _row_damage(stored)
         if damage is not None:
             if isinstance(record_id, bytes):
                 record_id = record_id.decode("utf-8", "replace")
@@ -642,7 +634,7 @@ class ReferenceEngine:
             return None
         self._damaged.pop(record_id, None)
         try:
-            category_list = json.loads(categories)
+            category_list = json.loads(stored.categories)
         except ValueError:
             raise CorruptStoreError(f"record {record_id!r} has malformed categories") from None
         if not isinstance(blob, bytes) or len(blob) % 4 != 0 or (dim is not None and len(blob) != 4 * dim):
@@ -656,15 +648,15 @@ class ReferenceEngine:
         try:
             return _Stored(
                 record_id,
-                content,
-                scope,
+                stored.content,
+                stored.scope,
                 category_list,
-                metadata,
-                importance,
-                created_at,
-                last_accessed,
-                source,
-                bool(private),
+                stored.metadata,
+                stored.importance,
+                stored.created_at,
+                stored.last_accessed,
+                stored.source,
+                bool(stored.private),
                 vector,
             )
         except InvalidMetadataError as exc:
