@@ -209,3 +209,45 @@ def test_engine_methods_take_the_protocol_parameters(engine_class):
         method = getattr(engine_class, name)
         got = inspect.signature(method)
         assert _parameters(got) == _parameters(wanted), (name, str(got), str(wanted))
+
+
+def _without(instance, missing: str) -> object:
+    """An object with every field of a schema instance but ``missing``."""
+    values = {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance) if f.name != missing}
+    return type("Partial", (), values)()
+
+
+def test_native_engine_reads_exactly_the_schema_fields():
+    """Leaving out any one field of a batch, a patch or a filter fails: the binding reads
+    every field the schema has (and the round trips above show it reads no other)."""
+    require_engine("native")
+    from ferromem import _core
+
+    engine = _core.Engine(None, None, "normal")
+    try:
+        batch = RecordBatch(
+            id=["a"],
+            content=[""],
+            scope=["/"],
+            categories=[[]],
+            metadata_json=["{}"],
+            importance=[0.5],
+            created_at=[0.0],
+            last_accessed=[0.0],
+            source=[None],
+            private=[False],
+            vector=np.ones((1, 2), np.float32),
+        )
+        for name in record_field_names():
+            with pytest.raises(Exception, match=name):
+                engine.upsert(_without(batch, name), "upsert")
+        engine.upsert(batch, "upsert")
+        for name in record_field_names()[1:]:
+            with pytest.raises(Exception, match=name):
+                engine.update("a", _without(Patch(), name))
+        for field in dataclasses.fields(Filter):
+            with pytest.raises(ferromem.InvalidFilterError, match=field.name):
+                engine.count(_without(Filter(), field.name))
+        assert engine.count(Filter()) == 1
+    finally:
+        engine.close()
