@@ -6,6 +6,12 @@
 //! Ctrl-C is honoured), then builds Python results. Vectors arrive through the
 //! buffer protocol: a float32 C-contiguous buffer (what `ferromem._buffers` hands over) is
 //! read in place, never copied. Errors become the classes of `ferromem/exceptions.py`.
+//!
+//! What crosses is typed by `ferromem/_schema.py`: a batch, a patch and a filter are read
+//! by attribute into `#[derive(FromPyObject)]` structs of the schema's fields
+//! (`RecordBatch`, `PatchArg`, `FilterArg`), and records come back as `RecordRow`, a
+//! `#[pyclass]` of the schema's `RecordRow` fields (`tests/engine/test_schema.py` holds
+//! both sides to the schema).
 
 use ferromem_core::engine::EngineStats;
 use ferromem_core::hnsw::HnswParams;
@@ -138,8 +144,7 @@ static UNCHANGED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// A field of a `Patch`: None when it is `UNCHANGED`, else its value.
 fn change<'py, T: for<'a> FromPyObject<'a, 'py>>(value: &Bound<'py, PyAny>) -> PyResult<Option<T>> {
     let py = value.py();
-    let unchanged = UNCHANGED.get_or_try_init(py, || py.import("ferromem._schema")?.getattr("UNCHANGED").map(Bound::unbind))?;
-    if value.is(unchanged.bind(py)) {
+    if value.is(UNCHANGED.import(py, "ferromem._schema", "UNCHANGED")?) {
         return Ok(None);
     }
     value.extract::<T>().map(Some).map_err(Into::into)
