@@ -38,7 +38,6 @@ from .exceptions import (
     DimensionMismatchError,
     DuplicateIdError,
     IncompatibleStoreError,
-    InvalidFilterError,
     InvalidInputError,
     InvalidMetadataError,
     InvalidVectorError,
@@ -275,9 +274,8 @@ class _Filter:
         if flt.where:
             keyed = []
             for key, value in flt.where:
-                scalar = _scalar_key(value)
-                if scalar is None:
-                    raise InvalidFilterError(f"where[{key!r}] must be a scalar, got {value!r}")
+                scalar = _scalar_key(check.where_value(value, f"where[{key!r}]"))
+                assert scalar is not None  # where_value lets only scalars through
                 keyed.append((key, scalar))
             self.where: list[tuple[str, tuple]] | None = keyed
         else:
@@ -806,12 +804,10 @@ class ReferenceEngine:
         columns = [getattr(batch, name) for name in record_field_names() if name != "vector"]
         if any(len(column) != n for column in columns):
             raise InvalidInputError("every field needs one value per id")
-        if len(set(ids)) != n:
-            raise InvalidInputError("ids must be unique within one batch")
+        check.check_unique_ids(ids)
         matrix = _check_matrix(batch.vector, None)
         _check_stored_range(matrix)
-        if matrix.shape[0] != n:
-            raise InvalidInputError(f"{n} ids but {matrix.shape[0]} vectors")
+        check.check_vector_count(n, matrix.shape[0])
         # Each record's values in the schema's order, the vector last.
         new_records = [
             _Stored(*[column[i] for column in columns] + [_readonly_vector(matrix[i])]) for i in range(n)

@@ -146,13 +146,22 @@ def ids_or_single(value: Any, name: str = "ids") -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def find_duplicate(ids: list[str]) -> str | None:
+def check_unique_ids(ids: list[str]) -> None:
+    """Ids in one batch are unique (the facade's check, and the reference engine's
+    re-check, with one wording)."""
     seen: set[str] = set()
     for record_id in ids:
         if record_id in seen:
-            return record_id
+            raise InvalidInputError(
+                f"id {record_id!r} appears more than once in this batch; ids in one call must be unique"
+            )
         seen.add(record_id)
-    return None
+
+
+def check_vector_count(n_ids: int, n_vectors: int) -> None:
+    """One vector per id (the facade's check, and the reference engine's re-check)."""
+    if n_vectors != n_ids:
+        raise InvalidInputError(f"{n_ids} ids but {n_vectors} vectors; pass one vector per id")
 
 
 # --------------------------------------------------------------------------- fields
@@ -521,7 +530,9 @@ def check_limit(limit: Any) -> int | None:
 # --------------------------------------------------------------------------- filters
 
 
-def _where_value(value: Any, name: str) -> Any:
+def where_value(value: Any, name: str) -> Any:
+    """A where-criterion's value: a scalar, in the form the engines compare (the
+    facade's check, and the reference engine's re-check)."""
     if value is None or isinstance(value, str):
         if isinstance(value, str) and not _is_utf8_encodable(value):
             raise InvalidFilterError(f"{name} contains a lone surrogate")
@@ -549,7 +560,7 @@ def check_where(where: Any) -> list[tuple[str, Any]] | None:
             raise InvalidFilterError(
                 f"where keys must be str (metadata keys), got {_type_name(key)}: {key!r}"
             )
-        pairs.append((key, _where_value(value, f"where[{key!r}]")))
+        pairs.append((key, where_value(value, f"where[{key!r}]")))
     pairs.sort(key=lambda pair: pair[0])
     return pairs
 

@@ -550,16 +550,9 @@ class Store:
             id_list = check.check_id_list(ids)
             if not id_list:
                 return self._empty_batch(vectors)
-            duplicate = check.find_duplicate(id_list)
-            if duplicate is not None:
-                raise InvalidInputError(
-                    f"id {duplicate!r} appears more than once in this batch; ids in one call must be unique"
-                )
+            check.check_unique_ids(id_list)
             matrix = _as_matrix(vectors)
-            if matrix.shape[0] != len(id_list):
-                raise InvalidInputError(
-                    f"{len(id_list)} ids but {matrix.shape[0]} vectors; pass one vector per id"
-                )
+            check.check_vector_count(len(id_list), matrix.shape[0])
         batch = check.record_batch(
             id_list,
             matrix,
