@@ -10,8 +10,9 @@ native engine can read through a pointer:
 * ``as_vector(obj, dim=None)`` -> ndarray float32 (d,); exactly one vector.
 * ``data_address(obj)`` -> int: the address of the first element of a buffer.
 
-``ferromem._convert`` is the pure-NumPy twin used when this module is not built; the two
-must behave identically. The contract, in the order the checks run:
+This is the one intake of vectors: the facade and the reference engine both read vectors
+through it (there is no NumPy twin; the module is built with the package). The contract,
+in the order the checks run:
 
 Accepted inputs
     * ``numpy.ndarray`` (and subclasses), any PEP 3118 buffer exporter (memoryview,

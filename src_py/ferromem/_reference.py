@@ -16,7 +16,9 @@ newer ``seq`` (or reload everything when ``epoch`` changed, i.e. after a reset).
 
 from __future__ import annotations
 
+import builtins
 import collections
+import dataclasses
 import functools
 import json
 import math
@@ -24,17 +26,18 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _storefile
+from . import _buffers, _storefile
+from . import _validate as check
+from ._schema import Filter, Patch, RecordBatch, RecordRow, record_field_names
 from .exceptions import (
     CorruptStoreError,
     DimensionMismatchError,
     DuplicateIdError,
     IncompatibleStoreError,
-    InvalidFilterError,
     InvalidInputError,
     InvalidMetadataError,
     InvalidVectorError,
@@ -130,22 +133,10 @@ def _scalar_key(value: Any) -> tuple | None:
 
 
 class _Stored:
-    """One record in memory. Replaced, never mutated, so tuples handed out stay valid."""
+    """One record in memory: the fields of the schema's RecordRow (in its order), and
+    the metadata's scalars for where-filters. Replaced, never mutated."""
 
-    __slots__ = (
-        "id",
-        "content",
-        "scope",
-        "categories",
-        "metadata_json",
-        "importance",
-        "created_at",
-        "last_accessed",
-        "source",
-        "private",
-        "vector",
-        "scalars",
-    )
+    __slots__ = (*record_field_names(), "scalars")
 
     def __init__(
         self,
@@ -183,20 +174,12 @@ class _Stored:
         values["record_id"] = values.pop("id")
         return _Stored(**values)
 
-    def as_tuple(self) -> tuple:
-        return (
-            self.id,
-            self.content,
-            self.scope,
-            list(self.categories),
-            self.metadata_json,
-            self.importance,
-            self.created_at,
-            self.last_accessed,
-            self.source,
-            self.private,
-            self.vector,
-        )
+    def record_row(self) -> RecordRow:
+        """The record as the engine interface returns it (the vector is shared: it is
+        read-only)."""
+        fields = {name: getattr(self, name) for name in record_field_names()}
+        fields["categories"] = list(self.categories)
+        return RecordRow(**fields)
 
     def as_row(self, seq: int) -> tuple:
         fields = (
@@ -213,10 +196,6 @@ class _Stored:
         )
         blob = self.vector.astype("<f4", copy=False).tobytes()
         return (*fields, blob, seq, _storefile.fields_crc(*fields), _storefile.vector_crc(blob))
-
-
-# Every stored field but the id and the derived metadata index can be updated.
-_UPDATABLE_FIELDS = frozenset(_Stored.__slots__) - {"id", "scalars"}
 
 
 def _metadata_scalars(metadata_json: str) -> dict[str, tuple]:
@@ -241,22 +220,16 @@ def _readonly_vector(values: Any) -> np.ndarray:
 
 
 def _check_matrix(vectors: Any, dim: int | None) -> np.ndarray:
-    """Re-checks what would corrupt state: shape, dimension, finite, non-zero rows."""
-    matrix = np.asarray(vectors, dtype=np.float32)
-    if matrix.ndim == 1:
-        matrix = matrix.reshape(1, -1)
-    if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
-        raise InvalidVectorError(f"vectors must be a non-empty 2-D matrix, got shape {matrix.shape}")
+    """Re-checks what would corrupt state: shape, finite, non-zero rows (through the
+    facade's own intake, so with its wording), then the store's dimension (with the
+    native engine's wording: the one a caller sees from either engine)."""
+    matrix = _buffers.as_matrix(vectors)
     if dim is not None and matrix.shape[1] != dim:
         raise DimensionMismatchError(
             f"vector has {matrix.shape[1]} dimensions but the store holds {dim}-dimensional vectors",
             expected=dim,
             got=matrix.shape[1],
         )
-    if not np.isfinite(matrix).all():
-        raise InvalidVectorError("vectors contain NaN or infinity")
-    if not (matrix != 0).any(axis=1).all():
-        raise InvalidVectorError("a vector is all zeros (it has no direction)")
     return matrix
 
 
@@ -294,31 +267,24 @@ class _Filter:
         "ids",
     )
 
-    def __init__(self, flt: dict[str, Any] | None):
-        flt = dict(flt or {})
-        unknown = set(flt) - set(self.__slots__)
-        if unknown:
-            raise InvalidFilterError(f"unknown filter keys: {sorted(unknown)}")
-        self.scope = flt.get("scope")
-        categories = flt.get("categories")
-        self.categories = None if categories is None else frozenset(categories)
-        where = flt.get("where")
-        if where:
+    def __init__(self, flt: Filter | None):
+        flt = Filter() if flt is None else flt
+        self.scope = flt.scope
+        self.categories = None if flt.categories is None else frozenset(flt.categories)
+        if flt.where:
             keyed = []
-            for key, value in where:
-                scalar = _scalar_key(value)
-                if scalar is None:
-                    raise InvalidFilterError(f"where[{key!r}] must be a scalar, got {value!r}")
+            for key, value in flt.where:
+                scalar = _scalar_key(check.where_value(value, f"where[{key!r}]"))
+                assert scalar is not None  # where_value lets only scalars through
                 keyed.append((key, scalar))
-            self.where = keyed
+            self.where: list[tuple[str, tuple]] | None = keyed
         else:
             self.where = None
-        self.source = flt.get("source")
-        self.include_private = bool(flt.get("include_private", True))
-        self.visible_to = flt.get("visible_to")
-        self.older_than = flt.get("older_than")
-        ids = flt.get("ids")
-        self.ids = None if ids is None else frozenset(ids)
+        self.source = flt.source
+        self.include_private = bool(flt.include_private)
+        self.visible_to = flt.visible_to
+        self.older_than = flt.older_than
+        self.ids = None if flt.ids is None else frozenset(flt.ids)
 
     def is_empty(self) -> bool:
         """True when the filter restricts nothing (a scope of '/' matches everything)."""
@@ -356,38 +322,43 @@ class _Filter:
 # --------------------------------------------------------------------------- sqlite help
 
 
-def _row_damage(row: tuple) -> str | None:
+class _SqlRow(NamedTuple):
+    """A row of the records table as ``_READ_COLUMNS`` selects it (values as SQLite
+    returns them, unchecked)."""
+
+    id: Any
+    content: Any
+    scope: Any
+    categories: Any  # a JSON list text
+    metadata: Any  # a JSON object text
+    importance: Any
+    created_at: Any
+    last_accessed: Any
+    source: Any
+    private: Any  # 0 or 1
+    vector: Any  # little-endian float32 bytes
+    fields_crc: Any
+    vector_crc: Any
+
+
+def _row_damage(row: _SqlRow) -> str | None:
     """What fails in a stored row ("unreadable", "fields", "vector"), or None when it is
     whole; the layout is ``storage/checksum.rs``'s."""
-    (
-        record_id,
-        content,
-        scope,
-        categories,
-        metadata,
-        importance,
-        created_at,
-        last_accessed,
-        source,
-        private,
-        blob,
-        fields_sum,
-        vector_sum,
-    ) = row
-    texts = (record_id, content, scope, categories, metadata)
+    texts = (row.id, row.content, row.scope, row.categories, row.metadata)
+    numbers = (row.importance, row.created_at, row.last_accessed)
     if (
         not all(isinstance(t, str) for t in texts)
-        or not all(isinstance(x, (int, float)) for x in (importance, created_at, last_accessed))
-        or not (source is None or isinstance(source, str))
-        or private not in (0, 1)
-        or not isinstance(blob, bytes)
-        or not isinstance(fields_sum, int)
-        or not isinstance(vector_sum, int)
+        or not all(isinstance(x, (int, float)) for x in numbers)
+        or not (row.source is None or isinstance(row.source, str))
+        or row.private not in (0, 1)
+        or not isinstance(row.vector, bytes)
+        or not isinstance(row.fields_crc, int)
+        or not isinstance(row.vector_crc, int)
     ):
         return "unreadable"
-    if _storefile.fields_crc(*texts, importance, created_at, last_accessed, source, private) != fields_sum:
+    if _storefile.fields_crc(*texts, *numbers, row.source, row.private) != row.fields_crc:
         return "fields"
-    if _storefile.vector_crc(blob) != vector_sum:
+    if _storefile.vector_crc(row.vector) != row.vector_crc:
         return "vector"
     return None
 
@@ -649,22 +620,9 @@ class ReferenceEngine:
     def _row_to_stored(self, row: tuple, seq: int, dim: int | None) -> _Stored | None:
         """The record of a row, or None (and the row quarantined) when it fails its
         checksums or cannot be decoded."""
-        (
-            record_id,
-            content,
-            scope,
-            categories,
-            metadata,
-            importance,
-            created_at,
-            last_accessed,
-            source,
-            private,
-            blob,
-            fields_sum,
-            vector_sum,
-        ) = row
-        damage = None if self._version_1 else _row_damage(row)
+        stored = _SqlRow._make(row)
+        record_id, blob = stored.id, stored.vector
+        damage = None if self._version_1 else _row_damage(stored)
         if damage is not None:
             if isinstance(record_id, bytes):
                 record_id = record_id.decode("utf-8", "replace")
@@ -674,7 +632,7 @@ class ReferenceEngine:
             return None
         self._damaged.pop(record_id, None)
         try:
-            category_list = json.loads(categories)
+            category_list = json.loads(stored.categories)
         except ValueError:
             raise CorruptStoreError(f"record {record_id!r} has malformed categories") from None
         if not isinstance(blob, bytes) or len(blob) % 4 != 0 or (dim is not None and len(blob) != 4 * dim):
@@ -688,15 +646,15 @@ class ReferenceEngine:
         try:
             return _Stored(
                 record_id,
-                content,
-                scope,
+                stored.content,
+                stored.scope,
                 category_list,
-                metadata,
-                importance,
-                created_at,
-                last_accessed,
-                source,
-                bool(private),
+                stored.metadata,
+                stored.importance,
+                stored.created_at,
+                stored.last_accessed,
+                stored.source,
+                bool(stored.private),
                 vector,
             )
         except InvalidMetadataError as exc:
@@ -819,7 +777,7 @@ class ReferenceEngine:
     def _set_dim_statement(self, dim: int) -> tuple[str, list]:
         return ("INSERT OR REPLACE INTO meta(key, value) VALUES ('dim', ?)", [(str(dim),)])
 
-    def _matching(self, flt: dict | None) -> list[_Stored]:
+    def _matching(self, flt: Filter | None) -> list[_Stored]:
         prepared = _Filter(flt)
         return [record for record in self._records.values() if prepared.matches(record)]
 
@@ -837,59 +795,22 @@ class ReferenceEngine:
     # ----------------------------------------------------------------- writes
 
     @_operation("write", sync=False)
-    def upsert(
-        self,
-        ids: list[str],
-        vectors: Any,
-        contents: list[str],
-        scopes: list[str],
-        categories: list[list[str]],
-        metadata_json: list[str],
-        importance: list[float],
-        created_at: list[float],
-        last_accessed: list[float],
-        sources: list[str | None],
-        private: list[bool],
-        mode: str,
-    ) -> None:
+    def upsert(self, batch: RecordBatch, mode: str) -> None:
         self._current_op = "add" if mode == "insert" else "upsert"
         if mode not in ("insert", "upsert"):
             raise InvalidInputError(f"mode must be 'insert' or 'upsert', got {mode!r}")
+        ids = batch.id
         n = len(ids)
-        columns = (
-            contents,
-            scopes,
-            categories,
-            metadata_json,
-            importance,
-            created_at,
-            last_accessed,
-            sources,
-            private,
-        )
+        columns = [getattr(batch, name) for name in record_field_names() if name != "vector"]
         if any(len(column) != n for column in columns):
             raise InvalidInputError("every field needs one value per id")
-        if len(set(ids)) != n:
-            raise InvalidInputError("ids must be unique within one batch")
-        matrix = _check_matrix(vectors, None)
+        check.check_unique_ids(ids)
+        matrix = _check_matrix(batch.vector, None)
         _check_stored_range(matrix)
-        if matrix.shape[0] != n:
-            raise InvalidInputError(f"{n} ids but {matrix.shape[0]} vectors")
+        check.check_vector_count(n, matrix.shape[0])
+        # Each record's values in the schema's order, the vector last.
         new_records = [
-            _Stored(
-                ids[i],
-                contents[i],
-                scopes[i],
-                categories[i],
-                metadata_json[i],
-                importance[i],
-                created_at[i],
-                last_accessed[i],
-                sources[i],
-                private[i],
-                _readonly_vector(matrix[i]),
-            )
-            for i in range(n)
+            _Stored(*[column[i] for column in columns] + [_readonly_vector(matrix[i])]) for i in range(n)
         ]
 
         def plan(seq: int) -> tuple[None, list, Callable[[], None]]:
@@ -900,7 +821,7 @@ class ReferenceEngine:
                     if record_id in self._records:
                         raise DuplicateIdError(f"id {record_id!r} already exists; use upsert to replace it")
             new_dim = matrix.shape[1] if self._dim is None else None
-            statements = [
+            statements: builtins.list[tuple[str, Any]] = [
                 # Generators: the rows are only built when a database executes them.
                 (_UPSERT_SQL, (record.as_row(seq) for record in new_records)),
                 ("DELETE FROM tombstones WHERE id = ?", ((record_id,) for record_id in ids)),
@@ -920,21 +841,18 @@ class ReferenceEngine:
         self._write(plan)
 
     @_operation("update", sync=False)
-    def update(self, id: str, fields: dict[str, Any]) -> bool:
-        unknown = set(fields) - _UPDATABLE_FIELDS
-        if unknown:
-            raise InvalidInputError(f"cannot update unknown fields {sorted(unknown)}")
-        changes = {k: v for k, v in fields.items() if k != "vector"}
+    def update(self, id: str, patch: Patch) -> bool:
+        changes = patch.changes()
+        vector = None
+        if "vector" in changes:
+            vector = _check_matrix(changes.pop("vector"), None)
+            if vector.shape[0] != 1:
+                raise InvalidVectorError("update takes exactly one vector")
+            _check_stored_range(vector)
         if "metadata_json" in changes:
             _metadata_scalars(changes["metadata_json"])  # raises on a non-object
         if "categories" in changes:
             changes["categories"] = tuple(changes["categories"])
-        vector = None
-        if "vector" in fields:
-            vector = _check_matrix(fields["vector"], None)
-            if vector.shape[0] != 1:
-                raise InvalidVectorError("update takes exactly one vector")
-            _check_stored_range(vector)
 
         def plan(seq: int) -> tuple[bool, list, Callable[[], None]]:
             current = self._records.get(id)
@@ -979,21 +897,18 @@ class ReferenceEngine:
         return self._write(plan)
 
     @_operation("delete", sync=False)
-    def delete(self, ids: list[str] | None, filter: dict | None) -> int:
-        if ids is None and _Filter(filter).is_empty():
-            raise InvalidFilterError("delete needs at least one criterion; use reset() to delete everything")
-        flt = dict(filter or {})
+    def delete(self, ids: list[str] | None = None, filter: Filter | None = None) -> int:
+        flt = check.require_delete_criterion(ids, Filter() if filter is None else filter)
+        only_ids = ids is not None and not dataclasses.replace(flt, ids=None).restricts()
         if ids is not None:
             wanted = set(ids)
-            flt["ids"] = list(wanted if "ids" not in flt else wanted & set(flt["ids"]))
+            flt = dataclasses.replace(flt, ids=list(wanted if flt.ids is None else wanted & set(flt.ids)))
         _Filter(flt)  # reject a malformed filter before the transaction
-
-        only_ids = ids is not None and _Filter({k: v for k, v in flt.items() if k != "ids"}).is_empty()
 
         def plan(seq: int) -> tuple[int, list, Callable[[], None]]:
             doomed = [record.id for record in self._matching(flt)]
             if only_ids:  # damaged records are deleted by id (how a user clears them)
-                doomed += [i for i in dict.fromkeys(flt["ids"]) if i in self._damaged]
+                doomed += [i for i in dict.fromkeys(flt.ids or ()) if i in self._damaged]
             if not doomed:
                 return 0, [], lambda: None
             statements = [
@@ -1039,7 +954,7 @@ class ReferenceEngine:
 
     @_operation("search")
     def search(
-        self, queries: Any, k: int, filter: dict | None, min_score: float | None
+        self, queries: Any, k: int, filter: Filter | None = None, min_score: float | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidInputError(f"k must be an int >= 1, got {k!r}")
@@ -1101,7 +1016,7 @@ class ReferenceEngine:
         return ordered[:k]
 
     @_operation("get")
-    def get(self, ids: list[str]) -> list[tuple | None]:
+    def get(self, ids: list[str]) -> list[RecordRow | None]:
         result = []
         for record_id in ids:
             record = self._records.get(record_id)
@@ -1111,26 +1026,28 @@ class ReferenceEngine:
                     "the record again (or delete it) to clear it; `ferromem check` lists all "
                     "damage"
                 )
-            result.append(None if record is None else record.as_tuple())
+            result.append(None if record is None else record.record_row())
         return result
 
     @_operation("list")
-    def list(self, filter: dict | None, offset: int, limit: int | None) -> list[tuple]:
+    def list(
+        self, filter: Filter | None = None, offset: int = 0, limit: int | None = None
+    ) -> builtins.list[RecordRow]:
         if offset < 0 or (limit is not None and limit < 0):
             raise InvalidInputError("offset and limit must be >= 0")
         records = sorted(self._matching(filter), key=lambda r: (-r.created_at, r.id))
         end = None if limit is None else offset + limit
-        return [record.as_tuple() for record in records[offset:end]]
+        return [record.record_row() for record in records[offset:end]]
 
     @_operation("count")
-    def count(self, filter: dict | None) -> int:
+    def count(self, filter: Filter | None = None) -> int:
         return len(self._matching(filter))
 
     @_operation("scopes")
-    def child_scopes(self, scope: str | None) -> list[str]:
+    def child_scopes(self, scope: str | None = None) -> builtins.list[str]:
         return self._child_scopes(scope or "/")
 
-    def _child_scopes(self, scope: str) -> list[str]:
+    def _child_scopes(self, scope: str) -> builtins.list[str]:
         children = set()
         for record in self._records.values():
             child = child_of(scope, record.scope)
@@ -1139,16 +1056,16 @@ class ReferenceEngine:
         return sorted(children)
 
     @_operation("scopes")
-    def category_counts(self, filter: dict | None) -> dict[str, int]:
+    def category_counts(self, filter: Filter | None = None) -> dict[str, int]:
         counts: collections.Counter = collections.Counter()
         for record in self._matching(filter):
             counts.update(record.categories)
         return dict(sorted(counts.items()))
 
     @_operation("scopes")
-    def scope_info(self, scope: str | None) -> dict[str, Any]:
+    def scope_info(self, scope: str | None = None) -> dict[str, Any]:
         scope = scope or "/"
-        records = self._matching({"scope": scope})
+        records = self._matching(Filter(scope=scope))
         categories = sorted({c for record in records for c in record.categories})
         created = [record.created_at for record in records]
         return {
@@ -1191,7 +1108,7 @@ class ReferenceEngine:
                 }
             return report
 
-    def damaged(self) -> list[dict[str, Any]]:
+    def damaged(self) -> builtins.list[dict[str, Any]]:
         """The quarantined records ({"id", "seq", "what"}), like the native engine's
         stats()["damaged"]."""
         with self._lock:
@@ -1202,7 +1119,7 @@ class ReferenceEngine:
         return self._read_only
 
     @staticmethod
-    def verify(path: str) -> list[str]:
+    def verify(path: str) -> builtins.list[str]:
         """What ``ferromem.check`` reports, read-only (see :func:`ferromem.check`)."""
         engine = ReferenceEngine(path, None, read_only=True)
         try:

@@ -8,6 +8,7 @@ message says what is wrong and what to do.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ._schema import Filter, RecordBatch
 from .exceptions import (
     InvalidFilterError,
     InvalidIdError,
@@ -144,13 +146,22 @@ def ids_or_single(value: Any, name: str = "ids") -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def find_duplicate(ids: list[str]) -> str | None:
+def check_unique_ids(ids: list[str]) -> None:
+    """Ids in one batch are unique (the facade's check, and the reference engine's
+    re-check, with one wording)."""
     seen: set[str] = set()
     for record_id in ids:
         if record_id in seen:
-            return record_id
+            raise InvalidInputError(
+                f"id {record_id!r} appears more than once in this batch; ids in one call must be unique"
+            )
         seen.add(record_id)
-    return None
+
+
+def check_vector_count(n_ids: int, n_vectors: int) -> None:
+    """One vector per id (the facade's check, and the reference engine's re-check)."""
+    if n_vectors != n_ids:
+        raise InvalidInputError(f"{n_ids} ids but {n_vectors} vectors; pass one vector per id")
 
 
 # --------------------------------------------------------------------------- fields
@@ -349,8 +360,9 @@ def _is_category_list(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and all(isinstance(c, str) for c in value)
 
 
-def record_fields(
-    n: int,
+def record_batch(
+    ids: list[str],
+    vectors: np.ndarray,
     single: bool,
     *,
     contents: Any,
@@ -363,12 +375,14 @@ def record_fields(
     sources: Any,
     private: Any,
     now: float,
-) -> dict[str, list[Any]]:
-    """Checks the per-record fields of add/upsert and returns one list of n per field.
+) -> RecordBatch:
+    """Checks the per-record fields of add/upsert and returns the batch to save: one
+    column of len(ids) values per field, and ``vectors`` (already a float32 matrix).
 
     ``single``: the call is the single-record form, where every field is a scalar (a
     list would be ambiguous there and is rejected by the scalar check).
     """
+    n = len(ids)
 
     def field(value: Any, name: str, is_one, check_one, default, error=InvalidInputError):
         if value is None:
@@ -380,33 +394,39 @@ def record_fields(
     def is_number(v: Any) -> bool:
         return isinstance(v, _REAL_TYPES) or isinstance(v, _dt.datetime)
 
-    out = {
-        "contents": field(contents, "contents", lambda v: isinstance(v, str), check_text, ""),
-        "scopes": field(scopes, "scopes", lambda v: isinstance(v, str), check_scope, "/"),
-        "categories": field(categories, "categories", _is_category_list, check_categories, []),
-        "metadata_json": field(
-            metadata,
-            "metadata",
-            lambda v: isinstance(v, dict),
-            metadata_json,
-            "{}",
-            InvalidMetadataError,
-        ),
-        "importance": field(importance, "importance", is_number, check_real, 0.5),
-        "created_at": field(created_at, "created_at", is_number, check_timestamp, now),
-        "private": field(private, "private", lambda v: isinstance(v, _BOOL_TYPES), check_bool, False),
-    }
+    # In this order: the first bad field is the one reported.
+    content = field(contents, "contents", lambda v: isinstance(v, str), check_text, "")
+    scope = field(scopes, "scopes", lambda v: isinstance(v, str), check_scope, "/")
+    category_lists = field(categories, "categories", _is_category_list, check_categories, [])
+    metadata_texts = field(
+        metadata, "metadata", lambda v: isinstance(v, dict), metadata_json, "{}", InvalidMetadataError
+    )
+    importances = field(importance, "importance", is_number, check_real, 0.5)
+    created = field(created_at, "created_at", is_number, check_timestamp, now)
+    privates = field(private, "private", lambda v: isinstance(v, _BOOL_TYPES), check_bool, False)
     if last_accessed is None:
-        out["last_accessed"] = list(out["created_at"])
+        accessed = list(created)
     else:
-        out["last_accessed"] = field(last_accessed, "last_accessed", is_number, check_timestamp, now)
+        accessed = field(last_accessed, "last_accessed", is_number, check_timestamp, now)
     if sources is None:
-        out["sources"] = [None] * n
+        source_column: list[str | None] = [None] * n
     elif single:
-        out["sources"] = [check_source(sources, "sources")]
+        source_column = [check_source(sources, "sources")]
     else:
-        out["sources"] = _per_record(sources, n, "sources", lambda v: isinstance(v, str), check_source)
-    return out
+        source_column = _per_record(sources, n, "sources", lambda v: isinstance(v, str), check_source)
+    return RecordBatch(
+        id=ids,
+        content=content,
+        scope=scope,
+        categories=category_lists,
+        metadata_json=metadata_texts,
+        importance=importances,
+        created_at=created,
+        last_accessed=accessed,
+        source=source_column,
+        private=privates,
+        vector=vectors,
+    )
 
 
 # --------------------------------------------------------------------------- search
@@ -510,7 +530,9 @@ def check_limit(limit: Any) -> int | None:
 # --------------------------------------------------------------------------- filters
 
 
-def _where_value(value: Any, name: str) -> Any:
+def where_value(value: Any, name: str) -> Any:
+    """A where-criterion's value: a scalar, in the form the engines compare (the
+    facade's check, and the reference engine's re-check)."""
     if value is None or isinstance(value, str):
         if isinstance(value, str) and not _is_utf8_encodable(value):
             raise InvalidFilterError(f"{name} contains a lone surrogate")
@@ -538,7 +560,7 @@ def check_where(where: Any) -> list[tuple[str, Any]] | None:
             raise InvalidFilterError(
                 f"where keys must be str (metadata keys), got {_type_name(key)}: {key!r}"
             )
-        pairs.append((key, _where_value(value, f"where[{key!r}]")))
+        pairs.append((key, where_value(value, f"where[{key!r}]")))
     pairs.sort(key=lambda pair: pair[0])
     return pairs
 
@@ -553,11 +575,13 @@ def build_filter(
     visible_to: Any = None,
     older_than: Any = None,
     ids: Any = None,
-) -> dict[str, Any]:
-    """The canonical filter dict of docs/architecture.md, holding only the criteria given."""
-    flt: dict[str, Any] = {}
+) -> Filter:
+    """The engine's :class:`~ferromem._schema.Filter` for the criteria given, each checked
+    and in canonical form (categories and ids sorted without duplicates, where pairs
+    sorted by key)."""
+    criteria: dict[str, Any] = {}
     if scope is not None:
-        flt["scope"] = check_scope(scope, "scope", InvalidFilterError)
+        criteria["scope"] = check_scope(scope, "scope", InvalidFilterError)
     if categories is not None:
         if isinstance(categories, str):
             raise InvalidFilterError(
@@ -570,14 +594,14 @@ def build_filter(
                 raise InvalidFilterError(
                     f"categories must be a list of str, got an item of type {_type_name(item)}"
                 )
-        flt["categories"] = sorted(set(categories))
+        criteria["categories"] = sorted(set(categories))
     pairs = check_where(where)
     if pairs:
-        flt["where"] = pairs
+        criteria["where"] = tuple(pairs)
     if source is not None:
         if not isinstance(source, str):
             raise InvalidFilterError(f"source must be a str or None, got {_type_name(source)}")
-        flt["source"] = source
+        criteria["source"] = source
     include_private = check_bool(include_private, "include_private", InvalidFilterError)
     if visible_to is not None:
         if not isinstance(visible_to, str):
@@ -589,11 +613,11 @@ def build_filter(
                 "visible_to only applies with include_private=False (private records of "
                 "other sources are then left out); pass include_private=False as well"
             )
-        flt["visible_to"] = visible_to
+        criteria["visible_to"] = visible_to
     if not include_private:
-        flt["include_private"] = False
+        criteria["include_private"] = False
     if older_than is not None:
-        flt["older_than"] = check_timestamp(older_than, "older_than", InvalidFilterError)
+        criteria["older_than"] = check_timestamp(older_than, "older_than", InvalidFilterError)
     if ids is not None:
         if isinstance(ids, str):
             raise InvalidFilterError(f"ids must be a list of str, got a str; pass [{ids!r}]")
@@ -602,5 +626,22 @@ def build_filter(
         for item in ids:
             if not isinstance(item, str):
                 raise InvalidFilterError(f"ids must be a list of str, got an item of type {_type_name(item)}")
-        flt["ids"] = sorted(set(ids))
+        criteria["ids"] = sorted(set(ids))
+    return Filter(**criteria)
+
+
+def require_delete_criterion(ids: list[str] | None, flt: Filter) -> Filter:
+    """The filter of a delete, which must restrict something: a delete with neither ids
+    nor a criterion would wipe the store, which is what reset() is for. A scope of '/'
+    matches everything, so it does not count (and is dropped): a caller passing the root
+    scope through must not wipe the store by accident. The one check of this rule for
+    both engines (the reference engine calls it too; the native core keeps its own
+    guard of its state)."""
+    if flt.scope == "/":
+        flt = dataclasses.replace(flt, scope=None)
+    if ids is None and not flt.restricts():
+        raise InvalidFilterError(
+            "delete() needs at least one criterion (ids, scope other than '/', "
+            "categories, where, source or older_than); use reset() to delete everything"
+        )
     return flt

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from . import _core
+    from ._schema import RecordRow
 
 __all__ = ["Record", "ScopeInfo"]
 
@@ -32,38 +36,27 @@ class Record:
     vector: np.ndarray
 
     @classmethod
-    def _from_tuple(cls, row: tuple) -> Record:
-        """Builds a Record from an engine RecordTuple (see docs/architecture.md)."""
-        (
-            record_id,
-            content,
-            scope,
-            categories,
-            metadata_json,
-            importance,
-            created_at,
-            last_accessed,
-            source,
-            private,
-            vector,
-        ) = row
-        vector = np.asarray(vector, dtype=np.float32)
+    def _from_row(cls, row: RecordRow | _core.RecordRow) -> Record:
+        """Builds a Record from a record an engine returned (``ferromem._schema.RecordRow``
+        or the native engine's class with the same fields)."""
+        vector = np.asarray(row.vector, dtype=np.float32)
         if vector.flags.writeable:
             # A read-only view, so that the flag never affects an engine's own array (the
             # native engine hands over a fresh array that is read-only already).
             vector = vector.view()
             vector.flags.writeable = False
+        metadata_json = row.metadata_json
         return cls(
-            id=record_id,
-            content=content,
-            scope=scope,
-            categories=tuple(categories),
+            id=row.id,
+            content=row.content,
+            scope=row.scope,
+            categories=tuple(row.categories),
             metadata={} if metadata_json == "{}" else json.loads(metadata_json),
-            importance=float(importance),
-            created_at=float(created_at),
-            last_accessed=float(last_accessed),
-            source=source,
-            private=bool(private),
+            importance=float(row.importance),
+            created_at=float(row.created_at),
+            last_accessed=float(row.last_accessed),
+            source=row.source,
+            private=bool(row.private),
             vector=vector,
         )
 

@@ -1,10 +1,12 @@
 """The public facade: :func:`open`, :class:`Store` and :class:`SearchResult`.
 
 The Store checks every argument (``ferromem._validate``) and converts vectors (the
-Cython ``ferromem._buffers`` when it is built, else its NumPy twin
-``ferromem._convert``) before it calls the engine, so a bad call raises a typed error
-and writes nothing. The engine is the native ``ferromem._core.Engine`` when it loads,
-else the NumPy :class:`~ferromem._reference.ReferenceEngine` (with one warning).
+Cython data plane ``ferromem._buffers``) before it calls the engine, so a bad call
+raises a typed error and writes nothing. It talks to the engine through the typed
+shapes of ``ferromem._schema`` (records, batches, patches, filters) and the
+``ferromem._engine.Engine`` protocol. The engine is the native ``ferromem._core.Engine``
+when it loads, else the NumPy :class:`~ferromem._reference.ReferenceEngine` (with one
+warning).
 """
 
 from __future__ import annotations
@@ -18,19 +20,19 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import numpy as np
 
-from . import _convert
 from . import _validate as check
+from ._engine import Engine, IndexedEngine
 from ._reference import ReferenceEngine
+from ._schema import Filter, Patch
 from ._typing import ArrayLike, Durability, EngineChoice, IndexMode, Matrix, Precision, Vector
 from .exceptions import (
     DamagedCacheWarning,
     DamagedRecordsWarning,
     FerromemError,
-    InvalidFilterError,
     InvalidInputError,
     NativeUnavailableWarning,
     NotFoundError,
@@ -46,15 +48,23 @@ __all__ = ["open", "check_store", "Store", "SearchResult"]
 
 
 def _load_data_plane() -> Any:
-    """The compiled data plane if it is built and complete, else the NumPy twin."""
+    """The compiled data plane: the one intake of vectors. It is built with the package
+    (setup.py builds it beside ``_core``); without it no vector could be read, so its
+    absence is an ImportError that says how to fix it."""
     try:
-        from . import _buffers  # type: ignore[attr-defined]
-    except ImportError:
-        return _convert
-    if callable(getattr(_buffers, "as_matrix", None)) and callable(getattr(_buffers, "as_vector", None)):
-        return _buffers
-    return _convert
+        from . import _buffers
+    except ImportError as exc:
+        raise ImportError(
+            f"ferromem's data plane (ferromem._buffers) is not built: {exc}. To fix it, {_REINSTALL_HINT}"
+        ) from exc
+    return _buffers
 
+
+_REINSTALL_HINT = (
+    "reinstall ferromem with a Rust toolchain and a C compiler available "
+    "(https://rustup.rs): in a clone of the ferromem repository, "
+    "`pip install --force-reinstall .` (ferromem is not published on a package index)"
+)
 
 _data_plane = _load_data_plane()
 _as_matrix = _data_plane.as_matrix
@@ -66,7 +76,7 @@ _as_vector = _data_plane.as_vector
 
 def _load_native() -> tuple[Any, BaseException | None]:
     try:
-        from . import _core  # type: ignore[attr-defined]
+        from . import _core
     except ImportError as exc:
         return None, exc
     if not hasattr(_core, "Engine"):
@@ -77,12 +87,6 @@ def _load_native() -> tuple[Any, BaseException | None]:
 _core, _core_import_error = _load_native()
 _native_warning_lock = threading.Lock()
 _native_warning_issued = False
-
-_REINSTALL_HINT = (
-    "reinstall ferromem with a Rust toolchain and a C compiler available "
-    "(https://rustup.rs): in a clone of the ferromem repository, "
-    "`pip install --force-reinstall .` (ferromem is not published on a package index)"
-)
 
 
 def _warn_native_unavailable() -> None:
@@ -102,7 +106,7 @@ def _warn_native_unavailable() -> None:
     )
 
 
-def _warn_damaged_caches(engine_instance: Any, path: str) -> None:
+def _warn_damaged_caches(engine_instance: Engine, path: str) -> None:
     """Warns when the engine found the store image or the saved graph damaged at open. Both
     are caches: the engine already ignored them (the store was read from its file, the
     graph is rebuilt), so answers are right; the user should still hear of the damage,
@@ -224,16 +228,21 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     except BaseException:  # a warnings filter turned a warning into an error
         engine_instance.close()
         raise
-    set_capacity = getattr(engine_instance, "set_cache_capacity", None)
-    if set_capacity is not None:  # the reference engine keeps no cache
-        set_capacity(cache_size)
-    set_index = getattr(engine_instance, "set_index", None)
-    if set_index is not None:  # the reference engine always scans exactly
-        set_index(index, ef_search)
+    indexed = _indexed(engine_instance)
+    if indexed is not None:  # the reference engine keeps no cache and always scans exactly
+        indexed.set_cache_capacity(cache_size)
+        indexed.set_index(index, ef_search)
     return Store(engine_instance, engine_name, index=index, ef_search=ef_search)
 
 
-def _damaged_records(engine: Any) -> builtins.list[dict[str, Any]]:
+def _indexed(engine: Engine) -> IndexedEngine | None:
+    """The engine as an :class:`IndexedEngine` when it has a result cache and an index
+    (the native one). Not ``isinstance``: a runtime protocol check reads every property
+    of the engine (``dim`` catches up with the file)."""
+    return cast("IndexedEngine", engine) if hasattr(engine, "wait_for_index") else None
+
+
+def _damaged_records(engine: Engine) -> builtins.list[dict[str, Any]]:
     """The engine's quarantined records (the native engine reports them in its stats)."""
     reported = getattr(engine, "damaged", None)
     if callable(reported):
@@ -241,7 +250,7 @@ def _damaged_records(engine: Any) -> builtins.list[dict[str, Any]]:
     return builtins.list(engine.stats().get("damaged") or [])
 
 
-def _warn_if_damaged(engine: Any, path: str | None) -> None:
+def _warn_if_damaged(engine: Engine, path: str | None) -> None:
     damaged = _damaged_records(engine)
     if damaged:
         shown = ", ".join(repr(d["id"]) for d in damaged[:5])
@@ -381,7 +390,7 @@ class SearchResult:
 _forks = 0
 # The parent's engines a child closed: kept, never finalised here (closing one would
 # touch the parent's connections and files).
-_inherited_engines: builtins.list[Any] = []
+_inherited_engines: builtins.list[Engine] = []
 
 
 def _after_fork_in_child() -> None:
@@ -408,7 +417,7 @@ class Store:
     Thread-safe: any number of threads may call one Store at once.
     """
 
-    def __init__(self, engine: Any, engine_name: str, *, index: str = "auto", ef_search: int = 96):
+    def __init__(self, engine: Engine, engine_name: str, *, index: str = "auto", ef_search: int = 96):
         self._engine = engine
         self._engine_name = engine_name
         self._index = index
@@ -542,18 +551,12 @@ class Store:
             id_list = check.check_id_list(ids)
             if not id_list:
                 return self._empty_batch(vectors)
-            duplicate = check.find_duplicate(id_list)
-            if duplicate is not None:
-                raise InvalidInputError(
-                    f"id {duplicate!r} appears more than once in this batch; ids in one call must be unique"
-                )
+            check.check_unique_ids(id_list)
             matrix = _as_matrix(vectors)
-            if matrix.shape[0] != len(id_list):
-                raise InvalidInputError(
-                    f"{len(id_list)} ids but {matrix.shape[0]} vectors; pass one vector per id"
-                )
-        fields = check.record_fields(
-            len(id_list),
+            check.check_vector_count(len(id_list), matrix.shape[0])
+        batch = check.record_batch(
+            id_list,
+            matrix,
             single,
             contents=contents,
             scopes=scopes,
@@ -566,20 +569,7 @@ class Store:
             private=private,
             now=time.time(),
         )
-        self._engine.upsert(
-            id_list,
-            matrix,
-            fields["contents"],
-            fields["scopes"],
-            fields["categories"],
-            fields["metadata_json"],
-            fields["importance"],
-            fields["created_at"],
-            fields["last_accessed"],
-            fields["sources"],
-            fields["private"],
-            mode,
-        )
+        self._engine.upsert(batch, mode)
         return id_list
 
     @staticmethod
@@ -612,28 +602,28 @@ class Store:
         updated record. A missing id raises NotFoundError."""
         self._check_open()
         record_id = check.check_id(id)
-        fields: dict[str, Any] = {}
+        changes: dict[str, Any] = {}
         if content is not _UNSET:
-            fields["content"] = check.check_text(content, "content")
+            changes["content"] = check.check_text(content, "content")
         if scope is not _UNSET:
-            fields["scope"] = check.check_scope(scope)
+            changes["scope"] = check.check_scope(scope)
         if categories is not _UNSET:
-            fields["categories"] = check.check_categories(categories)
+            changes["categories"] = check.check_categories(categories)
         if metadata is not _UNSET:
-            fields["metadata_json"] = check.metadata_json(metadata)
+            changes["metadata_json"] = check.metadata_json(metadata)
         if importance is not _UNSET:
-            fields["importance"] = check.check_real(importance, "importance")
+            changes["importance"] = check.check_real(importance, "importance")
         if created_at is not _UNSET:
-            fields["created_at"] = check.check_timestamp(created_at, "created_at")
+            changes["created_at"] = check.check_timestamp(created_at, "created_at")
         if last_accessed is not _UNSET:
-            fields["last_accessed"] = check.check_timestamp(last_accessed, "last_accessed")
+            changes["last_accessed"] = check.check_timestamp(last_accessed, "last_accessed")
         if source is not _UNSET:
-            fields["source"] = check.check_source(source)
+            changes["source"] = check.check_source(source)
         if private is not _UNSET:
-            fields["private"] = check.check_bool(private, "private")
+            changes["private"] = check.check_bool(private, "private")
         if vector is not _UNSET:
-            fields["vector"] = _as_vector(vector)  # the engine checks the dimension
-        if fields and not self._engine.update(record_id, fields):
+            changes["vector"] = _as_vector(vector)  # the engine checks the dimension
+        if changes and not self._engine.update(record_id, Patch(**changes)):
             raise NotFoundError(f"no record with id {record_id!r}; use add() to create it")
         record = self.get(record_id)
         if record is None:
@@ -672,17 +662,10 @@ class Store:
             source=source,
             older_than=older_than,
         )
-        # A scope of "/" matches everything, so it does not count as a criterion: a
-        # caller passing the root scope through must not wipe the store by accident.
-        restricting = {k: v for k, v in flt.items() if not (k == "scope" and v == "/")}
-        if id_list is None and not restricting:
-            raise InvalidFilterError(
-                "delete() needs at least one criterion (ids, scope other than '/', "
-                "categories, where, source or older_than); use reset() to delete everything"
-            )
+        flt = check.require_delete_criterion(id_list, flt)
         if id_list == []:
             return 0
-        return int(self._engine.delete(id_list, restricting or None))
+        return int(self._engine.delete(id_list, flt))
 
     def clear(self) -> int:
         """Deletes every record in one transaction and returns how many; unlike
@@ -691,7 +674,7 @@ class Store:
         # Engines refuse a criterion-less delete (the facade's guard against wiping a
         # store by accident); "created before the largest finite time" is every record
         # (created_at is always finite), said explicitly.
-        return int(self._engine.delete(None, {"older_than": sys.float_info.max}))
+        return int(self._engine.delete(None, Filter(older_than=sys.float_info.max)))
 
     def reset(self) -> None:
         """Deletes every record; the dimension is free again."""
@@ -795,13 +778,13 @@ class Store:
         """The record with this id, or None."""
         self._check_open()
         row = self._engine.get([check.check_id(id)])[0]
-        return None if row is None else Record._from_tuple(row)
+        return None if row is None else Record._from_row(row)
 
     def get_many(self, ids: Any) -> list[Record | None]:
         """The records with these ids, in the same order (None where missing)."""
         self._check_open()
         rows = self._engine.get(check.check_id_list(ids))
-        return [None if row is None else Record._from_tuple(row) for row in rows]
+        return [None if row is None else Record._from_row(row) for row in rows]
 
     def list(
         self,
@@ -831,7 +814,7 @@ class Store:
         limit = check.check_limit(limit)
         if limit == 0:
             return []
-        return [Record._from_tuple(row) for row in self._engine.list(flt, offset, limit)]
+        return [Record._from_row(row) for row in self._engine.list(flt, offset, limit)]
 
     def count(
         self,
@@ -933,7 +916,7 @@ class Store:
         extras.setdefault("index", {"mode": self._index, "ef_search": self._ef_search, **_NO_GRAPH})
         return {
             "engine": self._engine_name,
-            "records": int(self._engine.count({})),
+            "records": int(self._engine.count(Filter())),
             "dim": self._engine.dim,
             **extras,
             "operations": operations,
@@ -948,9 +931,9 @@ class Store:
         index = self._index if index is None else check.check_index(index)
         ef_search = self._ef_search if ef_search is None else check.check_ef_search(ef_search)
         self._check_open()
-        set_index = getattr(self._engine, "set_index", None)
-        if set_index is not None:  # the reference engine always scans exactly
-            set_index(index, ef_search)
+        indexed = _indexed(self._engine)
+        if indexed is not None:  # the reference engine always scans exactly
+            indexed.set_index(index, ef_search)
         self._index, self._ef_search = index, ef_search
 
     def wait_for_index(self, timeout: float | None = None) -> bool:
@@ -960,10 +943,10 @@ class Store:
         Useful before timing searches, and in tests."""
         timeout = check.check_timeout(timeout)
         self._check_open()
-        wait = getattr(self._engine, "wait_for_index", None)
-        if wait is None:  # the reference engine has no graph
+        indexed = _indexed(self._engine)
+        if indexed is None:  # the reference engine has no graph
             return True
-        return bool(wait(timeout))
+        return bool(indexed.wait_for_index(timeout))
 
     def close(self) -> None:
         """Closes the store; closing twice is harmless. Further calls raise

@@ -10,7 +10,7 @@ import ferromem
 import numpy as np
 import pytest
 from conftest import snapshot
-from ferromem import _convert
+from ferromem import _buffers
 
 DIM = 4
 NAN = float("nan")
@@ -650,12 +650,12 @@ def test_convert_rejects_what_the_facade_rejects():
     ]
     for value in bad:
         with pytest.raises(ferromem.InvalidVectorError):
-            _convert.as_matrix(value)
+            _buffers.as_matrix(value)
         with pytest.raises(ferromem.InvalidVectorError):
-            _convert.as_vector(value)
+            _buffers.as_vector(value)
     with pytest.raises(ferromem.DimensionMismatchError):
-        _convert.as_vector([1.0, 2.0], dim=3)
-    assert math.isclose(float(_convert.as_vector([1e-30, 0.0])[0]), 1e-30, rel_tol=1e-6)
+        _buffers.as_vector([1.0, 2.0], dim=3)
+    assert math.isclose(float(_buffers.as_vector([1e-30, 0.0])[0]), 1e-30, rel_tol=1e-6)
 
 
 # --------------------------------------------------------------------------- saturation

@@ -6,16 +6,16 @@ What is checked:
   array.array, read-only arrays) comes back sharing the caller's memory, same address;
 * exactly one conversion for everything else, with values bit-for-bit equal to
   ``numpy.asarray(x, dtype=numpy.float32)`` (numpy's own float32 rounding);
-* every rejection is the right class from ``ferromem.exceptions``;
-* ``ferromem._convert``, the pure-NumPy twin, returns the same values and raises the same
-  classes on the same inputs (skipped while it does not exist).
+* every rejection is the right class from ``ferromem.exceptions``.
+
+It is the one intake of vectors: the NumPy twin it once had (``ferromem._convert``) is
+gone, and the reference engine re-checks vectors through it too.
 """
 
 from __future__ import annotations
 
 import array
 import ctypes
-import importlib
 import math
 from collections import deque
 from fractions import Fraction
@@ -617,121 +617,3 @@ def test_python_ints_match_numpy(values):
             as_vector(values)
     else:
         assert_exactly(as_vector(values), expected)
-
-
-# --------------------------------------------------------------------------- the twin
-
-
-def _load_twin():
-    try:
-        return importlib.import_module("ferromem._convert")
-    except ImportError as exc:
-        return exc
-
-
-TWIN = _load_twin()
-needs_twin = pytest.mark.skipif(
-    isinstance(TWIN, ImportError),
-    reason=f"ferromem._convert (the pure-NumPy twin) is not importable: {TWIN}",
-)
-
-_ROWS = RNG.standard_normal((4, 6))
-TWIN_CASES = {
-    # accepted
-    "f32-2d": _ROWS.astype(np.float32),
-    "f32-1d": _ROWS[0].astype(np.float32),
-    "f64-2d": _ROWS,
-    "f16-2d": _ROWS.astype(np.float16),
-    "int-2d": np.arange(1, 13).reshape(3, 4),
-    "uint8-1d": np.arange(1, 5, dtype=np.uint8),
-    "fortran": np.asfortranarray(_ROWS.astype(np.float32)),
-    "strided": _ROWS.astype(np.float32)[::2, ::3],
-    "big-endian": _ROWS.astype(">f4"),
-    "read-only-memoryview": memoryview(_ROWS.astype(np.float32).tobytes()).cast("f"),
-    "array-array-f": array.array("f", [1.0, 2.0, 3.0]),
-    "array-array-d": array.array("d", [1.0, 2.0, 3.0]),
-    "list": _ROWS[0].tolist(),
-    "tuple": tuple(_ROWS[0].tolist()),
-    "list-of-lists": _ROWS.tolist(),
-    "list-of-tuples": [tuple(r) for r in _ROWS.tolist()],
-    "list-of-arrays": list(_ROWS),
-    "ints-list": [1, 2**60 + 2**36 + 1, -3],
-    "numpy-scalars-list": [np.float32(1.5), np.float64(2.5), np.int64(3)],
-    "one-row-list": [[1.0, 2.0]],
-    "numpy-int64-rounding": [np.int64(2**60 + 2**36 + 1), np.uint64(2**60 + 2**36 + 1), 1.0],
-    "longdouble-items": [np.longdouble(1) + np.longdouble(2) ** -24 + np.longdouble(2) ** -60],
-    "mixed-array-rows": [np.arange(1, 4, dtype=np.int64), [1.5, 2, 3], np.ones(3, np.float16)],
-    "underflow-list": [1e-50, 1.0],
-    # rejected
-    "nan": [1.0, math.nan],
-    "inf-array": np.array([[1.0, np.inf]]),
-    "overflow-f64": np.array([1e39, 1.0]),
-    "zero-row": [[1.0, 2.0], [0.0, 0.0]],
-    "zero-f32": np.zeros(3, np.float32),
-    "empty-list": [],
-    "empty-row": [[]],
-    "empty-array": np.empty((0, 3)),
-    "ragged": [[1.0, 2.0], [1.0]],
-    "mixed": [1.0, [2.0]],
-    "strings-list": ["1", "2"],
-    "none-in-list": [1.0, None],
-    "three-dims": [[[1.0]]],
-    "three-dims-array": np.ones((1, 1, 2)),
-    "bool-array": np.array([True, True]),
-    "object-array": np.array([1.0, 2.0], dtype=object),
-    "complex-array": np.array([1j, 1.0]),
-    "string": "1.0",
-    "bytes": b"1234",
-    "none": None,
-    "scalar": 2.0,
-    "numpy-scalar": np.float64(2.0),
-    "dict": {"a": 1.0},
-    # edges where the spec leaves room; the two must still agree
-    "bool-in-list": [True, 2.0],
-    "range": range(1, 4),
-    "zero-d-array-items": [np.array(1.5), 2.0],
-}
-
-
-def _unaligned():
-    """A float32 vector at an odd address (built per call: it is written to)."""
-    raw = bytearray(4 * 3 + 1)
-    arr = np.frombuffer(raw, dtype=np.float32, offset=1, count=3)
-    arr[...] = [1.0, 2.0, 3.0]
-    return arr
-
-
-def _outcome(module, make, function, dim):
-    source = make()
-    try:
-        result = getattr(module, function)(source, dim=dim)
-    except Exception as exc:  # the class is what is compared
-        return ("error", type(exc)), source
-    return ("ok", result), source
-
-
-_TWIN_PARAMS = [
-    pytest.param(name, (lambda value=value: value), id=name) for name, value in TWIN_CASES.items()
-] + [pytest.param("unaligned-f32", _unaligned, id="unaligned-f32")]
-
-
-@needs_twin
-@pytest.mark.parametrize("function", ["as_matrix", "as_vector"])
-@pytest.mark.parametrize("dim", [None, 3])
-@pytest.mark.parametrize("name, make", _TWIN_PARAMS)
-def test_twin_gives_identical_results_and_errors(name, make, function, dim):
-    (ours_kind, ours), ours_source = _outcome(buffers, make, function, dim)
-    (twin_kind, twin), twin_source = _outcome(TWIN, make, function, dim)
-    if ours_kind == "error" or twin_kind == "error":
-        assert (ours_kind, ours) == (twin_kind, twin), (
-            f"_buffers gives {ours_kind} {ours!r}, _convert gives {twin_kind} {twin!r}"
-        )
-        return
-    assert twin.dtype == np.float32 and twin.flags.c_contiguous
-    assert twin.shape == ours.shape
-    np.testing.assert_array_equal(bits(twin), bits(ours))
-    if isinstance(ours_source, np.ndarray) or isinstance(ours_source, (memoryview, array.array)):
-        # Both share the caller's memory, or both copied.
-        assert np.shares_memory(ours, np.asarray(ours_source)) == np.shares_memory(
-            twin, np.asarray(twin_source)
-        )

@@ -14,6 +14,7 @@ import pytest
 from conftest import NATIVE_AVAILABLE, NATIVE_SKIP_REASON, snapshot, unit_rows
 from ferromem import _storefile
 from ferromem._reference import ReferenceEngine, child_of, scope_matches
+from ferromem._schema import Filter, Patch, RecordBatch, record_field_names
 
 DIM = 6
 
@@ -32,7 +33,8 @@ def _add(
     mode="upsert",
 ):
     n = len(ids)
-    engine.upsert(
+    _upsert_columns(
+        engine,
         list(ids),
         np.ascontiguousarray(vectors, dtype=np.float32),
         [f"content of {i}" for i in ids],
@@ -46,6 +48,24 @@ def _add(
         private or [False] * n,
         mode,
     )
+
+
+def _upsert_columns(engine, ids, vectors, *columns_and_mode):
+    """engine.upsert of the columns in the schema's order (after id and vector), then the mode."""
+    *columns, mode = columns_and_mode
+    names = [name for name in record_field_names() if name not in ("id", "vector")]
+    batch = RecordBatch(id=ids, vector=vectors, **dict(zip(names, columns, strict=True)))
+    engine.upsert(batch, mode)
+
+
+def _as_filter(flt):
+    """The engine's Filter of a criteria dict of these tests."""
+    return Filter(**{**flt, "where": tuple(flt.get("where", ()))})
+
+
+def _fields(row):
+    """A record row's fields as a tuple, in the schema's order."""
+    return tuple(getattr(row, name) for name in record_field_names())
 
 
 # ----------------------------------------------------------------------------- scope rule
@@ -302,7 +322,8 @@ def test_search_matches_brute_force(seed):
     vectors = rng.integers(-2, 3, size=(n, DIM)).astype(np.float32)
     vectors[~vectors.any(axis=1), 0] = 1.0
     engine = ReferenceEngine(None, None, "normal")
-    engine.upsert(
+    _upsert_columns(
+        engine,
         [r["id"] for r in rows],
         vectors,
         ["" for _ in rows],
@@ -322,7 +343,7 @@ def test_search_matches_brute_force(seed):
         flt = _random_filter(rng)
         k = int(rng.integers(1, 40))
         min_score = None if rng.random() < 0.6 else float(rng.uniform(-0.5, 0.8))
-        ids, scores, offsets = engine.search(queries, k, flt, min_score)
+        ids, scores, offsets = engine.search(queries, k, _as_filter(flt), min_score)
         assert ids.dtype == object and scores.dtype == np.float32 and offsets.dtype == np.int64
         assert offsets.shape == (len(queries) + 1,) and offsets[0] == 0
         assert offsets[-1] == len(ids) == len(scores)
@@ -332,8 +353,8 @@ def test_search_matches_brute_force(seed):
             assert got_ids == want_ids, (flt, k, min_score)
             np.testing.assert_array_equal(scores[offsets[qi] : offsets[qi + 1]], want_scores)
         matching = sorted(r["id"] for r in rows if _oracle_matches(r, flt))
-        assert engine.count(flt) == len(matching)
-        listed = engine.list(flt, 0, None)
+        assert engine.count(_as_filter(flt)) == len(matching)
+        listed = [_fields(row) for row in engine.list(_as_filter(flt), 0, None)]
         assert sorted(t[0] for t in listed) == matching
         assert [(-t[6], t[0]) for t in listed] == sorted((-t[6], t[0]) for t in listed)
 
@@ -344,7 +365,7 @@ def test_search_on_real_valued_random_data(rng):
     ids = [f"{i:04d}" for i in range(500)]
     engine = ReferenceEngine(None, None, "normal")
     _add(engine, ids, vectors)
-    got_ids, got_scores, offsets = engine.search(queries, 10, {}, None)
+    got_ids, got_scores, offsets = engine.search(queries, 10, Filter(), None)
     norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
     for qi, query in enumerate(queries):
         exact = (
@@ -371,7 +392,8 @@ def test_engine_rechecks_what_would_corrupt_state():
     with pytest.raises(ferromem.DuplicateIdError):
         _add(engine, ["c", "a"], np.ones((2, DIM)), mode="insert")
     with pytest.raises(ferromem.InvalidMetadataError):
-        engine.upsert(
+        _upsert_columns(
+            engine,
             ["d"],
             np.ones((1, DIM), np.float32),
             [""],
@@ -385,15 +407,15 @@ def test_engine_rechecks_what_would_corrupt_state():
             [False],
             "upsert",
         )
-    assert engine.count({}) == 1 and engine.get(["c"]) == [None]
+    assert engine.count(Filter()) == 1 and engine.get(["c"]) == [None]
 
 
 def test_engine_search_empty_and_without_matches():
     engine = ReferenceEngine(None, None, "normal")
-    ids, scores, offsets = engine.search(np.ones((3, 4), np.float32), 5, {}, None)
+    ids, scores, offsets = engine.search(np.ones((3, 4), np.float32), 5, Filter(), None)
     assert len(ids) == 0 and len(scores) == 0 and offsets.tolist() == [0, 0, 0, 0]
     _add(engine, ["a"], np.ones((1, 4)), scopes=["/x"])
-    ids, scores, offsets = engine.search(np.ones((2, 4), np.float32), 5, {"scope": "/y"}, None)
+    ids, scores, offsets = engine.search(np.ones((2, 4), np.float32), 5, Filter(scope="/y"), None)
     assert offsets.tolist() == [0, 0, 0]
 
 
@@ -401,13 +423,13 @@ def test_engine_stats_and_close():
     engine = ReferenceEngine(None, 3, "normal")
     assert engine.dim == 3
     _add(engine, ["a"], np.ones((1, 3)))
-    engine.search(np.ones((1, 3), np.float32), 1, {}, None)
+    engine.search(np.ones((1, 3), np.float32), 1, Filter(), None)
     stats = engine.stats()
     assert stats["upsert"]["count"] == 1 and stats["search"]["count"] == 1
     assert stats["search"]["max_us"] >= stats["search"]["p50_us"] > 0
     engine.close()
     engine.close()
-    for call in (lambda: engine.count({}), lambda: engine.dim, engine.stats, engine.reset):
+    for call in (lambda: engine.count(Filter()), lambda: engine.dim, engine.stats, engine.reset):
         with pytest.raises(ferromem.StoreClosedError):
             call()
 
@@ -484,13 +506,14 @@ def test_file_uses_the_shared_schema(tmp_path):
     assert row[4] == vector.astype("<f4").tobytes()
     assert row[5] == 1 and meta["seq"] == "1" and meta["dim"] == "3"
 
-    engine.update("a", {"content": "changed"})
+    engine.update("a", Patch(content="changed"))
     engine.delete(["b"], None)
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT seq FROM records WHERE id = 'a'").fetchone() == (2,)
         assert conn.execute("SELECT id, seq FROM tombstones").fetchall() == [("b", 3)]
         assert dict(conn.execute("SELECT key, value FROM meta"))["seq"] == "3"
-    engine.upsert(
+    _upsert_columns(
+        engine,
         ["b"],
         np.ones((1, 3), np.float32),
         [""],
@@ -530,9 +553,9 @@ def test_a_failed_write_leaves_the_file_unchanged(tmp_path):
     with pytest.raises(ferromem.DuplicateIdError):
         _add(engine, ["c", "d", "a"], np.ones((3, DIM)), mode="insert")
     with pytest.raises(ferromem.DimensionMismatchError):
-        engine.update("a", {"vector": np.ones(DIM + 2, np.float32)})
+        engine.update("a", Patch(vector=np.ones(DIM + 2, np.float32)))
     assert dump() == before
-    assert engine.count({}) == 2
+    assert engine.count(Filter()) == 2
     engine.close()
 
 
@@ -563,7 +586,7 @@ def test_engine_reads_rows_written_by_another_writer(tmp_path):
             )
         ]
     )
-    assert engine.get(["theirs"])[0][:10] == (
+    assert _fields(engine.get(["theirs"])[0])[:10] == (
         "theirs",
         "hello",
         "/x",
@@ -575,9 +598,9 @@ def test_engine_reads_rows_written_by_another_writer(tmp_path):
         "them",
         True,
     )
-    ids, _, _ = engine.search(np.array([[0.0, 1.0]], np.float32), 1, {}, None)
+    ids, _, _ = engine.search(np.array([[0.0, 1.0]], np.float32), 1, Filter(), None)
     assert ids.tolist() == ["theirs"]
-    assert engine.count({"where": [("k", 1)]}) == 1
+    assert engine.count(Filter(where=(("k", 1),))) == 1
 
     foreign_write(
         lambda seq: [
@@ -585,7 +608,7 @@ def test_engine_reads_rows_written_by_another_writer(tmp_path):
             ("INSERT INTO tombstones VALUES ('mine', ?)", (seq,)),
         ]
     )
-    assert engine.get(["mine"]) == [None] and engine.count({}) == 1
+    assert engine.get(["mine"]) == [None] and engine.count(Filter()) == 1
 
     foreign_write(
         lambda seq: [
@@ -595,7 +618,7 @@ def test_engine_reads_rows_written_by_another_writer(tmp_path):
             ("UPDATE meta SET value=CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key='epoch'", ()),
         ]
     )
-    assert engine.count({}) == 0 and engine.dim is None
+    assert engine.count(Filter()) == 0 and engine.dim is None
     writer.close()
     engine.close()
 
@@ -625,7 +648,7 @@ def test_write_waits_for_a_held_lock(tmp_path):
     _add(engine, ["a"], np.ones((1, 2)))  # must wait, not raise "database is locked"
     thread.join()
     assert released.is_set()
-    assert engine.count({}) == 1
+    assert engine.count(Filter()) == 1
     blocker.close()
     engine.close()
 

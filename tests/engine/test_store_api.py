@@ -12,7 +12,7 @@ import ferromem
 import numpy as np
 import pytest
 from conftest import snapshot, unit_rows
-from ferromem import _convert
+from ferromem import _buffers
 from ferromem import store as store_module
 
 DIM = 8
@@ -830,43 +830,37 @@ def test_reference_engine_is_explicit_and_silent():
 
 
 def test_data_plane_choice():
-    try:
-        from ferromem import _buffers
-    except ImportError:
-        _buffers = None
-    if _buffers is not None and hasattr(_buffers, "as_matrix"):
-        assert store_module._data_plane is _buffers
-    else:
-        assert store_module._data_plane is _convert
+    # The compiled data plane is the one intake of vectors (there is no NumPy twin).
+    assert store_module._data_plane is _buffers
 
 
-# ----------------------------------------------------------------------------- data plane twin
+# ----------------------------------------------------------------------------- data plane
 
 
 def test_convert_shares_memory_when_possible():
     matrix = np.ones((3, 4), dtype=np.float32)
-    assert np.shares_memory(_convert.as_matrix(matrix), matrix)
+    assert np.shares_memory(_buffers.as_matrix(matrix), matrix)
     vector = np.ones(4, dtype=np.float32)
-    as_matrix = _convert.as_matrix(vector)
+    as_matrix = _buffers.as_matrix(vector)
     assert as_matrix.shape == (1, 4) and np.shares_memory(as_matrix, vector)
-    assert np.shares_memory(_convert.as_vector(vector), vector)
+    assert np.shares_memory(_buffers.as_vector(vector), vector)
     buffer = array.array("f", [1.0, 2.0, 3.0])
-    assert np.shares_memory(_convert.as_vector(buffer), np.frombuffer(buffer, dtype=np.float32))
-    converted = _convert.as_matrix(matrix.astype(np.float64))
+    assert np.shares_memory(_buffers.as_vector(buffer), np.frombuffer(buffer, dtype=np.float32))
+    converted = _buffers.as_matrix(matrix.astype(np.float64))
     assert converted.dtype == np.float32 and converted.flags.c_contiguous
     fortran = np.asfortranarray(np.arange(1, 13, dtype=np.float32).reshape(3, 4))
-    result = _convert.as_matrix(fortran)
+    result = _buffers.as_matrix(fortran)
     assert result.flags.c_contiguous and np.array_equal(result, fortran)
 
 
 def test_convert_shapes():
-    assert _convert.as_matrix([[1, 2], [3, 4]]).shape == (2, 2)
-    assert _convert.as_vector([[1, 2]]).shape == (2,)
-    assert _convert.as_vector([1, 2], dim=2).shape == (2,)
+    assert _buffers.as_matrix([[1, 2], [3, 4]]).shape == (2, 2)
+    assert _buffers.as_vector([[1, 2]]).shape == (2,)
+    assert _buffers.as_vector([1, 2], dim=2).shape == (2,)
     with pytest.raises(ferromem.InvalidVectorError):
-        _convert.as_vector([[1, 2], [3, 4]])
+        _buffers.as_vector([[1, 2], [3, 4]])
     with pytest.raises(ferromem.DimensionMismatchError) as info:
-        _convert.as_matrix([[1, 2, 3]], dim=2)
+        _buffers.as_matrix([[1, 2, 3]], dim=2)
     assert (info.value.expected, info.value.got) == (2, 3)
 
 

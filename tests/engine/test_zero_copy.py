@@ -25,9 +25,9 @@ class RecordingEngine:
         self.seen.append(_core.buffer_address(queries))
         return self._inner.search(queries, *args, **kwargs)
 
-    def upsert(self, ids, vectors, *args, **kwargs):
-        self.seen.append(_core.buffer_address(vectors))
-        return self._inner.upsert(ids, vectors, *args, **kwargs)
+    def upsert(self, batch, *args, **kwargs):
+        self.seen.append(_core.buffer_address(batch.vector))
+        return self._inner.upsert(batch, *args, **kwargs)
 
 
 @pytest.fixture

@@ -6,6 +6,12 @@
 //! Ctrl-C is honoured), then builds Python results. Vectors arrive through the
 //! buffer protocol: a float32 C-contiguous buffer (what `ferromem._buffers` hands over) is
 //! read in place, never copied. Errors become the classes of `ferromem/exceptions.py`.
+//!
+//! What crosses is typed by `ferromem/_schema.py`: a batch, a patch and a filter are read
+//! by attribute into `#[derive(FromPyObject)]` structs of the schema's fields
+//! (`RecordBatch`, `PatchArg`, `FilterArg`), and records come back as `RecordRow`, a
+//! `#[pyclass]` of the schema's `RecordRow` fields (`tests/engine/test_schema.py` holds
+//! both sides to the schema).
 
 use ferromem_core::engine::EngineStats;
 use ferromem_core::hnsw::HnswParams;
@@ -16,7 +22,8 @@ use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,38 +32,47 @@ use std::time::{Duration, Instant};
 /// handled within about this long.
 const SIGNAL_SLICE: Duration = Duration::from_millis(50);
 
-/// Raises the ferromem exception class that matches an engine error.
-fn to_py_err(e: Error) -> PyErr {
-    Python::attach(|py| {
-        let class = match &e {
-            Error::InvalidInput(_) => "InvalidInputError",
-            Error::InvalidVector(_) => "InvalidVectorError",
-            Error::DimensionMismatch { .. } => "DimensionMismatchError",
-            Error::InvalidMetadata(_) => "InvalidMetadataError",
-            Error::InvalidFilter(_) => "InvalidFilterError",
-            Error::DuplicateId(_) => "DuplicateIdError",
-            Error::Closed => "StoreClosedError",
-            Error::Storage(_) => "StorageError",
-            Error::Corrupt(_) => "CorruptStoreError",
-            Error::Incompatible(_) => "IncompatibleStoreError",
-            Error::NotAStore(_) => "NotAStoreError",
-            Error::ReadOnly(_) => "ReadOnlyStoreError",
-        };
-        let msg = e.to_string();
-        match &e {
-            Error::DimensionMismatch { expected, got } => ferromem_exception(py, class, (msg, *expected, *got)),
-            _ => ferromem_exception(py, class, (msg,)),
-        }
-    })
+/// The class of `ferromem/exceptions.py` an engine error becomes: its slot in
+/// `EXCEPTION_CLASSES` and its name.
+fn class_of(e: &Error) -> (usize, &'static str) {
+    match e {
+        Error::InvalidInput(_) => (0, "InvalidInputError"),
+        Error::InvalidVector(_) => (1, "InvalidVectorError"),
+        Error::DimensionMismatch { .. } => (2, "DimensionMismatchError"),
+        Error::InvalidMetadata(_) => (3, "InvalidMetadataError"),
+        Error::InvalidFilter(_) => (4, "InvalidFilterError"),
+        Error::DuplicateId(_) => (5, "DuplicateIdError"),
+        Error::Closed => (6, "StoreClosedError"),
+        Error::Storage(_) => (7, "StorageError"),
+        Error::Corrupt(_) => (8, "CorruptStoreError"),
+        Error::Incompatible(_) => (9, "IncompatibleStoreError"),
+        Error::NotAStore(_) => (10, "NotAStoreError"),
+        Error::ReadOnly(_) => (11, "ReadOnlyStoreError"),
+    }
 }
 
-/// An instance of the class `class` of `ferromem/exceptions.py`, made with `args`.
-fn ferromem_exception<'py>(py: Python<'py>, class: &str, args: impl pyo3::call::PyCallArgs<'py>) -> PyErr {
-    let made = py.import("ferromem.exceptions").and_then(|m| m.getattr(class)).and_then(|cls| cls.call1(args));
-    match made {
+/// Each class of `class_of`, imported from `ferromem.exceptions` at its first use and
+/// kept: an error costs no import and no attribute lookup after that.
+static EXCEPTION_CLASSES: [PyOnceLock<Py<PyType>>; 12] = [const { PyOnceLock::new() }; 12];
+
+/// An instance of the ferromem exception class of `kind`, made with `args`.
+fn ferromem_exception<'py>(py: Python<'py>, kind: &Error, args: impl pyo3::call::PyCallArgs<'py>) -> PyErr {
+    let (slot, name) = class_of(kind);
+    match EXCEPTION_CLASSES[slot].import(py, "ferromem.exceptions", name).and_then(|class| class.call1(args)) {
         Ok(instance) => PyErr::from_value(instance),
         Err(import_failure) => import_failure,
     }
+}
+
+/// Raises the ferromem exception class that matches an engine error.
+fn to_py_err(e: Error) -> PyErr {
+    Python::attach(|py| {
+        let msg = e.to_string();
+        match &e {
+            Error::DimensionMismatch { expected, got } => ferromem_exception(py, &e, (msg, *expected, *got)),
+            _ => ferromem_exception(py, &e, (msg,)),
+        }
+    })
 }
 
 fn filter_error(msg: impl Into<String>) -> PyErr {
@@ -121,78 +137,167 @@ fn scalar_of(v: &Bound<'_, PyAny>) -> PyResult<Scalar> {
     }
 }
 
-fn opt<'py, T: for<'a> FromPyObject<'a, 'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<T>> {
-    match d.get_item(key)? {
-        None => Ok(None),
-        Some(v) if v.is_none() => Ok(None),
-        Some(v) => v.extract::<T>().map(Some).map_err(|_| filter_error(format!("filter {key:?} has the wrong type"))),
+/// `ferromem._schema.UNCHANGED`, the value of a `Patch` field that the update leaves as it
+/// is (`None` cannot say it: `source=None` clears the source). Imported once.
+static UNCHANGED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// A field of a `Patch`: None when it is `UNCHANGED`, else its value.
+fn change<'py, T: for<'a> FromPyObject<'a, 'py>>(value: &Bound<'py, PyAny>) -> PyResult<Option<T>> {
+    let py = value.py();
+    if value.is(UNCHANGED.import(py, "ferromem._schema", "UNCHANGED")?) {
+        return Ok(None);
     }
+    value.extract::<T>().map(Some).map_err(Into::into)
 }
 
-const FILTER_KEYS: [&str; 8] = ["scope", "categories", "where", "source", "include_private", "visible_to", "older_than", "ids"];
+/// The `where` pairs of a filter: (metadata key, scalar) pairs; None is none.
+fn where_pairs(value: &Bound<'_, PyAny>) -> PyResult<Vec<(String, Scalar)>> {
+    let mut pairs = Vec::new();
+    if value.is_none() {
+        return Ok(pairs);
+    }
+    for item in value.try_iter()? {
+        let pair = item?;
+        let pair = pair.cast::<PyTuple>().map_err(|_| filter_error("where must be a list of (key, value) pairs"))?;
+        if pair.len() != 2 {
+            return Err(filter_error("where must be a list of (key, value) pairs"));
+        }
+        let key: String = pair.get_item(0)?.extract().map_err(|_| filter_error("where keys must be strings"))?;
+        pairs.push((key, scalar_of(&pair.get_item(1)?)?));
+    }
+    Ok(pairs)
+}
 
-fn parse_filter(d: Option<&Bound<'_, PyDict>>) -> PyResult<Filter> {
-    let Some(d) = d else { return Ok(Filter::default()) };
-    for key in d.keys() {
-        let k: String = key.extract().map_err(|_| filter_error("filter keys must be strings"))?;
-        if !FILTER_KEYS.contains(&k.as_str()) {
-            return Err(filter_error(format!("unknown filter key {k:?}")));
+/// A filter as the facade builds it: `ferromem._schema.Filter` (read by attribute, so any
+/// object with the same fields will do). Every field may be None (no constraint).
+#[derive(FromPyObject)]
+struct FilterArg {
+    scope: Option<String>,
+    categories: Option<Vec<String>>,
+    #[pyo3(attribute("where"), from_py_with = where_pairs)]
+    where_eq: Vec<(String, Scalar)>,
+    source: Option<String>,
+    include_private: bool,
+    visible_to: Option<String>,
+    older_than: Option<f64>,
+    ids: Option<Vec<String>>,
+}
+
+/// The engine's filter for a `Filter` argument (None: no constraint). A malformed one is an
+/// InvalidFilterError, like every other filter problem.
+fn filter_of(arg: Option<&Bound<'_, PyAny>>) -> PyResult<Filter> {
+    let Some(arg) = arg.filter(|a| !a.is_none()) else { return Ok(Filter::default()) };
+    let f: FilterArg = arg.extract().map_err(|e: PyErr| {
+        if e.is_instance_of::<PyTypeError>(arg.py()) || e.is_instance_of::<pyo3::exceptions::PyAttributeError>(arg.py()) {
+            filter_error(format!("the filter must be a ferromem._schema.Filter: {e}"))
+        } else {
+            e
         }
-    }
-    let mut where_eq = Vec::new();
-    if let Some(w) = d.get_item("where")? {
-        if !w.is_none() {
-            for item in w.try_iter()? {
-                let pair = item?;
-                let pair = pair.cast::<PyTuple>().map_err(|_| filter_error("where must be a list of (key, value) pairs"))?;
-                if pair.len() != 2 {
-                    return Err(filter_error("where must be a list of (key, value) pairs"));
-                }
-                let key: String = pair.get_item(0)?.extract().map_err(|_| filter_error("where keys must be strings"))?;
-                where_eq.push((key, scalar_of(&pair.get_item(1)?)?));
-            }
-        }
-    }
-    let include_private: bool = opt(d, "include_private")?.unwrap_or(true);
-    let visible_to: Option<String> = opt(d, "visible_to")?;
-    let older_than: Option<f64> = opt(d, "older_than")?;
-    if older_than.is_some_and(|t| !t.is_finite()) {
+    })?;
+    if f.older_than.is_some_and(|t| !t.is_finite()) {
         return Err(filter_error("older_than must be a finite time"));
     }
     Ok(Filter {
-        scope: opt(d, "scope")?,
-        categories: opt(d, "categories")?,
-        where_eq,
-        source: opt(d, "source")?,
-        privacy: if include_private { Privacy::Include } else { Privacy::VisibleTo(visible_to) },
-        older_than,
-        ids: opt(d, "ids")?,
+        scope: f.scope,
+        categories: f.categories,
+        where_eq: f.where_eq,
+        source: f.source,
+        privacy: if f.include_private { Privacy::Include } else { Privacy::VisibleTo(f.visible_to) },
+        older_than: f.older_than,
+        ids: f.ids,
     })
 }
 
-fn record_tuple<'py>(py: Python<'py>, rec: &Record, vector: Vec<f32>) -> PyResult<Bound<'py, PyTuple>> {
-    let vec = PyArray1::from_vec(py, vector);
-    vec.readwrite().make_nonwriteable();
-    PyTuple::new(
-        py,
-        [
-            PyString::new(py, &rec.id).into_any(),
-            PyString::new(py, &rec.content).into_any(),
-            PyString::new(py, &rec.scope).into_any(),
-            PyList::new(py, &rec.categories)?.into_any(),
-            PyString::new(py, &rec.metadata_json).into_any(),
-            PyFloat::new(py, rec.importance).into_any(),
-            PyFloat::new(py, rec.created_at).into_any(),
-            PyFloat::new(py, rec.last_accessed).into_any(),
-            rec.source.as_deref().into_pyobject(py)?.into_any(),
-            PyBool::new(py, rec.private).to_owned().into_any(),
-            vec.into_any(),
-        ],
-    )
+/// A batch of records to save, column by column (`ferromem._schema.RecordBatch`): one list
+/// per field, named as the record's fields, and the vectors as one float32 matrix.
+#[derive(FromPyObject)]
+struct RecordBatch {
+    id: Vec<String>,
+    content: Vec<String>,
+    scope: Vec<String>,
+    categories: Vec<Vec<String>>,
+    metadata_json: Vec<String>,
+    importance: Vec<f64>,
+    created_at: Vec<f64>,
+    last_accessed: Vec<f64>,
+    source: Vec<Option<String>>,
+    private: Vec<bool>,
+    vector: Py<PyAny>,
+}
+
+/// The fields an update changes (`ferromem._schema.Patch`): each is `UNCHANGED` or its new
+/// value.
+#[derive(FromPyObject)]
+struct PatchArg {
+    #[pyo3(from_py_with = change::<String>)]
+    content: Option<String>,
+    #[pyo3(from_py_with = change::<String>)]
+    scope: Option<String>,
+    #[pyo3(from_py_with = change::<Vec<String>>)]
+    categories: Option<Vec<String>>,
+    #[pyo3(from_py_with = change::<String>)]
+    metadata_json: Option<String>,
+    #[pyo3(from_py_with = change::<f64>)]
+    importance: Option<f64>,
+    #[pyo3(from_py_with = change::<f64>)]
+    created_at: Option<f64>,
+    #[pyo3(from_py_with = change::<f64>)]
+    last_accessed: Option<f64>,
+    #[pyo3(from_py_with = change::<Option<String>>)]
+    source: Option<Option<String>>,
+    #[pyo3(from_py_with = change::<bool>)]
+    private: Option<bool>,
+    #[pyo3(from_py_with = change::<Py<PyAny>>)]
+    vector: Option<Py<PyAny>>,
+}
+
+/// One stored record as `get` and `list` return it. Its fields, their names and order are
+/// those of `ferromem._schema.RecordRow` (the reference engine's twin; a test holds the two
+/// to the same fields).
+#[pyclass(module = "ferromem._core", name = "RecordRow", frozen, get_all)]
+struct RecordRow {
+    id: Py<PyString>,
+    content: Py<PyString>,
+    scope: Py<PyString>,
+    categories: Py<PyList>,
+    metadata_json: Py<PyString>,
+    importance: f64,
+    created_at: f64,
+    last_accessed: f64,
+    source: Option<Py<PyString>>,
+    private: bool,
+    vector: Py<PyArray1<f32>>,
+}
+
+impl RecordRow {
+    fn new(py: Python<'_>, rec: &Record, vector: Vec<f32>) -> PyResult<RecordRow> {
+        let vec = PyArray1::from_vec(py, vector);
+        vec.readwrite().make_nonwriteable();
+        Ok(RecordRow {
+            id: PyString::new(py, &rec.id).unbind(),
+            content: PyString::new(py, &rec.content).unbind(),
+            scope: PyString::new(py, &rec.scope).unbind(),
+            categories: PyList::new(py, &rec.categories)?.unbind(),
+            metadata_json: PyString::new(py, &rec.metadata_json).unbind(),
+            importance: rec.importance,
+            created_at: rec.created_at,
+            last_accessed: rec.last_accessed,
+            source: rec.source.as_deref().map(|s| PyString::new(py, s).unbind()),
+            private: rec.private,
+            vector: vec.unbind(),
+        })
+    }
+}
+
+#[pymethods]
+impl RecordRow {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("RecordRow(id={})", self.id.bind(py).repr().map(|r| r.to_string()).unwrap_or_default())
+    }
 }
 
 fn records_list<'py>(py: Python<'py>, recs: Vec<(Record, Vec<f32>)>) -> PyResult<Bound<'py, PyList>> {
-    let items = recs.into_iter().map(|(r, v)| record_tuple(py, &r, v)).collect::<PyResult<Vec<_>>>()?;
+    let items = recs.into_iter().map(|(r, v)| Bound::new(py, RecordRow::new(py, &r, v)?)).collect::<PyResult<Vec<_>>>()?;
     PyList::new(py, items)
 }
 
@@ -276,7 +381,7 @@ impl Drop for PyEngine {
 
 fn forked_error() -> PyErr {
     Python::attach(|py| {
-        ferromem_exception(py, "StoreClosedError", ("this store was opened in the parent process, before os.fork(); a forked child cannot use it (its threads and locks stayed in the parent): open it again with ferromem.open(path) in the child",))
+        ferromem_exception(py, &Error::Closed, ("this store was opened in the parent process, before os.fork(); a forked child cannot use it (its threads and locks stayed in the parent): open it again with ferromem.open(path) in the child",))
     })
 }
 
@@ -375,56 +480,44 @@ impl PyEngine {
         self.inherited() || self.inner.is_closed()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn upsert(
-        &self,
-        py: Python<'_>,
-        ids: Vec<String>,
-        vectors: &Bound<'_, PyAny>,
-        contents: Vec<String>,
-        scopes: Vec<String>,
-        categories: Vec<Vec<String>>,
-        metadata_json: Vec<String>,
-        importance: Vec<f64>,
-        created_at: Vec<f64>,
-        last_accessed: Vec<f64>,
-        sources: Vec<Option<String>>,
-        private: Vec<bool>,
-        mode: &str,
-    ) -> PyResult<()> {
+    /// Saves a batch in one transaction; `mode` "insert" refuses an existing id.
+    fn upsert(&self, py: Python<'_>, batch: RecordBatch, mode: &str) -> PyResult<()> {
         let mode = match mode {
             "insert" => WriteMode::Insert,
             "upsert" => WriteMode::Upsert,
             m => return Err(to_py_err(Error::InvalidInput(format!("mode must be 'insert' or 'upsert', not {m:?}")))),
         };
-        let n = ids.len();
-        let rows = F32Rows::from_py(vectors)?;
+        let RecordBatch { id, content, scope, categories, metadata_json, importance, created_at, last_accessed, source, private, vector } =
+            batch;
+        let n = id.len();
+        let vector = vector.bind(py);
+        let rows = F32Rows::from_py(vector)?;
         check_len("vectors", rows.rows, n)?;
         for (name, len) in [
-            ("contents", contents.len()),
-            ("scopes", scopes.len()),
+            ("contents", content.len()),
+            ("scopes", scope.len()),
             ("categories", categories.len()),
             ("metadata", metadata_json.len()),
             ("importance", importance.len()),
             ("created_at", created_at.len()),
             ("last_accessed", last_accessed.len()),
-            ("sources", sources.len()),
+            ("sources", source.len()),
             ("private", private.len()),
         ] {
             check_len(name, len, n)?;
         }
-        let mut records = Vec::with_capacity(n);
-        let mut fields = contents
+        let mut fields = content
             .into_iter()
-            .zip(scopes)
+            .zip(scope)
             .zip(categories)
             .zip(metadata_json)
             .zip(importance)
             .zip(created_at)
             .zip(last_accessed)
-            .zip(sources)
+            .zip(source)
             .zip(private);
-        for id in ids {
+        let mut records = Vec::with_capacity(n);
+        for id in id {
             let ((((((((content, scope), categories), metadata_json), importance), created_at), last_accessed), source), private) =
                 fields.next().expect("lengths checked");
             records.push(Record {
@@ -452,10 +545,10 @@ impl PyEngine {
         py: Python<'py>,
         queries: &Bound<'py, PyAny>,
         k: usize,
-        filter: Option<&Bound<'py, PyDict>>,
+        filter: Option<&Bound<'py, PyAny>>,
         min_score: Option<f32>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let filter = parse_filter(filter)?;
+        let filter = filter_of(filter)?;
         let rows = F32Rows::from_py(queries)?;
         let (dim, data) = (rows.dim, rows.as_slice());
         let hits = self.call(py, |engine| engine.search(data, dim, k, &filter, min_score))?;
@@ -482,38 +575,37 @@ impl PyEngine {
         let items = found
             .into_iter()
             .map(|r| match r {
-                Some((rec, v)) => record_tuple(py, &rec, v).map(|t| t.into_any()),
+                Some((rec, v)) => Bound::new(py, RecordRow::new(py, &rec, v)?).map(Bound::into_any),
                 None => Ok(py.None().into_bound(py)),
             })
             .collect::<PyResult<Vec<_>>>()?;
         PyList::new(py, items)
     }
 
-    fn update(&self, py: Python<'_>, id: String, fields: &Bound<'_, PyDict>) -> PyResult<bool> {
-        let mut p = Patch::default();
-        for (key, value) in fields.iter() {
-            let key: String = key.extract()?;
-            let bad = |what: &str| to_py_err(Error::InvalidInput(format!("update field {key:?} must be {what}")));
-            match key.as_str() {
-                "content" => p.content = Some(value.extract().map_err(|_| bad("a str"))?),
-                "scope" => p.scope = Some(value.extract().map_err(|_| bad("a str"))?),
-                "categories" => p.categories = Some(value.extract().map_err(|_| bad("a list of str"))?),
-                "metadata_json" => p.metadata_json = Some(value.extract().map_err(|_| bad("a JSON str"))?),
-                "importance" => p.importance = Some(value.extract().map_err(|_| bad("a number"))?),
-                "created_at" => p.created_at = Some(value.extract().map_err(|_| bad("a number"))?),
-                "last_accessed" => p.last_accessed = Some(value.extract().map_err(|_| bad("a number"))?),
-                "source" => p.source = Some(value.extract().map_err(|_| bad("a str or None"))?),
-                "private" => p.private = Some(value.extract().map_err(|_| bad("a bool"))?),
-                "vector" => {
-                    let rows = F32Rows::from_py(&value)?;
-                    if rows.rows != 1 {
-                        return Err(bad("one vector"));
-                    }
-                    p.vector = Some(rows.as_slice().to_vec());
+    /// Changes the fields of `patch` that are not `UNCHANGED`; False when the id is absent.
+    fn update(&self, py: Python<'_>, id: String, patch: PatchArg) -> PyResult<bool> {
+        let vector = match &patch.vector {
+            None => None,
+            Some(v) => {
+                let rows = F32Rows::from_py(v.bind(py))?;
+                if rows.rows != 1 {
+                    return Err(to_py_err(Error::InvalidVector("update takes exactly one vector".into())));
                 }
-                _ => return Err(to_py_err(Error::InvalidInput(format!("unknown update field {key:?}")))),
+                Some(rows.as_slice().to_vec())
             }
-        }
+        };
+        let p = Patch {
+            content: patch.content,
+            scope: patch.scope,
+            categories: patch.categories,
+            metadata_json: patch.metadata_json,
+            importance: patch.importance,
+            created_at: patch.created_at,
+            last_accessed: patch.last_accessed,
+            source: patch.source,
+            private: patch.private,
+            vector,
+        };
         for x in [p.importance, p.created_at, p.last_accessed].into_iter().flatten() {
             if !x.is_finite() {
                 return Err(to_py_err(Error::InvalidInput("importance and timestamps must be finite numbers".into())));
@@ -527,8 +619,8 @@ impl PyEngine {
     }
 
     #[pyo3(signature = (ids=None, filter=None))]
-    fn delete(&self, py: Python<'_>, ids: Option<Vec<String>>, filter: Option<&Bound<'_, PyDict>>) -> PyResult<usize> {
-        let mut f = parse_filter(filter)?;
+    fn delete(&self, py: Python<'_>, ids: Option<Vec<String>>, filter: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+        let mut f = filter_of(filter)?;
         if let Some(ids) = ids {
             f.ids = Some(match f.ids.take() {
                 None => ids,
@@ -542,18 +634,18 @@ impl PyEngine {
     fn list<'py>(
         &self,
         py: Python<'py>,
-        filter: Option<&Bound<'py, PyDict>>,
+        filter: Option<&Bound<'py, PyAny>>,
         offset: usize,
         limit: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let f = parse_filter(filter)?;
+        let f = filter_of(filter)?;
         let recs = self.call(py, |engine| engine.list(&f, offset, limit))?;
         records_list(py, recs)
     }
 
     #[pyo3(signature = (filter=None))]
-    fn count(&self, py: Python<'_>, filter: Option<&Bound<'_, PyDict>>) -> PyResult<usize> {
-        let f = parse_filter(filter)?;
+    fn count(&self, py: Python<'_>, filter: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+        let f = filter_of(filter)?;
         self.call(py, |engine| engine.count(&f))
     }
 
@@ -564,8 +656,8 @@ impl PyEngine {
     }
 
     #[pyo3(signature = (filter=None))]
-    fn category_counts<'py>(&self, py: Python<'py>, filter: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyDict>> {
-        let f = parse_filter(filter)?;
+    fn category_counts<'py>(&self, py: Python<'py>, filter: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
+        let f = filter_of(filter)?;
         let counts = self.call(py, |engine| engine.category_counts(&f))?;
         let d = PyDict::new(py);
         for (c, n) in counts {
@@ -737,24 +829,36 @@ fn force_isa(name: Option<&str>) -> PyResult<()> {
     simd::force_isa(isa).map_err(|e| to_py_err(Error::InvalidInput(e.to_string())))
 }
 
-/// The query's values, the rows of a C-contiguous matrix, their dimension and count;
-/// both contiguous, the rows as long as the query.
-#[allow(clippy::type_complexity)]
-fn query_and_rows<'a, Q: numpy::Element, T: numpy::Element>(
-    query: &'a numpy::PyReadonlyArray1<'_, Q>,
-    a: &'a numpy::PyReadonlyArray2<'_, T>,
-) -> PyResult<(&'a [Q], &'a [T], usize, usize)> {
+/// Runs `kernel(query, rows, dim, out)` with the GIL released over a query and the rows
+/// of a C-contiguous matrix (both contiguous, the rows as long as the query, at most
+/// `int8_max_dim` values for the int8 kernels), returning one value per row: the one body
+/// of the `dot_rows_*` functions, which differ only in their element types and kernel.
+fn kernel_rows<'py, Q: numpy::Element + Sync, T: numpy::Element + Sync, O: numpy::Element + Copy + Default + Send>(
+    py: Python<'py>,
+    query: &numpy::PyReadonlyArray1<'py, Q>,
+    rows: &numpy::PyReadonlyArray2<'py, T>,
+    int8_max_dim: Option<usize>,
+    kernel: impl FnOnce(&[Q], &[T], usize, &mut [O]) + Send,
+) -> PyResult<Bound<'py, PyArray1<O>>> {
     let q = query.as_slice().map_err(|_| to_py_err(Error::InvalidInput("the query must be contiguous".into())))?;
     let query_len = q.len();
-    let (n, dim) = (a.shape()[0], a.shape()[1]);
+    let (n, dim) = (rows.shape()[0], rows.shape()[1]);
     if dim == 0 {
         return Err(to_py_err(Error::InvalidInput("rows need at least one value".into())));
     }
     if dim != query_len {
         return Err(to_py_err(Error::InvalidInput(format!("rows have {dim} values, the query {query_len}"))));
     }
-    let rows = a.as_slice().map_err(|_| to_py_err(Error::InvalidInput("rows must be C-contiguous".into())))?;
-    Ok((q, rows, dim, n))
+    if let Some(max_dim) = int8_max_dim.filter(|max_dim| dim > *max_dim) {
+        return Err(to_py_err(Error::InvalidInput(format!("int8 kernels take at most {max_dim} values"))));
+    }
+    let r = rows.as_slice().map_err(|_| to_py_err(Error::InvalidInput("rows must be C-contiguous".into())))?;
+    let mut out = vec![O::default(); n];
+    native(py, || {
+        kernel(q, r, dim, &mut out);
+        Ok(())
+    })?;
+    Ok(PyArray1::from_vec(py, out))
 }
 
 /// dot(query, row) for every row of a float32 matrix, on the active SIMD path, one
@@ -765,13 +869,7 @@ fn dot_rows_f32<'py>(
     query: numpy::PyReadonlyArray1<'py, f32>,
     rows: numpy::PyReadonlyArray2<'py, f32>,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let (q, r, dim, n) = query_and_rows(&query, &rows)?;
-    let mut out = vec![0.0f32; n];
-    native(py, || {
-        simd::dot_rows(q, r, dim, &mut out);
-        Ok(())
-    })?;
-    Ok(PyArray1::from_vec(py, out))
+    kernel_rows(py, &query, &rows, None, simd::dot_rows)
 }
 
 /// The same with the rows as binary16 (a float16 matrix viewed as uint16).
@@ -781,13 +879,7 @@ fn dot_rows_f16<'py>(
     query: numpy::PyReadonlyArray1<'py, f32>,
     rows: numpy::PyReadonlyArray2<'py, u16>,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let (q, r, dim, n) = query_and_rows(&query, &rows)?;
-    let mut out = vec![0.0f32; n];
-    native(py, || {
-        simd::half::dot_rows_f16(q, r, dim, &mut out);
-        Ok(())
-    })?;
-    Ok(PyArray1::from_vec(py, out))
+    kernel_rows(py, &query, &rows, None, simd::half::dot_rows_f16)
 }
 
 /// The same with the rows as bfloat16 (uint16 bits, the top half of each f32).
@@ -797,13 +889,7 @@ fn dot_rows_bf16<'py>(
     query: numpy::PyReadonlyArray1<'py, f32>,
     rows: numpy::PyReadonlyArray2<'py, u16>,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let (q, r, dim, n) = query_and_rows(&query, &rows)?;
-    let mut out = vec![0.0f32; n];
-    native(py, || {
-        simd::bf16::dot_rows_bf16(q, r, dim, &mut out);
-        Ok(())
-    })?;
-    Ok(PyArray1::from_vec(py, out))
+    kernel_rows(py, &query, &rows, None, simd::bf16::dot_rows_bf16)
 }
 
 /// A bfloat16 query (uint16 bits) against bfloat16 rows: `vdpbf16ps` where the CPU has
@@ -814,13 +900,7 @@ fn dot_rows_bf16_pairs<'py>(
     query: numpy::PyReadonlyArray1<'py, u16>,
     rows: numpy::PyReadonlyArray2<'py, u16>,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let (q, r, dim, n) = query_and_rows(&query, &rows)?;
-    let mut out = vec![0.0f32; n];
-    native(py, || {
-        simd::bf16::dot_rows_bf16_pairs(q, r, dim, &mut out);
-        Ok(())
-    })?;
-    Ok(PyArray1::from_vec(py, out))
+    kernel_rows(py, &query, &rows, None, simd::bf16::dot_rows_bf16_pairs)
 }
 
 /// The bf16 x bf16 kernel path an ISA runs ("avx512-bf16", "avx512", "avx2" or "scalar").
@@ -830,23 +910,15 @@ fn bf16_path(name: &str) -> PyResult<&'static str> {
     Ok(simd::bf16::path_name(isa))
 }
 
-/// The exact int32 dot products of an int8 query with every row of an int8 matrix.
+/// The exact int32 dot products of an int8 query with every row of an int8 matrix (at
+/// most `simd::int8::MAX_DIM` values: the kernels' exact-sum bound).
 #[pyfunction]
 fn dot_rows_i8<'py>(
     py: Python<'py>,
     query: numpy::PyReadonlyArray1<'py, i8>,
     rows: numpy::PyReadonlyArray2<'py, i8>,
 ) -> PyResult<Bound<'py, PyArray1<i32>>> {
-    let (q, r, dim, n) = query_and_rows(&query, &rows)?;
-    if dim > simd::int8::MAX_DIM {
-        return Err(to_py_err(Error::InvalidInput(format!("int8 kernels take at most {} values", simd::int8::MAX_DIM))));
-    }
-    let mut out = vec![0i32; n];
-    native(py, || {
-        simd::int8::dot_rows_i8(q, r, dim, &mut out);
-        Ok(())
-    })?;
-    Ok(PyArray1::from_vec(py, out))
+    kernel_rows(py, &query, &rows, Some(simd::int8::MAX_DIM), simd::int8::dot_rows_i8)
 }
 
 /// The int8 kernel path an ISA runs ("avx512-vnni", "avx2" or "scalar").
@@ -871,6 +943,7 @@ fn verify_store(py: Python<'_>, path: PathBuf) -> PyResult<Vec<String>> {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ferromem_core::interrupt::set_check(interrupted);
     m.add_class::<PyEngine>()?;
+    m.add_class::<RecordRow>()?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
     m.add_function(wrap_pyfunction!(verify_store, m)?)?;
     m.add_function(wrap_pyfunction!(simd_isa, m)?)?;

@@ -1,0 +1,113 @@
+"""The engine interface: what ``Store`` calls, and what every engine provides.
+
+Two engines satisfy it: the native ``ferromem._core.Engine`` (Rust) and the NumPy
+``ferromem._reference.ReferenceEngine`` (the test oracle and the fallback when ``_core``
+cannot load). ``tests/engine/test_schema.py`` checks both against this protocol, method
+by method and parameter by parameter; docs/architecture.md ("The engine interface")
+describes it in words.
+
+Arguments arrive checked and coerced by the facade (``ferromem._validate``,
+``ferromem._buffers``): vectors are float32 C-contiguous matrices, filters
+:class:`~ferromem._schema.Filter`, batches :class:`~ferromem._schema.RecordBatch`. An
+engine still guards its own state (dimensions, duplicate ids, JSON) and raises the
+classes of ``ferromem.exceptions``.
+
+The capabilities only the native engine has (a result cache, an HNSW index) are the
+separate protocol :class:`IndexedEngine`; the facade asks for them with ``isinstance``.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ._schema import Filter, Patch, RecordBatch, RecordRow
+
+if TYPE_CHECKING:
+    from . import _core
+
+    # A record as an engine returns it: the schema's class, or the native class with the
+    # same fields.
+    Row = RecordRow | _core.RecordRow
+else:
+    Row = RecordRow
+
+__all__ = ["Engine", "IndexedEngine", "Row"]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One open store. Thread-safe."""
+
+    @property
+    def dim(self) -> int | None:
+        """Fixed at the first vector; None while the store holds no vector."""
+
+    @property
+    def path(self) -> str | None:
+        """The store's file; None in memory."""
+
+    def upsert(self, batch: RecordBatch, mode: str) -> None:
+        """Saves the batch in one transaction, all or nothing. ``mode``: "insert" (an
+        existing id raises DuplicateIdError and writes nothing) or "upsert" (the whole
+        record is replaced)."""
+
+    def search(
+        self, queries: np.ndarray, k: int, filter: Filter | None = None, min_score: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, scores, offsets): query i owns ids[offsets[i]:offsets[i + 1]], best
+        first, ties by id; min(k, matches) results each (fewer only through min_score)."""
+
+    def get(self, ids: list[str]) -> list[Row | None]:
+        """The records with these ids, in order; None where missing."""
+
+    def update(self, id: str, patch: Patch) -> bool:
+        """Changes the fields the patch gives; False when the id does not exist."""
+
+    def touch(self, ids: list[str], t: float) -> int:
+        """Sets last_accessed; returns how many of the ids existed."""
+
+    def delete(self, ids: list[str] | None = None, filter: Filter | None = None) -> int:
+        """Deletes the records that match every criterion given (ids AND filter)."""
+
+    def list(
+        self, filter: Filter | None = None, offset: int = 0, limit: int | None = None
+    ) -> builtins.list[Row]:
+        """The matching records, newest first (created_at descending, ties by id)."""
+
+    def count(self, filter: Filter | None = None) -> int:
+        """How many records match."""
+
+    def child_scopes(self, scope: str | None = None) -> builtins.list[str]:
+        """The sorted direct child scopes of ``scope`` that hold records."""
+
+    def category_counts(self, filter: Filter | None = None) -> dict[str, int]:
+        """How many matching records have each category."""
+
+    def scope_info(self, scope: str | None = None) -> dict[str, Any]:
+        """{"path", "record_count", "categories", "oldest", "newest", "child_scopes"}."""
+
+    def reset(self) -> None:
+        """Deletes every record; the dimension is free again."""
+
+    def close(self) -> None:
+        """Further calls raise StoreClosedError."""
+
+    def stats(self) -> dict[str, Any]:
+        """Per-operation latencies (and, natively, memory, disk, cache, index...)."""
+
+
+@runtime_checkable
+class IndexedEngine(Engine, Protocol):
+    """An engine with a result cache and an HNSW index (the native one)."""
+
+    def set_index(self, mode: str, ef_search: int, m: int = 16, ef_construction: int = 128) -> None:
+        """Index mode ("auto" | "exact" | "hnsw"), graph search width and shape."""
+
+    def wait_for_index(self, timeout: float | None = None) -> bool:
+        """Blocks until the graph covers every record; False on timeout."""
+
+    def set_cache_capacity(self, entries: int) -> None:
+        """Bounds the result cache to ``entries`` single-query searches; 0 turns it off."""
