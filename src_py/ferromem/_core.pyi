@@ -10,6 +10,26 @@ import numpy.typing as npt
 
 from ._schema import Filter, Patch, RecordBatch
 
+__all__ = [
+    "Engine",
+    "RecordRow",
+    "__version__",
+    "bf16_path",
+    "buffer_address",
+    "dot_rows_bf16",
+    "dot_rows_bf16_pairs",
+    "dot_rows_f16",
+    "dot_rows_f32",
+    "dot_rows_i8",
+    "force_isa",
+    "int8_path",
+    "simd_isa",
+    "supported_isas",
+    "verify_graph",
+    "verify_image",
+    "verify_store",
+]
+
 __version__: str
 
 @final
