@@ -10,6 +10,7 @@ use crate::filter::Filter;
 use crate::image::{self, image_file};
 use crate::metrics::{Metrics, Op, OpStats};
 use crate::record::{metadata_scalars, Record};
+use crate::scorer::{CpuScorer, RowsView, Scorer};
 use crate::simd;
 use crate::state::{inverse_norm, Hit, IndexConfig, IndexStats, Precision, State};
 use crate::storage::memory::MemoryStorage;
@@ -167,6 +168,8 @@ pub struct Engine {
     /// The (epoch, seq) of the image beside the store when it is known to hold exactly
     /// that replica (opened from it, or written by this engine): no rewrite needed.
     image_at: Mutex<Option<(u64, u64)>>,
+    /// Runs the exact scans (see [`crate::scorer`]); a leaf lock, held only to clone it.
+    scorer: RwLock<Arc<dyn Scorer>>,
 }
 
 /// Entries of the result cache of a newly opened engine (see [`Engine::set_cache_capacity`]).
@@ -241,13 +244,15 @@ fn check_rows(data: &[f32], dim: usize, range: Option<std::ops::RangeInclusive<f
 pub const MIN_STORED_MAGNITUDE: f32 = 7.888_609e-31; // 2^-100
 pub const MAX_STORED_MAGNITUDE: f32 = 1.267_650_6e30; // 2^100
 
-/// An int8 store's vectors are at most `simd::int8::MAX_DIM` values long: beyond it the
-/// kernels' i32 sums could overflow (they assert, which was a panic reaching Python).
-fn check_int8_dim(precision: Precision, dim: usize) -> Result<()> {
-    if precision == Precision::Int8 && dim > simd::int8::MAX_DIM {
+/// A precision's vectors are at most `Precision::max_dim` values long (an int8 store's
+/// `simd::int8::MAX_DIM`: beyond it the kernels' i32 sums could overflow; they assert,
+/// which was a panic reaching Python).
+fn check_precision_dim(precision: Precision, dim: usize) -> Result<()> {
+    if dim > precision.max_dim() {
         return Err(Error::InvalidVector(format!(
-            "precision 'int8' takes vectors of at most {} values, not {dim}; use precision 'f32' or 'f16' for longer ones",
-            simd::int8::MAX_DIM
+            "precision '{}' takes vectors of at most {} values, not {dim}; use precision 'f32' or 'f16' for longer ones",
+            precision.name(),
+            precision.max_dim()
         )));
     }
     Ok(())
@@ -291,9 +296,9 @@ impl Engine {
             return Err(Error::InvalidInput("dim must be at least 1".into()));
         }
         if let Some(d) = dim {
-            check_int8_dim(precision, d)?;
+            check_precision_dim(precision, d)?;
         }
-        if precision != Precision::F32 && path.is_none() {
+        if !precision.keeps_exact_vectors() && path.is_none() {
             return Err(Error::InvalidInput(format!(
                 "precision '{}' keeps the exact vectors on disk only, and an in-memory store has no disk: give a path or use 'f32'",
                 precision.name()
@@ -305,7 +310,7 @@ impl Engine {
                 let access = if read_only { Access::ReadOnly } else { Access::ReadWrite };
                 let writer = SqliteStorage::open_as(p, durability, access)?;
                 let mut reader = SqliteStorage::open_as(p, durability, access)?;
-                if precision != Precision::F32 {
+                if !precision.keeps_exact_vectors() {
                     reader.map_reads()?;
                 }
                 (Box::new(writer), Box::new(reader))
@@ -383,6 +388,7 @@ impl Engine {
             image_damage,
             graph_damage,
             image_at: Mutex::new(image_at),
+            scorer: RwLock::new(Arc::new(CpuScorer)),
         };
         if image_at.is_some() {
             // The image may be older than the store: apply what was committed after it.
@@ -613,7 +619,7 @@ impl Engine {
         let op = if mode == WriteMode::Insert { Op::add } else { Op::upsert };
         self.write_op(op, |st| {
             st.check_dim(dim)?;
-            check_int8_dim(st.precision, dim)?;
+            check_precision_dim(st.precision, dim)?;
             if mode == WriteMode::Insert {
                 if let Some(r) = records.iter().find(|r| st.contains(&r.id)) {
                     return Err(Error::DuplicateId(r.id.to_string()));
@@ -656,9 +662,9 @@ impl Engine {
                 self.cache_counters.misses.fetch_add(1, Ordering::Relaxed);
             }
             let shared = nq == 1 && st.scan_is_worth_sharing(filter);
-            let int8 = st.precision == Precision::Int8;
+            let int8 = st.precision.reranked();
             if !int8 && !shared {
-                let results = st.search(queries, nq, k, filter, min_score);
+                let results = st.search(&*self.scorer(), queries, nq, k, filter, min_score);
                 if let Some(key) = key {
                     self.cache.lock().insert(key, st.search_generation, results[0].clone());
                 }
@@ -709,7 +715,7 @@ impl Engine {
                 st.check_dim(dim)?;
                 // No score floor here: the int8 score of a record may sit below min_score
                 // while its exact one does not.
-                (st.search(queries, nq, width, filter, None), st.epoch, st.seq, st.search_generation)
+                (st.search(&*self.scorer(), queries, nq, width, filter, None), st.epoch, st.seq, st.search_generation)
             };
             match self.rerank(&candidates, queries, dim, k, min_score, epoch, seq)? {
                 Some(results) => return Ok((results, generation)),
@@ -797,6 +803,7 @@ impl Engine {
     /// Runs a batch of coalesced single-query searches under one read lock: one
     /// multi-query scan per group of jobs with the same k, filter and min_score.
     fn run_search_batch(&self, batch: &[Arc<Job>]) {
+        let scorer = self.scorer();
         let st = self.state.read();
         let caching = self.cache.lock().capacity() > 0;
         for jobs in group(batch) {
@@ -809,11 +816,11 @@ impl Engine {
                 continue;
             }
             let queries: Vec<f32> = jobs.iter().flat_map(|j| j.query.iter().copied()).collect();
-            let results = st.search_each(&queries, jobs.len(), k, filter, min_score);
+            let results = st.search_each(&*scorer, &queries, jobs.len(), k, filter, min_score);
             for (job, hits) in jobs.iter().zip(results) {
                 job.set_position(st.epoch, st.seq, st.search_generation);
                 // An int8 job's answer is its candidates, which its caller re-ranks and caches.
-                if caching && st.precision != Precision::Int8 {
+                if caching && !st.precision.reranked() {
                     self.cache.lock().insert(SearchKey::new(&job.query, k, filter, min_score), st.search_generation, hits.clone());
                 }
                 job.answer(hits);
@@ -823,6 +830,31 @@ impl Engine {
             self.coalesced_searches.fetch_add(batch.len() as u64, Ordering::Relaxed);
             self.coalesced_batches.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The scorer that runs exact scans.
+    pub fn scorer(&self) -> Arc<dyn Scorer> {
+        Arc::clone(&self.scorer.read())
+    }
+
+    /// Replaces the scorer that runs exact scans (another device's, or a test's). Cached
+    /// results were computed by the old one: the cache is emptied.
+    pub fn set_scorer(&self, scorer: Arc<dyn Scorer>) {
+        *self.scorer.write() = scorer;
+        let mut cache = self.cache.lock();
+        let capacity = cache.capacity();
+        cache.set_capacity(0);
+        cache.set_capacity(capacity);
+    }
+
+    /// Lends the vector rows (buffers, slot -> id map, filter candidates, rows changed since
+    /// a generation: see [`RowsView`]) to `f` under the state's read lock, after catching up
+    /// with other processes. Nothing is copied; writes wait until `f` returns.
+    pub fn with_rows<T>(&self, f: impl FnOnce(&RowsView<'_>) -> T) -> Result<T> {
+        self.check_open()?;
+        self.catch_up()?;
+        let st = self.state.read();
+        Ok(f(&RowsView { state: &st }))
     }
 
     /// Bounds the result cache to `entries` single-query searches (0 turns it off).
@@ -856,7 +888,7 @@ impl Engine {
                 let st = self.state.read();
                 (f(&st), st.epoch, st.seq, st.precision)
             };
-            if precision == Precision::F32 {
+            if precision.keeps_exact_vectors() {
                 self.metrics.record(op, t);
                 return Ok(out);
             }
@@ -886,7 +918,7 @@ impl Engine {
             let Some((old, _)) = st.get(id) else { return Ok((Vec::new(), false)) };
             if let Some(v) = &patch.vector {
                 st.check_dim(v.len())?;
-                check_int8_dim(st.precision, v.len())?;
+                check_precision_dim(st.precision, v.len())?;
             }
             let mut rec = old.clone();
             let p = patch;
