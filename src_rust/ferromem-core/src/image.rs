@@ -49,7 +49,8 @@
 use crate::arena::{Arena, Chunk, ZeroBits, CHUNK_ROWS};
 use crate::cursor::Reader;
 use crate::record::Record;
-use crate::state::{ImageArenas, ImageRows, Precision, State};
+use crate::state::State;
+use crate::vectors::{AuxSection, ImageLayout, Precision};
 use memmap2::{MmapMut, MmapOptions};
 use rayon::prelude::*;
 use std::fs::File;
@@ -144,13 +145,6 @@ fn encode_record(out: &mut Vec<u8>, r: &Record) {
     out.push(r.private as u8);
 }
 
-/// The bytes of `values`, for writing (every element type here has no padding, and the
-/// image is read back as little-endian on this little-endian target: checked below).
-fn bytes_of<T: Copy>(values: &[T]) -> &[u8] {
-    // SAFETY: f32, u16 and i8 have no padding and every byte of them is initialised.
-    unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, std::mem::size_of_val(values)) }
-}
-
 fn crc32(bytes: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(bytes);
@@ -178,17 +172,15 @@ struct Piece {
 }
 
 impl Piece {
-    fn describe(&self, precision: Precision) -> String {
-        let what = match (self.section, precision) {
-            (Section::Records, _) => "the records",
-            (Section::Norms, _) => "the norms",
-            (Section::Aux, Precision::Int8) => "the int8 quantisation factors",
-            (Section::Aux, _) => "the f32 rows",
-            (Section::Rows, Precision::Int8) => "the int8 rows",
-            (Section::Rows, _) => "the half-precision rows",
+    fn describe(&self, layout: &ImageLayout) -> String {
+        let what = match self.section {
+            Section::Records => "the records",
+            Section::Norms => "the norms",
+            Section::Aux => layout.aux_name,
+            Section::Rows => layout.search_name,
         };
         match self.section {
-            Section::Aux if precision == Precision::F32 => format!("{what} {}..{}", self.rows.start, self.rows.end),
+            Section::Aux if layout.aux == AuxSection::Rows => format!("{what} {}..{}", self.rows.start, self.rows.end),
             Section::Rows => format!("{what} {}..{}", self.rows.start, self.rows.end),
             _ => what.to_owned(),
         }
@@ -216,22 +208,20 @@ fn row_pieces(
     Some(())
 }
 
-/// Entries of the checksum table of an image of `rows` rows at `precision`.
-fn table_entries(precision: Precision, rows: usize) -> usize {
+/// Entries of the checksum table of an image of `rows` rows laid out as `layout` says.
+fn table_entries(layout: &ImageLayout, rows: usize) -> usize {
     let chunks = rows.div_ceil(CHUNK_ROWS);
-    2 + match precision {
-        Precision::F32 => 2 * chunks,
-        Precision::F16 => chunks,
-        Precision::Int8 => 1 + chunks,
-    }
+    2 + chunks
+        + match layout.aux {
+            AuxSection::None => 0,
+            AuxSection::PerRow => 1,
+            AuxSection::Rows => chunks,
+        }
 }
 
-fn precision_code(p: Precision) -> u32 {
-    match p {
-        Precision::F32 => 0,
-        Precision::F16 => 1,
-        Precision::Int8 => 2,
-    }
+/// The precision whose image code is `code`.
+fn precision_of_code(code: u32) -> Option<Precision> {
+    Precision::ALL.iter().copied().find(|p| p.image_layout().code == code)
 }
 
 /// Writes the image of `state` to `target` with `token`: a temporary file beside it, flushed
@@ -251,24 +241,22 @@ pub fn write(state: &State, target: &Path, token: &str) -> std::io::Result<()> {
         encode_record(&mut records, rec);
         norms.extend_from_slice(&inv.to_le_bytes());
     }
-    let vectors = state.image_vectors();
-    let factors: Vec<u8> = match &vectors {
-        ImageRows::Int8 { slots, factors, .. } => slots.clone().flat_map(|s| factors[s].to_le_bytes()).collect(),
-        _ => Vec::new(),
+    let vectors = state.vectors();
+    let slots = state.image_slots();
+    let layout = vectors.image_layout();
+    let factors: Vec<u8> = match layout.aux {
+        AuxSection::PerRow => slots.clone().flat_map(|s| vectors.image_aux_row(s).iter().copied()).collect(),
+        AuxSection::None | AuxSection::Rows => Vec::new(),
     };
-    let (precision, row_bytes) = match &vectors {
-        ImageRows::F32 { .. } => (Precision::F32, 2),
-        ImageRows::F16 { .. } => (Precision::F16, 2),
-        ImageRows::Int8 { .. } => (Precision::Int8, 1),
-    };
-    let table_bytes = 4 * table_entries(precision, state.len()) as u64;
+    let row_bytes = layout.search_value_bytes as u64;
+    let table_bytes = 4 * table_entries(layout, state.len()) as u64;
     let records_off = HEADER_BYTES as u64 + table_bytes;
     let norms_off = align_up(records_off + records.len() as u64, 64);
     let norms_end = norms_off + norms.len() as u64;
-    let (aux_off, aux_end) = match &vectors {
-        ImageRows::F32 { .. } => (align_up(norms_end, PAGE), align_up(norms_end, PAGE) + values * 4),
-        ImageRows::F16 { .. } => (0, norms_end),
-        ImageRows::Int8 { .. } => (norms_end, norms_end + factors.len() as u64),
+    let (aux_off, aux_end) = match layout.aux {
+        AuxSection::Rows => (align_up(norms_end, PAGE), align_up(norms_end, PAGE) + values * 4),
+        AuxSection::None => (0, norms_end),
+        AuxSection::PerRow => (norms_end, norms_end + factors.len() as u64),
     };
     let rows_off = align_up(aux_end, PAGE);
     let file_len = rows_off + values * row_bytes;
@@ -276,7 +264,7 @@ pub fn write(state: &State, target: &Path, token: &str) -> std::io::Result<()> {
     let mut header = Vec::with_capacity(HEADER_BYTES);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&VERSION.to_le_bytes());
-    header.extend_from_slice(&precision_code(precision).to_le_bytes());
+    header.extend_from_slice(&layout.code.to_le_bytes());
     for x in [dim as u64, rows, state.epoch, state.seq] {
         header.extend_from_slice(&x.to_le_bytes());
     }
@@ -312,7 +300,7 @@ pub fn write(state: &State, target: &Path, token: &str) -> std::io::Result<()> {
         put(&mut w, norms_off, &norms)?;
         let mut table = vec![crc32(&records), crc32(&norms)];
         if !factors.is_empty() {
-            // int8: the factors are the aux section, right after the norms.
+            // One value per row: the aux section, right after the norms.
             put(&mut w, aux_off, &factors)?;
             table.push(crc32(&factors));
         }
@@ -338,18 +326,10 @@ pub fn write(state: &State, target: &Path, token: &str) -> std::io::Result<()> {
             }
             Ok(())
         };
-        match vectors {
-            ImageRows::F32 { slots, vectors, half } => {
-                put_rows(&mut w, aux_off, dim as u64 * 4, &mut slots.clone().map(|s| bytes_of(vectors.row(s))), &mut table)?;
-                put_rows(&mut w, rows_off, dim as u64 * 2, &mut slots.map(|s| bytes_of(half.row(s))), &mut table)?;
-            }
-            ImageRows::F16 { slots, half } => {
-                put_rows(&mut w, rows_off, dim as u64 * 2, &mut slots.map(|s| bytes_of(half.row(s))), &mut table)?;
-            }
-            ImageRows::Int8 { slots, quant, .. } => {
-                put_rows(&mut w, rows_off, dim as u64, &mut slots.map(|s| bytes_of(quant.row(s))), &mut table)?;
-            }
+        if layout.aux == AuxSection::Rows {
+            put_rows(&mut w, aux_off, dim as u64 * 4, &mut slots.clone().map(|s| vectors.image_aux_row(s)), &mut table)?;
         }
+        put_rows(&mut w, rows_off, dim as u64 * row_bytes, &mut slots.map(|s| vectors.image_search_row(s)), &mut table)?;
         debug_assert_eq!(table.len() as u64 * 4, table_bytes);
         let table: Vec<u8> = table.iter().flat_map(|c| c.to_le_bytes()).collect();
         let mut head = header.clone();
@@ -451,12 +431,10 @@ fn parse_header(bytes: &[u8]) -> Result<Header, Unread> {
     let (records_off, records_len, norms_off, aux_off, rows_off, file_len) =
         (field(r.u64()), field(r.u64()), field(r.u64()), field(r.u64()), field(r.u64()), field(r.u64()));
     let crc = field(r.u32().map(u64::from)) as u32;
-    let precision = match code {
-        0 => Precision::F32,
-        1 => Precision::F16,
-        2 => Precision::Int8,
-        _ => return damaged(format!("unknown precision code {code} in the header")),
+    let Some(precision) = precision_of_code(code) else {
+        return damaged(format!("unknown precision code {code} in the header"));
     };
+    let layout = precision.image_layout();
     if dim == 0 || dim > MAX_DIM as u64 || rows == 0 {
         return damaged(format!("impossible shape in the header: {rows} rows of {dim} values"));
     }
@@ -466,7 +444,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, Unread> {
     let (dim, rows) = (dim as usize, rows as usize);
     // The table's length follows from the shape, which is bounded by the file: nothing is
     // read or allocated for it before this check.
-    let table_len = 4 * table_entries(precision, rows);
+    let table_len = 4 * table_entries(layout, rows);
     let Some(table) = bytes.get(HEADER_BYTES..HEADER_BYTES + table_len) else {
         return damaged(format!("truncated: {} bytes, shorter than the header and checksum table", bytes.len()));
     };
@@ -484,12 +462,13 @@ fn parse_header(bytes: &[u8]) -> Result<Header, Unread> {
     let bad_layout = || Unread::Damaged("the header's section offsets do not describe a valid layout".into());
     let values = (dim as u64).checked_mul(rows as u64).ok_or_else(bad_layout)?;
     let norms_end = norms_off.checked_add(rows as u64 * 4).ok_or_else(bad_layout)?;
-    let (aux_ok, aux_end, row_bytes) = match precision {
-        Precision::F32 => {
-            (aux_off.is_multiple_of(PAGE) && aux_off >= norms_end, aux_off.checked_add(values.checked_mul(4).ok_or_else(bad_layout)?), 2)
+    let row_bytes = layout.search_value_bytes as u64;
+    let (aux_ok, aux_end) = match layout.aux {
+        AuxSection::Rows => {
+            (aux_off.is_multiple_of(PAGE) && aux_off >= norms_end, aux_off.checked_add(values.checked_mul(4).ok_or_else(bad_layout)?))
         }
-        Precision::F16 => (aux_off == 0, Some(norms_end), 2),
-        Precision::Int8 => (aux_off == norms_end, aux_off.checked_add(rows as u64 * 4), 1),
+        AuxSection::None => (aux_off == 0, Some(norms_end)),
+        AuxSection::PerRow => (aux_off == norms_end, aux_off.checked_add(rows as u64 * 4)),
     };
     let aux_end = aux_end.ok_or_else(bad_layout)?;
     let records_end = records_off.checked_add(records_len).ok_or_else(bad_layout)?;
@@ -512,16 +491,16 @@ fn parse_header(bytes: &[u8]) -> Result<Header, Unread> {
         Piece { section: Section::Records, rows: 0..rows, bytes: records.clone(), crc: next(&mut crcs) },
         Piece { section: Section::Norms, rows: 0..rows, bytes: norms.clone(), crc: next(&mut crcs) },
     ];
-    let (elem, found) = match precision {
-        Precision::F32 => (2, row_pieces(Section::Aux, aux_off, rows, dim, 4, &mut crcs, &mut pieces)),
-        Precision::F16 => (2, Some(())),
-        Precision::Int8 => {
+    let found = match layout.aux {
+        AuxSection::Rows => row_pieces(Section::Aux, aux_off, rows, dim, 4, &mut crcs, &mut pieces),
+        AuxSection::None => Some(()),
+        AuxSection::PerRow => {
             pieces.push(Piece { section: Section::Aux, rows: 0..rows, bytes: aux_off..aux_end as usize, crc: next(&mut crcs) });
-            (1, Some(()))
+            Some(())
         }
     };
     found
-        .and_then(|()| row_pieces(Section::Rows, rows_off, rows, dim, elem, &mut crcs, &mut pieces))
+        .and_then(|()| row_pieces(Section::Rows, rows_off, rows, dim, layout.search_value_bytes, &mut crcs, &mut pieces))
         .expect("the table's length follows from the shape");
     Ok(Header { precision, dim, rows, epoch, seq, token, records, norms, aux_off, rows_off, pieces })
 }
@@ -531,7 +510,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, Unread> {
 fn damage(bytes: &[u8], h: &Header, wanted: impl Fn(Section) -> bool + Sync, limit: usize) -> Vec<String> {
     let failed = |(i, p): (usize, &Piece)| {
         (wanted(p.section) && crc32(&bytes[p.bytes.clone()]) != p.crc)
-            .then(|| (i, format!("{} fail their checksum", p.describe(h.precision))))
+            .then(|| (i, format!("{} fail their checksum", p.describe(h.precision.image_layout()))))
     };
     // On the calling thread in a forked child, whose inherited rayon pool may have no
     // threads left to run a job (see `crate::fork`).
@@ -585,6 +564,33 @@ fn mapped_arena<T: ZeroBits>(map: &Arc<MmapMut>, offset: usize, rows: usize, dim
         }
     }
     Arena::from_chunks(dim, rows, chunks)
+}
+
+/// The mapped sections of an image a precision's rows are built from (see
+/// [`crate::vectors::PrecisionKind::from_image`]).
+pub struct ImageSections<'a> {
+    pub dim: usize,
+    rows: usize,
+    map: &'a Arc<MmapMut>,
+    aux_off: usize,
+    rows_off: usize,
+}
+
+impl ImageSections<'_> {
+    /// The aux section as rows of `dim` values (an image whose aux holds rows).
+    pub fn aux_arena<T: ZeroBits>(&self) -> Arena<T> {
+        mapped_arena(self.map, self.aux_off, self.rows, self.dim)
+    }
+
+    /// The search rows.
+    pub fn search_arena<T: ZeroBits>(&self) -> Arena<T> {
+        mapped_arena(self.map, self.rows_off, self.rows, self.dim)
+    }
+
+    /// The aux section as one f32 per row (an image whose aux holds one per row).
+    pub fn aux_per_row(&self) -> Vec<f32> {
+        f32s(&self.map[self.aux_off..self.aux_off + self.rows * 4])
+    }
 }
 
 /// What the store says an image must be: its token (from `meta`), position and dimension.
@@ -642,15 +648,15 @@ fn from_map(map: Arc<MmapMut>, expected: Option<&Expected<'_>>, precision: Preci
         Err(Unread::OtherVersion) => return Loaded::Unused,
         Err(Unread::Damaged(why)) => return Loaded::Damaged(why),
     };
-    // An f16 store can use the half rows of an f32 image; otherwise the kinds must match.
-    let usable = h.precision == precision || (precision == Precision::F16 && h.precision == Precision::F32);
+    // A precision may read another's image (f16 the half rows of an f32 one).
+    let usable = precision.reads_image_of(h.precision);
     let fits =
         expected.is_none_or(|e| token_bytes(e.token) == Some(h.token) && h.epoch == e.epoch && h.seq <= e.seq && e.dim == Some(h.dim));
     if !usable || !fits {
         return Loaded::Unused;
     }
-    // The f32 rows of an f32 image serve f32 stores only.
-    let uses_aux = h.precision != Precision::F32 || precision == Precision::F32;
+    // An image's aux section serves stores of its own precision only.
+    let uses_aux = h.precision == precision;
     if let Some(why) = damage(&map, &h, |s| s != Section::Aux || uses_aux, 1).pop() {
         return Loaded::Damaged(why);
     }
@@ -659,16 +665,8 @@ fn from_map(map: Arc<MmapMut>, expected: Option<&Expected<'_>>, precision: Preci
         Err(why) => return Loaded::Damaged(why),
     };
     let inv_norm = f32s(&map[h.norms.clone()]);
-    let vectors = match precision {
-        Precision::F32 => {
-            ImageArenas::F32 { vectors: mapped_arena(&map, h.aux_off, h.rows, h.dim), half: mapped_arena(&map, h.rows_off, h.rows, h.dim) }
-        }
-        Precision::F16 => ImageArenas::F16 { half: mapped_arena(&map, h.rows_off, h.rows, h.dim) },
-        Precision::Int8 => ImageArenas::Int8 {
-            quant: mapped_arena(&map, h.rows_off, h.rows, h.dim),
-            factors: f32s(&map[h.aux_off..h.aux_off + h.rows * 4]),
-        },
-    };
+    let vectors =
+        precision.rows_from_image(&ImageSections { dim: h.dim, rows: h.rows, map: &map, aux_off: h.aux_off, rows_off: h.rows_off });
     match State::from_image(h.dim, h.epoch, h.seq, records, vectors, inv_norm) {
         Ok(st) => Loaded::Image(Box::new(st)),
         Err(e) => Loaded::Damaged(format!("the records do not form a store: {e}")),
@@ -726,7 +724,7 @@ pub fn fuzz_read(bytes: &[u8]) -> bool {
         return false;
     }
     let mut loaded = false;
-    for precision in [Precision::F32, Precision::F16, Precision::Int8] {
+    for &precision in Precision::ALL {
         let Ok(mut map) = MmapMut::map_anon(bytes.len()) else { return loaded };
         map.copy_from_slice(bytes);
         loaded |= matches!(from_map(Arc::new(map), None, precision), Loaded::Image(_));
@@ -744,18 +742,14 @@ pub fn fuzz_reseal(bytes: &mut [u8]) -> bool {
         return false;
     }
     let word = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes"));
-    let precision = match u32::from_le_bytes(h[12..16].try_into().expect("4 bytes")) {
-        0 => Precision::F32,
-        1 => Precision::F16,
-        2 => Precision::Int8,
-        _ => return false,
-    };
+    let Some(precision) = precision_of_code(u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"))) else { return false };
+    let layout = precision.image_layout();
     let (dim, rows) = (word(16), word(24));
     if dim == 0 || dim > MAX_DIM as u64 || rows == 0 || rows > bytes.len() as u64 {
         return false;
     }
     let (dim, rows) = (dim as usize, rows as usize);
-    let table_len = 4 * table_entries(precision, rows);
+    let table_len = 4 * table_entries(layout, rows);
     if bytes.len() < HEADER_BYTES + table_len {
         return false;
     }
@@ -773,12 +767,12 @@ pub fn fuzz_reseal(bytes: &mut [u8]) -> bool {
             out.push(clamp(off.saturating_add(first * dim as u64 * elem), n * dim as u64 * elem));
         }
     };
-    match precision {
-        Precision::F32 => chunk_ranges(aux_off, 4, &mut ranges),
-        Precision::F16 => {}
-        Precision::Int8 => ranges.push(clamp(aux_off, rows as u64 * 4)),
+    match layout.aux {
+        AuxSection::Rows => chunk_ranges(aux_off, 4, &mut ranges),
+        AuxSection::None => {}
+        AuxSection::PerRow => ranges.push(clamp(aux_off, rows as u64 * 4)),
     }
-    chunk_ranges(rows_off, if precision == Precision::Int8 { 1 } else { 2 }, &mut ranges);
+    chunk_ranges(rows_off, layout.search_value_bytes as u64, &mut ranges);
     for (i, r) in ranges.iter().enumerate() {
         let crc = crc32(&bytes[r.clone()]);
         bytes[HEADER_BYTES + 4 * i..HEADER_BYTES + 4 * i + 4].copy_from_slice(&crc.to_le_bytes());

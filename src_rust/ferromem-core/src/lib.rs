@@ -1,7 +1,10 @@
 //! ferromem engine core. No Python here: the PyO3 crate `ferromem-py` wraps it.
 //!
 //! * [`engine::Engine`]: one open store: the in-memory replica plus the durable layer.
-//! * [`state`]: vector arena, records, id map; exact filtered top-k search.
+//! * [`state`]: records, id map, filter indexes; search planning; the graph's lifecycle.
+//! * [`vectors`]: the vector rows of each stored precision (f32, f16, int8).
+//! * [`scorer`]: the [`scorer::Scorer`] that runs a search plan over the rows (the CPU scan).
+//! * [`ann`]: the approximate index behind [`ann::AnnIndex`] (HNSW, [`hnsw`]).
 //! * [`index`]: filter indexes (scope prefix, categories, metadata equality, source, privacy).
 //! * [`simd`]: dot-product kernels with run-time ISA dispatch.
 //! * [`storage`]: the durable layer as a trait; SQLite (embedded) and in-memory.
@@ -9,6 +12,7 @@
 //! * [`cache`]: results of repeated searches, invalidated exactly by the changes that matter.
 //! * [`image`]: the store image written at close, which the next open maps.
 
+pub mod ann;
 pub mod arena;
 pub mod cache;
 pub mod coalesce;
@@ -23,13 +27,17 @@ pub mod index;
 pub mod interrupt;
 pub mod metrics;
 pub mod record;
+pub mod scorer;
 pub mod simd;
 pub mod state;
 pub mod storage;
 pub mod topk;
+pub mod vectors;
 
 pub use engine::{Engine, OpenOptions, Patch, ScopeInfo, WriteMode};
 pub use error::{Error, Result};
 pub use filter::{Filter, Privacy, Scalar};
 pub use record::Record;
+pub use scorer::{CpuScorer, Plan, RowChanges, RowsView, Scorer};
 pub use storage::Durability;
+pub use vectors::Precision;
