@@ -52,7 +52,7 @@ fn scalar_dot(q: &[f32], r: &[u16]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use crate::simd::shape::{define_rows, widened_dot};
+    use crate::simd::shape::{define_rows, in_blocks, widened_dot};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx512f")]
@@ -67,15 +67,12 @@ mod x86 {
     #[target_feature(enable = "avx,f16c")]
     pub(super) unsafe fn to_f16_f16c(v: &[f32], scale: f32, out: &mut [u16]) {
         let s = _mm256_set1_ps(scale);
-        let n = v.len();
-        let mut i = 0;
-        while i + 8 <= n {
-            let x = _mm256_mul_ps(_mm256_loadu_ps(v.as_ptr().add(i)), s);
-            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
-            _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, h);
-            i += 8;
-        }
-        super::to_f16_portable(&v[i..], scale, &mut out[i..]);
+        in_blocks!(v.len(), 8,
+            block: |i| {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(_mm256_loadu_ps(v.as_ptr().add(i)), s));
+                _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, h)
+            },
+            rest: |i| super::to_f16_portable(&v[i..], scale, &mut out[i..]))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -90,26 +87,16 @@ mod x86 {
     /// out[i] = bits[i] as f32, 16 (AVX-512F) or 8 (F16C) values per instruction.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn widen_avx512(bits: &[u16], out: &mut [f32]) {
-        let n = bits.len();
-        let mut i = 0;
-        while i + 16 <= n {
-            let x = _mm512_cvtph_ps(_mm256_loadu_si256(bits.as_ptr().add(i) as *const __m256i));
-            _mm512_storeu_ps(out.as_mut_ptr().add(i), x);
-            i += 16;
-        }
-        super::widen_portable(&bits[i..], &mut out[i..]);
+        in_blocks!(bits.len(), 16,
+            block: |i| _mm512_storeu_ps(out.as_mut_ptr().add(i), _mm512_cvtph_ps(_mm256_loadu_si256(bits.as_ptr().add(i) as *const __m256i))),
+            rest: |i| super::widen_portable(&bits[i..], &mut out[i..]))
     }
 
     #[target_feature(enable = "avx,f16c")]
     pub(super) unsafe fn widen_f16c(bits: &[u16], out: &mut [f32]) {
-        let n = bits.len();
-        let mut i = 0;
-        while i + 8 <= n {
-            let x = _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr().add(i) as *const __m128i));
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), x);
-            i += 8;
-        }
-        super::widen_portable(&bits[i..], &mut out[i..]);
+        in_blocks!(bits.len(), 8,
+            block: |i| _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr().add(i) as *const __m128i))),
+            rest: |i| super::widen_portable(&bits[i..], &mut out[i..]))
     }
 
     define_rows!(rows_avx512, "avx512f", dot_avx512, f32);
@@ -123,7 +110,7 @@ mod x86 {
 /// results bit for bit against the portable rounding).
 #[cfg(target_arch = "aarch64")]
 mod neon {
-    use crate::simd::shape::{define_rows, widened_dot};
+    use crate::simd::shape::{define_rows, in_blocks, widened_dot};
     use std::arch::aarch64::*;
     use std::arch::asm;
 
@@ -153,36 +140,30 @@ mod neon {
 
     #[target_feature(enable = "neon")]
     pub(super) unsafe fn widen(bits: &[u16], out: &mut [f32]) {
-        let n = bits.len();
-        let mut i = 0;
-        while i + 4 <= n {
-            vst1q_f32(out.as_mut_ptr().add(i), widen4(bits.as_ptr().add(i)));
-            i += 4;
-        }
-        super::widen_portable(&bits[i..], &mut out[i..]);
+        in_blocks!(bits.len(), 4,
+            block: |i| vst1q_f32(out.as_mut_ptr().add(i), widen4(bits.as_ptr().add(i))),
+            rest: |i| super::widen_portable(&bits[i..], &mut out[i..]))
     }
 
     #[target_feature(enable = "neon")]
     pub(super) unsafe fn to_f16(v: &[f32], scale: f32, out: &mut [u16]) {
-        let n = v.len();
-        let mut i = 0;
-        while i + 8 <= n {
-            let lo = vmulq_n_f32(vld1q_f32(v.as_ptr().add(i)), scale);
-            let hi = vmulq_n_f32(vld1q_f32(v.as_ptr().add(i + 4)), scale);
-            let h: uint16x8_t;
-            // `out`, not `lateout`: `h` is written before `hi` is read.
-            asm!(
-                "fcvtn {h:v}.4h, {lo:v}.4s",
-                "fcvtn2 {h:v}.8h, {hi:v}.4s",
-                lo = in(vreg) lo,
-                hi = in(vreg) hi,
-                h = out(vreg) h,
-                options(pure, nomem, nostack, preserves_flags),
-            );
-            vst1q_u16(out.as_mut_ptr().add(i), h);
-            i += 8;
-        }
-        super::to_f16_portable(&v[i..], scale, &mut out[i..]);
+        in_blocks!(v.len(), 8,
+            block: |i| {
+                let lo = vmulq_n_f32(vld1q_f32(v.as_ptr().add(i)), scale);
+                let hi = vmulq_n_f32(vld1q_f32(v.as_ptr().add(i + 4)), scale);
+                let h: uint16x8_t;
+                // `out`, not `lateout`: `h` is written before `hi` is read.
+                asm!(
+                    "fcvtn {h:v}.4h, {lo:v}.4s",
+                    "fcvtn2 {h:v}.8h, {hi:v}.4s",
+                    lo = in(vreg) lo,
+                    hi = in(vreg) hi,
+                    h = out(vreg) h,
+                    options(pure, nomem, nostack, preserves_flags),
+                );
+                vst1q_u16(out.as_mut_ptr().add(i), h)
+            },
+            rest: |i| super::to_f16_portable(&v[i..], scale, &mut out[i..]))
     }
 
     define_rows!(rows, "neon", dot, f32);

@@ -273,3 +273,21 @@ macro_rules! define_rows {
     };
 }
 pub(super) use define_rows;
+
+/// Converts `$n` values a block of `$lanes` at a time with `block` (the values from `i`),
+/// then the rest, from `i` on, with `rest` (the portable conversion): the shape of every
+/// element-type conversion (f32 <-> binary16).
+macro_rules! in_blocks {
+    ($n:expr, $lanes:expr, block: |$i:ident| $block:expr, rest: |$r:ident| $rest:expr) => {{
+        let n: usize = $n;
+        let mut i = 0;
+        while i + $lanes <= n {
+            let $i = i;
+            $block;
+            i += $lanes;
+        }
+        let $r = i;
+        $rest
+    }};
+}
+pub(super) use in_blocks;
