@@ -27,6 +27,7 @@ from .exceptions import (
     ReadOnlyStoreError,
     StorageError,
     StoreClosedError,
+    UnsupportedStoreError,
 )
 from .records import Record, ScopeInfo
 from .store import SearchResult, Store, open
@@ -55,6 +56,7 @@ __all__ = [
     "IncompatibleStoreError",
     "NotAStoreError",
     "ReadOnlyStoreError",
+    "UnsupportedStoreError",
     "NativeUnavailableWarning",
     "DamagedCacheWarning",
     "DamagedRecordsWarning",

@@ -27,6 +27,7 @@ __all__ = [
     "IncompatibleStoreError",
     "NotAStoreError",
     "ReadOnlyStoreError",
+    "UnsupportedStoreError",
     "NativeUnavailableWarning",
     "DamagedCacheWarning",
     "DamagedRecordsWarning",
@@ -105,6 +106,11 @@ class NotAStoreError(CorruptStoreError):
 
 class ReadOnlyStoreError(StorageError):
     """A write to a store opened with ``read_only=True``."""
+
+
+class UnsupportedStoreError(InvalidInputError):
+    """A store location this build cannot open: an unknown scheme (``mysql://...``) or a
+    backend it does not have (``postgresql://...``). Nothing was opened or created."""
 
 
 class DamagedRecordsWarning(RuntimeWarning):

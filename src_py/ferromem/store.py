@@ -24,6 +24,7 @@ from typing import Any, cast, overload
 
 import numpy as np
 
+from . import _location
 from . import _validate as check
 from ._engine import Engine, IndexedEngine
 from ._reference import ReferenceEngine
@@ -161,8 +162,10 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
 ) -> Store:
     """Opens (or creates) a store.
 
-    ``path``: the store's single SQLite file (parent directories are created), or None
-    for an in-memory store. ``dim``: the vector dimension, if known (it is otherwise fixed
+    ``path``: where the store lives: its single SQLite file (a path, an os.PathLike,
+    ``"sqlite:PATH"`` or ``"sqlite:///ABSOLUTE/PATH"``; parent directories are created),
+    or None or ``"memory:"`` for an in-memory store. Other schemes (``postgresql://``)
+    raise UnsupportedStoreError. ``dim``: the vector dimension, if known (it is otherwise fixed
     by the first vector). ``durability``: "normal" (acknowledged writes survive a process
     crash) or "full" (they also survive power loss; one fsync per write). ``engine``:
     "auto" (native if it loads, else the reference engine with a warning), "native" or
@@ -200,7 +203,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     ``stats()["damaged"]`` and reported once with a DamagedRecordsWarning (see
     :func:`check`).
     """
-    path_text = check.check_path(path)
+    path_text = check.check_path(_location.store_path(path))
     cache_size = check.check_cache_size(cache_size)
     index = check.check_index(index)
     ef_search = check.check_ef_search(ef_search)

@@ -32,6 +32,9 @@ pub enum Error {
     /// A write to a store opened read-only.
     #[error("{0}")]
     ReadOnly(String),
+    /// A store location this build cannot open (an unknown scheme, or a backend it lacks).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -290,15 +290,15 @@ fn concurrent_int8_queries_share_scans_and_get_their_own_answers() {
 /// up) once one of the rows asked for was rewritten or deleted, or the store was reset.
 #[test]
 fn reads_at_a_position_survive_writes_to_other_records() {
-    use ferromem_core::storage::{sqlite::SqliteStorage, Storage};
+    use ferromem_core::storage::{sqlite::SqliteStorage, Images, VectorsAt};
     let (n, dim) = (50, 16);
     let mut rng = rand::rngs::StdRng::seed_from_u64(27);
     let vectors = uniform(&mut rng, n * dim);
     let (_dir, path, writer) = written_store(&vectors, dim);
     let mut reader = SqliteStorage::open(&path, Durability::Normal).unwrap();
     let position = |r: &mut SqliteStorage| {
-        let (epoch, seq, _, _) = r.image_position().unwrap();
-        (epoch, seq)
+        let at = r.image_position().unwrap();
+        (at.epoch, at.seq)
     };
     let ids: Vec<Arc<str>> = vec!["r00001".into(), "r00002".into()];
     let row = |i: usize| Some(vectors[i * dim..(i + 1) * dim].to_vec());

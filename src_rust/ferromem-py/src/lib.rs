@@ -17,6 +17,7 @@ use ferromem_core::engine::EngineStats;
 use ferromem_core::hnsw::HnswParams;
 use ferromem_core::state::{IndexConfig, IndexMode, Precision};
 use ferromem_core::storage::sqlite::{Access, SqliteStorage};
+use ferromem_core::storage::Location;
 use ferromem_core::{fork, simd, Durability, Engine, Error, Filter, OpenOptions, Patch, Privacy, Record, Scalar, WriteMode};
 use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::buffer::PyBuffer;
@@ -48,12 +49,13 @@ fn class_of(e: &Error) -> (usize, &'static str) {
         Error::Incompatible(_) => (9, "IncompatibleStoreError"),
         Error::NotAStore(_) => (10, "NotAStoreError"),
         Error::ReadOnly(_) => (11, "ReadOnlyStoreError"),
+        Error::Unsupported(_) => (12, "UnsupportedStoreError"),
     }
 }
 
 /// Each class of `class_of`, imported from `ferromem.exceptions` at its first use and
 /// kept: an error costs no import and no attribute lookup after that.
-static EXCEPTION_CLASSES: [PyOnceLock<Py<PyType>>; 12] = [const { PyOnceLock::new() }; 12];
+static EXCEPTION_CLASSES: [PyOnceLock<Py<PyType>>; 13] = [const { PyOnceLock::new() }; 13];
 
 /// An instance of the ferromem exception class of `kind`, made with `args`.
 fn ferromem_exception<'py>(py: Python<'py>, kind: &Error, args: impl pyo3::call::PyCallArgs<'py>) -> PyErr {
@@ -447,13 +449,19 @@ impl PyEngine {
     #[pyo3(signature = (path=None, dim=None, durability="normal", precision="f32", fast_open=false, read_only=false))]
     fn new(
         py: Python<'_>,
-        path: Option<PathBuf>,
+        path: Option<&Bound<'_, PyAny>>,
         dim: Option<usize>,
         durability: &str,
         precision: &str,
         fast_open: bool,
         read_only: bool,
     ) -> PyResult<PyEngine> {
+        // A str is a location (a URL or a path), an os.PathLike always a path, None memory.
+        let location = match path {
+            None => Location::Memory,
+            Some(text) if text.is_instance_of::<PyString>() => Location::parse(&text.extract::<String>()?).map_err(to_py_err)?,
+            Some(path) => Location::Sqlite(path.extract::<PathBuf>()?),
+        };
         let durability = Durability::from_name(durability)
             .ok_or_else(|| to_py_err(Error::InvalidInput(format!("durability must be 'normal' or 'full', not {durability:?}"))))?;
         let precision = Precision::from_name(precision)
@@ -461,7 +469,7 @@ impl PyEngine {
         let opts = OpenOptions { durability, precision, fast_open, read_only };
         // Engine::open_opts registers the fork handler before the engine exists, so the
         // generation read below is the one any later fork changes.
-        let engine = native(py, || Engine::open_opts(path.as_deref(), dim, opts))?;
+        let engine = native(py, || Engine::open_at(&location, dim, opts))?;
         Ok(PyEngine { inner: Arc::new(engine), forks: fork::generation() })
     }
 

@@ -165,6 +165,12 @@ pub struct Engine {
 /// Entries of the result cache of a newly opened engine (see [`Engine::set_cache_capacity`]).
 pub const DEFAULT_CACHE_ENTRIES: usize = 256;
 
+/// The backend's reads of exact vectors; an engine at f16 or int8 precision is only opened
+/// on a backend that has them.
+fn exact_vectors(storage: &mut dyn Storage) -> Result<&mut dyn crate::storage::VectorsAt> {
+    storage.as_vectors_at().ok_or_else(|| Error::Storage("this store's backend cannot read exact vectors back".into()))
+}
+
 /// The error a read of a quarantined record gets.
 fn damaged_record_error(d: &Damage) -> Error {
     Error::Corrupt(format!("{} on disk. Save the record again (or delete it) to clear it; `ferromem check` lists all damage", d.describe()))
@@ -323,7 +329,7 @@ impl Engine {
             let ids: Vec<Arc<str>> = out.iter().flatten().map(|(r, _)| r.id.clone()).collect();
             let vectors = {
                 let mut guard = self.reader.lock();
-                guard.as_mut().ok_or(Error::Closed)?.vectors_at(epoch, seq, &ids)?
+                exact_vectors(guard.as_mut().ok_or(Error::Closed)?.as_mut())?.vectors_at(epoch, seq, &ids)?
             };
             let Some(vectors) = vectors else { continue };
             for ((_, v), stored) in out.iter_mut().flatten().zip(vectors) {
@@ -380,7 +386,7 @@ impl Engine {
     pub fn stats(&self) -> EngineStats {
         // The writer mutex first, and released before the state lock: a writer holds the
         // mutex while it waits for the state lock, so the other order could deadlock.
-        let disk_bytes = self.writer.lock().as_ref().map_or(0, |w| w.disk_bytes());
+        let disk_bytes = self.writer.lock().as_ref().and_then(|w| w.as_local_file()).map_or(0, |f| f.disk_bytes());
         let st = self.state.read();
         EngineStats {
             records: st.len(),

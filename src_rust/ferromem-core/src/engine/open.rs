@@ -9,15 +9,24 @@ use crate::image::{self, image_file};
 use crate::metrics::{Metrics, Op};
 use crate::scorer::CpuScorer;
 use crate::state::{Precision, State};
-use crate::storage::memory::MemoryStorage;
-use crate::storage::sqlite::{Access, SqliteStorage};
-use crate::storage::{Changes, Durability, Storage};
+use crate::storage::{self, Access, Changes, Durability, Location, Storage, StorageOptions};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RwLock};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// The checks of `dim` and precision made before a store is opened (or created).
+fn check_open_args(dim: Option<usize>, precision: Precision) -> Result<()> {
+    if dim == Some(0) {
+        return Err(Error::InvalidInput("dim must be at least 1".into()));
+    }
+    if let Some(d) = dim {
+        check_precision_dim(precision, d)?;
+    }
+    Ok(())
+}
 
 impl Engine {
     /// Opens (or creates) a store. `path` None keeps everything in memory.
@@ -35,37 +44,55 @@ impl Engine {
     /// fits (see [`crate::image`]) maps it and applies the changes committed after it,
     /// instead of reading every row.
     pub fn open_opts(path: Option<&Path>, dim: Option<usize>, opts: OpenOptions) -> Result<Engine> {
+        Engine::open_at(&Location::from_path(path), dim, opts)
+    }
+
+    /// Opens the store at `location` (see [`storage::Location`]) through the storage
+    /// factory: one connection for writes, one for catching up and point reads.
+    pub fn open_at(location: &Location, dim: Option<usize>, opts: OpenOptions) -> Result<Engine> {
         crate::fork::install();
-        let OpenOptions { durability, precision, fast_open, read_only } = opts;
         let t = Instant::now();
-        if dim == Some(0) {
-            return Err(Error::InvalidInput("dim must be at least 1".into()));
-        }
-        if let Some(d) = dim {
-            check_precision_dim(precision, d)?;
-        }
-        if !precision.keeps_exact_vectors() && path.is_none() {
+        check_open_args(dim, opts.precision)?;
+        let access = if opts.read_only { Access::ReadOnly } else { Access::ReadWrite };
+        let options = StorageOptions { durability: opts.durability, access, point_reads: false };
+        let writer = storage::open(location, options)?;
+        let reader = storage::open(location, StorageOptions { point_reads: !opts.precision.keeps_exact_vectors(), ..options })?;
+        Engine::open_on(writer, reader, dim, opts, t)
+    }
+
+    /// Opens an engine on a backend the caller brings: `writer` and `reader` are two
+    /// connections to one store (they may share it), the first for writes, the second for
+    /// catching up and point reads. `opts.durability` is the backend's affair; f16 and
+    /// int8 precision need a backend with [`storage::VectorsAt`].
+    pub fn open_with_storage(writer: Box<dyn Storage>, reader: Box<dyn Storage>, dim: Option<usize>, opts: OpenOptions) -> Result<Engine> {
+        crate::fork::install();
+        let t = Instant::now();
+        check_open_args(dim, opts.precision)?;
+        Engine::open_on(writer, reader, dim, opts, t)
+    }
+
+    /// The rest of opening, on open connections; `t`: when the open began.
+    fn open_on(
+        mut writer: Box<dyn Storage>,
+        mut reader: Box<dyn Storage>,
+        dim: Option<usize>,
+        opts: OpenOptions,
+        t: Instant,
+    ) -> Result<Engine> {
+        let OpenOptions { precision, fast_open, read_only, .. } = opts;
+        if !precision.keeps_exact_vectors() && reader.as_vectors_at().is_none() {
             return Err(Error::InvalidInput(format!(
                 "precision '{}' keeps the exact vectors on disk only, and an in-memory store has no disk: give a path or use 'f32'",
                 precision.name()
             )));
         }
-        let (mut writer, reader): (Box<dyn Storage>, Box<dyn Storage>) = match path {
-            None => (Box::new(MemoryStorage), Box::new(MemoryStorage)),
-            Some(p) => {
-                let access = if read_only { Access::ReadOnly } else { Access::ReadWrite };
-                let writer = SqliteStorage::open_as(p, durability, access)?;
-                let mut reader = SqliteStorage::open_as(p, durability, access)?;
-                if !precision.keeps_exact_vectors() {
-                    reader.map_reads()?;
-                }
-                (Box::new(writer), Box::new(reader))
-            }
-        };
+        // The caches (graph, image, reserve) live beside a store that is a local file.
+        let path = writer.as_local_file().map(|f| f.path().to_path_buf());
+        let path = path.as_deref();
         let mut image_damage = None;
-        let from_image = match path {
-            Some(p) if fast_open => {
-                let (epoch, seq, stored_dim, token) = writer.image_position()?;
+        let from_image = match (path, writer.as_images()) {
+            (Some(p), Some(images)) if fast_open => {
+                let storage::ImagePosition { epoch, seq, dim: stored_dim, token } = images.image_position()?;
                 token.and_then(|token| {
                     let expected = image::Expected { token: &token, epoch, seq, dim: stored_dim };
                     match image::load(&image_file(p), &expected, precision) {
@@ -244,7 +271,7 @@ impl Engine {
     /// the store with `fast_open`, and an image that no longer fits is never used. A
     /// failure costs the next open its speed, nothing else.
     pub(super) fn save_image(&self, writer: &mut dyn Storage) {
-        let Some(path) = &self.path else { return };
+        let (Some(path), Some(images)) = (&self.path, writer.as_images()) else { return };
         if !self.fast_open {
             return;
         }
@@ -260,7 +287,7 @@ impl Engine {
             return;
         }
         let token = image::new_token();
-        if image::write(&st, &target, &token).is_ok() && writer.set_image_token(&token).is_ok() {
+        if image::write(&st, &target, &token).is_ok() && images.set_image_token(&token).is_ok() {
             *image_at = Some(at);
         }
     }

@@ -168,7 +168,7 @@ impl Engine {
         ids.dedup();
         let vectors = {
             let mut guard = self.reader.lock();
-            guard.as_mut().ok_or(Error::Closed)?.vectors_at(epoch, seq, &ids)?
+            super::exact_vectors(guard.as_mut().ok_or(Error::Closed)?.as_mut())?.vectors_at(epoch, seq, &ids)?
         };
         let Some(vectors) = vectors else {
             return Ok(None);

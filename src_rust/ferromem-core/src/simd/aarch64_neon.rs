@@ -1,7 +1,10 @@
-//! aarch64 Advanced SIMD (NEON) kernels: 4 f32 lanes, fused multiply-add, scalar tail.
+//! aarch64 Advanced SIMD (NEON): 4 f32 lanes, fused multiply-add. The kernels are the
+//! shapes of [`super::shape`] on these operations.
 //!
 //! NEON is architecturally mandatory on aarch64, so this path is always supported there;
 //! the `target_feature` attributes keep it correct on targets that disable it by default.
+//! No software prefetch: the stable intrinsic is x86-only, and aarch64 cores prefetch
+//! streams within a row well on their own.
 //!
 //! # Safety (every function)
 //! The CPU must support NEON, and the pointers must be valid for the reads and writes that
@@ -9,95 +12,56 @@
 
 use std::arch::aarch64::*;
 
-const LANES: usize = 4;
+pub(super) const LANES: usize = 4;
+pub(super) type V = float32x4_t;
 
-/// Dot product of `n` floats at `a` and `b`.
-///
-/// Four independent accumulators of four lanes cover the FMA latency of current cores.
 #[target_feature(enable = "neon")]
 #[inline]
-pub(super) unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
-    unsafe {
-        let mut acc0 = vdupq_n_f32(0.0);
-        let mut acc1 = vdupq_n_f32(0.0);
-        let mut acc2 = vdupq_n_f32(0.0);
-        let mut acc3 = vdupq_n_f32(0.0);
-        let mut i = 0;
-        while i + 4 * LANES <= n {
-            // vfmaq_f32(acc, x, y) = acc + x * y
-            acc0 = vfmaq_f32(acc0, vld1q_f32(a.add(i)), vld1q_f32(b.add(i)));
-            acc1 = vfmaq_f32(acc1, vld1q_f32(a.add(i + LANES)), vld1q_f32(b.add(i + LANES)));
-            acc2 = vfmaq_f32(acc2, vld1q_f32(a.add(i + 2 * LANES)), vld1q_f32(b.add(i + 2 * LANES)));
-            acc3 = vfmaq_f32(acc3, vld1q_f32(a.add(i + 3 * LANES)), vld1q_f32(b.add(i + 3 * LANES)));
-            i += 4 * LANES;
-        }
-        while i + LANES <= n {
-            acc0 = vfmaq_f32(acc0, vld1q_f32(a.add(i)), vld1q_f32(b.add(i)));
-            i += LANES;
-        }
-        let mut sum = vaddvq_f32(vaddq_f32(vaddq_f32(acc0, acc1), vaddq_f32(acc2, acc3)));
-        while i < n {
-            sum += *a.add(i) * *b.add(i);
-            i += 1;
-        }
-        sum
-    }
+pub(super) fn zero() -> V {
+    vdupq_n_f32(0.0)
 }
 
-/// `out[i] = dot(query, arena + i*dim)` for `i < n`.
-#[target_feature(enable = "neon")]
-pub(super) unsafe fn dot_rows(query: *const f32, arena: *const f32, dim: usize, out: *mut f32, n: usize) {
-    unsafe {
-        for i in 0..n {
-            *out.add(i) = dot(query, arena.add(i * dim), dim);
-        }
-    }
-}
-
-/// `out[j] = dot(query, arena + rows[j]*dim)` for `j < n`; every `rows[j]` is a valid row.
-/// No software prefetch: the stable intrinsic is x86-only, and aarch64 cores prefetch
-/// streams within a row well on their own.
-#[target_feature(enable = "neon")]
-pub(super) unsafe fn dot_gather(query: *const f32, arena: *const f32, dim: usize, rows: *const u32, out: *mut f32, n: usize) {
-    unsafe {
-        for j in 0..n {
-            *out.add(j) = dot(query, arena.add(*rows.add(j) as usize * dim), dim);
-        }
-    }
-}
-
-/// Register tile: `QB` queries (stride `dim`) x `RB` rows (stride `dim`), written to
-/// `out[i*out_stride + j]`. `QB*RB` accumulators, `RB` row registers and one query
-/// register must fit the 32 vector registers: 4x4 uses 21.
 #[target_feature(enable = "neon")]
 #[inline]
-unsafe fn tile<const QB: usize, const RB: usize>(queries: *const f32, rows: *const f32, dim: usize, out: *mut f32, out_stride: usize) {
+pub(super) unsafe fn load(p: *const f32) -> V {
+    unsafe { vld1q_f32(p) }
+}
+
+/// The first `rem` values at `p`, `0 < rem < LANES`, through a zeroed buffer: NEON has no
+/// masked load, and nothing beyond the tail may be read.
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) unsafe fn load_partial(p: *const f32, rem: usize) -> V {
+    debug_assert!(rem > 0 && rem < LANES);
+    let mut buf = [0.0f32; LANES];
     unsafe {
-        let mut acc = [[vdupq_n_f32(0.0); RB]; QB];
-        let mut k = 0;
-        while k + LANES <= dim {
-            let mut r = [vdupq_n_f32(0.0); RB];
-            for (j, rj) in r.iter_mut().enumerate() {
-                *rj = vld1q_f32(rows.add(j * dim + k));
-            }
-            for (i, acc_i) in acc.iter_mut().enumerate() {
-                let q = vld1q_f32(queries.add(i * dim + k));
-                for (j, a) in acc_i.iter_mut().enumerate() {
-                    *a = vfmaq_f32(*a, q, r[j]);
-                }
-            }
-            k += LANES;
-        }
-        for (i, acc_i) in acc.iter().enumerate() {
-            for (j, a) in acc_i.iter().enumerate() {
-                let mut sum = vaddvq_f32(*a);
-                for t in k..dim {
-                    sum += *queries.add(i * dim + t) * *rows.add(j * dim + t);
-                }
-                *out.add(i * out_stride + j) = sum;
-            }
-        }
+        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), rem);
+        vld1q_f32(buf.as_ptr())
     }
 }
 
-super::define_dot_rows_multi!("neon", 4, 4);
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) fn fma(a: V, b: V, acc: V) -> V {
+    vfmaq_f32(acc, a, b)
+}
+
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) fn add(a: V, b: V) -> V {
+    vaddq_f32(a, b)
+}
+
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) fn reduce(v: V) -> f32 {
+    vaddvq_f32(v)
+}
+
+#[target_feature(enable = "neon")]
+#[inline]
+pub(super) unsafe fn prefetch(_p: *const f32) {}
+
+super::shape::define_f32_kernels!("neon");
+// 4x4 tiles: 16 accumulators, 4 row registers and a query register of the 32 registers.
+super::shape::define_dot_rows_multi!("neon", 4, 4);

@@ -85,7 +85,8 @@ fn scalar_dot_pairs(q: &[u16], r: &[u16]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use crate::simd::x86_avx2::hsum;
+    use super::to_f32;
+    use crate::simd::shape::{define_rows, widened_dot};
     use std::arch::x86_64::*;
 
     /// 16 bf16 values at `p` widened to f32.
@@ -104,48 +105,16 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dot_avx512(q: *const f32, r: *const u16, n: usize) -> f32 {
-        let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
-        let mut i = 0;
-        while i + 64 <= n {
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i)), load16(r.add(i)), a0);
-            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i + 16)), load16(r.add(i + 16)), a1);
-            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i + 32)), load16(r.add(i + 32)), a2);
-            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i + 48)), load16(r.add(i + 48)), a3);
-            i += 64;
+        unsafe {
+            widened_dot!(x86_avx512, n, load: |i| (_mm512_loadu_ps(q.add(i)), load16(r.add(i))), tail: |i| *q.add(i) * to_f32(*r.add(i)))
         }
-        while i + 16 <= n {
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i)), load16(r.add(i)), a0);
-            i += 16;
-        }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-        while i < n {
-            s += *q.add(i) * super::to_f32(*r.add(i));
-            i += 1;
-        }
-        s
     }
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_avx2(q: *const f32, r: *const u16, n: usize) -> f32 {
-        let (mut a0, mut a1, mut a2, mut a3) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut i = 0;
-        while i + 32 <= n {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), load8(r.add(i)), a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i + 8)), load8(r.add(i + 8)), a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i + 16)), load8(r.add(i + 16)), a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i + 24)), load8(r.add(i + 24)), a3);
-            i += 32;
+        unsafe {
+            widened_dot!(x86_avx2, n, load: |i| (_mm256_loadu_ps(q.add(i)), load8(r.add(i))), tail: |i| *q.add(i) * to_f32(*r.add(i)))
         }
-        while i + 8 <= n {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), load8(r.add(i)), a0);
-            i += 8;
-        }
-        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-        while i < n {
-            s += *q.add(i) * super::to_f32(*r.add(i));
-            i += 1;
-        }
-        s
     }
 
     /// bf16 x bf16 with `vdpbf16ps`: 32 pairs of values per instruction.
@@ -165,7 +134,7 @@ mod x86 {
         }
         let mut s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
         while i < n {
-            s += super::to_f32(*q.add(i)) * super::to_f32(*r.add(i));
+            s += to_f32(*q.add(i)) * to_f32(*r.add(i));
             i += 1;
         }
         s
@@ -174,146 +143,51 @@ mod x86 {
     /// bf16 x bf16 by widening both sides (AVX-512F without BF16).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dot_pairs_avx512(q: *const u16, r: *const u16, n: usize) -> f32 {
-        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let mut i = 0;
-        while i + 32 <= n {
-            a0 = _mm512_fmadd_ps(load16(q.add(i)), load16(r.add(i)), a0);
-            a1 = _mm512_fmadd_ps(load16(q.add(i + 16)), load16(r.add(i + 16)), a1);
-            i += 32;
+        unsafe {
+            widened_dot!(x86_avx512, n, load: |i| (load16(q.add(i)), load16(r.add(i))), tail: |i| to_f32(*q.add(i)) * to_f32(*r.add(i)))
         }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-        while i < n {
-            s += super::to_f32(*q.add(i)) * super::to_f32(*r.add(i));
-            i += 1;
-        }
-        s
     }
 
     /// bf16 x bf16 by widening both sides (AVX2).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_pairs_avx2(q: *const u16, r: *const u16, n: usize) -> f32 {
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut i = 0;
-        while i + 16 <= n {
-            a0 = _mm256_fmadd_ps(load8(q.add(i)), load8(r.add(i)), a0);
-            a1 = _mm256_fmadd_ps(load8(q.add(i + 8)), load8(r.add(i + 8)), a1);
-            i += 16;
-        }
-        let mut s = hsum(_mm256_add_ps(a0, a1));
-        while i < n {
-            s += super::to_f32(*q.add(i)) * super::to_f32(*r.add(i));
-            i += 1;
-        }
-        s
+        unsafe { widened_dot!(x86_avx2, n, load: |i| (load8(q.add(i)), load8(r.add(i))), tail: |i| to_f32(*q.add(i)) * to_f32(*r.add(i))) }
     }
 
-    // One dispatch per call: the loops over rows run inside the target-feature functions,
-    // where the dot products inline.
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn rows_avx512(q: &[f32], rows: &[u16], dim: usize, out: &mut [f32]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = dot_avx512(q.as_ptr(), rows.as_ptr().add(j * dim), dim);
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn rows_avx2(q: &[f32], rows: &[u16], dim: usize, out: &mut [f32]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = dot_avx2(q.as_ptr(), rows.as_ptr().add(j * dim), dim);
-        }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn pairs_rows_bf16(q: &[u16], rows: &[u16], dim: usize, out: &mut [f32]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = dot_pairs_bf16(q.as_ptr(), rows.as_ptr().add(j * dim), dim);
-        }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn pairs_rows_avx512(q: &[u16], rows: &[u16], dim: usize, out: &mut [f32]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = dot_pairs_avx512(q.as_ptr(), rows.as_ptr().add(j * dim), dim);
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn pairs_rows_avx2(q: &[u16], rows: &[u16], dim: usize, out: &mut [f32]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = dot_pairs_avx2(q.as_ptr(), rows.as_ptr().add(j * dim), dim);
-        }
-    }
+    define_rows!(rows_avx512, "avx512f", dot_avx512, f32);
+    define_rows!(rows_avx2, "avx2,fma", dot_avx2, f32);
+    define_rows!(pairs_rows_bf16, "avx512f,avx512bf16", dot_pairs_bf16, u16);
+    define_rows!(pairs_rows_avx512, "avx512f", dot_pairs_avx512, u16);
+    define_rows!(pairs_rows_avx2, "avx2,fma", dot_pairs_avx2, u16);
 }
 
 #[cfg(target_arch = "aarch64")]
 mod neon {
+    use super::to_f32;
+    use crate::simd::shape::{define_rows, widened_dot};
     use std::arch::aarch64::*;
 
-    /// 8 bf16 values at `p` widened to two f32 vectors (`SHLL`/`SHLL2` by 16).
+    /// 4 bf16 values at `p` widened to f32 (`SHLL` by 16).
     #[target_feature(enable = "neon")]
     #[inline]
-    unsafe fn load8(p: *const u16) -> (float32x4_t, float32x4_t) {
-        let h = vld1q_u16(p);
-        (vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(h))), vreinterpretq_f32_u32(vshll_high_n_u16::<16>(h)))
-    }
-
-    /// 8 f32 values at `p`, as `load8` returns bf16 ones.
-    #[target_feature(enable = "neon")]
-    #[inline]
-    unsafe fn load8_f32(p: *const f32) -> (float32x4_t, float32x4_t) {
-        (vld1q_f32(p), vld1q_f32(p.add(4)))
-    }
-
-    /// The dot product of `n` query values (8 at a time from `load_q`) with `n` bf16 row
-    /// values, in four accumulators; `q_at` gives the query's value `i` for the tail.
-    #[target_feature(enable = "neon")]
-    #[inline]
-    unsafe fn dot_by<Q>(
-        q: *const Q,
-        r: *const u16,
-        n: usize,
-        load_q: impl Fn(*const Q) -> (float32x4_t, float32x4_t),
-        q_at: impl Fn(usize) -> f32,
-    ) -> f32 {
-        let (mut a0, mut a1, mut a2, mut a3) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0), vdupq_n_f32(0.0), vdupq_n_f32(0.0));
-        let mut i = 0;
-        while i + 16 <= n {
-            let ((q0, q1), (x0, x1)) = (load_q(q.add(i)), load8(r.add(i)));
-            let ((q2, q3), (x2, x3)) = (load_q(q.add(i + 8)), load8(r.add(i + 8)));
-            a0 = vfmaq_f32(a0, q0, x0);
-            a1 = vfmaq_f32(a1, q1, x1);
-            a2 = vfmaq_f32(a2, q2, x2);
-            a3 = vfmaq_f32(a3, q3, x3);
-            i += 16;
-        }
-        if i + 8 <= n {
-            let ((q0, q1), (x0, x1)) = (load_q(q.add(i)), load8(r.add(i)));
-            a0 = vfmaq_f32(a0, q0, x0);
-            a1 = vfmaq_f32(a1, q1, x1);
-            i += 8;
-        }
-        let mut s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
-        while i < n {
-            s += q_at(i) * super::to_f32(*r.add(i));
-            i += 1;
-        }
-        s
+    unsafe fn load4(p: *const u16) -> float32x4_t {
+        vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(p)))
     }
 
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn rows(q: &[f32], rows: &[u16], dim: usize, out: &mut [f32]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = dot_by(q.as_ptr(), rows.as_ptr().add(j * dim), dim, |p| load8_f32(p), |i| q[i]);
-        }
+    unsafe fn dot(q: *const f32, r: *const u16, n: usize) -> f32 {
+        unsafe { widened_dot!(aarch64_neon, n, load: |i| (vld1q_f32(q.add(i)), load4(r.add(i))), tail: |i| *q.add(i) * to_f32(*r.add(i))) }
     }
 
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn pairs_rows(q: &[u16], rows: &[u16], dim: usize, out: &mut [f32]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = dot_by(q.as_ptr(), rows.as_ptr().add(j * dim), dim, |p| load8(p), |i| super::to_f32(q[i]));
+    unsafe fn dot_pairs(q: *const u16, r: *const u16, n: usize) -> f32 {
+        unsafe {
+            widened_dot!(aarch64_neon, n, load: |i| (load4(q.add(i)), load4(r.add(i))), tail: |i| to_f32(*q.add(i)) * to_f32(*r.add(i)))
         }
     }
+
+    define_rows!(rows, "neon", dot, f32);
+    define_rows!(pairs_rows, "neon", dot_pairs, u16);
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -375,11 +249,11 @@ pub fn dot_rows_bf16(query: &[f32], rows: &[u16], dim: usize, out: &mut [f32]) {
         // SAFETY: `path_of` picks a SIMD path only for a supported ISA (so the CPU has its
         // features); `check_lengths` keeps every row read inside `rows`.
         #[cfg(target_arch = "x86_64")]
-        Path::Avx512 | Path::Avx512Bf16 => unsafe { x86::rows_avx512(query, rows, dim, out) },
+        Path::Avx512 | Path::Avx512Bf16 => unsafe { x86::rows_avx512(query, rows, dim, None, out) },
         #[cfg(target_arch = "x86_64")]
-        Path::Avx2 => unsafe { x86::rows_avx2(query, rows, dim, out) },
+        Path::Avx2 => unsafe { x86::rows_avx2(query, rows, dim, None, out) },
         #[cfg(target_arch = "aarch64")]
-        Path::Neon => unsafe { neon::rows(query, rows, dim, out) },
+        Path::Neon => unsafe { neon::rows(query, rows, dim, None, out) },
         Path::Scalar => {
             for (j, o) in out.iter_mut().enumerate() {
                 *o = scalar_dot(query, &rows[j * dim..(j + 1) * dim]);
@@ -395,13 +269,13 @@ pub fn dot_rows_bf16_pairs(query: &[u16], rows: &[u16], dim: usize, out: &mut [f
     match path_of(active_isa(), true) {
         // SAFETY: as in `dot_rows_bf16`; the BF16 path is picked only when detected.
         #[cfg(target_arch = "x86_64")]
-        Path::Avx512Bf16 => unsafe { x86::pairs_rows_bf16(query, rows, dim, out) },
+        Path::Avx512Bf16 => unsafe { x86::pairs_rows_bf16(query, rows, dim, None, out) },
         #[cfg(target_arch = "x86_64")]
-        Path::Avx512 => unsafe { x86::pairs_rows_avx512(query, rows, dim, out) },
+        Path::Avx512 => unsafe { x86::pairs_rows_avx512(query, rows, dim, None, out) },
         #[cfg(target_arch = "x86_64")]
-        Path::Avx2 => unsafe { x86::pairs_rows_avx2(query, rows, dim, out) },
+        Path::Avx2 => unsafe { x86::pairs_rows_avx2(query, rows, dim, None, out) },
         #[cfg(target_arch = "aarch64")]
-        Path::Neon => unsafe { neon::pairs_rows(query, rows, dim, out) },
+        Path::Neon => unsafe { neon::pairs_rows(query, rows, dim, None, out) },
         Path::Scalar => {
             for (j, o) in out.iter_mut().enumerate() {
                 *o = scalar_dot_pairs(query, &rows[j * dim..(j + 1) * dim]);

@@ -52,112 +52,55 @@ fn scalar_dot(q: &[f32], r: &[u16]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use crate::simd::shape::{define_rows, in_blocks, widened_dot};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dot_avx512(q: *const f32, r: *const u16, n: usize) -> f32 {
-        let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
-        let mut i = 0;
-        while i + 64 <= n {
-            let h = |j: usize| _mm512_cvtph_ps(_mm256_loadu_si256(r.add(i + j) as *const __m256i));
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i)), h(0), a0);
-            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i + 16)), h(16), a1);
-            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i + 32)), h(32), a2);
-            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i + 48)), h(48), a3);
-            i += 64;
+        unsafe {
+            widened_dot!(x86_avx512, n,
+                load: |i| (_mm512_loadu_ps(q.add(i)), _mm512_cvtph_ps(_mm256_loadu_si256(r.add(i) as *const __m256i))),
+                tail: |i| *q.add(i) * half::f16::from_bits(*r.add(i)).to_f32())
         }
-        while i + 16 <= n {
-            let x = _mm512_cvtph_ps(_mm256_loadu_si256(r.add(i) as *const __m256i));
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i)), x, a0);
-            i += 16;
-        }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-        while i < n {
-            s += *q.add(i) * half::f16::from_bits(*r.add(i)).to_f32();
-            i += 1;
-        }
-        s
     }
 
     #[target_feature(enable = "avx,f16c")]
     pub(super) unsafe fn to_f16_f16c(v: &[f32], scale: f32, out: &mut [u16]) {
         let s = _mm256_set1_ps(scale);
-        let n = v.len();
-        let mut i = 0;
-        while i + 8 <= n {
-            let x = _mm256_mul_ps(_mm256_loadu_ps(v.as_ptr().add(i)), s);
-            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
-            _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, h);
-            i += 8;
-        }
-        super::to_f16_portable(&v[i..], scale, &mut out[i..]);
+        in_blocks!(v.len(), 8,
+            block: |i| {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(_mm256_loadu_ps(v.as_ptr().add(i)), s));
+                _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, h)
+            },
+            rest: |i| super::to_f16_portable(&v[i..], scale, &mut out[i..]))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_avx2(q: *const f32, r: *const u16, n: usize) -> f32 {
-        let (mut a0, mut a1, mut a2, mut a3) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut i = 0;
-        while i + 32 <= n {
-            let h = |j: usize| _mm256_cvtph_ps(_mm_loadu_si128(r.add(i + j) as *const __m128i));
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), h(0), a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i + 8)), h(8), a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i + 16)), h(16), a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i + 24)), h(24), a3);
-            i += 32;
+        unsafe {
+            widened_dot!(x86_avx2, n,
+                load: |i| (_mm256_loadu_ps(q.add(i)), _mm256_cvtph_ps(_mm_loadu_si128(r.add(i) as *const __m128i))),
+                tail: |i| *q.add(i) * half::f16::from_bits(*r.add(i)).to_f32())
         }
-        while i + 8 <= n {
-            let x = _mm256_cvtph_ps(_mm_loadu_si128(r.add(i) as *const __m128i));
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(i)), x, a0);
-            i += 8;
-        }
-        let mut s = crate::simd::x86_avx2::hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-        while i < n {
-            s += *q.add(i) * half::f16::from_bits(*r.add(i)).to_f32();
-            i += 1;
-        }
-        s
     }
 
     /// out[i] = bits[i] as f32, 16 (AVX-512F) or 8 (F16C) values per instruction.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn widen_avx512(bits: &[u16], out: &mut [f32]) {
-        let n = bits.len();
-        let mut i = 0;
-        while i + 16 <= n {
-            let x = _mm512_cvtph_ps(_mm256_loadu_si256(bits.as_ptr().add(i) as *const __m256i));
-            _mm512_storeu_ps(out.as_mut_ptr().add(i), x);
-            i += 16;
-        }
-        super::widen_portable(&bits[i..], &mut out[i..]);
+        in_blocks!(bits.len(), 16,
+            block: |i| _mm512_storeu_ps(out.as_mut_ptr().add(i), _mm512_cvtph_ps(_mm256_loadu_si256(bits.as_ptr().add(i) as *const __m256i))),
+            rest: |i| super::widen_portable(&bits[i..], &mut out[i..]))
     }
 
     #[target_feature(enable = "avx,f16c")]
     pub(super) unsafe fn widen_f16c(bits: &[u16], out: &mut [f32]) {
-        let n = bits.len();
-        let mut i = 0;
-        while i + 8 <= n {
-            let x = _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr().add(i) as *const __m128i));
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), x);
-            i += 8;
-        }
-        super::widen_portable(&bits[i..], &mut out[i..]);
+        in_blocks!(bits.len(), 8,
+            block: |i| _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr().add(i) as *const __m128i))),
+            rest: |i| super::widen_portable(&bits[i..], &mut out[i..]))
     }
 
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn rows_avx512(q: &[f32], rows: &[u16], dim: usize, idx: Option<&[u32]>, out: &mut [f32]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            let r = idx.map_or(j, |ix| ix[j] as usize);
-            *o = dot_avx512(q.as_ptr(), rows.as_ptr().add(r * dim), dim);
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn rows_avx2(q: &[f32], rows: &[u16], dim: usize, idx: Option<&[u32]>, out: &mut [f32]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            let r = idx.map_or(j, |ix| ix[j] as usize);
-            *o = dot_avx2(q.as_ptr(), rows.as_ptr().add(r * dim), dim);
-        }
-    }
+    define_rows!(rows_avx512, "avx512f", dot_avx512, f32);
+    define_rows!(rows_avx2, "avx2,fma,f16c", dot_avx2, f32);
 }
 
 /// aarch64: binary16 <-> f32 with the base Advanced SIMD conversions (`FCVTL`, `FCVTL2`,
@@ -167,97 +110,63 @@ mod x86 {
 /// results bit for bit against the portable rounding).
 #[cfg(target_arch = "aarch64")]
 mod neon {
+    use crate::simd::shape::{define_rows, in_blocks, widened_dot};
     use std::arch::aarch64::*;
     use std::arch::asm;
 
-    /// The 8 binary16 values at `p`, widened (exactly) to two f32 vectors.
+    /// The 4 binary16 values at `p`, widened (exactly) to f32.
     #[target_feature(enable = "neon")]
     #[inline]
-    unsafe fn widen8(p: *const u16) -> (float32x4_t, float32x4_t) {
-        let h = vld1q_u16(p);
-        let (lo, hi): (float32x4_t, float32x4_t);
-        // `out`, not `lateout`: `lo` is written before `h` is read again.
+    unsafe fn widen4(p: *const u16) -> float32x4_t {
+        let h = vld1_u16(p);
+        let x: float32x4_t;
         asm!(
-            "fcvtl {lo:v}.4s, {h:v}.4h",
-            "fcvtl2 {hi:v}.4s, {h:v}.8h",
+            "fcvtl {x:v}.4s, {h:v}.4h",
             h = in(vreg) h,
-            lo = out(vreg) lo,
-            hi = out(vreg) hi,
+            x = lateout(vreg) x,
             options(pure, nomem, nostack, preserves_flags),
         );
-        (lo, hi)
+        x
     }
 
     #[target_feature(enable = "neon")]
     pub(super) unsafe fn dot(q: *const f32, r: *const u16, n: usize) -> f32 {
-        let (mut a0, mut a1, mut a2, mut a3) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0), vdupq_n_f32(0.0), vdupq_n_f32(0.0));
-        let mut i = 0;
-        while i + 16 <= n {
-            let (x0, x1) = widen8(r.add(i));
-            let (x2, x3) = widen8(r.add(i + 8));
-            a0 = vfmaq_f32(a0, vld1q_f32(q.add(i)), x0);
-            a1 = vfmaq_f32(a1, vld1q_f32(q.add(i + 4)), x1);
-            a2 = vfmaq_f32(a2, vld1q_f32(q.add(i + 8)), x2);
-            a3 = vfmaq_f32(a3, vld1q_f32(q.add(i + 12)), x3);
-            i += 16;
+        unsafe {
+            widened_dot!(aarch64_neon, n,
+                load: |i| (vld1q_f32(q.add(i)), widen4(r.add(i))),
+                tail: |i| *q.add(i) * half::f16::from_bits(*r.add(i)).to_f32())
         }
-        if i + 8 <= n {
-            let (x0, x1) = widen8(r.add(i));
-            a0 = vfmaq_f32(a0, vld1q_f32(q.add(i)), x0);
-            a1 = vfmaq_f32(a1, vld1q_f32(q.add(i + 4)), x1);
-            i += 8;
-        }
-        let mut s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
-        while i < n {
-            s += *q.add(i) * half::f16::from_bits(*r.add(i)).to_f32();
-            i += 1;
-        }
-        s
     }
 
     #[target_feature(enable = "neon")]
     pub(super) unsafe fn widen(bits: &[u16], out: &mut [f32]) {
-        let n = bits.len();
-        let mut i = 0;
-        while i + 8 <= n {
-            let (lo, hi) = widen8(bits.as_ptr().add(i));
-            vst1q_f32(out.as_mut_ptr().add(i), lo);
-            vst1q_f32(out.as_mut_ptr().add(i + 4), hi);
-            i += 8;
-        }
-        super::widen_portable(&bits[i..], &mut out[i..]);
+        in_blocks!(bits.len(), 4,
+            block: |i| vst1q_f32(out.as_mut_ptr().add(i), widen4(bits.as_ptr().add(i))),
+            rest: |i| super::widen_portable(&bits[i..], &mut out[i..]))
     }
 
     #[target_feature(enable = "neon")]
     pub(super) unsafe fn to_f16(v: &[f32], scale: f32, out: &mut [u16]) {
-        let n = v.len();
-        let mut i = 0;
-        while i + 8 <= n {
-            let lo = vmulq_n_f32(vld1q_f32(v.as_ptr().add(i)), scale);
-            let hi = vmulq_n_f32(vld1q_f32(v.as_ptr().add(i + 4)), scale);
-            let h: uint16x8_t;
-            // `out`, not `lateout`: `h` is written before `hi` is read.
-            asm!(
-                "fcvtn {h:v}.4h, {lo:v}.4s",
-                "fcvtn2 {h:v}.8h, {hi:v}.4s",
-                lo = in(vreg) lo,
-                hi = in(vreg) hi,
-                h = out(vreg) h,
-                options(pure, nomem, nostack, preserves_flags),
-            );
-            vst1q_u16(out.as_mut_ptr().add(i), h);
-            i += 8;
-        }
-        super::to_f16_portable(&v[i..], scale, &mut out[i..]);
+        in_blocks!(v.len(), 8,
+            block: |i| {
+                let lo = vmulq_n_f32(vld1q_f32(v.as_ptr().add(i)), scale);
+                let hi = vmulq_n_f32(vld1q_f32(v.as_ptr().add(i + 4)), scale);
+                let h: uint16x8_t;
+                // `out`, not `lateout`: `h` is written before `hi` is read.
+                asm!(
+                    "fcvtn {h:v}.4h, {lo:v}.4s",
+                    "fcvtn2 {h:v}.8h, {hi:v}.4s",
+                    lo = in(vreg) lo,
+                    hi = in(vreg) hi,
+                    h = out(vreg) h,
+                    options(pure, nomem, nostack, preserves_flags),
+                );
+                vst1q_u16(out.as_mut_ptr().add(i), h)
+            },
+            rest: |i| super::to_f16_portable(&v[i..], scale, &mut out[i..]))
     }
 
-    #[target_feature(enable = "neon")]
-    pub(super) unsafe fn rows(q: &[f32], rows: &[u16], dim: usize, idx: Option<&[u32]>, out: &mut [f32]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            let r = idx.map_or(j, |ix| ix[j] as usize);
-            *o = dot(q.as_ptr(), rows.as_ptr().add(r * dim), dim);
-        }
-    }
+    define_rows!(rows, "neon", dot, f32);
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

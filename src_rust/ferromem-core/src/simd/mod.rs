@@ -27,6 +27,7 @@ pub mod bf16;
 pub mod half;
 pub mod int8;
 mod scalar;
+mod shape;
 
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;
@@ -356,60 +357,3 @@ fn rows_per_chunk(dim: usize, tile_rows: usize, bytes: usize) -> usize {
 /// Cache budget for one chunk of rows in `dot_rows_multi`: half of a typical 512 KiB-2 MiB
 /// per-core L2 so the queries of a tile and the output keep their place.
 const MULTI_CHUNK_BYTES: usize = 256 * 1024;
-
-/// Defines `dot_rows_multi` in a SIMD module from that module's `tile::<QB, RB>` (a
-/// register tile of QB queries x RB rows) and `dot` (one query x one row), so that every
-/// path shares one blocking scheme:
-///
-/// ```text
-/// for each chunk of rows that fits MULTI_CHUNK_BYTES (read from memory once):
-///     for each tile of QB queries:            tile::<QB, RB> over the chunk, tile::<QB, 1> for its tail
-///     for each query left over (nq % QB):     tile::<1, RB> over the chunk, dot for its tail
-/// ```
-macro_rules! define_dot_rows_multi {
-    ($features:literal, $query_tile:literal, $row_tile:literal) => {
-        /// `out[q*n + i] = dot(queries + q*dim, arena + i*dim)` for `q < nq`, `i < n`.
-        #[target_feature(enable = $features)]
-        pub(super) unsafe fn dot_rows_multi(queries: *const f32, nq: usize, arena: *const f32, dim: usize, n: usize, out: *mut f32) {
-            const QB: usize = $query_tile;
-            const RB: usize = $row_tile;
-            unsafe {
-                let chunk = super::rows_per_chunk(dim, RB, super::MULTI_CHUNK_BYTES);
-                let mut c0 = 0;
-                while c0 < n {
-                    let c1 = (c0 + chunk).min(n);
-                    let mut q0 = 0;
-                    while q0 + QB <= nq {
-                        let qp = queries.add(q0 * dim);
-                        let mut r0 = c0;
-                        while r0 + RB <= c1 {
-                            tile::<QB, RB>(qp, arena.add(r0 * dim), dim, out.add(q0 * n + r0), n);
-                            r0 += RB;
-                        }
-                        while r0 < c1 {
-                            tile::<QB, 1>(qp, arena.add(r0 * dim), dim, out.add(q0 * n + r0), n);
-                            r0 += 1;
-                        }
-                        q0 += QB;
-                    }
-                    while q0 < nq {
-                        let qp = queries.add(q0 * dim);
-                        let mut r0 = c0;
-                        while r0 + RB <= c1 {
-                            tile::<1, RB>(qp, arena.add(r0 * dim), dim, out.add(q0 * n + r0), n);
-                            r0 += RB;
-                        }
-                        while r0 < c1 {
-                            *out.add(q0 * n + r0) = dot(qp, arena.add(r0 * dim), dim);
-                            r0 += 1;
-                        }
-                        q0 += 1;
-                    }
-                    c0 = c1;
-                }
-            }
-        }
-    };
-}
-#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_imports))]
-use define_dot_rows_multi;

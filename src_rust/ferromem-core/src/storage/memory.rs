@@ -1,8 +1,8 @@
-//! The storage of an in-memory store: nothing to persist, nothing to catch up from.
+//! The storage of an in-memory store: nothing to persist, nothing to catch up from, and
+//! none of the optional capabilities (no exact vectors to read back, no image, no file).
 
 use super::{Changes, Loaded, Storage, StoredRecord, WriteOp};
 use crate::Result;
-use std::sync::Arc;
 
 #[derive(Default)]
 pub struct MemoryStorage;
@@ -30,10 +30,4 @@ impl Storage for MemoryStorage {
         Ok(())
     }
     fn rollback(&mut self) {}
-    fn disk_bytes(&self) -> u64 {
-        0
-    }
-    fn vectors_at(&mut self, _epoch: u64, _seq: u64, _ids: &[Arc<str>]) -> Result<Option<Vec<Option<Vec<f32>>>>> {
-        Ok(None)
-    }
 }

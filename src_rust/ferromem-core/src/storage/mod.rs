@@ -1,6 +1,7 @@
 //! The durable layer behind the in-memory replica, as a trait: the engine (search, filters,
 //! locking) never sees SQL. SQLite is the embedded default; a PostgreSQL backend shared by
-//! many hosts implements the same operations.
+//! many hosts implements the same operations. A store is opened from its [`Location`] (a
+//! URL or a path) by one factory, [`open`].
 //!
 //! Every record carries checksums ([`checksum`]) verified when it is read into memory; a
 //! record that fails them is reported as a [`Damage`], never served.
@@ -9,11 +10,15 @@
 //! so any replica can catch up from "what changed since (epoch, seq)".
 
 pub mod checksum;
+mod location;
 pub mod memory;
 pub mod sqlite;
 
+pub use location::{open, Access, Location, StorageOptions};
+
 use crate::record::Record;
 use crate::Result;
+use std::path::Path;
 use std::sync::Arc;
 
 /// A record as stored, with its vector and the sequence number of its last change.
@@ -105,6 +110,16 @@ impl Durability {
     }
 }
 
+/// What every durable backend does: read everything, say what changed since a position,
+/// and apply writes inside an exclusive transaction. The engine holds two of them on one
+/// store (one for writes, one for catching up and point reads), so a catch-up never waits
+/// behind a write.
+///
+/// Optional capabilities are traits of their own, queried at run time through the `as_*`
+/// accessors (None by default): [`VectorsAt`] (exact vectors read back at a position,
+/// which f16 and int8 precision need), [`Images`] (the token of a store image) and
+/// [`LocalFile`] (a store in a file of this machine, beside which the engine keeps its
+/// caches). A backend implements only the ones it can honour.
 pub trait Storage: Send {
     /// Reads everything, consistently.
     fn load(&mut self) -> Result<Snapshot> {
@@ -133,21 +148,53 @@ pub trait Storage: Send {
     fn reset(&mut self, epoch: u64, seq: u64) -> Result<()>;
     fn commit(&mut self) -> Result<()>;
     fn rollback(&mut self);
-    /// Bytes the store occupies on disk (0 in memory).
-    fn disk_bytes(&self) -> u64;
+
+    /// The exact vectors at a position, when this backend keeps them readable.
+    fn as_vectors_at(&mut self) -> Option<&mut dyn VectorsAt> {
+        None
+    }
+    /// The store image's token, when this backend can record one.
+    fn as_images(&mut self) -> Option<&mut dyn Images> {
+        None
+    }
+    /// The store's file, when it is one file of this machine.
+    fn as_local_file(&self) -> Option<&dyn LocalFile> {
+        None
+    }
+}
+
+/// A backend that reads exact vectors back by id at a position: int8 re-ranking and
+/// `get`/`list` under f16 and int8 precision, whose replica holds no exact vectors.
+pub trait VectorsAt {
     /// The vectors `ids` had at position (epoch, seq) (None for an id not stored then),
     /// read consistently; or None when that is no longer known: another epoch, or one of
     /// the rows written or deleted after `seq` (the caller catches up and asks again).
-    /// Writes after `seq` to other rows do not matter. Stores that keep no vectors (in
-    /// memory) return None.
+    /// Writes after `seq` to other rows do not matter.
     fn vectors_at(&mut self, epoch: u64, seq: u64, ids: &[Arc<str>]) -> Result<Option<Vec<Option<Vec<f32>>>>>;
-    /// The store's (epoch, seq, dim) and the token of its image (see [`crate::image`]),
-    /// read consistently; a store without images has none.
-    fn image_position(&mut self) -> Result<(u64, u64, Option<usize>, Option<String>)> {
-        Ok((0, 0, None, None))
-    }
+}
+
+/// Where a store stands, with the token of its image (see [`crate::image`]), read together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImagePosition {
+    pub epoch: u64,
+    pub seq: u64,
+    pub dim: Option<usize>,
+    /// None when the store names no image.
+    pub token: Option<String>,
+}
+
+/// A backend that records which store image (see [`crate::image`]) matches it.
+pub trait Images {
+    /// The store's position and the token of its image, read consistently.
+    fn image_position(&mut self) -> Result<ImagePosition>;
     /// Records `token` as the store's current image, in a transaction of its own.
-    fn set_image_token(&mut self, _token: &str) -> Result<()> {
-        Ok(())
-    }
+    fn set_image_token(&mut self, token: &str) -> Result<()>;
+}
+
+/// A store kept in one file of this machine: the engine keeps its caches (the graph, the
+/// image, the disk-full reserve) beside it.
+pub trait LocalFile {
+    fn path(&self) -> &Path;
+    /// Bytes the store occupies on disk, with the files beside it.
+    fn disk_bytes(&self) -> u64;
 }

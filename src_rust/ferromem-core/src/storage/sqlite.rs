@@ -23,7 +23,8 @@
 //! The NumPy reference engine reads and writes the same schema.
 
 use super::checksum::{vector_crc, RawFields};
-use super::{Changes, Damage, Durability, Loaded, Snapshot, Storage, StoredRecord, WriteOp};
+pub use super::Access;
+use super::{Changes, Damage, Durability, ImagePosition, Images, Loaded, LocalFile, Snapshot, Storage, StoredRecord, VectorsAt, WriteOp};
 use crate::record::Record;
 use crate::{Error, Result};
 use rusqlite::types::ValueRef;
@@ -70,14 +71,6 @@ const RECORD_COLUMNS: &str =
 /// Version 1 rows have no checksums: read-only opens of such a store select NULLs.
 const RECORD_COLUMNS_V1: &str =
     "id, content, scope, categories, metadata, importance, created_at, last_accessed, source, private, vector, seq, NULL, NULL";
-
-/// Whether the store is opened for writing. Read-only opens never write to the file (nor
-/// create one), so commands that only look (`ferromem stats`, `ferromem check`) use it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    ReadWrite,
-    ReadOnly,
-}
 
 pub struct SqliteStorage {
     conn: Connection,
@@ -815,6 +808,20 @@ impl Storage for SqliteStorage {
         self.in_write = false;
     }
 
+    fn as_vectors_at(&mut self) -> Option<&mut dyn VectorsAt> {
+        Some(self)
+    }
+
+    fn as_images(&mut self) -> Option<&mut dyn Images> {
+        Some(self)
+    }
+
+    fn as_local_file(&self) -> Option<&dyn LocalFile> {
+        Some(self)
+    }
+}
+
+impl VectorsAt for SqliteStorage {
     fn vectors_at(&mut self, epoch: u64, seq: u64, ids: &[Arc<str>]) -> Result<Option<Vec<Option<Vec<f32>>>>> {
         self.in_read(|s| {
             let (db_epoch, db_seq, _) = s.meta()?;
@@ -850,12 +857,14 @@ impl Storage for SqliteStorage {
             Ok(Some(out))
         })
     }
+}
 
-    fn image_position(&mut self) -> Result<(u64, u64, Option<usize>, Option<String>)> {
+impl Images for SqliteStorage {
+    fn image_position(&mut self) -> Result<ImagePosition> {
         self.in_read(|s| {
             let (epoch, seq, dim) = s.meta()?;
             let token = s.conn.query_row("SELECT value FROM meta WHERE key = 'image'", [], |r| r.get(0)).optional()?;
-            Ok((epoch, seq, dim, token))
+            Ok(ImagePosition { epoch, seq, dim, token })
         })
     }
 
@@ -872,6 +881,12 @@ impl Storage for SqliteStorage {
                 Err(e.into())
             }
         }
+    }
+}
+
+impl LocalFile for SqliteStorage {
+    fn path(&self) -> &Path {
+        &self.path
     }
 
     fn disk_bytes(&self) -> u64 {
