@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import array
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias, TypedDict
 
 import numpy as np
 
@@ -31,6 +31,11 @@ __all__ = [
     "Vector",
     "Matrix",
     "ArrayLike",
+    "RecordFields",
+    "DeleteCriteria",
+    "Filters",
+    "SearchOptions",
+    "ListOptions",
 ]
 
 # ferromem.open(durability=...): "full" adds one fsync per write.
@@ -68,3 +73,60 @@ class _SupportsArray(Protocol):
 # another library), one vector or a matrix depending on its number of dimensions. (A
 # memoryview is a Sequence to the type checker, so it types as one Vector.)
 ArrayLike: TypeAlias = _SupportsArray
+
+
+# The keyword arguments shared by several Store methods, each shape written once: the
+# methods take them as ``**kwargs: Unpack[...]`` (PEP 692), so a type checker still checks
+# every keyword's name for callers, and ``Store`` rejects any other name at run time with
+# the TypeError Python gives for an unexpected keyword. The values are checked at run time
+# by ``ferromem._validate``; a key left out takes the default given in its comment.
+
+
+class RecordFields(TypedDict, total=False):
+    """Store.add and Store.upsert: the per-record fields (each one value for all records
+    or one per record; all default to None, i.e. the field's default)."""
+
+    contents: Any
+    scopes: Any
+    categories: Any
+    metadata: Any
+    importance: Any
+    created_at: Any
+    last_accessed: Any
+    sources: Any
+    private: Any
+
+
+class _Criteria(TypedDict, total=False):
+    # Every filter: all default to None (no criterion).
+    scope: Any
+    categories: Any
+    where: Any
+    source: Any
+
+
+class DeleteCriteria(_Criteria, total=False):
+    """Store.delete: the criteria (besides ids) a deleted record matches."""
+
+    older_than: Any  # None
+
+
+class Filters(_Criteria, total=False):
+    """Store.list, count and category_counts (and search): the records' filter."""
+
+    include_private: Any  # True
+    visible_to: Any  # None
+    ids: Any  # None
+
+
+class SearchOptions(Filters, total=False):
+    """Store.search: the filter and the score threshold."""
+
+    min_score: Any  # None
+
+
+class ListOptions(Filters, total=False):
+    """Store.list: the filter and the page."""
+
+    offset: Any  # 0
+    limit: Any  # None

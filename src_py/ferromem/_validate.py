@@ -13,12 +13,13 @@ import datetime as _dt
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from ._schema import Filter, RecordBatch
+from ._typing import RecordFields
 from .exceptions import (
     InvalidFilterError,
     InvalidIdError,
@@ -364,20 +365,13 @@ def record_batch(
     ids: list[str],
     vectors: np.ndarray,
     single: bool,
+    fields: RecordFields,
     *,
-    contents: Any,
-    scopes: Any,
-    categories: Any,
-    metadata: Any,
-    importance: Any,
-    created_at: Any,
-    last_accessed: Any,
-    sources: Any,
-    private: Any,
     now: float,
 ) -> RecordBatch:
-    """Checks the per-record fields of add/upsert and returns the batch to save: one
-    column of len(ids) values per field, and ``vectors`` (already a float32 matrix).
+    """Checks the per-record fields of add/upsert (``fields``: the keywords given; one
+    left out is None, the field's default) and returns the batch to save: one column of
+    len(ids) values per field, and ``vectors`` (already a float32 matrix).
 
     ``single``: the call is the single-record form, where every field is a scalar (a
     list would be ambiguous there and is rejected by the scalar check).
@@ -394,6 +388,10 @@ def record_batch(
     def is_number(v: Any) -> bool:
         return isinstance(v, _REAL_TYPES) or isinstance(v, _dt.datetime)
 
+    get = fields.get  # a field left out is None
+    contents, scopes, categories = get("contents"), get("scopes"), get("categories")
+    metadata, importance, sources = get("metadata"), get("importance"), get("sources")
+    created_at, last_accessed, private = get("created_at"), get("last_accessed"), get("private")
     # In this order: the first bad field is the one reported.
     content = field(contents, "contents", lambda v: isinstance(v, str), check_text, "")
     scope = field(scopes, "scopes", lambda v: isinstance(v, str), check_scope, "/")
@@ -565,20 +563,15 @@ def check_where(where: Any) -> list[tuple[str, Any]] | None:
     return pairs
 
 
-def build_filter(
-    *,
-    scope: Any = None,
-    categories: Any = None,
-    where: Any = None,
-    source: Any = None,
-    include_private: Any = True,
-    visible_to: Any = None,
-    older_than: Any = None,
-    ids: Any = None,
-) -> Filter:
-    """The engine's :class:`~ferromem._schema.Filter` for the criteria given, each checked
-    and in canonical form (categories and ids sorted without duplicates, where pairs
-    sorted by key)."""
+def build_filter(given: Mapping[str, Any]) -> Filter:
+    """The engine's :class:`~ferromem._schema.Filter` for the criteria ``given`` (the
+    keywords of ``ferromem._typing.Filters`` or ``DeleteCriteria``; one left out is None,
+    but include_private, True), each checked and in canonical form (categories and ids
+    sorted without duplicates, where pairs sorted by key)."""
+    get = given.get
+    scope, categories, where, source = get("scope"), get("categories"), get("where"), get("source")
+    include_private, visible_to = get("include_private", True), get("visible_to")
+    older_than, ids = get("older_than"), get("ids")
     criteria: dict[str, Any] = {}
     if scope is not None:
         criteria["scope"] = check_scope(scope, "scope", InvalidFilterError)

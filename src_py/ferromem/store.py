@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import array
 import builtins
+import inspect
 import os
 import sys
 import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
-from typing import Any, cast, overload
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import numpy as np
 
@@ -29,7 +30,20 @@ from . import _validate as check
 from ._engine import Engine, IndexedEngine
 from ._reference import ReferenceEngine
 from ._schema import Filter, Patch
-from ._typing import ArrayLike, Durability, EngineChoice, IndexMode, Matrix, Precision, Vector
+from ._typing import (
+    ArrayLike,
+    DeleteCriteria,
+    Durability,
+    EngineChoice,
+    Filters,
+    IndexMode,
+    ListOptions,
+    Matrix,
+    Precision,
+    RecordFields,
+    SearchOptions,
+    Vector,
+)
 from .exceptions import (
     DamagedCacheWarning,
     DamagedRecordsWarning,
@@ -41,6 +55,9 @@ from .exceptions import (
     StoreClosedError,
 )
 from .records import Record, ScopeInfo
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; only type checkers read it here
+    from typing_extensions import Unpack
 
 __all__ = ["open", "check_store", "Store", "SearchResult"]
 
@@ -318,6 +335,42 @@ _NO_GRAPH = {
 _MAX_K = 2**31 - 1
 
 
+def _only_keywords(method: str, given: Mapping[str, Any], accepted: Any) -> None:
+    """Raises the TypeError Python raises for an unexpected keyword argument when
+    ``given`` (a method's ``**kwargs``) holds a name that the TypedDict ``accepted`` lacks."""
+    names = accepted.__required_keys__ | accepted.__optional_keys__
+    for name in given:
+        if name not in names:
+            raise TypeError(f"{method}() got an unexpected keyword argument {name!r}")
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _keywords(accepted: Any, **defaults: Any) -> Callable[[_Method], _Method]:
+    """Shows the keywords of the TypedDict ``accepted``, which the method takes as
+    ``**kwargs``, in its signature (``help()``, ``inspect.signature``) as keyword-only
+    parameters, each with its default (None unless given here)."""
+
+    def decorate(method: _Method) -> _Method:
+        signature = inspect.signature(method)
+        parameters = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        parameters += [
+            inspect.Parameter(
+                # annotation: as the others read at run time (this module defers annotations)
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=defaults.get(name),
+                annotation="Any",
+            )
+            for name in accepted.__annotations__
+        ]
+        method.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        return method
+
+    return decorate
+
+
 def _input_ndim(obj: Any) -> int:
     """The number of dimensions of a vector argument, without converting it."""
     ndim = getattr(obj, "ndim", None)
@@ -460,86 +513,37 @@ class Store:
 
     # ----------------------------------------------------------------- writes
 
+    @_keywords(RecordFields)
     def add(
         self,
         ids: Any,
         vectors: Any,
-        *,
-        contents: Any = None,
-        scopes: Any = None,
-        categories: Any = None,
-        metadata: Any = None,
-        importance: Any = None,
-        created_at: Any = None,
-        last_accessed: Any = None,
-        sources: Any = None,
-        private: Any = None,
+        **fields: Unpack[RecordFields],
     ) -> list[str]:
         """Adds new records; an id that already exists raises DuplicateIdError and
         nothing is written. Single form: ``ids`` a str (or None with one vector) and
         scalar fields. Batch form: ``ids`` a list (or None with a matrix) and each field
-        a list of one value per record or one value for all. Returns the ids."""
-        return self._write(
-            "insert",
-            ids,
-            vectors,
-            contents,
-            scopes,
-            categories,
-            metadata,
-            importance,
-            created_at,
-            last_accessed,
-            sources,
-            private,
-        )
+        a list of one value per record or one value for all. Returns the ids.
 
+        The fields (keywords; each None by default, i.e. the field's default): contents,
+        scopes, categories, metadata, importance, created_at, last_accessed, sources,
+        private (docs/api.md)."""
+        _only_keywords("Store.add", fields, RecordFields)
+        return self._write("insert", ids, vectors, fields)
+
+    @_keywords(RecordFields)
     def upsert(
         self,
         ids: Any,
         vectors: Any,
-        *,
-        contents: Any = None,
-        scopes: Any = None,
-        categories: Any = None,
-        metadata: Any = None,
-        importance: Any = None,
-        created_at: Any = None,
-        last_accessed: Any = None,
-        sources: Any = None,
-        private: Any = None,
+        **fields: Unpack[RecordFields],
     ) -> list[str]:
-        """Like :meth:`add`, but an existing id is replaced (the whole record)."""
-        return self._write(
-            "upsert",
-            ids,
-            vectors,
-            contents,
-            scopes,
-            categories,
-            metadata,
-            importance,
-            created_at,
-            last_accessed,
-            sources,
-            private,
-        )
+        """Like :meth:`add` (the same fields), but an existing id is replaced (the whole
+        record)."""
+        _only_keywords("Store.upsert", fields, RecordFields)
+        return self._write("upsert", ids, vectors, fields)
 
-    def _write(
-        self,
-        mode: str,
-        ids: Any,
-        vectors: Any,
-        contents: Any,
-        scopes: Any,
-        categories: Any,
-        metadata: Any,
-        importance: Any,
-        created_at: Any,
-        last_accessed: Any,
-        sources: Any,
-        private: Any,
-    ) -> list[str]:
+    def _write(self, mode: str, ids: Any, vectors: Any, fields: RecordFields) -> list[str]:
         self._check_open()
         # Vectors are not checked against the store's dimension here: the engine does it
         # against its state caught up with other processes (asking first costs a catch-up).
@@ -561,15 +565,7 @@ class Store:
             id_list,
             matrix,
             single,
-            contents=contents,
-            scopes=scopes,
-            categories=categories,
-            metadata=metadata,
-            importance=importance,
-            created_at=created_at,
-            last_accessed=last_accessed,
-            sources=sources,
-            private=private,
+            fields,
             now=time.time(),
         )
         self._engine.upsert(batch, mode)
@@ -642,29 +638,22 @@ class Store:
             return 0
         return int(self._engine.touch(id_list, when))
 
+    @_keywords(DeleteCriteria)
     def delete(
         self,
         ids: Any = None,
-        *,
-        scope: Any = None,
-        categories: Any = None,
-        where: Any = None,
-        source: Any = None,
-        older_than: Any = None,
+        **criteria: Unpack[DeleteCriteria],
     ) -> int:
         """Deletes the records matching ALL the criteria given; returns how many.
 
-        At least one criterion is required: use :meth:`reset` to delete everything.
+        The criteria: ``ids`` and the keywords scope, categories, where, source and
+        older_than (each None by default: no criterion). At least one criterion is
+        required: use :meth:`reset` to delete everything.
         """
+        _only_keywords("Store.delete", criteria, DeleteCriteria)
         self._check_open()
         id_list = None if ids is None else check.ids_or_single(ids)
-        flt = check.build_filter(
-            scope=scope,
-            categories=categories,
-            where=where,
-            source=source,
-            older_than=older_than,
-        )
+        flt = check.build_filter(criteria)
         flt = check.require_delete_criterion(id_list, flt)
         if id_list == []:
             return 0
@@ -690,85 +679,36 @@ class Store:
     # the number of dimensions); the overloads tell a type checker which, from the query's
     # type (ferromem/_typing.py).
     @overload
-    def search(
-        self,
-        query: Vector,
-        k: int = 10,
-        *,
-        scope: Any = None,
-        categories: Any = None,
-        where: Any = None,
-        source: Any = None,
-        include_private: Any = True,
-        visible_to: Any = None,
-        ids: Any = None,
-        min_score: Any = None,
-    ) -> SearchResult: ...
+    def search(self, query: Vector, k: int = 10, **options: Unpack[SearchOptions]) -> SearchResult: ...
 
     @overload
     def search(
-        self,
-        query: Matrix,
-        k: int = 10,
-        *,
-        scope: Any = None,
-        categories: Any = None,
-        where: Any = None,
-        source: Any = None,
-        include_private: Any = True,
-        visible_to: Any = None,
-        ids: Any = None,
-        min_score: Any = None,
+        self, query: Matrix, k: int = 10, **options: Unpack[SearchOptions]
     ) -> builtins.list[SearchResult]: ...
 
     @overload
     def search(
-        self,
-        query: ArrayLike,
-        k: int = 10,
-        *,
-        scope: Any = None,
-        categories: Any = None,
-        where: Any = None,
-        source: Any = None,
-        include_private: Any = True,
-        visible_to: Any = None,
-        ids: Any = None,
-        min_score: Any = None,
+        self, query: ArrayLike, k: int = 10, **options: Unpack[SearchOptions]
     ) -> SearchResult | builtins.list[SearchResult]: ...
 
+    @_keywords(SearchOptions, include_private=True)
     def search(
-        self,
-        query: Any,
-        k: int = 10,
-        *,
-        scope: Any = None,
-        categories: Any = None,
-        where: Any = None,
-        source: Any = None,
-        include_private: Any = True,
-        visible_to: Any = None,
-        ids: Any = None,
-        min_score: Any = None,
+        self, query: Any, k: int = 10, **options: Unpack[SearchOptions]
     ) -> SearchResult | builtins.list[SearchResult]:
         """The k most similar records (cosine similarity, best first, ties by id).
 
         A single vector gives a :class:`SearchResult`; a matrix of queries gives one per
         row, computed in one batched call. Filters are applied before ranking, so each
         query returns min(k, matches) results (fewer only through ``min_score``).
+
+        The keywords: the filter of :meth:`list` (scope, categories, where, source,
+        include_private=True, visible_to, ids) and min_score (None: no threshold).
         """
+        _only_keywords("Store.search", options, SearchOptions)
         self._check_open()
         k = check.check_k(k)
-        min_score = check.check_min_score(min_score)
-        flt = check.build_filter(
-            scope=scope,
-            categories=categories,
-            where=where,
-            source=source,
-            include_private=include_private,
-            visible_to=visible_to,
-            ids=ids,
-        )
+        min_score = check.check_min_score(options.get("min_score"))
+        flt = check.build_filter(options)
         queries, single = _query_matrix(query)  # the engine checks the dimension
         ids, scores, offsets = self._engine.search(queries, min(k, _MAX_K), flt, min_score)
         results = [
@@ -789,58 +729,36 @@ class Store:
         rows = self._engine.get(check.check_id_list(ids))
         return [None if row is None else Record._from_row(row) for row in rows]
 
+    @_keywords(ListOptions, include_private=True, offset=0)
     def list(
         self,
-        *,
-        scope: Any = None,
-        categories: Any = None,
-        where: Any = None,
-        source: Any = None,
-        include_private: Any = True,
-        visible_to: Any = None,
-        ids: Any = None,
-        offset: Any = 0,
-        limit: Any = None,
+        **options: Unpack[ListOptions],
     ) -> builtins.list[Record]:
-        """The matching records, newest first (created_at descending, ties by id)."""
+        """The matching records, newest first (created_at descending, ties by id).
+
+        The keywords: the filter (scope, categories, where, source: None, no criterion;
+        include_private=True; visible_to: None, a source whose private records are kept
+        with include_private=False; ids: None, or a list of ids) and the page (offset=0,
+        limit=None).
+        """
+        _only_keywords("Store.list", options, ListOptions)
         self._check_open()
-        flt = check.build_filter(
-            scope=scope,
-            categories=categories,
-            where=where,
-            source=source,
-            include_private=include_private,
-            visible_to=visible_to,
-            ids=ids,
-        )
-        offset = check.check_offset(offset)
-        limit = check.check_limit(limit)
+        flt = check.build_filter(options)
+        offset = check.check_offset(options.get("offset", 0))
+        limit = check.check_limit(options.get("limit"))
         if limit == 0:
             return []
         return [Record._from_row(row) for row in self._engine.list(flt, offset, limit)]
 
+    @_keywords(Filters, include_private=True)
     def count(
         self,
-        *,
-        scope: Any = None,
-        categories: Any = None,
-        where: Any = None,
-        source: Any = None,
-        include_private: Any = True,
-        visible_to: Any = None,
-        ids: Any = None,
+        **filters: Unpack[Filters],
     ) -> int:
-        """How many records match."""
+        """How many records match the filter (the keywords of :meth:`list` but the page)."""
+        _only_keywords("Store.count", filters, Filters)
         self._check_open()
-        flt = check.build_filter(
-            scope=scope,
-            categories=categories,
-            where=where,
-            source=source,
-            include_private=include_private,
-            visible_to=visible_to,
-            ids=ids,
-        )
+        flt = check.build_filter(filters)
         return int(self._engine.count(flt))
 
     def __len__(self) -> int:
@@ -851,28 +769,16 @@ class Store:
         self._check_open()
         return builtins.list(self._engine.child_scopes(check.scope_argument(scope)))
 
+    @_keywords(Filters, include_private=True)
     def category_counts(
         self,
-        *,
-        scope: Any = None,
-        categories: Any = None,
-        where: Any = None,
-        source: Any = None,
-        include_private: Any = True,
-        visible_to: Any = None,
-        ids: Any = None,
+        **filters: Unpack[Filters],
     ) -> dict[str, int]:
-        """How many matching records have each category."""
+        """How many records matching the filter (the keywords of :meth:`list` but the
+        page) have each category."""
+        _only_keywords("Store.category_counts", filters, Filters)
         self._check_open()
-        flt = check.build_filter(
-            scope=scope,
-            categories=categories,
-            where=where,
-            source=source,
-            include_private=include_private,
-            visible_to=visible_to,
-            ids=ids,
-        )
+        flt = check.build_filter(filters)
         return dict(self._engine.category_counts(flt))
 
     def scope_info(self, scope: Any = "/") -> ScopeInfo:
