@@ -9,6 +9,7 @@ import math
 import ferromem
 import numpy as np
 import pytest
+from _helpers import RECORD_FIELDS
 from conftest import snapshot
 from ferromem import _buffers
 
@@ -740,18 +741,7 @@ def _store_calls():
                     lambda s, v, m=method, f=field: getattr(s, m)(["h", "i"], [GOOD, GOOD2], **{f: v}),
                 )
             )
-    for field in [
-        "content",
-        "scope",
-        "categories",
-        "metadata",
-        "importance",
-        "created_at",
-        "last_accessed",
-        "source",
-        "private",
-        "vector",
-    ]:
+    for field in [*RECORD_FIELDS, "vector"]:
         calls.append((f"update-{field}", lambda s, v, f=field: s.update("a", **{f: v})))
     calls.append(("update-id", lambda s, v: s.update(v, content="c")))
     calls.append(("touch-ids", lambda s, v: s.touch(v)))
