@@ -125,6 +125,10 @@ impl PrecisionRows for F16Rows {
         self.half.row_mut(slot).copy_from_slice(&row);
         same
     }
+    fn unit_row(&self, slot: usize, _inv: f32, out: &mut [f32]) -> bool {
+        simd::half::widen(self.half.row(slot), out);
+        true
+    }
     fn exact_vector(&self, _slot: usize) -> Option<&[f32]> {
         None
     }
