@@ -113,6 +113,23 @@ class UnsupportedStoreError(InvalidInputError):
     backend it does not have (``postgresql://...``). Nothing was opened or created."""
 
 
+class DeviceError(FerromemError):
+    """A search that must run on a GPU (``device="gpu"``) cannot: none is attached, it
+    cannot hold the store, or it failed. Nothing was searched. Under ``device="auto"``
+    the same conditions make the search run on the CPU instead."""
+
+
+class DeviceUnavailableError(DeviceError):
+    """No usable GPU: CuPy is not installed, no CUDA device is visible, or its driver
+    failed (the message says which)."""
+
+
+class DeviceMemoryError(DeviceError):
+    """The store's vectors do not fit the GPU's free memory (less its reserve); the
+    message gives what is needed and what is available. Nothing was changed on the
+    device."""
+
+
 class DamagedRecordsWarning(RuntimeWarning):
     """Records of a store fail their checksums: the store opened without them (they are
     never scored or returned) and ``stats()["damaged"]`` lists them. Saving a record again
