@@ -41,6 +41,10 @@ pub enum Route {
 impl Route {
     pub const ALL: [Route; 3] = [Route::CpuOne, Route::CpuBatch, Route::Device];
 
+    pub fn parse(s: &str) -> Option<Route> {
+        Route::ALL.into_iter().find(|r| r.name() == s)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Route::CpuOne => "cpu-one",
@@ -170,6 +174,8 @@ struct Model {
     correction: [f64; 3],
     chosen: HashMap<Bucket, Route>,
     counts: [u64; 3],
+    /// A route every call takes when it is eligible (benchmarks of the fixed paths).
+    forced: Option<Route>,
 }
 
 /// The planner of one engine (see the module doc).
@@ -188,6 +194,7 @@ impl Default for Planner {
                 correction: [1.0; 3],
                 chosen: HashMap::new(),
                 counts: [0; 3],
+                forced: None,
             }),
         }
     }
@@ -229,6 +236,12 @@ impl Planner {
         m.cpu_calibrated = true;
         m.correction = [1.0; 3];
         m.chosen.clear();
+    }
+
+    /// Makes every call take `route` when it is eligible (None: the model decides again):
+    /// how a benchmark measures each fixed path through the same code.
+    pub fn force(&self, route: Option<Route>) {
+        self.model.lock().forced = route;
     }
 
     pub fn cpu_calibrated(&self) -> bool {
@@ -282,6 +295,10 @@ impl Planner {
         let mut predicted: Vec<(Route, f64)> = eligible.iter().map(|&r| (r, Self::predict_in(&m, r, c))).collect();
         predicted.sort_by(|a, b| a.1.total_cmp(&b.1));
         let cheapest = predicted[0].0;
+        if let Some(forced) = m.forced.filter(|r| eligible.contains(r)) {
+            m.counts[forced.index()] += 1;
+            return Ok(Decision { route: forced, predicted, reason: format!("{} forced (Planner::force)", forced.name()) });
+        }
         let bucket = Bucket::of(c);
         let previous = m.chosen.get(&bucket).copied().filter(|r| eligible.contains(r));
         let (route, reason) = match previous {

@@ -619,6 +619,17 @@ impl PyEngine {
         Ok(())
     }
 
+    /// Makes every search take this route when it is eligible ("cpu-one", "cpu-batch",
+    /// "gpu-exact"; None: the planner decides): for benchmarks of the fixed paths.
+    #[pyo3(signature = (route=None))]
+    fn _force_route(&self, route: Option<&str>) -> PyResult<()> {
+        let route = route
+            .map(|r| planner::Route::parse(r).ok_or_else(|| to_py_err(Error::InvalidInput(format!("unknown route {r:?}")))))
+            .transpose()?;
+        self.engine()?.planner().force(route);
+        Ok(())
+    }
+
     /// Whether the planner's CPU constants were set (from a calibration).
     fn cpu_calibrated(&self) -> PyResult<bool> {
         Ok(self.engine()?.planner().cpu_calibrated())
@@ -974,6 +985,34 @@ fn calibrate_cpu<'py>(py: Python<'py>, precision: &str, dim: usize) -> PyResult<
     cpu_costs_dict(py, &costs)
 }
 
+/// The route the planner takes for a call of `nq` queries over `rows` rows of `dim` with
+/// these costs (a fresh planner: no hysteresis, no observations), and each eligible
+/// route's prediction in ms: what `ferromem doctor` shows for typical calls.
+#[pyfunction]
+#[pyo3(signature = (cpu_costs, device_costs, nq, rows, dim, k=10))]
+fn predict_route<'py>(
+    py: Python<'py>,
+    cpu_costs: &Bound<'py, PyDict>,
+    device_costs: Option<&Bound<'py, PyDict>>,
+    nq: usize,
+    rows: usize,
+    dim: usize,
+    k: usize,
+) -> PyResult<(&'static str, Bound<'py, PyDict>)> {
+    let p = planner::Planner::default();
+    p.set_cpu_costs(cpu_costs_of(cpu_costs)?);
+    let device = device_costs.map(device_costs_of).transpose()?;
+    p.set_device_costs(device);
+    let call = planner::Call { nq: nq.max(1), rows, dim, k: k.max(1), each: false, behind: 0 };
+    let attached = if device.is_some() { Ok(()) } else { Err("no device") };
+    let d = p.choose(&call, Policy::Auto, attached).map_err(|e| to_py_err(Error::InvalidInput(e)))?;
+    let predicted = PyDict::new(py);
+    for (route, ns) in &d.predicted {
+        predicted.set_item(route.name(), ns / 1e6)?;
+    }
+    Ok((d.route.name(), predicted))
+}
+
 /// (address of the first value, rows, dim) exactly as the engine reads a vector argument:
 /// lets tests prove that a float32 C-contiguous array reaches Rust without a copy.
 #[pyfunction]
@@ -1135,6 +1174,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RecordRow>()?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
     m.add_function(wrap_pyfunction!(calibrate_cpu, m)?)?;
+    m.add_function(wrap_pyfunction!(predict_route, m)?)?;
     m.add_function(wrap_pyfunction!(verify_store, m)?)?;
     m.add_function(wrap_pyfunction!(simd_isa, m)?)?;
     m.add_function(wrap_pyfunction!(verify_image, m)?)?;
