@@ -18,8 +18,8 @@
 //! The CPU constants are fitted by [`calibrate_cpu`] (a short timing of the real kernels on
 //! synthetic rows; the caller caches them on disk keyed by hardware and software), the
 //! device's by its own calibration (Python's `ferromem.gpu`). Each route's observed times
-//! then scale its prediction (a bounded running ratio), and a route chosen for a kind of
-//! call stays chosen until another is predicted cheaper by a margin ([`HYSTERESIS`]), so
+//! then scale its prediction for that kind of call (a bounded running ratio per size
+//! bucket), and a route chosen for a kind of call stays chosen until another is predicted cheaper by a margin ([`HYSTERESIS`]), so
 //! noise near a crossover does not flap between paths.
 
 use crate::device::DEVICE_EXTRA;
@@ -170,8 +170,10 @@ struct Model {
     cpu: CpuCosts,
     cpu_calibrated: bool,
     device: Option<DeviceCosts>,
-    /// observed / predicted per route (see `CORRECTION_*`).
-    correction: [f64; 3],
+    /// observed / predicted per kind of call and route (see `CORRECTION_*`): the model's
+    /// error depends on the size (a store in cache scans faster per value than one beyond
+    /// it), so each kind of call learns its own.
+    correction: HashMap<(Bucket, Route), f64>,
     chosen: HashMap<Bucket, Route>,
     counts: [u64; 3],
     /// A route every call takes when it is eligible (benchmarks of the fixed paths).
@@ -191,7 +193,7 @@ impl Default for Planner {
                 cpu: CpuCosts::DEFAULT,
                 cpu_calibrated: false,
                 device: None,
-                correction: [1.0; 3],
+                correction: HashMap::new(),
                 chosen: HashMap::new(),
                 counts: [0; 3],
                 forced: None,
@@ -206,7 +208,8 @@ pub struct PlannerStats {
     pub cpu: CpuCosts,
     pub cpu_calibrated: bool,
     pub device: Option<DeviceCosts>,
-    pub correction: Vec<(&'static str, f64)>,
+    /// Per route: the kinds of call with a correction, and the smallest and largest.
+    pub correction: Vec<(&'static str, usize, f64, f64)>,
     pub routes: Vec<(&'static str, u64)>,
 }
 
@@ -234,7 +237,7 @@ impl Planner {
         let mut m = self.model.lock();
         m.cpu = costs;
         m.cpu_calibrated = true;
-        m.correction = [1.0; 3];
+        m.correction.clear();
         m.chosen.clear();
     }
 
@@ -251,7 +254,7 @@ impl Planner {
     pub fn set_device_costs(&self, costs: Option<DeviceCosts>) {
         let mut m = self.model.lock();
         m.device = costs;
-        m.correction[Route::Device.index()] = 1.0;
+        m.correction.retain(|(_, r), _| *r != Route::Device);
         m.chosen.clear();
     }
 
@@ -266,7 +269,7 @@ impl Planner {
             Route::Device => m.device.as_ref().map_or(f64::INFINITY, |d| predict_device(d, &m.cpu, c)),
             _ => m.cpu.predict(route, c),
         };
-        raw * m.correction[route.index()]
+        raw * m.correction.get(&(Bucket::of(c), route)).copied().unwrap_or(1.0)
     }
 
     /// The route for `c` under `policy`; `device`: whether a device is attached and able
@@ -336,12 +339,13 @@ impl Planner {
     /// Feeds back a route's observed time for `c`.
     pub fn observe(&self, route: Route, c: &Call, observed_ns: f64) {
         let mut m = self.model.lock();
-        let base = Self::predict_in(&m, route, c) / m.correction[route.index()];
+        let key = (Bucket::of(c), route);
+        let base = Self::predict_in(&m, route, c) / m.correction.get(&key).copied().unwrap_or(1.0);
         if !(base.is_finite() && base > 0.0 && observed_ns.is_finite() && observed_ns > 0.0) {
             return;
         }
         let ratio = (observed_ns / base).clamp(CORRECTION_RANGE.0, CORRECTION_RANGE.1);
-        let slot = &mut m.correction[route.index()];
+        let slot = m.correction.entry(key).or_insert(1.0);
         *slot = (*slot * (1.0 - CORRECTION_WEIGHT) + ratio * CORRECTION_WEIGHT).clamp(CORRECTION_RANGE.0, CORRECTION_RANGE.1);
     }
 
@@ -351,7 +355,13 @@ impl Planner {
             cpu: m.cpu,
             cpu_calibrated: m.cpu_calibrated,
             device: m.device,
-            correction: Route::ALL.iter().map(|r| (r.name(), m.correction[r.index()])).collect(),
+            correction: Route::ALL
+                .iter()
+                .map(|&r| {
+                    let xs: Vec<f64> = m.correction.iter().filter(|((_, route), _)| *route == r).map(|(_, &x)| x).collect();
+                    (r.name(), xs.len(), xs.iter().copied().fold(f64::INFINITY, f64::min), xs.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+                })
+                .collect(),
             routes: Route::ALL.iter().map(|r| (r.name(), m.counts[r.index()])).collect(),
         }
     }

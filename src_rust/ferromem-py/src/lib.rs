@@ -832,8 +832,12 @@ impl PyEngine {
         plan.set_item("cpu_calibrated", p.cpu_calibrated)?;
         plan.set_item("device_costs", p.device.as_ref().map(|c| device_costs_dict(py, c)).transpose()?)?;
         let correction = PyDict::new(py);
-        for (route, x) in &p.correction {
-            correction.set_item(*route, *x)?;
+        for (route, kinds, low, high) in &p.correction {
+            let c = PyDict::new(py);
+            c.set_item("kinds", *kinds)?;
+            c.set_item("min", if *kinds > 0 { Some(*low) } else { None })?;
+            c.set_item("max", if *kinds > 0 { Some(*high) } else { None })?;
+            correction.set_item(*route, c)?;
         }
         plan.set_item("correction", correction)?;
         let routes = PyDict::new(py);
