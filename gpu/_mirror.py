@@ -469,17 +469,18 @@ class DeviceSearch:
         if gathered:
             per_row += dim * self._dtype.itemsize
         free, _ = self._backend.mem_info()
-        budget = min(self._workspace, free - self._reserve // 2)
-        rows = budget // per_row
+        usable = free - self._reserve // 2
         smallest = min(size, MIN_TILE_ROWS)
-        if rows < smallest:
+        if smallest * per_row > usable:
             raise DeviceMemoryError(
                 f"a search of {batch} queries needs at least {smallest * per_row} bytes of device "
-                f"scratch memory, {max(budget, 0)} are available ({free} free, half of the "
+                f"scratch memory, {max(usable, 0)} are available ({free} free, half of the "
                 f"{self._reserve}-byte reserve usable); search on the CPU",
                 needed=smallest * per_row,
-                available=max(int(budget), 0),
+                available=max(int(usable), 0),
             )
+        # The workspace is a target: a tile never has fewer than MIN_TILE_ROWS rows.
+        rows = max(smallest, min(self._workspace, usable) // per_row)
         if rows >= size:
             return size
         return max(smallest, rows // TILE_ALIGN * TILE_ALIGN)
