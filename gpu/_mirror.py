@@ -248,7 +248,7 @@ class DeviceSearch:
         itemsize = self._dtype.itemsize
         same_shape = not reset and self._mirror is not None and self._dim == dim
         old_capacity = self._capacity if same_shape else 0
-        capacity = self._capacity_for(slot_count, old_capacity, dim, itemsize, reset)
+        capacity = self._capacity_for(slot_count, old_capacity, dim, itemsize, reset, written.size)
         chunk_rows = max(1, min(written.size, WRITE_CHUNK_BYTES // (dim * 4))) if written.size else 0
 
         backend = self._backend
@@ -321,9 +321,13 @@ class DeviceSearch:
         index = self._backend.to_device(slots.astype(np.int64))
         mirror[index] = values
 
-    def _capacity_for(self, slot_count: int, old_capacity: int, dim: int, itemsize: int, reset: bool) -> int:
+    def _capacity_for(
+        self, slot_count: int, old_capacity: int, dim: int, itemsize: int, reset: bool, written: int
+    ) -> int:
         """The capacity the change needs, admitted against device memory; raises
-        DeviceMemoryError (nothing changed) when it does not fit."""
+        DeviceMemoryError (nothing changed) when it does not fit. The admission counts the
+        staging buffers of the write (one chunk of rows in f32 and in the stored type)."""
+        staging = min(WRITE_CHUNK_BYTES, written * dim * 4) * (4 + itemsize) // 4
         if slot_count <= old_capacity and not reset:
             return old_capacity
         exact = max(slot_count, MIN_CAPACITY if slot_count else 0)
@@ -331,7 +335,6 @@ class DeviceSearch:
         free, _ = self._backend.mem_info()
         # A reset releases the old mirror before allocating; a growth holds both at once.
         released = self.memory_bytes() if (reset or self._dim != dim) else 0
-        staging = min(WRITE_CHUNK_BYTES, max(slot_count, 1) * dim * 4) * 2
         available = free + released - self._reserve - staging
         cap = self._max_bytes
         for capacity in (geometric, exact):

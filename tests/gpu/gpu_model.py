@@ -89,7 +89,9 @@ def check_answer(
         got_slots = slots[q].astype(np.int64)
         got_scores = scores[q]
         real = got_slots[:expected_count]
-        assert (got_slots[expected_count:] == PAD).all(), f"query {q}: padding expected after {expected_count}"
+        assert (got_slots[expected_count:] == PAD).all(), (
+            f"query {q}: padding expected after {expected_count}"
+        )
         assert np.isneginf(got_scores[expected_count:]).all()
         assert np.isfinite(got_scores[:expected_count]).all()
         assert len(set(real.tolist())) == expected_count, f"query {q}: a slot returned twice"

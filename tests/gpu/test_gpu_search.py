@@ -56,7 +56,9 @@ def test_tile_boundaries(make_backend, rng, precision):
     # queries aimed at rows on both sides of each boundary must find them.
     dim, batch = 32, 4
     per_row = batch * 16 + dim * (2 + 4) + 16 if precision == "f16" else batch * 16 + dim * 8 + 16
-    search = DeviceSearch(make_backend(), precision=precision, workspace_bytes=256 * per_row, query_batch=batch)
+    search = DeviceSearch(
+        make_backend(), precision=precision, workspace_bytes=256 * per_row, query_batch=batch
+    )
     model = MirrorModel()
     n = 3 * 256 + 5
     rows = unit_rows(rng, n, dim)
