@@ -57,6 +57,8 @@ class ArrayBackend(Protocol):
     #: True when :meth:`matmul_t` of f16 inputs returns scores rounded to f16 (a backend
     #: that cannot write f32 results from f16 inputs); the error bound then includes it.
     f16_scores: bool
+    #: True when :meth:`matmul_t` makes f32 copies of f16 inputs (scratch memory per row).
+    upcasts_f16: bool
 
     def context(self) -> contextlib.AbstractContextManager[None]:
         """Makes the backend's device and stream current for the arrays made inside."""
@@ -94,6 +96,7 @@ class NumpyBackend:
     the GPU path's math on it."""
 
     f16_scores = False
+    upcasts_f16 = True
 
     def __init__(self) -> None:
         self.name = "numpy"
@@ -171,6 +174,7 @@ class CupyBackend:
         self._closed = False
         self.gemm = "cublasGemmEx (f32 accumulation, f32 results)"
         self.f16_scores = False
+        self.upcasts_f16 = False
         self._gemm_ex: Any = None
         self._check_gemm_ex()
 

@@ -467,8 +467,11 @@ class DeviceSearch:
     def _tile_rows(self, batch: int, dim: int, size: int, *, gathered: bool) -> int:
         """Rows per tile: the workspace divided by what one row of a tile costs (its
         scores, their selection indices and values for each query of the batch, a
-        gathered copy and an f32 upcast of the row), within what the device has free."""
-        per_row = batch * 16 + dim * (self._dtype.itemsize + 4) + 16
+        gathered copy and an f32 upcast of the row where the backend makes them), within
+        what the device has free."""
+        per_row = batch * 16 + 16
+        if self._backend.upcasts_f16 and self._dtype != np.float32:
+            per_row += dim * 4
         if gathered:
             per_row += dim * self._dtype.itemsize
         free, _ = self._backend.mem_info()

@@ -36,7 +36,7 @@ def assert_same_answers(host, device, queries, width, candidates=None):
             if np.abs(np.delete(scores, i) - scores[i]).min() > 2 * bound:
                 assert h_slots[q, i] == d_slots[q, i], (q, i)
                 compared += 1
-    assert compared > 0
+    assert compared > 0 or width == 1
 
 
 @pytest.mark.parametrize("precision", ["f16", "f32"])

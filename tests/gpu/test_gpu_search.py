@@ -55,10 +55,10 @@ def test_tile_boundaries(make_backend, rng, precision):
     # Rows per tile are multiples of 128; N = 3 tiles + 5 rows leaves a short last tile, and
     # queries aimed at rows on both sides of each boundary must find them.
     dim, batch = 32, 4
-    per_row = batch * 16 + dim * (2 + 4) + 16 if precision == "f16" else batch * 16 + dim * 8 + 16
-    search = DeviceSearch(
-        make_backend(), precision=precision, workspace_bytes=256 * per_row, query_batch=batch
-    )
+    backend = make_backend()
+    per_row = batch * 16 + 16 + (dim * 4 if backend.upcasts_f16 and precision == "f16" else 0)
+    search = DeviceSearch(backend, precision=precision, workspace_bytes=256 * per_row, query_batch=batch)
+    assert search._tile_rows(batch, dim, 10_000, gathered=False) == 256
     model = MirrorModel()
     n = 3 * 256 + 5
     rows = unit_rows(rng, n, dim)
