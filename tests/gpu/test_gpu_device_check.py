@@ -57,7 +57,7 @@ def test_dry_run_writes_the_report(tmp_path):
     benchmarks = report["benchmarks"]
     assert benchmarks["load"]["n"] == report["sizes"]["n_large"]
     assert benchmarks["batch"]["device_search"]["median_ms"] > 0
-    if "cupy" not in environment["device_info"] and environment["device_info"] is None:
+    if environment["device_info"] is None:  # no CUDA device: nothing for PyTorch to run on
         assert "skipped" in benchmarks["batch"]["torch"]
     assert benchmarks["one_query"]["including_transfers"]["reps"] >= 1
     crossover = benchmarks["crossover"]["by_n"]
