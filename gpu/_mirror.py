@@ -56,6 +56,12 @@ DEFAULT_QUERY_BATCH = 1024
 TILE_ALIGN = 128
 #: The fewest rows a tile may have before the search refuses for lack of memory.
 MIN_TILE_ROWS = 256
+#: Rows of the first tile of a scan (at least 8 x width): small, so that a threshold that
+#: prunes the later, full tiles exists early.
+SEED_TILE_ROWS = 16384
+#: A tile is partitioned whole, not compacted, once more than 1/DENSE_FRACTION of it
+#: passes the threshold.
+DENSE_FRACTION = 4
 _DEFAULT_RESERVE_FLOOR = 512 * 1024 * 1024
 _DEFAULT_RESERVE_FRACTION = 0.10
 
@@ -413,14 +419,13 @@ class DeviceSearch:
     ) -> None:
         xp = self._xp
         backend = self._backend
-        contiguous = universe is None
         size = self._slot_count if universe is None else int(universe.size)
         nq, dim = queries.shape
         batch = min(nq, self._query_batch)
-        tile = self._tile_rows(batch, dim, size, gathered=not contiguous)
+        bounds = _tile_bounds(size, self._tile_rows(batch, dim, size, gathered=universe is not None), width)
         with backend.context():
             if universe is None:
-                invalid = self._invalid_by_tile(size, tile)
+                invalid = self._invalid_by_tile(size, bounds)
                 chosen = None
             else:
                 invalid = {}
@@ -434,8 +439,7 @@ class DeviceSearch:
                     negated = negated.astype(self._dtype)
                 best_cost = xp.full((stop - start, width), xp.inf, dtype=xp.float32)
                 best_slot = xp.full((stop - start, width), PAD_SLOT, dtype=xp.int64)
-                for t0 in range(0, size, tile):
-                    t1 = min(t0 + tile, size)
+                for t0, t1 in bounds:
                     if chosen is None:
                         tile_slots = None
                         tile_rows = self._mirror[t0:t1]
@@ -446,22 +450,28 @@ class DeviceSearch:
                     masked = invalid.get(t0)
                     if masked is not None:
                         tile_cost[:, masked] = xp.inf
-                    local, local_cost = _smallest(xp, tile_cost, min(width, t1 - t0))
+                    picked = _select(xp, tile_cost, best_cost.max(axis=1), width)
+                    if picked is None:
+                        continue
+                    local, local_cost = picked
                     local_slot = local + t0 if tile_slots is None else tile_slots[local]
                     best_cost, best_slot = _merge(xp, best_cost, best_slot, local_cost, local_slot, width)
                 costs[start:stop] = backend.to_host(best_cost)
                 slots[start:stop] = backend.to_host(best_slot)
 
-    def _invalid_by_tile(self, size: int, tile: int) -> dict[int, Any]:
-        """Device arrays of the tile-relative positions of slots that hold no row."""
+    def _invalid_by_tile(self, size: int, bounds: list[tuple[int, int]]) -> dict[int, Any]:
+        """Per tile start, a device array of the tile-relative positions of the slots that
+        hold no row (tiles without such slots are absent)."""
         holes = np.flatnonzero(~self._valid_host[:size])
-        if not holes.size:
-            return {}
         result: dict[int, Any] = {}
-        starts = holes // tile * tile
-        for t0 in np.unique(starts):
-            positions = holes[starts == t0] - t0
-            result[int(t0)] = self._backend.to_device(positions.astype(np.int64))
+        if not holes.size:
+            return result
+        starts = np.array([t0 for t0, _ in bounds], dtype=np.int64)
+        owner = np.searchsorted(starts, holes, side="right") - 1
+        for tile in np.unique(owner):
+            t0 = int(starts[tile])
+            positions = holes[owner == tile] - t0
+            result[t0] = self._backend.to_device(positions.astype(np.int64))
         return result
 
     def _tile_rows(self, batch: int, dim: int, size: int, *, gathered: bool) -> int:
@@ -519,6 +529,54 @@ class DeviceSearch:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosedError("this DeviceSearch is closed; make a new one")
+
+
+def _tile_bounds(size: int, tile: int, width: int) -> list[tuple[int, int]]:
+    """The tiles' [start, stop) rows: a first, smaller *seed* tile (when the rows span
+    several tiles) whose best ``width`` set a threshold early, then full tiles."""
+    seed = min(tile, max(SEED_TILE_ROWS, _round_up(8 * width, TILE_ALIGN)))
+    bounds = [(0, min(seed, size))]
+    start = bounds[0][1]
+    while start < size:
+        bounds.append((start, min(start + tile, size)))
+        start = bounds[-1][1]
+    return bounds
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _select(xp: Any, cost: Any, threshold: Any, width: int) -> tuple[Any, Any] | None:
+    """Per row of a tile's costs, the positions and costs of the entries that may still
+    enter the best ``width``: those below the row's ``threshold`` (the width-th best cost
+    so far; inf until ``width`` were found), at most ``width`` of them. None when no entry
+    qualifies.
+
+    Once a threshold exists, few entries of a tile pass it (about width x tile / rows seen
+    for unordered data), so they are compacted (``nonzero``) and only they are ranked: a
+    few passes over the tile instead of a partition of all of it. When many pass (the
+    first tile, or rows ordered so that each tile beats the last), the tile is partitioned
+    whole instead."""
+    passing = cost < threshold[:, None]
+    per_row = passing.sum(axis=1)
+    widest = int(per_row.max())
+    if widest == 0:
+        return None
+    rows, columns = cost.shape
+    if widest * rows * DENSE_FRACTION > cost.size:
+        return _smallest(xp, cost, min(width, columns))
+    row, column = xp.nonzero(passing)  # row-major: rows ascending
+    first = xp.cumsum(per_row) - per_row
+    rank = xp.arange(row.size, dtype=xp.int64) - first[row]
+    dense_cost = xp.full((rows, widest), xp.inf, dtype=xp.float32)
+    dense_column = xp.zeros((rows, widest), dtype=xp.int64)
+    dense_cost[row, rank] = cost[row, column]
+    dense_column[row, rank] = column
+    if widest <= width:
+        return dense_column, dense_cost
+    keep, kept_cost = _smallest(xp, dense_cost, width)
+    return xp.take_along_axis(dense_column, keep, axis=1), kept_cost
 
 
 def _smallest(xp: Any, cost: Any, count: int) -> tuple[Any, Any]:

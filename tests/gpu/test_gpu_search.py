@@ -208,3 +208,40 @@ def test_properties_and_close(make_backend):
 
     with pytest.raises(StoreClosedError):
         search.top_candidates(np.ones((1, 4), dtype=np.float32) / 2, 1)
+
+
+@pytest.mark.parametrize("dense_fraction", [0, 1_000_000])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_both_selection_paths(make_backend, rng, monkeypatch, precision, dense_fraction):
+    # DENSE_FRACTION = 0: every tile after the first is compacted to the entries below the
+    # threshold; a huge one: every tile is partitioned whole. Both must give the answer.
+    from ferromem.gpu import _mirror
+
+    monkeypatch.setattr(_mirror, "DENSE_FRACTION", dense_fraction)
+    monkeypatch.setattr(_mirror, "SEED_TILE_ROWS", 256)
+    search = DeviceSearch(make_backend(), precision=precision, workspace_bytes=50_000, query_batch=16)
+    model = MirrorModel()
+    n = 3000
+    apply(search, model, 24, n, np.arange(n), unit_rows(rng, n, 24), [])
+    apply(search, model, 24, n, [], [], rng.choice(n, 100, replace=False))
+    queries = unit_rows(rng, 40, 24)
+    for width in (1, 5, 64, 700):
+        check(search, model, queries, width)
+    check(search, model, queries, 9, np.sort(rng.choice(n, 900, replace=False)).astype(np.uint32))
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_rows_that_improve_tile_after_tile(make_backend, rng, precision):
+    # Scores rise with the slot, so every tile beats the threshold of the last: the search
+    # must not lose rows however many pass.
+    dim, n = 16, 4000
+    query = unit_rows(rng, 1, dim)
+    noise = unit_rows(rng, n, dim)
+    weights = np.linspace(0.0, 1.0, n, dtype=np.float32)[:, None]
+    rows = query * weights + noise * (1 - weights) * 0.3
+    rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    search = DeviceSearch(make_backend(), precision=precision, workspace_bytes=30_000, query_batch=4)
+    model = MirrorModel()
+    apply(search, model, dim, n, np.arange(n), rows, [])
+    got_slots, _ = check(search, model, np.concatenate([query, -query, unit_rows(rng, 2, dim)]), 50)
+    assert (got_slots[0] >= n - 200).all()
