@@ -270,18 +270,13 @@ class DeviceSearch:
                     if mirror is not None and old_capacity:
                         grown[:old_capacity] = mirror
                     mirror = grown
-                staged = None
-                if chunk_rows:
-                    staged = (
-                        xp.empty((chunk_rows, dim), dtype=xp.float32),
-                        xp.empty((chunk_rows, dim), dtype=self._dtype),
-                    )
                 freed_device = backend.to_device(freed.astype(np.int64)) if freed.size else None
             except MemoryError as exc:
                 free, _ = backend.mem_info()
+                fate = "was emptied (the reset had released it)" if reset else "is unchanged"
                 raise DeviceMemoryError(
-                    f"the device could not allocate the mirror's change ({exc}); the mirror is "
-                    f"unchanged. Free device memory: {free} bytes.",
+                    f"the device could not allocate the mirror's change ({exc}); the mirror "
+                    f"{fate}. Free device memory: {free} bytes.",
                     needed=capacity * dim * itemsize,
                     available=free,
                 ) from exc
@@ -290,7 +285,7 @@ class DeviceSearch:
                     mirror[freed_device] = 0
                 for start in range(0, written.size, chunk_rows or 1):
                     stop = min(start + chunk_rows, written.size)
-                    self._write_chunk(mirror, staged, written[start:stop], rows[start:stop])
+                    self._write_chunk(mirror, written[start:stop], rows[start:stop])
                 if slot_count < capacity and self._slot_count > slot_count:
                     mirror[slot_count : self._slot_count] = 0
                 backend.synchronize()
@@ -315,15 +310,10 @@ class DeviceSearch:
         self._capacity = capacity
         self._slot_count = slot_count
 
-    def _write_chunk(self, mirror: Any, staged: Any, slots: np.ndarray, rows: np.ndarray) -> None:
-        n = slots.size
-        as_f32, as_stored = staged
-        as_f32[:n] = self._backend.to_device(rows)
-        if as_stored.dtype == as_f32.dtype:
-            values = as_f32[:n]
-        else:
-            as_stored[:n] = as_f32[:n]  # rounds to f16 on the device
-            values = as_stored[:n]
+    def _write_chunk(self, mirror: Any, slots: np.ndarray, rows: np.ndarray) -> None:
+        """Uploads one chunk of rows (f32) and scatters it into the mirror, which rounds
+        it to the mirror's type on the device."""
+        values = self._backend.to_device(rows)
         index = self._backend.to_device(slots.astype(np.int64))
         mirror[index] = values
 
@@ -332,8 +322,9 @@ class DeviceSearch:
     ) -> int:
         """The capacity the change needs, admitted against device memory; raises
         DeviceMemoryError (nothing changed) when it does not fit. The admission counts the
-        staging buffers of the write (one chunk of rows in f32 and in the stored type)."""
-        staging = min(WRITE_CHUNK_BYTES, written * dim * 4) * (4 + itemsize) // 4
+        transient memory of the write: one uploaded chunk of rows in f32, and as much again
+        for a conversion the scatter may make."""
+        staging = min(WRITE_CHUNK_BYTES, written * dim * 4) * 2
         if slot_count <= old_capacity and not reset:
             return old_capacity
         exact = max(slot_count, MIN_CAPACITY if slot_count else 0)
