@@ -6,7 +6,9 @@
 It needs only Python, NumPy and pytest; CuPy and PyTorch are used where present. ferromem
 need not be installed or built: when ``import ferromem.gpu`` fails, the script stages the
 tree's pure-Python package (src_py/ferromem with gpu/ as ferromem.gpu) in a temporary
-folder and imports that (the native engine is then absent, which the report says).
+folder and imports that, with the native modules of the stable-ABI wheel in gpu/dist when
+one was carried (gpu/build_device_wheel.sh builds it); without one the native engine is
+absent, which the report says.
 
 Sections, each time-boxed; a failure or a timeout is recorded and the next one runs:
 
@@ -119,14 +121,37 @@ def import_ferromem_gpu() -> tuple[Any, str]:
         first_error = exc
     stage = Path(tempfile.mkdtemp(prefix="ferromem-stage-"))
     package = stage / "ferromem"
-    shutil.copytree(REPO / "src_py" / "ferromem", package)
-    shutil.copytree(REPO / "gpu", package / "gpu", ignore=shutil.ignore_patterns("__pycache__"))
+    # Native modules built in the tree are for the interpreter that built them: left out.
+    shutil.copytree(
+        REPO / "src_py" / "ferromem", package, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd")
+    )
+    shutil.copytree(REPO / "gpu", package / "gpu", ignore=shutil.ignore_patterns("__pycache__", "dist"))
+    native = _native_modules_from_wheel(package)
     sys.path.insert(0, str(stage))
     for name in [m for m in sys.modules if m == "ferromem" or m.startswith("ferromem.")]:
         del sys.modules[name]
     import ferromem.gpu as gpu
 
-    return gpu, f"staged from the tree at {stage} (installed import failed: {first_error})"
+    return gpu, f"staged from the tree at {stage}{native} (installed import failed: {first_error})"
+
+
+def _native_modules_from_wheel(package: Path) -> str:
+    """Copies the native modules (ferromem/_core, ferromem/_buffers) of the stable-ABI
+    wheel that gpu/build_device_wheel.sh leaves in gpu/dist, when one was carried, into the
+    staged package: the tree's Python with the wheel's native engine."""
+    wheels = sorted((REPO / "gpu" / "dist").glob("ferromem-*.whl"))
+    if not wheels:
+        return ", no native modules (no wheel in gpu/dist)"
+    import zipfile
+
+    copied = []
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        for member in wheel.namelist():
+            parts = member.split("/")
+            if len(parts) == 2 and parts[0] == "ferromem" and parts[1].endswith((".so", ".pyd")):
+                (package / parts[1]).write_bytes(wheel.read(member))
+                copied.append(parts[1])
+    return f", native modules {copied} from {wheels[-1].name}"
 
 
 def native_status() -> str:
