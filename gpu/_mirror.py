@@ -39,7 +39,7 @@ __all__ = ["DeviceSearch", "PAD_SLOT"]
 #: is -inf. Never a real slot: ``slot_count`` is at most this value.
 PAD_SLOT = 0xFFFFFFFF
 
-_DTYPES = {"f16": np.dtype(np.float16), "f32": np.dtype(np.float32)}
+_DTYPES: dict[str, np.dtype[Any]] = {"f16": np.dtype(np.float16), "f32": np.dtype(np.float32)}
 #: The smallest slot capacity a mirror allocates, so that a store growing one record at a
 #: time does not reallocate on every write.
 MIN_CAPACITY = 1024
@@ -101,7 +101,7 @@ class DeviceSearch:
         ):
             if value is None and label in ("reserve_bytes", "max_bytes"):
                 continue
-            if not _is_int(value) or value < floor:
+            if not _is_int(value) or int(value) < floor:  # type: ignore[arg-type]
                 raise InvalidInputError(f"{label} must be an int >= {floor}, got {value!r}")
         self._backend = backend
         self._xp = backend.xp
@@ -116,7 +116,13 @@ class DeviceSearch:
         self._query_batch = int(query_batch)
         self._lock = threading.RLock()
         self._closed = False
-        self._clear()
+        # The mirror's state; _clear() sets it to empty.
+        self._mirror: Any = None
+        self._dim: int | None = None
+        self._capacity = 0
+        self._slot_count = 0
+        self._valid_host: np.ndarray = np.zeros(0, dtype=bool)
+        self._valid_count = 0
 
     # ------------------------------------------------------------------ properties
 
@@ -510,8 +516,8 @@ class DeviceSearch:
         self.close()
 
     def _clear(self) -> None:
-        self._mirror: Any = None
-        self._dim: int | None = None
+        self._mirror = None
+        self._dim = None
         self._capacity = 0
         self._slot_count = 0
         self._valid_host = np.zeros(0, dtype=bool)

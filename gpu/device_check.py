@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import platform
@@ -54,7 +55,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = 1
 
-FULL = {
+FULL: dict[str, Any] = {
     "n_large": 1_000_000,
     "n_small": 100_000,
     "dim": 1536,
@@ -74,7 +75,7 @@ FULL = {
         "crossover": 150,
     },
 }
-DRY = {
+DRY: dict[str, Any] = {
     "n_large": 4_000,
     "n_small": 1_000,
     "dim": 64,
@@ -371,7 +372,7 @@ class Bench:
         self.sizes = sizes
         self.dry_run = dry_run
         self.search: Any = None
-        self.rows: np.ndarray | None = None
+        self.rows: Any = None  # np.ndarray once the load section ran
         self.backend_kind = ""
         self.rng = np.random.default_rng(20251124)
 
@@ -675,9 +676,12 @@ def section_crossover(report: Report, bench: Bench, deadline: float) -> None:
                     break
                 queries = bench.unit(batch)
                 gpu_t = timed(
-                    lambda q=queries, s=search: s.top_candidates(q, k), 3, stop_at, search.backend.synchronize
+                    functools.partial(search.top_candidates, queries, k),
+                    3,
+                    stop_at,
+                    search.backend.synchronize,
                 )
-                cpu_t = timed(lambda q=queries, c=cpu: c.search(q), 3, stop_at, lambda: None)
+                cpu_t = timed(functools.partial(cpu.search, queries), 3, stop_at, lambda: None)
                 row = {"batch": batch, "device_ms": gpu_t["median_ms"], "cpu_ms": cpu_t["median_ms"]}
                 entry["batches"].append(row)
                 log(f"crossover: N={n} {row}")
