@@ -28,6 +28,9 @@ __all__ = [
     "NotAStoreError",
     "ReadOnlyStoreError",
     "UnsupportedStoreError",
+    "DeviceError",
+    "DeviceUnavailableError",
+    "DeviceMemoryError",
     "NativeUnavailableWarning",
     "DamagedCacheWarning",
     "DamagedRecordsWarning",
@@ -119,15 +122,20 @@ class DeviceError(FerromemError):
     the same conditions make the search run on the CPU instead."""
 
 
-class DeviceUnavailableError(DeviceError):
+class DeviceUnavailableError(DeviceError, RuntimeError):
     """No usable GPU: CuPy is not installed, no CUDA device is visible, or its driver
-    failed (the message says which)."""
+    failed (the message says which, and what to do about it)."""
 
 
-class DeviceMemoryError(DeviceError):
-    """The store's vectors do not fit the GPU's free memory (less its reserve); the
-    message gives what is needed and what is available. Nothing was changed on the
-    device."""
+class DeviceMemoryError(DeviceError, MemoryError):
+    """The store's vectors do not fit the GPU memory they may use (free memory less the
+    reserve, and at most ``max_bytes``); ``needed`` and ``available`` are in bytes.
+    Nothing of the refused change was applied on the device."""
+
+    def __init__(self, message: str, needed: int | None = None, available: int | None = None):
+        super().__init__(message)
+        self.needed = needed
+        self.available = available
 
 
 class DamagedRecordsWarning(RuntimeWarning):

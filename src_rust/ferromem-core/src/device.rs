@@ -238,7 +238,9 @@ impl Scorer for DeviceScorer {
                 return cpu(plan);
             }
         };
-        let eps = self.device.error_bound(plan.dim);
+        // The device bounds its distance from the cosine of the rows it mirrors; the host's
+        // own scores may lie that far from it too at f16 (see `PrecisionRows::score_slack`).
+        let eps = self.device.error_bound(plan.dim) + rows.vectors().score_slack(plan.dim);
         proposed
             .iter()
             .enumerate()

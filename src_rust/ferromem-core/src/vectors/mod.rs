@@ -55,6 +55,13 @@ pub trait PrecisionRows: Send + Sync {
     /// (int8 keeps quantised codes only, so a device does not mirror it).
     fn unit_row(&self, slot: usize, inv: f32, out: &mut [f32]) -> bool;
 
+    /// How far this precision's scores may lie from the cosine of the rows it keeps (0 for
+    /// exact rows; the f16 rows' rounding for f16): a device's proof adds it to the
+    /// device's own bound.
+    fn score_slack(&self, _dim: usize) -> f32 {
+        0.0
+    }
+
     /// Bytes of the rows in use (including what a precision keeps per row beside them).
     fn memory_bytes(&self) -> usize;
 
