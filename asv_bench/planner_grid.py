@@ -31,7 +31,10 @@ def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return x
 
 
-def time_modes(store: ferromem.Store, queries: np.ndarray, k: int, flt: dict, budget_s: float) -> dict[str, float]:
+def time_modes(
+    store: ferromem.Store, queries: np.ndarray, k: int, flt: dict, budget_s: float, chosen: dict[str, int]
+) -> dict[str, float]:
+    """Median ms per mode; `chosen` counts the paths the planner took while timed."""
     engine = store._engine
     samples: dict[str, list[float]] = {m: [] for m in MODES}
     start = time.perf_counter()
@@ -40,9 +43,15 @@ def time_modes(store: ferromem.Store, queries: np.ndarray, k: int, flt: dict, bu
         order = MODES if reps % 2 == 0 else tuple(reversed(MODES))
         for mode in order:
             engine._force_route(None if mode == "planner" else mode)
+            before = store.stats()["planner"]["routes"] if mode == "planner" else None
             t = time.perf_counter()
             store.search(queries, k, **flt)
             samples[mode].append(time.perf_counter() - t)
+            if before is not None:
+                after = store.stats()["planner"]["routes"]
+                for route, n in after.items():
+                    if n > before[route]:
+                        chosen[route] = chosen.get(route, 0) + 1
         reps += 1
     engine._force_route(None)
     return {m: statistics.median(v) * 1e3 for m, v in samples.items()}
@@ -71,8 +80,9 @@ def main() -> None:
                 queries = unit(rng, batch, dim)
                 for flt_name, flt in (("none", {}), ("selective", {"scope": "/s3"})):
                     for k in (10, 100):
-                        ms = time_modes(store, queries if batch > 1 else queries[0], k, flt, args.budget)
-                        chose = store.explain(queries if batch > 1 else queries[0], k, **flt)["path"]
+                        chosen: dict[str, int] = {}
+                        ms = time_modes(store, queries if batch > 1 else queries[0], k, flt, args.budget, chosen)
+                        chose = "+".join(sorted(chosen)) or "cpu-one"  # one query, no device: not planned
                         best = min(ms["cpu-one"], ms["cpu-batch"])
                         row = {
                             "dim": dim,
