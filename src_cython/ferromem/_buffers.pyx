@@ -54,12 +54,11 @@ Copies
 from cpython.buffer cimport PyBUF_RECORDS_RO, PyBuffer_Release, PyObject_CheckBuffer, PyObject_GetBuffer
 from cpython.bool cimport PyBool_Check
 from cpython.exc cimport PyErr_Clear, PyErr_Occurred
-from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_Check
+from cpython.float cimport PyFloat_Check
 from cpython.list cimport PyList_Check
 from cpython.long cimport PyLong_Check
 from cpython.object cimport PyObject
 from cpython.pystate cimport PyThreadState
-from cpython.sequence cimport PySequence_Fast_GET_SIZE, PySequence_Fast_ITEMS
 from cpython.tuple cimport PyTuple_Check
 from libc.math cimport isfinite
 from libc.stdint cimport uint32_t, uintptr_t
@@ -78,11 +77,47 @@ cdef extern from "Python.h":
     # The per-item fast path works on borrowed pointers: these take PyObject* so that
     # Cython adds no reference counting around each of the millions of items.
     bint _float_check_exact "PyFloat_CheckExact" (PyObject* o) noexcept
-    double _float_as_double "PyFloat_AS_DOUBLE" (PyObject* o) noexcept
     bint _long_check_exact "PyLong_CheckExact" (PyObject* o) noexcept
     double _long_as_double "PyLong_AsDouble" (PyObject* o) noexcept
     PyThreadState* PyEval_SaveThread() noexcept
     void PyEval_RestoreThread(PyThreadState* state) noexcept
+
+
+cdef extern from *:
+    """
+    /* Reading the items of a list or tuple, and the value of a float.
+     *
+     * The ordinary build reads a list's or tuple's item array in place and a float's
+     * value without a check (PySequence_Fast_ITEMS, PyFloat_AS_DOUBLE). The stable-ABI
+     * build (Py_LIMITED_API: setup.py's FERROMEM_ABI3=1, the wheel carried to another
+     * Python) has neither, because both read the objects' layout: there each item is
+     * fetched by the checked calls, which return the same borrowed references, and the
+     * item array is NULL (never dereferenced). The callers check a sequence's size before
+     * reading an index, so the checked calls never fail.
+     */
+    #if defined(Py_LIMITED_API)
+      #define ferromem_seq_items(seq) ((PyObject **)NULL)
+      static inline PyObject *ferromem_seq_item(PyObject *seq, PyObject **items, Py_ssize_t i) {
+          (void)items;
+          return PyList_Check(seq) ? PyList_GetItem(seq, i) : PyTuple_GetItem(seq, i);
+      }
+      static inline Py_ssize_t ferromem_seq_size(PyObject *seq) {
+          return PyList_Check(seq) ? PyList_Size(seq) : PyTuple_Size(seq);
+      }
+      #define ferromem_float_value(o) PyFloat_AsDouble(o)
+    #else
+      #define ferromem_seq_items(seq) PySequence_Fast_ITEMS(seq)
+      #define ferromem_seq_item(seq, items, i) ((items)[i])
+      #define ferromem_seq_size(seq) PySequence_Fast_GET_SIZE(seq)
+      #define ferromem_float_value(o) PyFloat_AS_DOUBLE(o)
+    #endif
+    """
+    # seq: a list or a tuple (the callers check which), never anything else.
+    PyObject** _seq_items "ferromem_seq_items" (object seq) noexcept
+    PyObject* _seq_item "ferromem_seq_item" (object seq, PyObject** items, Py_ssize_t i) noexcept
+    Py_ssize_t _seq_size "ferromem_seq_size" (object seq) noexcept
+    # o: a float or an instance of a subclass of float (never calls __float__).
+    double _float_value "ferromem_float_value" (PyObject* o) noexcept
 
 
 cdef object _ndarray = np.ndarray
@@ -352,7 +387,7 @@ cdef double _number_slow(object item, Py_ssize_t row, Py_ssize_t col) except? -1
             f"{type(item).__name__}{hint}"
         )
     if PyFloat_Check(item):  # float subclasses, numpy.float64 among them
-        return PyFloat_AS_DOUBLE(item)
+        return _float_value(<PyObject*>item)
     if PyLong_Check(item):  # int subclasses: via float64, as numpy does for Python ints
         try:
             return float(item)
@@ -391,14 +426,14 @@ cdef int _fill_numbers(object seq, float* dst, Py_ssize_t d, Py_ssize_t row) exc
     that could resize the list: the item array is then fetched again and its length
     checked, so a borrowed pointer is never used after the list changed.
     """
-    cdef PyObject** items = PySequence_Fast_ITEMS(seq)
+    cdef PyObject** items = _seq_items(seq)
     cdef PyObject* item
     cdef double value
     cdef Py_ssize_t j
     for j in range(d):
-        item = items[j]
+        item = _seq_item(seq, items, j)
         if _float_check_exact(item):
-            value = _float_as_double(item)
+            value = _float_value(item)
         elif _long_check_exact(item):
             value = _long_as_double(item)
             if value == -1.0 and PyErr_Occurred() != NULL:
@@ -407,9 +442,9 @@ cdef int _fill_numbers(object seq, float* dst, Py_ssize_t d, Py_ssize_t row) exc
         else:
             held = <object>item  # a strong reference while Python code may run
             value = _number_slow(held, row, j)
-            if PySequence_Fast_GET_SIZE(seq) != d:
+            if _seq_size(seq) != d:
                 raise InvalidVectorError("the list of vector values changed while it was read")
-            items = PySequence_Fast_ITEMS(seq)
+            items = _seq_items(seq)
         dst[j] = <float>value
     return 0
 
@@ -453,7 +488,7 @@ cdef int _copy_array_row(object arr, float* dst, Py_ssize_t d, object out, Py_ss
 
 
 cdef object _matrix_from_sequence(object seq, object dim, bint one_vector):
-    cdef Py_ssize_t count = PySequence_Fast_GET_SIZE(seq)
+    cdef Py_ssize_t count = _seq_size(seq)
     cdef Py_ssize_t n, d, i, length
     cdef float[:, ::1] target
     if count == 0:
@@ -461,7 +496,7 @@ cdef object _matrix_from_sequence(object seq, object dim, bint one_vector):
             f"empty input (an empty {type(seq).__name__}): expected at least one vector "
             "of at least one value"
         )
-    first = <object>PySequence_Fast_ITEMS(seq)[0]
+    first = <object>_seq_item(seq, _seq_items(seq), 0)
 
     if not (PyList_Check(first) or PyTuple_Check(first)
             or (_is_array_like(first) and not _is_number(first))):
@@ -478,7 +513,7 @@ cdef object _matrix_from_sequence(object seq, object dim, bint one_vector):
     n = count
     first_array = None
     if PyList_Check(first) or PyTuple_Check(first):
-        d = PySequence_Fast_GET_SIZE(first)
+        d = _seq_size(first)
     else:
         first_array = _row_array(first, 0)
         d = first_array.shape[0]
@@ -486,11 +521,11 @@ cdef object _matrix_from_sequence(object seq, object dim, bint one_vector):
     out = _empty((n, d), dtype=_float32)
     target = out
     for i in range(n):
-        if PySequence_Fast_GET_SIZE(seq) != n:
+        if _seq_size(seq) != n:
             raise InvalidVectorError("the list of vectors changed while it was read")
-        row = <object>PySequence_Fast_ITEMS(seq)[i]  # a strong reference for the loop
+        row = <object>_seq_item(seq, _seq_items(seq), i)  # a strong reference for the loop
         if PyList_Check(row) or PyTuple_Check(row):
-            length = PySequence_Fast_GET_SIZE(row)
+            length = _seq_size(row)
             if length != d:
                 raise _ragged(i, length, d)
             _fill_numbers(row, &target[i, 0], d, i)
