@@ -68,7 +68,7 @@ def test_gpu_extra_installs_cupy_and_the_cuda_libraries_of_one_major(extra):
     for platform in ("linux", "win32"):
         added = {r.name: r for r in _installed_on(_gpu_extras()[extra], platform)}
         assert sorted(added) == sorted([wheel, "cuda-toolkit"]), (extra, platform)
-        # CuPy 14 is the first to find CUDA libraries installed from wheels (cuda-pathfinder).
+        # CuPy 14 finds the CUDA libraries of NVIDIA's wheels (cuda-pathfinder); 13 is not relied on.
         assert not added[wheel].specifier.contains("13.6.0"), added[wheel]
         assert added[wheel].specifier.contains("14.2.0"), added[wheel]
         toolkit = added["cuda-toolkit"]
