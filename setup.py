@@ -20,7 +20,7 @@ import sys
 import Cython
 from Cython.Build import cythonize
 from setuptools import Extension, setup
-from setuptools_rust import Binding, RustExtension
+from setuptools_rust import Binding, RustExtension, Strip
 
 # The oldest CPython an abi3 build supports, as (major, minor).
 ABI3_MINIMUM = (3, 11)
@@ -34,9 +34,10 @@ def abi3_requested() -> bool:
     if value != "1":
         return False
     if sys.version_info[:2] < ABI3_MINIMUM:
+        minimum = "{}.{}".format(*ABI3_MINIMUM)
         raise SystemExit(
-            "FERROMEM_ABI3=1 needs CPython %d.%d or later to build (the buffer protocol is in the "
-            "limited API from %d.%d on); this is %d.%d" % (*ABI3_MINIMUM, *ABI3_MINIMUM, *sys.version_info[:2])
+            f"FERROMEM_ABI3=1 needs CPython {minimum} or later to build (the buffer protocol is in "
+            f"the limited API from {minimum} on); this is {sys.version_info[0]}.{sys.version_info[1]}"
         )
     cython_version = tuple(int(part) for part in Cython.__version__.split(".")[:2] if part.isdigit())
     if cython_version < (3, 1):
@@ -48,8 +49,8 @@ def abi3_requested() -> bool:
 
 ABI3 = abi3_requested()
 # The limited API's version as CPython's hex form (0x030B0000 for 3.11), and the wheel tag.
-LIMITED_API_HEX = "0x%02X%02X0000" % ABI3_MINIMUM
-ABI3_TAG = "cp%d%d" % ABI3_MINIMUM
+LIMITED_API_HEX = "0x{:02X}{:02X}0000".format(*ABI3_MINIMUM)
+ABI3_TAG = "cp{}{}".format(*ABI3_MINIMUM)
 
 # setuptools-rust reads bdist_wheel's py_limited_api: with it, cargo builds PyO3 with the
 # feature abi3-py311 (the stable ABI), and the wheel is tagged cp311-abi3. The stable-ABI
@@ -65,7 +66,8 @@ cython_extensions = cythonize(
         Extension(
             "ferromem._buffers",
             ["src_cython/ferromem/_buffers.pyx"],
-            extra_compile_args=["-O3"],
+            # The stable-ABI wheel travels: no debug information (-g0 overrides Python's -g).
+            extra_compile_args=["-O3", "-g0"] if ABI3 else ["-O3"],
             define_macros=[("Py_LIMITED_API", LIMITED_API_HEX)] if ABI3 else [],
             py_limited_api=ABI3,
         )
@@ -87,6 +89,9 @@ setup(
             path="src_rust/ferromem-py/Cargo.toml",
             binding=Binding.PyO3,
             debug=False,
+            # The stable-ABI wheel travels: its library loses the local symbols (`strip -x`
+            # after cargo, so cargo's own build of the crates is the ordinary build's).
+            strip=Strip.All if ABI3 else Strip.No,
         )
     ],
     options=ABI3_OPTIONS if ABI3 else {},

@@ -4,11 +4,17 @@
 # That machine has another CPython (3.12), CuPy and NumPy, but no Rust toolchain and no
 # network, so the native modules are built here, once, against CPython's stable ABI
 # (FERROMEM_ABI3=1, see setup.py): the wheel, tagged cp311-abi3, loads on every CPython
-# from 3.11 on. It lands in gpu/dist/ (ignored by git, small enough to carry); there it is
-# installed without touching an index and without its dependencies (NumPy is already
-# there):
+# from 3.11 on. It lands in gpu/dist/ (ignored by git, small enough to carry; name it in
+# the run's carry list). There it is installed without an index and without its
+# dependencies (NumPy is already there), into a folder of its own put first on the path,
+# which needs no write access to the machine's Python and works where that Python is
+# marked externally managed (PEP 668):
 #
-#   pip install --no-deps --no-index gpu/dist/ferromem-*.whl
+#   pip install --no-deps --no-index --target /tmp/ferromem-site gpu/dist/ferromem-*.whl
+#   export PYTHONPATH=/tmp/ferromem-site${PYTHONPATH:+:$PYTHONPATH}
+#
+# (`pip install --no-deps --no-index gpu/dist/ferromem-*.whl` into the environment itself
+# works too where that is allowed.)
 #
 # Usage: gpu/build_device_wheel.sh [extra options for `pip wheel`, e.g. --no-build-isolation]
 #   PYTHON: the interpreter that builds (default python3; CPython 3.11 or later).
@@ -30,12 +36,7 @@ mkdir -p "$DIST"
 
 echo "== building the stable-ABI wheel with $("$PYTHON" --version 2>&1) into $DIST"
 started=$(date +%s)
-# Smaller modules to carry: no symbol table in the Rust library (panics still name their
-# location), no debug information in the C one (a later -g0 overrides Python's own -g).
-FERROMEM_ABI3=1 \
-    CARGO_PROFILE_RELEASE_STRIP=symbols \
-    CFLAGS="${CFLAGS:-} -g0" \
-    "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$DIST" "$@" .
+FERROMEM_ABI3=1 "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$DIST" "$@" .
 elapsed=$(($(date +%s) - started))
 
 shopt -s nullglob
@@ -79,4 +80,6 @@ fi
 
 size=$(wc -c <"$wheel")
 echo "== built $wheel in ${elapsed}s: $((size / 1024)) KiB${glibc:+, needs $glibc or later}"
-echo "   install it on the device with: pip install --no-deps --no-index $wheel"
+echo "   install it on the device with:"
+echo "   pip install --no-deps --no-index --target /tmp/ferromem-site $wheel"
+echo "   export PYTHONPATH=/tmp/ferromem-site\${PYTHONPATH:+:\$PYTHONPATH}"
