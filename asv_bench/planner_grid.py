@@ -73,7 +73,9 @@ def main() -> None:
             data = unit(rng, n, dim)
             for s in range(0, n, 20_000):
                 e = min(n, s + 20_000)
-                store.add([f"r{i:06d}" for i in range(s, e)], data[s:e], scopes=[f"/s{i % 20}" for i in range(s, e)])
+                store.add(
+                    [f"r{i:06d}" for i in range(s, e)], data[s:e], scopes=[f"/s{i % 20}" for i in range(s, e)]
+                )
             # The planner's constants are measured at the first batch (and cached on disk).
             store.search(unit(rng, 2, dim), 10)
             for batch in batches:
@@ -81,7 +83,9 @@ def main() -> None:
                 for flt_name, flt in (("none", {}), ("selective", {"scope": "/s3"})):
                     for k in (10, 100):
                         chosen: dict[str, int] = {}
-                        ms = time_modes(store, queries if batch > 1 else queries[0], k, flt, args.budget, chosen)
+                        ms = time_modes(
+                            store, queries if batch > 1 else queries[0], k, flt, args.budget, chosen
+                        )
                         chose = "+".join(sorted(chosen)) or "cpu-one"  # one query, no device: not planned
                         best = min(ms["cpu-one"], ms["cpu-batch"])
                         row = {

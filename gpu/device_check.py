@@ -801,7 +801,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(args.out, args.dry_run, args.budget_s or sizes["budget_s"])
     report.data["sizes"] = {k: v for k, v in sizes.items() if k != "caps_s"}
     gpu, how = import_ferromem_gpu()
-    stage_path = str(Path(gpu.__file__).parents[1]) if how.startswith("staged") else None
+    stage_path = str(Path(gpu.__file__).parents[2]) if how.startswith("staged") else None
     caps = sizes["caps_s"]
     report.run("environment", caps["environment"], lambda deadline: section_environment(report, gpu, how))
     if args.skip_tests:

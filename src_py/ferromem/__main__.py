@@ -272,7 +272,9 @@ def check_cmd(args: argparse.Namespace) -> int:
 
 
 # The calls `ferromem doctor` plans: (queries, rows, dim).
-_TYPICAL_CALLS = [(nq, n, d) for d in (384, 1536) for n in (10_000, 100_000, 1_000_000) for nq in (1, 16, 256)]
+_TYPICAL_CALLS = [
+    (nq, n, d) for d in (384, 1536) for n in (10_000, 100_000, 1_000_000) for nq in (1, 16, 256)
+]
 
 
 def doctor_cmd(args: argparse.Namespace) -> int:
@@ -291,9 +293,7 @@ def doctor_cmd(args: argparse.Namespace) -> int:
     if not _planner.cupy_installed():
         report["gpu"] = {"present": False, "why": "CuPy is not installed (pip install 'ferromem[gpu]')"}
     else:
-        from . import gpu
-
-        gpu_info = gpu.device_info()
+        gpu_info = _planner._gpu().device_info()
         report["gpu"] = {"present": gpu_info is not None, **(gpu_info or {"why": "no usable CUDA device"})}
     calibrations: dict[str, Any] = {}
     for dim in (384, 1536):
@@ -303,16 +303,14 @@ def doctor_cmd(args: argparse.Namespace) -> int:
             _planner.remember(_planner.hardware_key("cpu", "f32", f"d{dim}"), cpu)
         device = None
         if gpu_info is not None:
-            from . import gpu
-
             key = _planner.hardware_key("device", str(gpu_info.get("name")), "f32", f"d{dim}")
             device = _planner.cached(key)
             if device is None and not args.no_measure:
-                device = _planner.calibrate_device(lambda: gpu.DeviceSearch(gpu.cupy_backend(), precision="f16"), dim)
+                device = _planner.calibrate_device(_planner.new_device, dim)
                 _planner.remember(key, device)
         calibrations[f"d{dim}"] = {"cpu": cpu, "device": device}
     report["calibration"] = calibrations
-    paths = []
+    paths: list[dict[str, Any]] = []
     for nq, n, dim in _TYPICAL_CALLS:
         c = calibrations[f"d{dim}"]
         if c["cpu"] is None:
@@ -328,7 +326,9 @@ def doctor_cmd(args: argparse.Namespace) -> int:
     print(f"SIMD:     {report['simd']['active']} (supported: {', '.join(report['simd']['supported'])})")
     g = report["gpu"]
     if g["present"]:
-        print(f"GPU:      {g.get('name')}, {g.get('total_bytes', 0) / 2**30:.1f} GiB ({g.get('free_bytes', 0) / 2**30:.1f} free)")
+        print(
+            f"GPU:      {g.get('name')}, {g.get('total_bytes', 0) / 2**30:.1f} GiB ({g.get('free_bytes', 0) / 2**30:.1f} free)"
+        )
     else:
         print(f"GPU:      none ({g['why']})")
     print(f"cache:    {report['cache'] or 'off'}")
@@ -443,7 +443,9 @@ def _add_doctor(sub: Any) -> None:
     )
     d.add_argument("--json", action="store_true", help="print the report as JSON")
     d.add_argument(
-        "--no-measure", action="store_true", help="show cached calibrations only (measuring takes about a second)"
+        "--no-measure",
+        action="store_true",
+        help="show cached calibrations only (measuring takes about a second)",
     )
     d.set_defaults(func=doctor_cmd)
 

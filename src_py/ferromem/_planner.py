@@ -91,7 +91,11 @@ def _load(path: Path) -> dict[str, Any] | None:
         return {"format": CACHE_FORMAT, "entries": {}}
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("entries"), dict):
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != CACHE_FORMAT
+        or not isinstance(data.get("entries"), dict)
+    ):
         return None
     return data
 
@@ -155,6 +159,18 @@ def ensure_cpu_costs(engine: Any, precision: str, dim: int) -> dict[str, float]:
     return costs
 
 
+def _gpu() -> Any:
+    """``ferromem.gpu`` (installed from gpu/, so imported by name: type checkers read the
+    package from src_py/ only)."""
+    return importlib.import_module("ferromem.gpu")
+
+
+def new_device() -> Any:
+    """A fresh ``ferromem.gpu.DeviceSearch`` on the first CUDA device (f16 mirror)."""
+    gpu = _gpu()
+    return gpu.DeviceSearch(gpu.cupy_backend(), precision="f16")
+
+
 def cupy_installed() -> bool:
     return importlib.util.find_spec("cupy") is not None
 
@@ -169,8 +185,7 @@ def find_device(precision: str) -> Any:
         raise DeviceUnavailableError(
             "CuPy is not installed: pip install 'ferromem[gpu]' (see docs/gpu.md for the CUDA versions)"
         )
-    from . import gpu
-
+    gpu = _gpu()
     backend = gpu.cupy_backend()
     return gpu.DeviceSearch(backend, precision="f16")
 
@@ -202,7 +217,7 @@ def calibrate_device(make_device: Any, dim: int) -> dict[str, float]:
                 queries = rng.standard_normal((nq, dim), dtype=np.float32)
                 queries /= np.linalg.norm(queries, axis=1, keepdims=True)
                 device.top_candidates(queries, 42, None)  # warm-up (kernels, pools)
-                best = min(_timed(lambda: device.top_candidates(queries, 42, None)) for _ in range(3))
+                best = min(_timed(device.top_candidates, queries, 42, None) for _ in range(3))
                 points.append(([1.0, nq * dim, nq * rows * dim], best))
         finally:
             device.close()
@@ -214,9 +229,9 @@ def calibrate_device(make_device: Any, dim: int) -> dict[str, float]:
     return {"call": call, "query_value": query_value, "value": max(value, 1e-7), "sync_value": sync_value}
 
 
-def _timed(f: Any) -> float:
+def _timed(f: Any, *args: Any) -> float:
     t = time.perf_counter_ns()
-    f()
+    f(*args)
     return float(time.perf_counter_ns() - t)
 
 
@@ -237,9 +252,7 @@ def attach(engine: Any, policy: str, precision: str, dim: int | None) -> str | N
         key = hardware_key("device", device.name, precision, f"d{_dim_bucket(dim)}")
         costs = cached(key)
         if costs is None:
-            from . import gpu
-
-            costs = calibrate_device(lambda: gpu.DeviceSearch(gpu.cupy_backend(), precision="f16"), _dim_bucket(dim))
+            costs = calibrate_device(new_device, _dim_bucket(dim))
             remember(key, costs)
         ensure_cpu_costs(engine, precision, dim)
     engine.attach_device(device, costs)

@@ -776,7 +776,9 @@ class Store:
             return None
         policy = _planner.check_policy(device)
         if policy == "gpu" and _indexed(self._engine) is None:
-            raise DeviceUnavailableError("device='gpu' cannot be met: the reference engine has no device path")
+            raise DeviceUnavailableError(
+                "device='gpu' cannot be met: the reference engine has no device path"
+            )
         return policy
 
     @_keywords(SearchOptions, include_private=True)

@@ -13,7 +13,11 @@ from ferromem import _planner
 def _doctor(tmp_path, *args):
     env = {**os.environ, "FERROMEM_CACHE_DIR": str(tmp_path)}
     return subprocess.run(
-        [sys.executable, "-m", "ferromem", "doctor", *args], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "ferromem", "doctor", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
 
 
@@ -24,7 +28,10 @@ def test_doctor_reports_simd_gpu_calibration_and_typical_paths(tmp_path):
     assert report["simd"]["active"] in report["simd"]["supported"]
     assert report["gpu"]["present"] in (True, False)
     if not _planner.cupy_installed():
-        assert report["gpu"] == {"present": False, "why": "CuPy is not installed (pip install 'ferromem[gpu]')"}
+        assert report["gpu"] == {
+            "present": False,
+            "why": "CuPy is not installed (pip install 'ferromem[gpu]')",
+        }
     for dim in ("d384", "d1536"):
         assert set(report["calibration"][dim]["cpu"]) == {"call", "one_value", "pass_value", "batch_value"}
     assert len(report["typical_calls"]) == 18

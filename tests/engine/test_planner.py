@@ -13,9 +13,8 @@ import sys
 import ferromem
 import numpy as np
 import pytest
-from ferromem import _planner
-
 from conftest import unit_rows
+from ferromem import _planner
 
 
 @pytest.fixture
@@ -27,7 +26,9 @@ def cache_dir(tmp_path, monkeypatch):
 
 def _filled(rng, n=3000, dim=64, **kw):
     store = ferromem.open(**kw)
-    store.add([f"r{i:05d}" for i in range(n)], unit_rows(rng, n, dim), scopes=[f"/s{i % 7}" for i in range(n)])
+    store.add(
+        [f"r{i:05d}" for i in range(n)], unit_rows(rng, n, dim), scopes=[f"/s{i % 7}" for i in range(n)]
+    )
     return store
 
 
@@ -81,7 +82,10 @@ def test_every_path_gives_the_same_results_and_explain_reports_it(rng, cache_dir
         assert how["queries"] == 12 and how["policy"] == "auto"
         assert how["rows"] == (5000 if not flt else sum(1 for i in range(5000) if i % 7 == 2))
         assert how["path"] in how["predicted_ms"] and how["observed_ms"] > 0
-        assert min(how["predicted_ms"], key=how["predicted_ms"].get) == how["path"] or "hysteresis" in how["reason"]
+        assert (
+            min(how["predicted_ms"], key=how["predicted_ms"].get) == how["path"]
+            or "hysteresis" in how["reason"]
+        )
         assert [list(r.ids) for r in how["results"]] == [list(r.ids) for r in batch]
     store.close()
 

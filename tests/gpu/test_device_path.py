@@ -7,10 +7,9 @@ incrementally). The CuPy run of the same test is marked ``gpu``."""
 
 from __future__ import annotations
 
+import ferromem
 import numpy as np
 import pytest
-
-import ferromem
 from _helpers import shared_data_dir
 
 gpu = pytest.importorskip("ferromem.gpu")

@@ -182,14 +182,23 @@ impl DeviceScorer {
 
     /// The exact answer of query `q` from the device's `proposed` candidates, or None when
     /// the proof fails (see the module doc).
-    fn prove(&self, plan: &Plan<'_>, q: usize, proposed: &[(f32, u32)], width: usize, eps: f32, rows: &RowsView<'_>) -> Option<Vec<(f32, u32)>> {
+    fn prove(
+        &self,
+        plan: &Plan<'_>,
+        q: usize,
+        proposed: &[(f32, u32)],
+        width: usize,
+        eps: f32,
+        rows: &RowsView<'_>,
+    ) -> Option<Vec<(f32, u32)>> {
         let query = plan.query(q);
         let q_inv = inverse_norm(query);
         let inv_norm = rows.inv_norm();
         let vectors = rows.vectors();
         let graph_rows = vectors.graph_rows();
         let prepared = graph_rows.query(query);
-        let live: Vec<(f32, u32)> = proposed.iter().copied().filter(|&(_, s)| inv_norm.get(s as usize).is_some_and(|&i| i != 0.0)).collect();
+        let live: Vec<(f32, u32)> =
+            proposed.iter().copied().filter(|&(_, s)| inv_norm.get(s as usize).is_some_and(|&i| i != 0.0)).collect();
         if live.len() != proposed.len() {
             return None; // the mirror proposed a free slot: not in step, do not trust it
         }

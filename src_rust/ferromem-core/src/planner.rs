@@ -308,9 +308,25 @@ impl Planner {
             Some(prev) if prev != cheapest => {
                 let prev_ns = predicted.iter().find(|p| p.0 == prev).map_or(f64::INFINITY, |p| p.1);
                 if predicted[0].1 < prev_ns * (1.0 - HYSTERESIS) {
-                    (cheapest, format!("{} is predicted cheapest, by more than the {:.0}% hysteresis over {}", cheapest.name(), HYSTERESIS * 100.0, prev.name()))
+                    (
+                        cheapest,
+                        format!(
+                            "{} is predicted cheapest, by more than the {:.0}% hysteresis over {}",
+                            cheapest.name(),
+                            HYSTERESIS * 100.0,
+                            prev.name()
+                        ),
+                    )
                 } else {
-                    (prev, format!("{} kept: {} is predicted cheaper by less than the {:.0}% hysteresis", prev.name(), cheapest.name(), HYSTERESIS * 100.0))
+                    (
+                        prev,
+                        format!(
+                            "{} kept: {} is predicted cheaper by less than the {:.0}% hysteresis",
+                            prev.name(),
+                            cheapest.name(),
+                            HYSTERESIS * 100.0
+                        ),
+                    )
                 }
             }
             _ if eligible.len() == 1 => (cheapest, Self::only_reason(policy, c, device)),
@@ -359,7 +375,12 @@ impl Planner {
                 .iter()
                 .map(|&r| {
                     let xs: Vec<f64> = m.correction.iter().filter(|((_, route), _)| *route == r).map(|(_, &x)| x).collect();
-                    (r.name(), xs.len(), xs.iter().copied().fold(f64::INFINITY, f64::min), xs.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+                    (
+                        r.name(),
+                        xs.len(),
+                        xs.iter().copied().fold(f64::INFINITY, f64::min),
+                        xs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    )
                 })
                 .collect(),
             routes: Route::ALL.iter().map(|r| (r.name(), m.counts[r.index()])).collect(),
@@ -429,11 +450,17 @@ pub fn calibrate_cpu(precision: Precision, dim: usize) -> CpuCosts {
     }
     let [call1, one_value] = least_squares(&one);
     let [call2, pass_value, batch_value] = least_squares(&batch);
-    CpuCosts { call: ((call1 + call2) / 2.0).max(0.0), one_value: one_value.max(1e-4), pass_value: pass_value.max(0.0), batch_value: batch_value.max(1e-5) }
+    CpuCosts {
+        call: ((call1 + call2) / 2.0).max(0.0),
+        one_value: one_value.max(1e-4),
+        pass_value: pass_value.max(0.0),
+        batch_value: batch_value.max(1e-5),
+    }
 }
 
 /// Ordinary least squares of `y ~ x . beta` by the normal equations (N <= 3 unknowns),
 /// rows weighted by 1/y so that small and large timings count alike.
+#[allow(clippy::needless_range_loop)] // index arithmetic of a small matrix reads best as indices
 fn least_squares<const N: usize>(points: &[([f64; N], f64)]) -> [f64; N] {
     let mut a = [[0.0f64; N]; N];
     let mut b = [0.0f64; N];
@@ -562,7 +589,8 @@ mod tests {
         p.model.lock().device = Some(DeviceCosts { call: 0.0, query_value: 0.0, value: per / total_value, sync_value: 0.0 });
         assert_eq!(p.choose(&c, Policy::Auto, Ok(())).unwrap().route, Route::Device);
         // Clearly dearer: switched.
-        p.model.lock().device = Some(DeviceCosts { call: 0.0, query_value: 0.0, value: 2.0 * per / total_value + cpu_ns / total_value, sync_value: 0.0 });
+        p.model.lock().device =
+            Some(DeviceCosts { call: 0.0, query_value: 0.0, value: 2.0 * per / total_value + cpu_ns / total_value, sync_value: 0.0 });
         assert_eq!(p.choose(&c, Policy::Auto, Ok(())).unwrap().route, Route::CpuBatch);
     }
 

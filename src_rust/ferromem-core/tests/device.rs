@@ -71,7 +71,14 @@ impl CandidateDevice for FakeDevice {
         self.rows_received.fetch_add(u.written.len(), Ordering::Relaxed);
         Ok(())
     }
-    fn propose(&self, queries: &[f32], nq: usize, dim: usize, width: usize, candidates: Option<&[u32]>) -> Result<Vec<Vec<(f32, u32)>>, String> {
+    fn propose(
+        &self,
+        queries: &[f32],
+        nq: usize,
+        dim: usize,
+        width: usize,
+        candidates: Option<&[u32]>,
+    ) -> Result<Vec<Vec<(f32, u32)>>, String> {
         if self.failing.load(Ordering::Relaxed) {
             return Err("device lost (test)".into());
         }
@@ -102,7 +109,8 @@ fn fill(e: &Engine, rng: &mut rand::rngs::StdRng, range: std::ops::Range<usize>,
     let same: Vec<f32> = (0..DIM).map(|i| (i as f32 * 0.37).sin()).collect();
     for i in range.clone() {
         // Many copies of one vector, so that ties at the cut force the proof to fall back.
-        let v: Vec<f32> = if dup_every > 0 && i % dup_every == 0 { same.clone() } else { (0..DIM).map(|_| rng.gen_range(-1.0..1.0)).collect() };
+        let v: Vec<f32> =
+            if dup_every > 0 && i % dup_every == 0 { same.clone() } else { (0..DIM).map(|_| rng.gen_range(-1.0..1.0)).collect() };
         data.extend_from_slice(&v);
     }
     let recs: Vec<Record> = range.map(rec).collect();

@@ -26,7 +26,9 @@ impl PyDevice {
         let name: String = device.getattr("name")?.extract()?;
         for method in ["apply", "top_candidates", "error_bound"] {
             if !device.hasattr(method)? {
-                return Err(pyo3::exceptions::PyTypeError::new_err(format!("a device needs a {method}() method (see ferromem.gpu.DeviceSearch)")));
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                    "a device needs a {method}() method (see ferromem.gpu.DeviceSearch)"
+                )));
             }
         }
         Ok(PyDevice { device: device.clone().unbind(), name, bounds: Mutex::new(HashMap::new()) })
@@ -89,7 +91,13 @@ impl CandidateDevice for PyDevice {
                 let (slots, scores) = (slots.as_array(), scores.as_array());
                 Ok((0..nq)
                     .map(|i| {
-                        slots.row(i).iter().zip(scores.row(i).iter()).filter(|(&s, _)| s != NO_SLOT).map(|(&s, &score)| (score, s)).collect()
+                        slots
+                            .row(i)
+                            .iter()
+                            .zip(scores.row(i).iter())
+                            .filter(|(&s, _)| s != NO_SLOT)
+                            .map(|(&s, &score)| (score, s))
+                            .collect()
                     })
                     .collect())
             };

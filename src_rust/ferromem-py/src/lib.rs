@@ -16,8 +16,8 @@
 mod device;
 
 use ferromem_core::engine::{EngineStats, Explanation};
-use ferromem_core::planner::{self, CpuCosts, DeviceCosts, Policy};
 use ferromem_core::hnsw::HnswParams;
+use ferromem_core::planner::{self, CpuCosts, DeviceCosts, Policy};
 use ferromem_core::state::{IndexConfig, IndexMode, Precision};
 use ferromem_core::storage::sqlite::{Access, SqliteStorage};
 use ferromem_core::storage::Location;
@@ -913,10 +913,7 @@ fn policy_of(name: &str) -> PyResult<Policy> {
 
 /// A finite, non-negative number of a costs dict.
 fn cost_item(d: &Bound<'_, PyDict>, key: &str) -> PyResult<f64> {
-    let v: f64 = d
-        .get_item(key)?
-        .ok_or_else(|| to_py_err(Error::InvalidInput(format!("costs need {key:?}"))))?
-        .extract()?;
+    let v: f64 = d.get_item(key)?.ok_or_else(|| to_py_err(Error::InvalidInput(format!("costs need {key:?}"))))?.extract()?;
     if !(v.is_finite() && v >= 0.0) {
         return Err(to_py_err(Error::InvalidInput(format!("cost {key:?} must be a finite number >= 0, not {v}"))));
     }

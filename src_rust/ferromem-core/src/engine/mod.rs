@@ -16,9 +16,9 @@
 use crate::cache::{CacheCounters, CacheStats, ResultCache};
 use crate::coalesce::Coalescer;
 use crate::device::DeviceScorer;
-use crate::planner::Planner;
 use crate::filter::Filter;
 use crate::metrics::{Metrics, Op, OpStats};
+use crate::planner::Planner;
 use crate::record::Record;
 use crate::scorer::Scorer;
 use crate::state::{IndexStats, Precision, State};

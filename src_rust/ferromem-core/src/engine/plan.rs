@@ -96,8 +96,10 @@ impl Engine {
         let view = RowsView { state: st };
         let behind = device.as_ref().map_or(0, |d| d.rows_behind(&view));
         let call = Call { nq, rows, dim, k, each, behind };
-        let mut decision =
-            self.planner.choose(&call, policy, device.as_ref().map(|_| ()).map_err(String::as_str)).map_err(|why| Error::Device(gpu_refused(&why)))?;
+        let mut decision = self
+            .planner
+            .choose(&call, policy, device.as_ref().map(|_| ()).map_err(String::as_str))
+            .map_err(|why| Error::Device(gpu_refused(&why)))?;
         let mut chosen_device = None;
         if decision.route == Route::Device {
             let d = device.expect("the planner routes to a device only when one is attached");
@@ -106,7 +108,11 @@ impl Engine {
                 Err(why) if policy == Policy::Gpu => return Err(Error::Device(format!("the device cannot search this store: {why}"))),
                 Err(why) => {
                     let fallback = if nq > 1 && !each { Route::CpuBatch } else { Route::CpuOne };
-                    decision = Decision { route: fallback, predicted: decision.predicted, reason: format!("the device failed ({why}); answered on the CPU") };
+                    decision = Decision {
+                        route: fallback,
+                        predicted: decision.predicted,
+                        reason: format!("the device failed ({why}); answered on the CPU"),
+                    };
                 }
             }
         }
