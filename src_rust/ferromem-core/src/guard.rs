@@ -67,6 +67,15 @@ pub const BOOTSTRAP_EXACT_TIMED: usize = 4;
 /// How long the auditor sleeps at most before it looks at the stop flag again.
 const STOP_POLL: Duration = Duration::from_millis(50);
 
+/// Whether `target` is a recall target (0 < target <= 1); the message says what is wrong.
+pub fn check_target(target: f64) -> Result<(), String> {
+    if target > 0.0 && target <= 1.0 {
+        Ok(())
+    } else {
+        Err(format!("recall_target must be a number in (0, 1], e.g. {DEFAULT_RECALL_TARGET}; got {target}"))
+    }
+}
+
 /// The widths the guard judges: `ef_search`, then doubled while within
 /// min(`16 * ef_search`, 1024) (and never below `ef_search`).
 pub fn ladder(ef_search: usize) -> Vec<usize> {

@@ -167,9 +167,7 @@ impl Engine {
     /// graph serves only at a width measured to reach it (see [`crate::guard`]).
     pub fn set_recall_target(&self, target: f64) -> Result<()> {
         self.check_open()?;
-        if !(target > 0.0 && target <= 1.0) {
-            return Err(Error::InvalidInput(format!("recall_target must be a number in (0, 1], not {target}")));
-        }
+        crate::guard::check_target(target).map_err(Error::InvalidInput)?;
         self.state.read().guard().set_target(target);
         Ok(())
     }
