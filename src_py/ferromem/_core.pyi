@@ -107,8 +107,8 @@ class Engine:
         ef_search: int,
         m: int = 16,
         ef_construction: int = 128,
-        recall_target: float = 0.95,
-        graph_min_values: int = 33554432,
+        recall_target: float | None = None,
+        graph_min_values: int | None = None,
     ) -> None: ...
     def wait_for_index(self, timeout: float | None = None) -> bool: ...
     def set_cache_capacity(self, entries: int) -> None: ...

@@ -109,11 +109,12 @@ class IndexedEngine(Engine, Protocol):
         ef_search: int,
         m: int = 16,
         ef_construction: int = 128,
-        recall_target: float = 0.95,
-        graph_min_values: int = 2**25,
+        recall_target: float | None = None,
+        graph_min_values: int | None = None,
     ) -> None:
         """Index mode ("auto" | "exact" | "hnsw"), graph search width and shape, the recall
-        guard's target, and the store size (values) from which "auto" builds a graph."""
+        guard's target (None: 0.95), and the store size (values) from which "auto" builds
+        a graph (None: 2^25)."""
 
     def wait_for_index(self, timeout: float | None = None) -> bool:
         """Blocks until the graph covers every record; False on timeout."""

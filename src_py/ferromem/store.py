@@ -905,14 +905,20 @@ class Store:
         anew."""
         index = self._index if index is None else check.check_index(index)
         ef_search = self._ef_search if ef_search is None else check.check_ef_search(ef_search)
-        recall_target = self._recall_target if recall_target is None else check.check_recall_target(recall_target)
+        recall_target = (
+            self._recall_target if recall_target is None else check.check_recall_target(recall_target)
+        )
         graph_min_values = (
-            self._graph_min_values if graph_min_values is None else check.check_graph_min_values(graph_min_values)
+            self._graph_min_values
+            if graph_min_values is None
+            else check.check_graph_min_values(graph_min_values)
         )
         self._check_open()
         indexed = _indexed(self._engine)
         if indexed is not None:  # the reference engine always scans exactly
-            indexed.set_index(index, ef_search, recall_target=recall_target, graph_min_values=graph_min_values)
+            indexed.set_index(
+                index, ef_search, recall_target=recall_target, graph_min_values=graph_min_values
+            )
         self._index, self._ef_search = index, ef_search
         self._recall_target, self._graph_min_values = recall_target, graph_min_values
 

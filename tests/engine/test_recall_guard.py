@@ -41,7 +41,9 @@ RECALL_KEYS = {
 }
 RUNG_KEYS = {"ef", "samples", "mean", "stderr", "graph_ms"}
 
-native = pytest.mark.skipif(getattr(ferromem.store, "_core", None) is None, reason="the native engine is not built")
+native = pytest.mark.skipif(
+    getattr(ferromem.store, "_core", None) is None, reason="the native engine is not built"
+)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -60,7 +62,9 @@ def random_store():
     for start in range(0, n, 5000):
         store.add([f"r{i}" for i in range(start, start + 5000)], vectors[start : start + 5000])
     assert store.wait_for_index(timeout=600)
-    near = vectors[rng.choice(n, 100, replace=False)] + 0.5 * rng.standard_normal((100, dim), dtype=np.float32)
+    near = vectors[rng.choice(n, 100, replace=False)] + 0.5 * rng.standard_normal(
+        (100, dim), dtype=np.float32
+    )
     queries = np.concatenate([near, rng.standard_normal((100, dim), dtype=np.float32)])
     truth = _unit(queries) @ _unit(vectors).T
     yield store, queries, truth
@@ -87,7 +91,8 @@ def test_the_guard_answers_exactly_where_the_graph_misses(random_store):
     assert [r["ef"] for r in recall["ladder"]] == [96, 192, 384, 768]
     # No width is confidently at the target and cheaper than exact (the verdict's rule).
     assert all(
-        r["mean"] - 2 * r["stderr"] < TARGET or r["graph_ms"] * 1.1 > recall["exact_ms"] for r in recall["ladder"]
+        r["mean"] - 2 * r["stderr"] < TARGET or r["graph_ms"] * 1.1 > recall["exact_ms"]
+        for r in recall["ladder"]
     ), recall
     assert (index["active"], index["serving_ef"]) == ("exact", None)
     assert _recall(store, queries, truth) >= TARGET
@@ -188,7 +193,9 @@ def test_the_graph_keeps_serving_real_embeddings(minilm):
         store.close()
 
 
-@pytest.mark.parametrize("bad", [0, 0.0, -0.5, 1.0001, 2, math.nan, math.inf, -math.inf, "0.9", None, True, 10**400])
+@pytest.mark.parametrize(
+    "bad", [0, 0.0, -0.5, 1.0001, 2, math.nan, math.inf, -math.inf, "0.9", None, True, 10**400]
+)
 def test_recall_target_is_validated(bad):
     with pytest.raises(InvalidInputError, match="recall_target"):
         ferromem.open(None, recall_target=bad)
@@ -234,4 +241,3 @@ def test_stats_report_the_guard(engine):
         assert store.stats()["index"]["recall"]["target"] == 1.0
     finally:
         store.close()
-

@@ -490,7 +490,7 @@ impl RecallGuard {
             return;
         }
         let n = self.offers.fetch_add(1, Ordering::Relaxed);
-        if n % self.stride.load(Ordering::Relaxed).max(1) != 0 {
+        if !n.is_multiple_of(self.stride.load(Ordering::Relaxed).max(1)) {
             return;
         }
         self.enqueue(query, k, filter);

@@ -14,8 +14,8 @@
 //! both sides to the schema).
 
 use ferromem_core::engine::EngineStats;
-use ferromem_core::hnsw::HnswParams;
 use ferromem_core::guard::{check_target, RecallReport, DEFAULT_RECALL_TARGET};
+use ferromem_core::hnsw::HnswParams;
 use ferromem_core::state::{IndexConfig, IndexMode, Precision, AUTO_MIN_VALUES};
 use ferromem_core::storage::sqlite::{Access, SqliteStorage};
 use ferromem_core::storage::Location;
@@ -776,7 +776,7 @@ impl PyEngine {
 
     /// Index mode ("auto" | "exact" | "hnsw"), graph search width and graph shape, the
     /// recall guard's target, and the store size (values) from which "auto" builds a graph.
-    #[pyo3(signature = (mode, ef_search, m = 16, ef_construction = 128, recall_target = DEFAULT_RECALL_TARGET, graph_min_values = AUTO_MIN_VALUES))]
+    #[pyo3(signature = (mode, ef_search, m = 16, ef_construction = 128, recall_target = None, graph_min_values = None))]
     #[allow(clippy::too_many_arguments)]
     fn set_index(
         &self,
@@ -785,9 +785,12 @@ impl PyEngine {
         ef_search: usize,
         m: usize,
         ef_construction: usize,
-        recall_target: f64,
-        graph_min_values: usize,
+        recall_target: Option<f64>,
+        graph_min_values: Option<usize>,
     ) -> PyResult<()> {
+        // None: the defaults (0.95; 2^25 values).
+        let recall_target = recall_target.unwrap_or(DEFAULT_RECALL_TARGET);
+        let graph_min_values = graph_min_values.unwrap_or(AUTO_MIN_VALUES);
         let mode = IndexMode::from_name(mode)
             .ok_or_else(|| to_py_err(Error::InvalidInput(format!("index must be 'auto', 'exact' or 'hnsw', not {mode:?}"))))?;
         let config = IndexConfig { mode, ef_search, params: HnswParams { m, ef_construction }, auto_min_values: graph_min_values };

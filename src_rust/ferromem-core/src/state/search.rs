@@ -334,7 +334,14 @@ impl State {
     /// the first `timed` (the exact cost a search pays), then the graph ladder per probe
     /// until `give_way()` says so after one (a writer waits). The probes audited come
     /// first in the result; the caller audits the rest under its next lock.
-    pub(crate) fn audit_probes(&self, queries: &[f32], k: usize, ladder: &[usize], timed: usize, give_way: &dyn Fn() -> bool) -> Vec<Audit> {
+    pub(crate) fn audit_probes(
+        &self,
+        queries: &[f32],
+        k: usize,
+        ladder: &[usize],
+        timed: usize,
+        give_way: &dyn Fn() -> bool,
+    ) -> Vec<Audit> {
         let (Some(dim), Some(graph)) = (self.dim, self.usable_graph()) else { return Vec::new() };
         if queries.is_empty() || !queries.len().is_multiple_of(dim) || k == 0 || self.is_empty() {
             return Vec::new();
