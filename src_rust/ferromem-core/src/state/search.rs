@@ -388,6 +388,89 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::ladder;
+    use crate::hnsw::GraphQuery;
+    use crate::record::Record;
+    use crate::vectors::Precision;
+
+    /// A state at `precision` holding `n` random vectors of `dim` (scope "/even" or "/odd"
+    /// by parity), with its graph built and published under `IndexMode::Hnsw`.
+    fn state_with_graph(precision: Precision, n: usize, dim: usize) -> State {
+        let mut st = State::new();
+        st.precision = precision;
+        st.set_index(IndexConfig { mode: IndexMode::Hnsw, ..IndexConfig::default() });
+        let mut seed = 11u64;
+        for i in 0..n {
+            let v: Vec<f32> = (0..dim)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                })
+                .collect();
+            let rec = Record {
+                id: format!("r{i:05}").into(),
+                content: String::new(),
+                scope: if i % 2 == 0 { "/even".into() } else { "/odd".into() },
+                categories: Vec::new(),
+                metadata_json: "{}".into(),
+                importance: 0.5,
+                created_at: 0.0,
+                last_accessed: 0.0,
+                source: None,
+                private: false,
+            };
+            st.put(rec, &v).unwrap();
+        }
+        let mut build = st.begin_graph_build().unwrap();
+        st.extend_graph_build(&mut build, 0, &|| false, &mut GraphQuery::default());
+        assert!(st.publish_graph(build));
+        st
+    }
+
+    #[test]
+    fn an_audit_measures_every_width_against_the_exact_scan() {
+        let st = state_with_graph(Precision::F32, 600, 32);
+        let widths = ladder(16);
+        let query = st.guard_probes(1);
+        let audit = st.audit(&query, 10, &Filter::default(), &widths).expect("audited");
+        assert_eq!((audit.recall.len(), audit.graph_secs.len()), (widths.len(), widths.len()));
+        assert!(audit.recall.iter().all(|r| (0.0..=1.0).contains(r)) && audit.exact_secs.is_some());
+        // At a width beyond the store's size the walk reaches every record: exact.
+        assert_eq!(st.audit(&query, 10, &Filter::default(), &[1024]).unwrap().recall, vec![1.0]);
+        // A selective filter is answered by a scan, never the graph: nothing to audit.
+        let one = Filter { scope: Some("/even".into()), ..Filter::default() };
+        assert!(st.audit(&query, 10, &one, &widths).is_none());
+    }
+
+    #[test]
+    fn the_int8_graph_step_is_measured_against_the_int8_scan() {
+        // Both sides are int8 searches (the re-rank comes after, in the engine): at a width
+        // that reaches every record, the graph's candidates are the int8 scan's, so the
+        // recall is 1 for every probe.
+        let st = state_with_graph(Precision::Int8, 500, 48);
+        let probes = st.guard_probes(16);
+        let audits = st.audit_probes(&probes, 26, &[1024], 4, &|| false);
+        assert_eq!(audits.len(), 16);
+        assert!(audits.iter().all(|a| a.recall == vec![1.0]), "{audits:?}");
+    }
+
+    #[test]
+    fn bootstrap_probes_are_spread_timed_and_give_way_to_writers() {
+        let st = state_with_graph(Precision::F32, 300, 16);
+        let probes = st.guard_probes(64);
+        assert_eq!(probes.len(), 64 * 16);
+        // Spread over the slots: no probe twice.
+        let rows: std::collections::BTreeSet<Vec<u32>> = probes.chunks(16).map(|r| r.iter().map(|x| x.to_bits()).collect()).collect();
+        assert_eq!(rows.len(), 64);
+        let audits = st.audit_probes(&probes, 10, &ladder(8), 4, &|| false);
+        assert_eq!(audits.len(), 64);
+        assert!(audits.iter().take(4).all(|a| a.exact_secs.is_some()));
+        assert!(audits.iter().skip(4).all(|a| a.exact_secs.is_none()));
+        // A waiting writer ends the lock after the probe in progress.
+        assert_eq!(st.audit_probes(&probes, 10, &ladder(8), 4, &|| true).len(), 1);
+        // A store smaller than the probe count gives one probe per record.
+        assert_eq!(st.guard_probes(1000).len(), 300 * 16);
+    }
 
     #[test]
     fn auto_scans_moderately_selective_filters_and_walks_broad_ones() {
