@@ -323,7 +323,8 @@ pub struct RecallReport {
     pub dropped: u64,
     /// One offer in this many is sampled now.
     pub sample_every: u64,
-    /// The auditor's busy time over its lifetime, as a share of one core.
+    /// The auditor's busy time over its lifetime (up to the end of its current pause), as
+    /// a share of one core.
     pub auditor_share: f64,
     pub bootstraps: u64,
     /// How long the last bootstrap took, in milliseconds.
@@ -360,6 +361,11 @@ pub struct RecallGuard {
     auditor_running: AtomicBool,
     auditor_started: Mutex<Option<Instant>>,
     busy_ns: AtomicU64,
+    /// When the auditor's current pause ends, in nanoseconds after it started: its busy
+    /// share is reported over its lifetime up to there (the pause pays for the audit
+    /// before it, so a report taken during a pause would otherwise count the audit
+    /// without its pause).
+    paused_until_ns: AtomicU64,
     bootstraps: AtomicU64,
     bootstrap_ns: AtomicU64,
 }
@@ -386,6 +392,7 @@ impl RecallGuard {
             auditor_running: AtomicBool::new(false),
             auditor_started: Mutex::new(None),
             busy_ns: AtomicU64::new(0),
+            paused_until_ns: AtomicU64::new(0),
             bootstraps: AtomicU64::new(0),
             bootstrap_ns: AtomicU64::new(0),
         }
@@ -557,7 +564,8 @@ impl RecallGuard {
             })
             .collect();
         let busy = self.busy_ns.load(Ordering::Relaxed) as f64 * 1e-9;
-        let elapsed = self.auditor_started.lock().map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let paused_until = self.paused_until_ns.load(Ordering::Relaxed) as f64 * 1e-9;
+        let elapsed = self.auditor_started.lock().map_or(0.0, |t| t.elapsed().as_secs_f64().max(paused_until));
         let bootstraps = self.bootstraps.load(Ordering::Relaxed);
         RecallReport {
             target: ev.target,
@@ -593,7 +601,8 @@ pub fn ensure_auditor(state: &Arc<RwLock<State>>, guard: &Arc<RecallGuard>) {
 /// that its busy time stays within `AUDITOR_CPU_SHARE` of one core. Its busy time counts
 /// the exact scan once per core the scan may use (an upper bound of the CPU it took).
 pub fn run_auditor(state: &RwLock<State>, guard: &RecallGuard) {
-    *guard.auditor_started.lock() = Some(Instant::now());
+    let started = Instant::now();
+    *guard.auditor_started.lock() = Some(started);
     while let Some(sample) = guard.next_sample() {
         let ladder = guard.ladder();
         let t = Instant::now();
@@ -606,6 +615,8 @@ pub fn run_auditor(state: &RwLock<State>, guard: &RecallGuard) {
             guard.record(sample.epoch, &[a]);
         }
         let mut pause = Duration::from_secs_f64(busy * (1.0 / AUDITOR_CPU_SHARE - 1.0));
+        let until = started.elapsed() + pause;
+        guard.paused_until_ns.store(until.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
         while !pause.is_zero() {
             if guard.stop.load(Ordering::Acquire) {
                 break;
