@@ -48,7 +48,9 @@ def random_set(n: int, dim: int, queries: int, seed: int = 15) -> tuple[np.ndarr
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
     half = queries // 2
-    near = vectors[rng.choice(n, half, replace=False)] + 0.5 * rng.standard_normal((half, dim), dtype=np.float32)
+    near = vectors[rng.choice(n, half, replace=False)] + 0.5 * rng.standard_normal(
+        (half, dim), dtype=np.float32
+    )
     q = np.concatenate([near, rng.standard_normal((queries - half, dim), dtype=np.float32)])
     unit = _unit(vectors)
     kth = np.empty(len(q), dtype=np.float32)
@@ -59,12 +61,18 @@ def random_set(n: int, dim: int, queries: int, seed: int = 15) -> tuple[np.ndarr
 
 
 def minilm_set() -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    folder = os.environ.get("FERROMEM_SHARED_DATA") or str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    folder = os.environ.get("FERROMEM_SHARED_DATA") or str(
+        Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    )
     path = Path(folder) / "docs-minilm384.npz"
     if not path.is_file():
         return None
     with np.load(path) as a:
-        return a["passages"].astype(np.float32), a["queries"].astype(np.float32), a["queries_top10_scores"][:, K - 1]
+        return (
+            a["passages"].astype(np.float32),
+            a["queries"].astype(np.float32),
+            a["queries_top10_scores"][:, K - 1],
+        )
 
 
 def auditor_cpu_seconds() -> float | None:
@@ -112,14 +120,18 @@ def run(store: ferromem.Store, queries: np.ndarray, kth: np.ndarray, unit: np.nd
     }
 
 
-def bench(name: str, vectors: np.ndarray, queries: np.ndarray, kth: np.ndarray, graph_min_values: int | None) -> dict:
+def bench(
+    name: str, vectors: np.ndarray, queries: np.ndarray, kth: np.ndarray, graph_min_values: int | None
+) -> dict:
     n = len(vectors)
     with tempfile.TemporaryDirectory() as tmp:
         store = ferromem.open(os.path.join(tmp, "bench.ferro"), cache_size=0)
         if graph_min_values is not None:
             store.set_index("auto", graph_min_values=graph_min_values)
         for start in range(0, n, 10_000):
-            store.add([f"r{i}" for i in range(start, min(n, start + 10_000))], vectors[start : start + 10_000])
+            store.add(
+                [f"r{i}" for i in range(start, min(n, start + 10_000))], vectors[start : start + 10_000]
+            )
         t = time.perf_counter()
         store.wait_for_index()
         built = time.perf_counter() - t
@@ -190,7 +202,9 @@ def table(results: list[dict]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--datasets", default="random,minilm")
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=1536)
