@@ -79,13 +79,16 @@ def auditor_cpu_seconds() -> float | None:
     """CPU time (user + system) of this process's auditor thread, from /proc; None
     elsewhere or before it starts."""
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    try:
-        for task in Path("/proc/self/task").iterdir():
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return None
+    for task in tasks.iterdir():
+        try:
             if (task / "comm").read_text().strip() == "ferromem-recall":
                 fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
                 return (int(fields[11]) + int(fields[12])) / tick
-    except OSError:
-        return None
+        except OSError:  # the thread ended meanwhile
+            continue
     return None
 
 

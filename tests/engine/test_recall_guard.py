@@ -17,6 +17,8 @@ The stores here are small (20,000 x 512 random, 60,000 x 384 MiniLM), so they lo
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 
 import ferromem
 import numpy as np
@@ -241,3 +243,32 @@ def test_stats_report_the_guard(engine):
         assert store.stats()["index"]["recall"]["target"] == 1.0
     finally:
         store.close()
+
+
+def _auditor_threads() -> int:
+    count = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            count += (task / "comm").read_text().strip() == "ferromem-recall"
+        except OSError:  # the thread ended meanwhile
+            pass
+    return count
+
+
+@native
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from /proc (Linux)")
+def test_the_auditor_runs_per_store_and_stops_at_close():
+    before = _auditor_threads()
+    store = ferromem.open(None, index="hnsw")
+    store.add(
+        [f"r{i}" for i in range(500)], np.random.default_rng(1).standard_normal((500, 16), dtype=np.float32)
+    )
+    assert store.wait_for_index(timeout=600)
+    # The bootstrap judged the graph, then started the store's auditor.
+    assert store.stats()["index"]["recall"]["bootstraps"] == 1
+    assert _auditor_threads() == before + 1
+    store.close()
+    deadline = time.monotonic() + 5
+    while _auditor_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _auditor_threads() == before
