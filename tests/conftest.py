@@ -22,6 +22,15 @@ for _name, _value in (
 ):
     os.environ.setdefault(_name, _value)
 
+# The planner's calibration cache goes to a folder of this test run, never the user's.
+if "FERROMEM_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["FERROMEM_CACHE_DIR"] = tempfile.mkdtemp(prefix="ferromem-test-cache-")
+# The tests choose their device themselves: a FERROMEM_DEVICE of the caller's must not
+# change what they test.
+os.environ.pop("FERROMEM_DEVICE", None)
+
 
 def _native_engine_status() -> tuple[bool, str]:
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -270,6 +271,82 @@ def check_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+# The calls `ferromem doctor` plans: (queries, rows, dim).
+_TYPICAL_CALLS = [
+    (nq, n, d) for d in (384, 1536) for n in (10_000, 100_000, 1_000_000) for nq in (1, 16, 256)
+]
+
+
+def doctor_cmd(args: argparse.Namespace) -> int:
+    """This machine as the planner sees it: SIMD level, GPU, the calibrations, and the path
+    typical exact searches take."""
+    from . import _core, _planner
+
+    report: dict[str, Any] = {
+        "ferromem": ferromem.__version__,
+        "python": sys.version.split()[0],
+        "machine": f"{platform.machine()}, {_planner._cpu_model()}, {os.cpu_count()} cores",
+        "simd": {"active": _core.simd_isa(), "supported": list(_core.supported_isas())},
+        "cache": str(_planner.cache_dir()) if _planner.cache_dir() is not None else None,
+    }
+    gpu_info: dict[str, Any] | None = None
+    if not _planner.cupy_installed():
+        report["gpu"] = {"present": False, "why": "CuPy is not installed (pip install 'ferromem[gpu]')"}
+    else:
+        from . import gpu
+
+        gpu_info = gpu.device_info()
+        report["gpu"] = {"present": gpu_info is not None, **(gpu_info or {"why": "no usable CUDA device"})}
+    calibrations: dict[str, Any] = {}
+    for dim in (384, 1536):
+        cpu = _planner.cached(_planner.hardware_key("cpu", "f32", f"d{dim}"))
+        if cpu is None and not args.no_measure:
+            cpu = dict(_core.calibrate_cpu("f32", dim))
+            _planner.remember(_planner.hardware_key("cpu", "f32", f"d{dim}"), cpu)
+        device = None
+        if gpu_info is not None:
+            from . import gpu
+
+            key = _planner.hardware_key("device", str(gpu_info.get("name")), "f32", f"d{dim}")
+            device = _planner.cached(key)
+            if device is None and not args.no_measure:
+                device = _planner.calibrate_device(
+                    lambda: gpu.DeviceSearch(gpu.cupy_backend(), precision="f16"), dim
+                )
+                _planner.remember(key, device)
+        calibrations[f"d{dim}"] = {"cpu": cpu, "device": device}
+    report["calibration"] = calibrations
+    paths = []
+    for nq, n, dim in _TYPICAL_CALLS:
+        c = calibrations[f"d{dim}"]
+        if c["cpu"] is None:
+            continue
+        route, predicted = _core.predict_route(c["cpu"], c["device"], nq, n, dim)
+        paths.append({"queries": nq, "rows": n, "dim": dim, "path": route, "predicted_ms": predicted})
+    report["typical_calls"] = paths
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"ferromem {report['ferromem']} (Python {report['python']})")
+    print(f"machine:  {report['machine']}")
+    print(f"SIMD:     {report['simd']['active']} (supported: {', '.join(report['simd']['supported'])})")
+    g = report["gpu"]
+    if g["present"]:
+        print(
+            f"GPU:      {g.get('name')}, {g.get('total_bytes', 0) / 2**30:.1f} GiB ({g.get('free_bytes', 0) / 2**30:.1f} free)"
+        )
+    else:
+        print(f"GPU:      none ({g['why']})")
+    print(f"cache:    {report['cache'] or 'off'}")
+    for dim, c in calibrations.items():
+        print(f"calibration {dim}: cpu {c['cpu'] or 'not measured'}; device {c['device'] or '-'}")
+    print("typical exact searches (f32, k=10): path and predicted ms")
+    for p in paths:
+        preds = ", ".join(f"{r} {ms:.3g}" for r, ms in sorted(p["predicted_ms"].items(), key=lambda x: x[1]))
+        print(f"  {p['queries']:4d} x {p['rows']:>9,d} x {p['dim']:4d}: {p['path']:10s} ({preds})")
+    return 0
+
+
 def _count(minimum: int) -> Callable[[str], int]:
     """An argparse type: an int >= minimum (argparse turns the error into a usage error)."""
 
@@ -364,8 +441,23 @@ def _add_check(sub: Any) -> None:
     c.set_defaults(func=check_cmd)
 
 
+def _add_doctor(sub: Any) -> None:
+    d = sub.add_parser(
+        "doctor",
+        help="this machine as the search planner sees it: SIMD level, GPU (name, memory), "
+        "the calibration table, and the path typical searches take",
+    )
+    d.add_argument("--json", action="store_true", help="print the report as JSON")
+    d.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="show cached calibrations only (measuring takes about a second)",
+    )
+    d.set_defaults(func=doctor_cmd)
+
+
 # The subcommands, in --help order: each adds its parser and sets func (args -> exit code).
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_demo, _add_import, _add_stats, _add_check]
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_demo, _add_import, _add_stats, _add_check, _add_doctor]
 
 
 def build_parser() -> argparse.ArgumentParser:

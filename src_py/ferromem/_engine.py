@@ -121,3 +121,36 @@ class IndexedEngine(Engine, Protocol):
 
     def set_cache_capacity(self, entries: int) -> None:
         """Bounds the result cache to ``entries`` single-query searches; 0 turns it off."""
+
+    def search(
+        self,
+        queries: Any,
+        k: int,
+        filter: Filter | None = None,
+        min_score: float | None = None,
+        device: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``Engine.search`` under a device policy ("auto" | "cpu" | "gpu"; None: the
+        engine's)."""
+
+    def explain(
+        self,
+        queries: Any,
+        k: int,
+        filter: Filter | None = None,
+        min_score: float | None = None,
+        device: str | None = None,
+    ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], dict[str, Any]]:
+        """``search``, plus how it was served (path, reason, predicted and observed times)."""
+
+    def set_policy(self, policy: str) -> None:
+        """The device policy of searches that name none."""
+
+    def attach_device(self, device: Any | None, costs: dict[str, float] | None = None) -> None:
+        """Attaches a ``ferromem.gpu.DeviceSearch`` (None detaches) with its costs."""
+
+    def set_cpu_costs(self, costs: dict[str, float]) -> None:
+        """The planner's CPU constants (from ``_core.calibrate_cpu``)."""
+
+    def cpu_calibrated(self) -> bool:
+        """Whether the planner's CPU constants were set."""

@@ -27,6 +27,7 @@ __all__ = [
     "EngineName",
     "IndexMode",
     "Precision",
+    "DevicePolicy",
     "Number",
     "Vector",
     "Matrix",
@@ -48,6 +49,8 @@ EngineName: TypeAlias = Literal["native", "reference"]
 IndexMode: TypeAlias = Literal["auto", "exact", "hnsw"]
 # ferromem.open(precision=...): the vectors held in memory.
 Precision: TypeAlias = Literal["f32", "f16", "int8"]
+# Which device searches may use (open(device=...), search(device=...)).
+DevicePolicy: TypeAlias = Literal["auto", "cpu", "gpu"]
 
 # One value of a vector given as a list: an int or a float (bool is refused at run time),
 # or a NumPy integer or floating scalar.
@@ -120,9 +123,10 @@ class Filters(_Criteria, total=False):
 
 
 class SearchOptions(Filters, total=False):
-    """Store.search: the filter and the score threshold."""
+    """Store.search: the filter, the score threshold and the device policy."""
 
     min_score: Any  # None
+    device: Any  # None
 
 
 class ListOptions(Filters, total=False):

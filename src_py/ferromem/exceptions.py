@@ -28,6 +28,9 @@ __all__ = [
     "NotAStoreError",
     "ReadOnlyStoreError",
     "UnsupportedStoreError",
+    "DeviceError",
+    "DeviceUnavailableError",
+    "DeviceMemoryError",
     "NativeUnavailableWarning",
     "DamagedCacheWarning",
     "DamagedRecordsWarning",
@@ -111,6 +114,28 @@ class ReadOnlyStoreError(StorageError):
 class UnsupportedStoreError(InvalidInputError):
     """A store location this build cannot open: an unknown scheme (``mysql://...``) or a
     backend it does not have (``postgresql://...``). Nothing was opened or created."""
+
+
+class DeviceError(FerromemError):
+    """A search that must run on a GPU (``device="gpu"``) cannot: none is attached, it
+    cannot hold the store, or it failed. Nothing was searched. Under ``device="auto"``
+    the same conditions make the search run on the CPU instead."""
+
+
+class DeviceUnavailableError(DeviceError, RuntimeError):
+    """No usable GPU: CuPy is not installed, no CUDA device is visible, or its driver
+    failed (the message says which, and what to do about it)."""
+
+
+class DeviceMemoryError(DeviceError, MemoryError):
+    """The store's vectors do not fit the GPU memory they may use (free memory less the
+    reserve, and at most ``max_bytes``); ``needed`` and ``available`` are in bytes.
+    Nothing of the refused change was applied on the device."""
+
+    def __init__(self, message: str, needed: int | None = None, available: int | None = None):
+        super().__init__(message)
+        self.needed = needed
+        self.available = available
 
 
 class DamagedRecordsWarning(RuntimeWarning):

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import numpy as np
 
-from . import _location
+from . import _location, _planner
 from . import _validate as check
 from ._engine import Engine, IndexedEngine
 from ._reference import ReferenceEngine
@@ -33,6 +33,7 @@ from ._schema import Filter, Patch
 from ._typing import (
     ArrayLike,
     DeleteCriteria,
+    DevicePolicy,
     Durability,
     EngineChoice,
     Filters,
@@ -47,6 +48,7 @@ from ._typing import (
 from .exceptions import (
     DamagedCacheWarning,
     DamagedRecordsWarning,
+    DeviceUnavailableError,
     FerromemError,
     InvalidInputError,
     NativeUnavailableWarning,
@@ -177,6 +179,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     precision: Precision = "f32",
     fast_open: bool = False,
     read_only: bool = False,
+    device: DevicePolicy | None = None,
 ) -> Store:
     """Opens (or creates) a store.
 
@@ -221,6 +224,14 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     ``read_only``: never write to the file (it must be a store already): every write
     raises ReadOnlyStoreError, and closing writes no graph or image. ``ferromem stats``
     and ``ferromem check`` open this way.
+    ``device``: where exact searches may run: "auto" (the planner picks the CPU scan, the
+    CPU batch kernel or the GPU per call, from costs measured on this machine; the GPU
+    only when ``ferromem.gpu`` finds one, which needs CuPy: ``pip install
+    'ferromem[gpu]'``), "cpu" (never the GPU) or "gpu" (always the GPU; without one,
+    DeviceUnavailableError here and DeviceError per search). None: the environment
+    variable ``FERROMEM_DEVICE``, else "auto". A GPU search returns the CPU's results
+    exactly (docs/gpu.md). ``search(device=...)`` overrides it per call and
+    ``explain()`` says which path ran and why.
 
     A file that is not a ferromem store (another application's SQLite database, an empty
     or truncated file, anything else) raises NotAStoreError and is left byte for byte as
@@ -258,11 +269,23 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     except BaseException:  # a warnings filter turned a warning into an error
         engine_instance.close()
         raise
+    policy = _planner.default_policy() if device is None else _planner.check_policy(device)
     indexed = _indexed(engine_instance)
-    if indexed is not None:  # the reference engine keeps no cache and always scans exactly
-        indexed.set_cache_capacity(cache_size)
-        indexed.set_index(index, ef_search, recall_target=recall_target)
-    return Store(engine_instance, engine_name, index=index, ef_search=ef_search, recall_target=recall_target)
+    device_note: str | None = "the reference engine has no device path"
+    try:
+        if indexed is not None:  # the reference engine keeps no cache and always scans exactly
+            indexed.set_cache_capacity(cache_size)
+            indexed.set_index(index, ef_search, recall_target=recall_target)
+            indexed.set_policy(policy)
+            device_note = _planner.attach(indexed, policy, precision, None)
+        elif policy == "gpu":
+            raise DeviceUnavailableError(f"device='gpu' cannot be met: {device_note}")
+    except BaseException:
+        engine_instance.close()
+        raise
+    store = Store(engine_instance, engine_name, index=index, ef_search=ef_search, recall_target=recall_target)
+    store._set_planning(precision, policy, device_note)
+    return store
 
 
 def _indexed(engine: Engine) -> IndexedEngine | None:
@@ -520,6 +543,27 @@ class Store:
         self._graph_min_values = check.DEFAULT_GRAPH_MIN_VALUES
         self._closed = False
         self._forks = _forks
+        self._precision = "f32"
+        self._policy = "auto"
+        # Why no device is attached (None when one is); whether the planner's constants
+        # were loaded or measured (at the first search that has a choice to make).
+        self._device_note: str | None = "no device path"
+        self._planner_ready = False
+
+    def _set_planning(self, precision: str, policy: str, device_note: str | None) -> None:
+        self._precision, self._policy, self._device_note = precision, policy, device_note
+
+    def _prepare_planner(self, dim: int) -> None:
+        """Gives the planner its measured constants: the CPU's, and the device's when one
+        is attached (from the calibration cache, else measured now: see ``_planner``)."""
+        indexed = _indexed(self._engine)
+        self._planner_ready = True
+        if indexed is None:
+            return
+        if self._device_note is None:
+            self._device_note = _planner.attach(indexed, self._policy, self._precision, dim)
+        else:
+            _planner.ensure_cpu_costs(indexed, self._precision, dim)
 
     # ----------------------------------------------------------------- properties
 
@@ -750,12 +794,74 @@ class Store:
         min_score = check.check_min_score(options.get("min_score"))
         flt = check.build_filter(options)
         queries, single = _query_matrix(query)  # the engine checks the dimension
-        ids, scores, offsets = self._engine.search(queries, min(k, _MAX_K), flt, min_score)
+        device = options.get("device")
+        indexed = _indexed(self._engine)
+        if device is not None or indexed is None:
+            device = self._device_policy(device)
+        if not self._planner_ready and (queries.shape[0] > 1 or self._device_note is None):
+            self._prepare_planner(queries.shape[1])
+        if indexed is not None:
+            ids, scores, offsets = indexed.search(queries, min(k, _MAX_K), flt, min_score, device)
+        else:
+            ids, scores, offsets = self._engine.search(queries, min(k, _MAX_K), flt, min_score)
         results = [
             SearchResult(ids[offsets[i] : offsets[i + 1]], scores[offsets[i] : offsets[i + 1]], self)
             for i in range(queries.shape[0])
         ]
         return results[0] if single else results
+
+    def _device_policy(self, device: Any) -> str | None:
+        """A per-call device policy, checked; the reference engine has no device."""
+        if device is None:
+            return None
+        policy = _planner.check_policy(device)
+        if policy == "gpu" and _indexed(self._engine) is None:
+            raise DeviceUnavailableError(
+                "device='gpu' cannot be met: the reference engine has no device path"
+            )
+        return policy
+
+    @_keywords(SearchOptions, include_private=True)
+    def explain(self, query: Any, k: int = 10, **options: Unpack[SearchOptions]) -> dict[str, Any]:
+        """Runs the search ``search(query, k, **options)`` would (without the result cache
+        or coalescing) and says how it was served: ``path`` ("cpu-one", "cpu-batch",
+        "gpu-exact", "graph", ...), ``reason``, ``predicted_ms`` (each eligible exact
+        path's prediction from the planner's cost model), ``observed_ms``, ``rows`` (what
+        the filter left to score), ``device`` and ``policy``; ``results``: the results."""
+        _only_keywords("Store.explain", options, SearchOptions)
+        self._check_open()
+        k = check.check_k(k)
+        min_score = check.check_min_score(options.get("min_score"))
+        flt = check.build_filter(options)
+        queries, single = _query_matrix(query)
+        device = self._device_policy(options.get("device"))
+        indexed = _indexed(self._engine)
+        if indexed is None:
+            t = time.perf_counter()
+            ids, scores, offsets = self._engine.search(queries, min(k, _MAX_K), flt, min_score)
+            how: dict[str, Any] = {
+                "path": "reference-scan",
+                "reason": "the reference engine always scans exactly on the CPU",
+                "policy": "cpu",
+                "queries": int(queries.shape[0]),
+                "rows": None,
+                "predicted_ms": {},
+                "observed_ms": (time.perf_counter() - t) * 1e3,
+                "device": None,
+            }
+        else:
+            if not self._planner_ready:
+                self._prepare_planner(queries.shape[1])
+            (ids, scores, offsets), how = indexed.explain(queries, min(k, _MAX_K), flt, min_score, device)
+            how = dict(how)
+        if how.get("device") is None and self._device_note is not None:
+            how["no_device"] = self._device_note
+        results = [
+            SearchResult(ids[offsets[i] : offsets[i + 1]], scores[offsets[i] : offsets[i + 1]], self)
+            for i in range(queries.shape[0])
+        ]
+        how["results"] = results[0] if single else results
+        return how
 
     def get(self, id: str) -> Record | None:
         """The record with this id, or None."""
@@ -878,6 +984,9 @@ class Store:
                 "recall": _exact_recall(self._recall_target),
             },
         )
+        extras.setdefault("planner", {"policy": "cpu", "routes": {}})
+        extras.setdefault("device", None)
+        extras["planner"] = {**extras["planner"], "no_device": self._device_note}
         return {
             "engine": self._engine_name,
             "records": int(self._engine.count(Filter())),

@@ -35,6 +35,10 @@ pub enum Error {
     /// A store location this build cannot open (an unknown scheme, or a backend it lacks).
     #[error("{0}")]
     Unsupported(String),
+    /// A search that must run on a device (policy "gpu") cannot: none is attached, or it
+    /// cannot hold the store, or it failed. Nothing was searched.
+    #[error("{0}")]
+    Device(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

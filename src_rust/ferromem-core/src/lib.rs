@@ -4,6 +4,8 @@
 //! * [`state`]: records, id map, filter indexes; search planning; the graph's lifecycle.
 //! * [`vectors`]: the vector rows of each stored precision (f32, f16, int8).
 //! * [`scorer`]: the [`scorer::Scorer`] that runs a search plan over the rows (the CPU scan).
+//! * [`device`]: exact search on another device: its candidates, proved on the host.
+//! * [`planner`]: which path serves a search, from a cost model measured on this machine.
 //! * [`ann`]: the approximate index behind [`ann::AnnIndex`] (HNSW, [`hnsw`]).
 //! * [`index`]: filter indexes (scope prefix, categories, metadata equality, source, privacy).
 //! * [`simd`]: dot-product kernels with run-time ISA dispatch.
@@ -18,6 +20,7 @@ pub mod arena;
 pub mod cache;
 pub mod coalesce;
 mod cursor;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod filter;
@@ -28,6 +31,7 @@ pub mod image;
 pub mod index;
 pub mod interrupt;
 pub mod metrics;
+pub mod planner;
 pub mod record;
 pub mod scorer;
 pub mod simd;

@@ -13,9 +13,12 @@
 //! `#[pyclass]` of the schema's `RecordRow` fields (`tests/engine/test_schema.py` holds
 //! both sides to the schema).
 
-use ferromem_core::engine::EngineStats;
+mod device;
+
+use ferromem_core::engine::{EngineStats, Explanation};
 use ferromem_core::guard::{check_target, RecallReport, DEFAULT_RECALL_TARGET};
 use ferromem_core::hnsw::HnswParams;
+use ferromem_core::planner::{self, CpuCosts, DeviceCosts, Policy};
 use ferromem_core::state::{IndexConfig, IndexMode, Precision, AUTO_MIN_VALUES};
 use ferromem_core::storage::sqlite::{Access, SqliteStorage};
 use ferromem_core::storage::Location;
@@ -51,12 +54,13 @@ fn class_of(e: &Error) -> (usize, &'static str) {
         Error::NotAStore(_) => (10, "NotAStoreError"),
         Error::ReadOnly(_) => (11, "ReadOnlyStoreError"),
         Error::Unsupported(_) => (12, "UnsupportedStoreError"),
+        Error::Device(_) => (13, "DeviceError"),
     }
 }
 
 /// Each class of `class_of`, imported from `ferromem.exceptions` at its first use and
 /// kept: an error costs no import and no attribute lookup after that.
-static EXCEPTION_CLASSES: [PyOnceLock<Py<PyType>>; 13] = [const { PyOnceLock::new() }; 13];
+static EXCEPTION_CLASSES: [PyOnceLock<Py<PyType>>; 14] = [const { PyOnceLock::new() }; 14];
 
 /// An instance of the ferromem exception class of `kind`, made with `args`.
 fn ferromem_exception<'py>(py: Python<'py>, kind: &Error, args: impl pyo3::call::PyCallArgs<'py>) -> PyErr {
@@ -548,7 +552,8 @@ impl PyEngine {
     }
 
     /// Returns (ids: object array, scores: float32 array, offsets: int64 array of nq + 1).
-    #[pyo3(signature = (queries, k, filter=None, min_score=None))]
+    /// `device`: the policy for this call ("auto" | "cpu" | "gpu"; None: the store's).
+    #[pyo3(signature = (queries, k, filter=None, min_score=None, device=None))]
     fn search<'py>(
         &self,
         py: Python<'py>,
@@ -556,27 +561,79 @@ impl PyEngine {
         k: usize,
         filter: Option<&Bound<'py, PyAny>>,
         min_score: Option<f32>,
+        device: Option<&str>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let filter = filter_of(filter)?;
+        let policy = device.map(policy_of).transpose()?;
         let rows = F32Rows::from_py(queries)?;
         let (dim, data) = (rows.dim, rows.as_slice());
-        let hits = self.call(py, |engine| engine.search(data, dim, k, &filter, min_score))?;
-        let total: usize = hits.iter().map(Vec::len).sum();
-        let mut ids: Vec<Py<PyAny>> = Vec::with_capacity(total);
-        let mut scores: Vec<f32> = Vec::with_capacity(total);
-        let mut offsets: Vec<i64> = Vec::with_capacity(hits.len() + 1);
-        offsets.push(0);
-        for q in hits {
-            for (id, score) in q {
-                ids.push(PyString::new(py, &id).into_any().unbind());
-                scores.push(score);
-            }
-            offsets.push(ids.len() as i64);
-        }
-        PyTuple::new(
-            py,
-            [PyArray1::from_vec(py, ids).into_any(), PyArray1::from_vec(py, scores).into_any(), PyArray1::from_vec(py, offsets).into_any()],
-        )
+        let hits = self.call(py, |engine| engine.search_with_policy(data, dim, k, &filter, min_score, policy))?;
+        hits_tuple(py, hits)
+    }
+
+    /// As `search`, plus how the search was served: a dict of the path, the reason, each
+    /// route's predicted time and the observed one (see `ferromem_core::planner`).
+    #[pyo3(signature = (queries, k, filter=None, min_score=None, device=None))]
+    fn explain<'py>(
+        &self,
+        py: Python<'py>,
+        queries: &Bound<'py, PyAny>,
+        k: usize,
+        filter: Option<&Bound<'py, PyAny>>,
+        min_score: Option<f32>,
+        device: Option<&str>,
+    ) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, PyDict>)> {
+        let filter = filter_of(filter)?;
+        let policy = device.map(policy_of).transpose()?;
+        let rows = F32Rows::from_py(queries)?;
+        let (dim, data) = (rows.dim, rows.as_slice());
+        let (hits, how) = self.call(py, |engine| engine.explain(data, dim, k, &filter, min_score, policy))?;
+        Ok((hits_tuple(py, hits)?, explanation_dict(py, &how)?))
+    }
+
+    /// The device policy searches use when a call names none.
+    fn set_policy(&self, policy: &str) -> PyResult<()> {
+        self.engine()?.set_policy(policy_of(policy)?);
+        Ok(())
+    }
+
+    fn policy(&self) -> PyResult<&'static str> {
+        Ok(self.engine()?.policy().name())
+    }
+
+    /// Attaches a device (a `ferromem.gpu.DeviceSearch`) with its calibrated costs (a dict
+    /// of DeviceCosts' fields; None: `auto` does not pick it), or detaches it (None).
+    #[pyo3(signature = (device, costs=None))]
+    fn attach_device(&self, py: Python<'_>, device: Option<&Bound<'_, PyAny>>, costs: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+        let device = device.map(device::PyDevice::new).transpose()?;
+        let costs = costs.map(device_costs_of).transpose()?;
+        self.call(py, |engine| {
+            engine.attach_device(device.map(|d| Box::new(d) as Box<dyn ferromem_core::device::CandidateDevice>), costs);
+            Ok(())
+        })
+    }
+
+    /// Sets the CPU constants of the planner's cost model (a dict from `calibrate_cpu`).
+    fn set_cpu_costs(&self, costs: &Bound<'_, PyDict>) -> PyResult<()> {
+        let costs = cpu_costs_of(costs)?;
+        self.engine()?.set_cpu_costs(costs);
+        Ok(())
+    }
+
+    /// Makes every search take this route when it is eligible ("cpu-one", "cpu-batch",
+    /// "gpu-exact"; None: the planner decides): for benchmarks of the fixed paths.
+    #[pyo3(signature = (route=None))]
+    fn _force_route(&self, route: Option<&str>) -> PyResult<()> {
+        let route = route
+            .map(|r| planner::Route::parse(r).ok_or_else(|| to_py_err(Error::InvalidInput(format!("unknown route {r:?}")))))
+            .transpose()?;
+        self.engine()?.planner().force(route);
+        Ok(())
+    }
+
+    /// Whether the planner's CPU constants were set (from a calibration).
+    fn cpu_calibrated(&self) -> PyResult<bool> {
+        Ok(self.engine()?.planner().cpu_calibrated())
     }
 
     fn get<'py>(&self, py: Python<'py>, ids: Vec<String>) -> PyResult<Bound<'py, PyList>> {
@@ -771,6 +828,42 @@ impl PyEngine {
             damaged.append(item)?;
         }
         d.set_item("damaged", damaged)?;
+        let engine = self.engine()?;
+        let p = engine.planner().stats();
+        let plan = PyDict::new(py);
+        plan.set_item("policy", engine.policy().name())?;
+        plan.set_item("cpu_costs", cpu_costs_dict(py, &p.cpu)?)?;
+        plan.set_item("cpu_calibrated", p.cpu_calibrated)?;
+        plan.set_item("device_costs", p.device.as_ref().map(|c| device_costs_dict(py, c)).transpose()?)?;
+        let correction = PyDict::new(py);
+        for (route, kinds, low, high) in &p.correction {
+            let c = PyDict::new(py);
+            c.set_item("kinds", *kinds)?;
+            c.set_item("min", if *kinds > 0 { Some(*low) } else { None })?;
+            c.set_item("max", if *kinds > 0 { Some(*high) } else { None })?;
+            correction.set_item(*route, c)?;
+        }
+        plan.set_item("correction", correction)?;
+        let routes = PyDict::new(py);
+        for (route, n) in &p.routes {
+            routes.set_item(*route, *n)?;
+        }
+        plan.set_item("routes", routes)?;
+        d.set_item("planner", plan)?;
+        let device = match engine.device_stats() {
+            None => None,
+            Some(x) => {
+                let dd = PyDict::new(py);
+                dd.set_item("name", &x.name)?;
+                dd.set_item("proved", x.proved)?;
+                dd.set_item("fallbacks", x.fallbacks)?;
+                dd.set_item("rows_sent", x.rows_sent)?;
+                dd.set_item("uploads", x.uploads)?;
+                dd.set_item("last_error", x.last_error.as_deref())?;
+                Some(dd)
+            }
+        };
+        d.set_item("device", device)?;
         Ok(d)
     }
 
@@ -841,6 +934,134 @@ fn recall_dict<'py>(py: Python<'py>, r: &RecallReport) -> PyResult<Bound<'py, Py
     d.set_item("bootstraps", r.bootstraps)?;
     d.set_item("bootstrap_ms", r.bootstrap_ms)?;
     Ok(d)
+}
+
+/// Search results as (ids: object array, scores: float32 array, offsets: int64 array of
+/// nq + 1).
+fn hits_tuple(py: Python<'_>, hits: Vec<Vec<(Arc<str>, f32)>>) -> PyResult<Bound<'_, PyTuple>> {
+    let total: usize = hits.iter().map(Vec::len).sum();
+    let mut ids: Vec<Py<PyAny>> = Vec::with_capacity(total);
+    let mut scores: Vec<f32> = Vec::with_capacity(total);
+    let mut offsets: Vec<i64> = Vec::with_capacity(hits.len() + 1);
+    offsets.push(0);
+    for q in hits {
+        for (id, score) in q {
+            ids.push(PyString::new(py, &id).into_any().unbind());
+            scores.push(score);
+        }
+        offsets.push(ids.len() as i64);
+    }
+    PyTuple::new(
+        py,
+        [PyArray1::from_vec(py, ids).into_any(), PyArray1::from_vec(py, scores).into_any(), PyArray1::from_vec(py, offsets).into_any()],
+    )
+}
+
+fn policy_of(name: &str) -> PyResult<Policy> {
+    Policy::parse(name).ok_or_else(|| to_py_err(Error::InvalidInput(format!("device must be 'auto', 'cpu' or 'gpu', not {name:?}"))))
+}
+
+/// A finite, non-negative number of a costs dict.
+fn cost_item(d: &Bound<'_, PyDict>, key: &str) -> PyResult<f64> {
+    let v: f64 = d.get_item(key)?.ok_or_else(|| to_py_err(Error::InvalidInput(format!("costs need {key:?}"))))?.extract()?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(to_py_err(Error::InvalidInput(format!("cost {key:?} must be a finite number >= 0, not {v}"))));
+    }
+    Ok(v)
+}
+
+fn cpu_costs_of(d: &Bound<'_, PyDict>) -> PyResult<CpuCosts> {
+    Ok(CpuCosts {
+        call: cost_item(d, "call")?,
+        one_value: cost_item(d, "one_value")?,
+        pass_value: cost_item(d, "pass_value")?,
+        batch_value: cost_item(d, "batch_value")?,
+    })
+}
+
+fn device_costs_of(d: &Bound<'_, PyDict>) -> PyResult<DeviceCosts> {
+    Ok(DeviceCosts {
+        call: cost_item(d, "call")?,
+        query_value: cost_item(d, "query_value")?,
+        value: cost_item(d, "value")?,
+        sync_value: cost_item(d, "sync_value")?,
+    })
+}
+
+fn cpu_costs_dict<'py>(py: Python<'py>, c: &CpuCosts) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("call", c.call)?;
+    d.set_item("one_value", c.one_value)?;
+    d.set_item("pass_value", c.pass_value)?;
+    d.set_item("batch_value", c.batch_value)?;
+    Ok(d)
+}
+
+fn device_costs_dict<'py>(py: Python<'py>, c: &DeviceCosts) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("call", c.call)?;
+    d.set_item("query_value", c.query_value)?;
+    d.set_item("value", c.value)?;
+    d.set_item("sync_value", c.sync_value)?;
+    Ok(d)
+}
+
+fn explanation_dict<'py>(py: Python<'py>, how: &Explanation) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("path", &how.path)?;
+    d.set_item("reason", &how.reason)?;
+    d.set_item("policy", how.policy.name())?;
+    d.set_item("queries", how.nq)?;
+    d.set_item("rows", how.rows)?;
+    let predicted = PyDict::new(py);
+    for (route, ns) in &how.predicted {
+        predicted.set_item(route.name(), ns / 1e6)?;
+    }
+    d.set_item("predicted_ms", predicted)?;
+    d.set_item("observed_ms", how.observed_ns / 1e6)?;
+    d.set_item("device", how.device.as_deref())?;
+    Ok(d)
+}
+
+/// Times the CPU scorer on synthetic rows of `dim` at `precision` (about a quarter of a
+/// second, GIL released) and returns the planner's fitted CPU constants (ns).
+#[pyfunction]
+fn calibrate_cpu<'py>(py: Python<'py>, precision: &str, dim: usize) -> PyResult<Bound<'py, PyDict>> {
+    let precision = Precision::from_name(precision)
+        .ok_or_else(|| to_py_err(Error::InvalidInput(format!("precision must be 'f32', 'f16' or 'int8', not {precision:?}"))))?;
+    if dim == 0 || dim > precision.max_dim() {
+        return Err(to_py_err(Error::InvalidInput(format!("dim must be between 1 and {}", precision.max_dim()))));
+    }
+    let costs = native(py, || Ok(planner::calibrate_cpu(precision, dim)))?;
+    cpu_costs_dict(py, &costs)
+}
+
+/// The route the planner takes for a call of `nq` queries over `rows` rows of `dim` with
+/// these costs (a fresh planner: no hysteresis, no observations), and each eligible
+/// route's prediction in ms: what `ferromem doctor` shows for typical calls.
+#[pyfunction]
+#[pyo3(signature = (cpu_costs, device_costs, nq, rows, dim, k=10))]
+fn predict_route<'py>(
+    py: Python<'py>,
+    cpu_costs: &Bound<'py, PyDict>,
+    device_costs: Option<&Bound<'py, PyDict>>,
+    nq: usize,
+    rows: usize,
+    dim: usize,
+    k: usize,
+) -> PyResult<(&'static str, Bound<'py, PyDict>)> {
+    let p = planner::Planner::default();
+    p.set_cpu_costs(cpu_costs_of(cpu_costs)?);
+    let device = device_costs.map(device_costs_of).transpose()?;
+    p.set_device_costs(device);
+    let call = planner::Call { nq: nq.max(1), rows, dim, k: k.max(1), each: false, behind: 0 };
+    let attached = if device.is_some() { Ok(()) } else { Err("no device") };
+    let d = p.choose(&call, Policy::Auto, attached).map_err(|e| to_py_err(Error::InvalidInput(e)))?;
+    let predicted = PyDict::new(py);
+    for (route, ns) in &d.predicted {
+        predicted.set_item(route.name(), ns / 1e6)?;
+    }
+    Ok((d.route.name(), predicted))
 }
 
 /// (address of the first value, rows, dim) exactly as the engine reads a vector argument:
@@ -1003,6 +1224,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add_class::<RecordRow>()?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
+    m.add_function(wrap_pyfunction!(calibrate_cpu, m)?)?;
+    m.add_function(wrap_pyfunction!(predict_route, m)?)?;
     m.add_function(wrap_pyfunction!(verify_store, m)?)?;
     m.add_function(wrap_pyfunction!(simd_isa, m)?)?;
     m.add_function(wrap_pyfunction!(verify_image, m)?)?;

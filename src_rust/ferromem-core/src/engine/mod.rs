@@ -15,8 +15,10 @@
 
 use crate::cache::{CacheCounters, CacheStats, ResultCache};
 use crate::coalesce::Coalescer;
+use crate::device::DeviceScorer;
 use crate::filter::Filter;
 use crate::metrics::{Metrics, Op, OpStats};
+use crate::planner::Planner;
 use crate::record::Record;
 use crate::scorer::Scorer;
 use crate::state::{IndexStats, Precision, State};
@@ -25,17 +27,19 @@ use crate::{Error, Result};
 use parking_lot::{Mutex, RwLock};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 mod builder;
 mod open;
+mod plan;
 mod search;
 mod write;
 
 pub use builder::graph_file;
 use builder::IndexBuilder;
+pub use plan::Explanation;
 pub use write::{reserve_file, RESERVE_BYTES};
 
 /// How `upsert` treats an id that already exists.
@@ -160,6 +164,13 @@ pub struct Engine {
     image_at: Mutex<Option<(u64, u64)>>,
     /// Runs the exact scans (see [`crate::scorer`]); a leaf lock, held only to clone it.
     scorer: RwLock<Arc<dyn Scorer>>,
+    /// Chooses the path of each exact search (see [`crate::planner`]).
+    planner: Planner,
+    /// The device searches may run on, with the fork generation it was attached at (a
+    /// device does not survive a fork); a leaf lock, held only to clone it.
+    device: RwLock<Option<(Arc<DeviceScorer>, u64)>>,
+    /// The default device policy (a `Policy` as u8).
+    policy: AtomicU8,
 }
 
 /// Entries of the result cache of a newly opened engine (see [`Engine::set_cache_capacity`]).

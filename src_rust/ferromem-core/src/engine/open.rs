@@ -7,13 +7,14 @@ use crate::cache::{CacheCounters, ResultCache};
 use crate::coalesce::Coalescer;
 use crate::image::{self, image_file};
 use crate::metrics::{Metrics, Op};
+use crate::planner::{Planner, Policy};
 use crate::scorer::CpuScorer;
 use crate::state::{Precision, State};
 use crate::storage::{self, Access, Changes, Durability, Location, Storage, StorageOptions};
 use crate::{Error, Result};
 use parking_lot::{Mutex, RwLock};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -162,6 +163,9 @@ impl Engine {
             graph_damage,
             image_at: Mutex::new(image_at),
             scorer: RwLock::new(Arc::new(CpuScorer)),
+            planner: Planner::default(),
+            device: RwLock::new(None),
+            policy: AtomicU8::new(Policy::Auto as u8),
         };
         if image_at.is_some() {
             // The image may be older than the store: apply what was committed after it.

@@ -7,6 +7,7 @@ use crate::cache::{CacheStats, SearchKey};
 use crate::coalesce::{group, Job};
 use crate::filter::Filter;
 use crate::metrics::Op;
+use crate::planner::Policy;
 use crate::scorer::{RowsView, Scorer};
 use crate::simd;
 use crate::state::{inverse_norm, Hit};
@@ -34,6 +35,21 @@ impl Engine {
     /// query may be answered from the result cache; concurrent single queries that scan a
     /// large store run as one batch (see [`crate::coalesce`]).
     pub fn search(&self, queries: &[f32], dim: usize, k: usize, filter: &Filter, min_score: Option<f32>) -> Result<Vec<Vec<Hit>>> {
+        self.search_with_policy(queries, dim, k, filter, min_score, None)
+    }
+
+    /// `search` under a device policy (None: the engine's, see [`Engine::set_policy`]):
+    /// the planner routes each exact scan (see [`crate::planner`]).
+    pub fn search_with_policy(
+        &self,
+        queries: &[f32],
+        dim: usize,
+        k: usize,
+        filter: &Filter,
+        min_score: Option<f32>,
+        policy: Option<Policy>,
+    ) -> Result<Vec<Vec<Hit>>> {
+        let policy = policy.unwrap_or_else(|| self.policy());
         if k == 0 {
             return Err(Error::InvalidInput("k must be at least 1".into()));
         }
@@ -60,10 +76,17 @@ impl Engine {
                 }
                 self.cache_counters.misses.fetch_add(1, Ordering::Relaxed);
             }
-            let shared = nq == 1 && st.scan_is_worth_sharing(filter);
+            // Coalesced batches run under the engine's policy, and never fail for a device.
+            let shared = nq == 1 && policy == self.policy() && policy != Policy::Gpu && st.scan_is_worth_sharing(filter);
             let int8 = st.precision.reranked();
+            if int8 && policy == Policy::Gpu {
+                return Err(Error::Device(format!(
+                    "device policy 'gpu' cannot be met: a device does not mirror {} rows (use precision 'f32' or 'f16')",
+                    st.precision.name()
+                )));
+            }
             if !int8 && !shared {
-                let results = st.search(&*self.scorer(), queries, nq, k, filter, min_score);
+                let (results, _) = self.search_routed(&st, queries, nq, k, filter, min_score, policy, false, false)?;
                 if let Some(key) = key {
                     self.cache.lock().insert(key, st.search_generation, results[0].clone());
                 }
@@ -215,7 +238,15 @@ impl Engine {
                 continue;
             }
             let queries: Vec<f32> = jobs.iter().flat_map(|j| j.query.iter().copied()).collect();
-            let results = st.search_each(&*scorer, &queries, jobs.len(), k, filter, min_score);
+            let results = if st.precision.reranked() {
+                st.search_each(&*scorer, &queries, jobs.len(), k, filter, min_score)
+            } else {
+                // The engine's policy is never "gpu" here (see `search`), so this cannot fail.
+                match self.search_routed(&st, &queries, jobs.len(), k, filter, min_score, self.policy(), true, false) {
+                    Ok((results, _)) => results,
+                    Err(_) => st.search_each(&*scorer, &queries, jobs.len(), k, filter, min_score),
+                }
+            };
             for (job, hits) in jobs.iter().zip(results) {
                 job.set_position(st.epoch, st.seq, st.search_generation);
                 // An int8 job's answer is its candidates, which its caller re-ranks and caches.

@@ -367,6 +367,19 @@ impl State {
         audits
     }
 
+    /// The rows an exact search with this filter scores (at most: the indexed part of the
+    /// filter, before `older_than`), or None when the graph serves it instead (in use, the
+    /// filter is broad, and the recall guard trusts it under `IndexMode::Auto`).
+    pub fn exact_rows(&self, f: &Filter) -> Option<usize> {
+        let dim = self.dim?;
+        let allowed = if f.is_empty() { None } else { self.candidates(f) };
+        let rows = allowed.as_ref().map_or(self.live.len(), |b| b.len());
+        if self.usable_graph().is_some() && self.graph_width().is_some() && self.graph_plan(f, dim, allowed).is_ok() {
+            return None;
+        }
+        Some(rows as usize)
+    }
+
     /// Whether a single-query search with this filter is a scan big enough that
     /// concurrent ones should share it (see [`crate::coalesce`]): an exact scan (no graph
     /// in use for it, or the recall guard's verdict is exact) over at least

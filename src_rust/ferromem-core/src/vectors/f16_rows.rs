@@ -125,6 +125,20 @@ impl PrecisionRows for F16Rows {
         self.half.row_mut(slot).copy_from_slice(&row);
         same
     }
+    fn unit_row(&self, slot: usize, _inv: f32, out: &mut [f32]) -> bool {
+        // The half row is a unit vector rounded to binary16 (its norm is 1 within about
+        // 2^-11): a device takes it normalised again, and the proof adds the f16 rows' own
+        // distance from the cosine (`DeviceScorer`).
+        simd::half::widen(self.half.row(slot), out);
+        let norm = out.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            out.iter_mut().for_each(|x| *x = ((*x as f64) / norm) as f32);
+        }
+        true
+    }
+    fn score_slack(&self, dim: usize) -> f32 {
+        simd::half::prescan_error_bound(dim)
+    }
     fn exact_vector(&self, _slot: usize) -> Option<&[f32]> {
         None
     }

@@ -135,6 +135,11 @@ impl PrecisionRows for F32Rows {
         self.half.row_mut(slot).copy_from_slice(&half_row(vector, inv));
         same
     }
+    fn unit_row(&self, slot: usize, inv: f32, out: &mut [f32]) -> bool {
+        // v * (1/|v|), as the half-precision rows are made from it (`to_f16_bits`).
+        out.iter_mut().zip(self.vectors.row(slot)).for_each(|(o, &x)| *o = x * inv);
+        true
+    }
     fn exact_vector(&self, slot: usize) -> Option<&[f32]> {
         Some(self.vectors.row(slot))
     }

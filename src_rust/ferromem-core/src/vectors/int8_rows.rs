@@ -128,6 +128,9 @@ impl PrecisionRows for Int8Rows {
         self.factors[slot] = factor;
         same
     }
+    fn unit_row(&self, _slot: usize, _inv: f32, _out: &mut [f32]) -> bool {
+        false
+    }
     fn exact_vector(&self, _slot: usize) -> Option<&[f32]> {
         None
     }

@@ -50,6 +50,18 @@ pub trait PrecisionRows: Send + Sync {
     /// lives in the durable layer only (the engine reads it from there).
     fn exact_vector(&self, slot: usize) -> Option<&[f32]>;
 
+    /// Writes the unit row of `slot` (1/|v| = `inv`) as f32 into `out`, as a device mirror
+    /// takes it: false when this precision's rows are not unit vectors one can rebuild
+    /// (int8 keeps quantised codes only, so a device does not mirror it).
+    fn unit_row(&self, slot: usize, inv: f32, out: &mut [f32]) -> bool;
+
+    /// How far this precision's scores may lie from the cosine of the rows it keeps (0 for
+    /// exact rows; the f16 rows' rounding for f16): a device's proof adds it to the
+    /// device's own bound.
+    fn score_slack(&self, _dim: usize) -> f32 {
+        0.0
+    }
+
     /// Bytes of the rows in use (including what a precision keeps per row beside them).
     fn memory_bytes(&self) -> usize;
 
