@@ -17,7 +17,8 @@ The stores here are small (20,000 x 512 random, 60,000 x 384 MiniLM), so they lo
 from __future__ import annotations
 
 import math
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import ferromem
@@ -245,7 +246,15 @@ def test_stats_report_the_guard(engine):
         store.close()
 
 
-def _auditor_threads() -> int:
+_AUDITOR_SCRIPT = """
+import time
+from pathlib import Path
+
+import ferromem
+import numpy as np
+
+
+def auditors():
     count = 0
     for task in Path("/proc/self/task").iterdir():
         try:
@@ -255,20 +264,27 @@ def _auditor_threads() -> int:
     return count
 
 
+assert auditors() == 0
+store = ferromem.open(None, index="hnsw")
+store.add([f"r{i}" for i in range(500)], np.random.default_rng(1).standard_normal((500, 16), dtype=np.float32))
+assert store.wait_for_index(timeout=600)
+# The bootstrap judged the graph, then started the store's auditor.
+assert store.stats()["index"]["recall"]["bootstraps"] == 1
+assert auditors() == 1, auditors()
+store.close()
+deadline = time.monotonic() + 5
+while auditors() and time.monotonic() < deadline:
+    time.sleep(0.01)
+assert auditors() == 0, "the auditor outlived close()"
+print("ok")
+"""
+
+
 @native
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from /proc (Linux)")
 def test_the_auditor_runs_per_store_and_stops_at_close():
-    before = _auditor_threads()
-    store = ferromem.open(None, index="hnsw")
-    store.add(
-        [f"r{i}" for i in range(500)], np.random.default_rng(1).standard_normal((500, 16), dtype=np.float32)
+    # In a process of its own: other tests' stores have auditors of their own.
+    done = subprocess.run(
+        [sys.executable, "-c", _AUDITOR_SCRIPT], capture_output=True, text=True, timeout=600
     )
-    assert store.wait_for_index(timeout=600)
-    # The bootstrap judged the graph, then started the store's auditor.
-    assert store.stats()["index"]["recall"]["bootstraps"] == 1
-    assert _auditor_threads() == before + 1
-    store.close()
-    deadline = time.monotonic() + 5
-    while _auditor_threads() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert _auditor_threads() == before
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
