@@ -103,8 +103,18 @@ class Engine(Protocol):
 class IndexedEngine(Engine, Protocol):
     """An engine with a result cache and an HNSW index (the native one)."""
 
-    def set_index(self, mode: str, ef_search: int, m: int = 16, ef_construction: int = 128) -> None:
-        """Index mode ("auto" | "exact" | "hnsw"), graph search width and shape."""
+    def set_index(
+        self,
+        mode: str,
+        ef_search: int,
+        m: int = 16,
+        ef_construction: int = 128,
+        recall_target: float | None = None,
+        graph_min_values: int | None = None,
+    ) -> None:
+        """Index mode ("auto" | "exact" | "hnsw"), graph search width and shape, the recall
+        guard's target (None: 0.95), and the store size (values) from which "auto" builds
+        a graph (None: 2^25)."""
 
     def wait_for_index(self, timeout: float | None = None) -> bool:
         """Blocks until the graph covers every record; False on timeout."""

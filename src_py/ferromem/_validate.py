@@ -497,6 +497,39 @@ def check_ef_search(value: Any) -> int:
     return int(value)
 
 
+DEFAULT_RECALL_TARGET = 0.95
+# Stores of at least this many values (records x dimensions) get a graph under
+# index="auto": 2^25, i.e. 21,845 records of 1536 dimensions or 87,381 of 384.
+DEFAULT_GRAPH_MIN_VALUES = 1 << 25
+
+
+def check_recall_target(value: Any) -> float:
+    """The recall guard's target: a number in (0, 1]."""
+    if isinstance(value, _BOOL_TYPES) or not isinstance(value, _REAL_TYPES):
+        raise InvalidInputError(
+            f"recall_target must be a number in (0, 1] (e.g. {DEFAULT_RECALL_TARGET}), got {_type_name(value)}"
+        )
+    try:
+        target = float(value)
+    except OverflowError:  # an int too large for a float: out of range all the same
+        target = float("inf")
+    if not 0.0 < target <= 1.0:  # NaN fails both
+        raise InvalidInputError(
+            f"recall_target must be a number in (0, 1] (e.g. {DEFAULT_RECALL_TARGET}: the graph serves "
+            f"a search only while its measured recall@k is at least this), got {value!r}"
+        )
+    return target
+
+
+def check_graph_min_values(value: Any) -> int:
+    if isinstance(value, _BOOL_TYPES) or not isinstance(value, _INTEGER_TYPES) or value < 0:
+        raise InvalidInputError(
+            "graph_min_values must be an int >= 0 (the store size, records x dimensions, from "
+            f"which index='auto' builds a graph), got {value!r}"
+        )
+    return min(int(value), _SATURATED)
+
+
 def check_timeout(value: Any) -> float | None:
     """Seconds >= 0, or None for no limit; a timeout too long to matter (inf, 1e300, a
     huge int) is no limit too."""

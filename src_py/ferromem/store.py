@@ -175,6 +175,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     cache_size: int = 256,
     index: IndexMode = "auto",
     ef_search: int = 96,
+    recall_target: float = 0.95,
     precision: Precision = "f32",
     fast_open: bool = False,
     read_only: bool = False,
@@ -193,11 +194,19 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     the results of (0 turns the cache off); an entry serves a repeated search only while
     no change that could alter its result has happened (docs/architecture.md).
     ``index``: "auto" (an HNSW graph once the store holds 2^25 values, e.g. 21,845
-    records of 1536 dimensions; exact scans below that), "exact" (always exact) or "hnsw"
-    (the graph at any size). The graph is built in a background thread; until it is
-    published, and for filters that select few records, searches are exact scans.
+    records of 1536 dimensions, serving searches only while the recall guard measures it
+    at ``recall_target`` and cheaper than an exact scan; exact scans otherwise),
+    "exact" (always exact) or "hnsw" (the graph at any size, at ``ef_search``, whatever
+    its recall). The graph is built in a background thread; until it is published, and
+    for filters that select few records, searches are exact scans.
     ``ef_search``: how many graph results a search re-scores exactly (at least k);
-    higher is slower and closer to exact. The reference engine always scans exactly.
+    higher is slower and closer to exact. Under "auto" it is the narrowest width the
+    recall guard tries; it widens it (up to 16x, at most 1024) when the graph's recall
+    falls short. ``recall_target`` (default 0.95, 0 < t <= 1): the recall@k the graph must
+    be measured to reach, on probe queries when it is published and then on a sample of
+    this store's own searches (re-run exactly in a background thread using at most 5% of
+    one core), before index="auto" lets it answer; the estimate is in
+    ``stats()["index"]["recall"]``. The reference engine always scans exactly.
     ``precision``: "f32" (exact scores; the vectors and a half-precision copy in memory,
     6 bytes a value), "f16" (only the half-precision copy, 2 bytes a value; scores
     within about 1e-3 of the exact cosine) or "int8" (only an int8 copy, 1 byte a value
@@ -235,6 +244,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     cache_size = check.check_cache_size(cache_size)
     index = check.check_index(index)
     ef_search = check.check_ef_search(ef_search)
+    recall_target = check.check_recall_target(recall_target)
     precision = check.check_precision(precision, path_text)
     dim = check.check_dim(dim)
     durability = check.check_durability(durability)
@@ -265,7 +275,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     try:
         if indexed is not None:  # the reference engine keeps no cache and always scans exactly
             indexed.set_cache_capacity(cache_size)
-            indexed.set_index(index, ef_search)
+            indexed.set_index(index, ef_search, recall_target=recall_target)
             indexed.set_policy(policy)
             device_note = _planner.attach(indexed, policy, precision, None)
         elif policy == "gpu":
@@ -273,7 +283,7 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     except BaseException:
         engine_instance.close()
         raise
-    store = Store(engine_instance, engine_name, index=index, ef_search=ef_search)
+    store = Store(engine_instance, engine_name, index=index, ef_search=ef_search, recall_target=recall_target)
     store._set_planning(precision, policy, device_note)
     return store
 
@@ -352,7 +362,27 @@ _NO_GRAPH = {
     "builds": 0,
     "building": False,
     "graph_file_rejected": None,
+    "serving_ef": None,
 }
+
+
+def _exact_recall(target: float) -> dict[str, Any]:
+    """stats()["index"]["recall"] of an engine without a graph: always exact."""
+    return {
+        "target": target,
+        "verdict": "exact",
+        "ladder": [],
+        "exact_ms": None,
+        "offered": 0,
+        "evaluated": 0,
+        "dropped": 0,
+        "sample_every": 1,
+        "auditor_share": 0.0,
+        "bootstraps": 0,
+        "bootstrap_ms": None,
+    }
+
+
 # k beyond any store size changes nothing (each query returns min(k, matches)); the
 # bound keeps a huge k from overflowing a native integer or pre-allocating.
 _MAX_K = 2**31 - 1
@@ -496,11 +526,21 @@ class Store:
     Thread-safe: any number of threads may call one Store at once.
     """
 
-    def __init__(self, engine: Engine, engine_name: str, *, index: str = "auto", ef_search: int = 96):
+    def __init__(
+        self,
+        engine: Engine,
+        engine_name: str,
+        *,
+        index: str = "auto",
+        ef_search: int = 96,
+        recall_target: float = check.DEFAULT_RECALL_TARGET,
+    ):
         self._engine = engine
         self._engine_name = engine_name
         self._index = index
         self._ef_search = ef_search
+        self._recall_target = recall_target
+        self._graph_min_values = check.DEFAULT_GRAPH_MIN_VALUES
         self._closed = False
         self._forks = _forks
         self._precision = "f32"
@@ -905,10 +945,16 @@ class Store:
         (``operations``: {name: {count, p50_us, p95_us, p99_us, max_us, ...}}) and the
         result cache (``cache``: {capacity, entries, hits, misses, hit_rate}) and the
         search index (``index``: {mode, active ("hnsw" while searches use the graph, else
-        "exact"), ef_search, graph_nodes, pending (records scanned exactly beside the
-        graph), graph_bytes, builds, building}) and the store image (``fast_open``:
+        "exact"), ef_search, serving_ef (the width graph searches run at now, None while
+        exact), graph_nodes, pending (records scanned exactly beside the graph),
+        graph_bytes, builds, building, graph_min_values, recall}) and the store image (``fast_open``:
         {enabled, opened_from_image, rejected: why the image was found damaged at open,
-        or None}); ``index["graph_file_rejected"]`` says why the saved graph was."""
+        or None}); ``index["graph_file_rejected"]`` says why the saved graph was.
+        ``index["recall"]`` is the recall guard's report: {target, verdict ("graph": the
+        graph may serve "auto" searches, "exact": it may not, "unknown": not judged yet),
+        ladder (per width tried: {ef, samples, mean and stderr of recall@k, graph_ms}),
+        exact_ms, offered, evaluated, dropped, sample_every, auditor_share (its CPU time
+        over its lifetime, as a share of one core), bootstraps, bootstrap_ms}."""
         self._check_open()
         raw = dict(self._engine.stats())
         nested = raw.get("operations")
@@ -928,7 +974,16 @@ class Store:
         extras.setdefault("read_only", bool(getattr(self._engine, "read_only", False)))
         extras.setdefault("precision", "f32")
         extras.setdefault("fast_open", {"enabled": False, "opened_from_image": False, "rejected": None})
-        extras.setdefault("index", {"mode": self._index, "ef_search": self._ef_search, **_NO_GRAPH})
+        extras.setdefault(
+            "index",
+            {
+                "mode": self._index,
+                "ef_search": self._ef_search,
+                **_NO_GRAPH,
+                "graph_min_values": self._graph_min_values,
+                "recall": _exact_recall(self._recall_target),
+            },
+        )
         extras.setdefault("planner", {"policy": "cpu", "routes": {}})
         extras.setdefault("device", None)
         extras["planner"] = {**extras["planner"], "no_device": self._device_note}
@@ -942,17 +997,39 @@ class Store:
 
     # ----------------------------------------------------------------- lifecycle
 
-    def set_index(self, index: IndexMode | None = None, *, ef_search: int | None = None) -> None:
-        """Changes the index mode and/or the graph search width of this open store (the
-        same values as :func:`ferromem.open`; None keeps the current one). A graph the new
-        mode wants is built in the background; cached results are dropped."""
+    def set_index(
+        self,
+        index: IndexMode | None = None,
+        *,
+        ef_search: int | None = None,
+        recall_target: float | None = None,
+        graph_min_values: int | None = None,
+    ) -> None:
+        """Changes the index mode, the graph search width and/or the recall target of this
+        open store (the same values as :func:`ferromem.open`; None keeps the current one).
+        ``graph_min_values``: the store size (records x dimensions) from which
+        index="auto" builds a graph (default 2^25 = 33,554,432; 0: at any size). A graph
+        the new mode wants is built in the background; cached results are dropped; a new
+        ``ef_search`` (the recall guard's ladder of widths) makes the guard judge the graph
+        anew."""
         index = self._index if index is None else check.check_index(index)
         ef_search = self._ef_search if ef_search is None else check.check_ef_search(ef_search)
+        recall_target = (
+            self._recall_target if recall_target is None else check.check_recall_target(recall_target)
+        )
+        graph_min_values = (
+            self._graph_min_values
+            if graph_min_values is None
+            else check.check_graph_min_values(graph_min_values)
+        )
         self._check_open()
         indexed = _indexed(self._engine)
         if indexed is not None:  # the reference engine always scans exactly
-            indexed.set_index(index, ef_search)
+            indexed.set_index(
+                index, ef_search, recall_target=recall_target, graph_min_values=graph_min_values
+            )
         self._index, self._ef_search = index, ef_search
+        self._recall_target, self._graph_min_values = recall_target, graph_min_values
 
     def wait_for_index(self, timeout: float | None = None) -> bool:
         """Blocks until the background graph build covers every record (when the index

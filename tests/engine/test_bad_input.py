@@ -766,6 +766,8 @@ def _store_calls():
     calls.append(("scope_info", lambda s, v: s.scope_info(v)))
     calls.append(("set_index-index", lambda s, v: s.set_index(v)))
     calls.append(("set_index-ef_search", lambda s, v: s.set_index(ef_search=v)))
+    calls.append(("set_index-recall_target", lambda s, v: s.set_index(recall_target=v)))
+    calls.append(("set_index-graph_min_values", lambda s, v: s.set_index(graph_min_values=v)))
     calls.append(("wait_for_index", lambda s, v: s.wait_for_index(v)))
     return calls
 
@@ -791,7 +793,18 @@ def test_hostile_arguments_raise_only_typed_errors(store, call):
 
 
 @pytest.mark.parametrize(
-    "argument", ["dim", "durability", "engine", "cache_size", "index", "ef_search", "precision", "fast_open"]
+    "argument",
+    [
+        "dim",
+        "durability",
+        "engine",
+        "cache_size",
+        "index",
+        "ef_search",
+        "recall_target",
+        "precision",
+        "fast_open",
+    ],
 )
 def test_hostile_open_arguments_raise_only_typed_errors(argument, tmp_path):
     for i, value in enumerate(_HOSTILE):

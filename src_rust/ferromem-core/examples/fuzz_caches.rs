@@ -104,7 +104,7 @@ fn corpus(kind: &str) -> Vec<Vec<u8>> {
             e.upsert((0..rows).map(rec).collect(), &vectors, dim, WriteMode::Upsert).expect("fill");
             if kind != "image" && rows > 1 && precision == Precision::F32 {
                 let params = HnswParams { m: 4 + 4 * n, ef_construction: 16 };
-                e.set_index(IndexConfig { mode: IndexMode::Hnsw, ef_search: 16, params }).expect("index");
+                e.set_index(IndexConfig { mode: IndexMode::Hnsw, ef_search: 16, params, ..IndexConfig::default() }).expect("index");
                 assert!(e.wait_for_index(Some(Duration::from_secs(120))).expect("build"));
             }
             e.close();

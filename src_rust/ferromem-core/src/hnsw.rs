@@ -139,6 +139,19 @@ impl GraphRows<'_> {
         }
     }
 
+    /// The stored row of `slot` as a unit f32 vector (as the graph sees it: the half
+    /// precision row widened, or the int8 row times its factor).
+    pub fn unit_row(&self, slot: u32) -> Vec<f32> {
+        match self {
+            GraphRows::Half(rows) => {
+                let mut out = Vec::new();
+                to_f32(rows.row(slot as usize), &mut out);
+                out
+            }
+            GraphRows::Int8 { rows, factors } => rows.row(slot as usize).iter().map(|&q| q as f32 * factors[slot as usize]).collect(),
+        }
+    }
+
     /// Prepares the stored row of `slot` as a query (the searches an insertion makes).
     fn row_query(&self, slot: u32, out: &mut GraphQuery) {
         match self {

@@ -11,6 +11,7 @@
 //! * [`simd`]: dot-product kernels with run-time ISA dispatch.
 //! * [`storage`]: the durable layer as a trait; SQLite (embedded) and in-memory.
 //! * [`metrics`]: per-operation latency histograms.
+//! * [`guard`]: the recall guard: whether the graph may serve, from audits of live queries.
 //! * [`cache`]: results of repeated searches, invalidated exactly by the changes that matter.
 //! * [`image`]: the store image written at close, which the next open maps.
 
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod error;
 pub mod filter;
 pub mod fork;
+pub mod guard;
 pub mod hnsw;
 pub mod image;
 pub mod index;

@@ -47,7 +47,7 @@ fn brute(q: &[f32], vectors: &[f32], dim: usize, live: &HashSet<usize>, k: usize
 }
 
 fn hnsw(ef_search: usize) -> IndexConfig {
-    IndexConfig { mode: IndexMode::Hnsw, ef_search, params: HnswParams::default() }
+    IndexConfig { mode: IndexMode::Hnsw, ef_search, params: HnswParams::default(), ..IndexConfig::default() }
 }
 
 fn load(e: &Engine, vectors: &[f32], dim: usize) {

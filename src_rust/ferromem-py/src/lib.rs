@@ -16,9 +16,10 @@
 mod device;
 
 use ferromem_core::engine::{EngineStats, Explanation};
+use ferromem_core::guard::{check_target, RecallReport, DEFAULT_RECALL_TARGET};
 use ferromem_core::hnsw::HnswParams;
 use ferromem_core::planner::{self, CpuCosts, DeviceCosts, Policy};
-use ferromem_core::state::{IndexConfig, IndexMode, Precision};
+use ferromem_core::state::{IndexConfig, IndexMode, Precision, AUTO_MIN_VALUES};
 use ferromem_core::storage::sqlite::{Access, SqliteStorage};
 use ferromem_core::storage::Location;
 use ferromem_core::{fork, simd, Durability, Engine, Error, Filter, OpenOptions, Patch, Privacy, Record, Scalar, WriteMode};
@@ -804,6 +805,9 @@ impl PyEngine {
         index.set_item("builds", s.index_builds)?;
         index.set_item("building", s.index_building)?;
         index.set_item("graph_file_rejected", s.graph_damage.as_deref())?;
+        index.set_item("serving_ef", i.serving_ef)?;
+        index.set_item("graph_min_values", i.auto_min_values)?;
+        index.set_item("recall", recall_dict(py, &i.recall)?)?;
         d.set_item("index", index)?;
         let coalesced = PyDict::new(py);
         coalesced.set_item("searches", s.coalesced_searches)?;
@@ -863,13 +867,32 @@ impl PyEngine {
         Ok(d)
     }
 
-    /// Index mode ("auto" | "exact" | "hnsw"), graph search width and graph shape.
-    #[pyo3(signature = (mode, ef_search, m = 16, ef_construction = 128))]
-    fn set_index(&self, py: Python<'_>, mode: &str, ef_search: usize, m: usize, ef_construction: usize) -> PyResult<()> {
+    /// Index mode ("auto" | "exact" | "hnsw"), graph search width and graph shape, the
+    /// recall guard's target, and the store size (values) from which "auto" builds a graph.
+    #[pyo3(signature = (mode, ef_search, m = 16, ef_construction = 128, recall_target = None, graph_min_values = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn set_index(
+        &self,
+        py: Python<'_>,
+        mode: &str,
+        ef_search: usize,
+        m: usize,
+        ef_construction: usize,
+        recall_target: Option<f64>,
+        graph_min_values: Option<usize>,
+    ) -> PyResult<()> {
+        // None: the defaults (0.95; 2^25 values).
+        let recall_target = recall_target.unwrap_or(DEFAULT_RECALL_TARGET);
+        let graph_min_values = graph_min_values.unwrap_or(AUTO_MIN_VALUES);
         let mode = IndexMode::from_name(mode)
             .ok_or_else(|| to_py_err(Error::InvalidInput(format!("index must be 'auto', 'exact' or 'hnsw', not {mode:?}"))))?;
-        let config = IndexConfig { mode, ef_search, params: HnswParams { m, ef_construction } };
-        self.call(py, |engine| engine.set_index(config))
+        let config = IndexConfig { mode, ef_search, params: HnswParams { m, ef_construction }, auto_min_values: graph_min_values };
+        // Every setting is checked before any is changed.
+        check_target(recall_target).map_err(|m| to_py_err(Error::InvalidInput(m)))?;
+        self.call(py, |engine| {
+            engine.set_index(config)?;
+            engine.set_recall_target(recall_target)
+        })
     }
 
     /// Blocks (GIL released) until the graph covers every record; False on timeout.
@@ -884,6 +907,33 @@ impl PyEngine {
         self.engine()?.set_cache_capacity(entries);
         Ok(())
     }
+}
+
+/// The recall guard's report as `stats()["index"]["recall"]`.
+fn recall_dict<'py>(py: Python<'py>, r: &RecallReport) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("target", r.target)?;
+    d.set_item("verdict", r.verdict.name())?;
+    let ladder = PyList::empty(py);
+    for rung in &r.ladder {
+        let x = PyDict::new(py);
+        x.set_item("ef", rung.ef)?;
+        x.set_item("samples", rung.samples)?;
+        x.set_item("mean", rung.mean)?;
+        x.set_item("stderr", rung.stderr)?;
+        x.set_item("graph_ms", rung.graph_ms)?;
+        ladder.append(x)?;
+    }
+    d.set_item("ladder", ladder)?;
+    d.set_item("exact_ms", r.exact_ms)?;
+    d.set_item("offered", r.offered)?;
+    d.set_item("evaluated", r.evaluated)?;
+    d.set_item("dropped", r.dropped)?;
+    d.set_item("sample_every", r.sample_every)?;
+    d.set_item("auditor_share", r.auditor_share)?;
+    d.set_item("bootstraps", r.bootstraps)?;
+    d.set_item("bootstrap_ms", r.bootstrap_ms)?;
+    Ok(d)
 }
 
 /// Search results as (ids: object array, scores: float32 array, offsets: int64 array of

@@ -1,7 +1,10 @@
 //! The graph builder: a background thread that links changed records into a copy of the
-//! graph under the state read lock and publishes it; the index settings; the graph file.
+//! graph under the state read lock and publishes it, then has the recall guard judge a
+//! graph it has no evidence for (the bootstrap, see [`crate::guard`]); the index settings;
+//! the graph file.
 
 use super::Engine;
+use crate::guard::{ensure_auditor, BOOTSTRAP_EXACT_TIMED, BOOTSTRAP_K, BOOTSTRAP_PROBES};
 use crate::state::{IndexConfig, State};
 use crate::{Error, Result};
 use parking_lot::RwLock;
@@ -43,23 +46,31 @@ pub fn graph_file(path: &Path) -> PathBuf {
 /// The background graph builder: while a build is due, copy the published graph (or start
 /// one), link the pending records into the copy in batches under the state *read* lock
 /// (searches go on; a writer waits at most one batch), then publish the copy under a brief
-/// write lock. A reset or reload during a build voids it and the loop starts over.
-pub(super) fn build_graphs(state: &RwLock<State>, builder: &IndexBuilder) {
+/// write lock. A reset or reload during a build voids it and the loop starts over. With no
+/// build due, a graph in use that the recall guard has no evidence for is bootstrapped
+/// (before `running` clears, so `wait_for_index` waits for the verdict too).
+pub(super) fn build_graphs(state: &Arc<RwLock<State>>, builder: &IndexBuilder) {
     let mut scratch = crate::hnsw::GraphQuery::default();
     loop {
         let flush = builder.flush_waiters.load(Ordering::Acquire) > 0;
-        let build = {
+        let (build, bootstrap) = {
             let st = state.read();
-            if builder.stop.load(Ordering::Acquire) || !st.graph_build_due(flush) {
-                None
+            if builder.stop.load(Ordering::Acquire) {
+                (None, false)
+            } else if st.graph_build_due(flush) {
+                (st.begin_graph_build(), false)
             } else {
-                st.begin_graph_build()
+                (None, st.guard_bootstrap_due())
             }
         };
+        if bootstrap {
+            bootstrap_guard(state, builder);
+            continue;
+        }
         let Some(mut build) = build else {
             builder.running.store(false, Ordering::Release);
             // A write that found the builder still running did not start another: look again.
-            let due = state.read().graph_build_due(builder.flush_waiters.load(Ordering::Acquire) > 0);
+            let due = work_due(&state.read(), builder);
             if due && !builder.stop.load(Ordering::Acquire) && !builder.running.swap(true, Ordering::AcqRel) {
                 continue;
             }
@@ -89,6 +100,53 @@ pub(super) fn build_graphs(state: &RwLock<State>, builder: &IndexBuilder) {
     }
 }
 
+/// Whether the builder has work: a graph build, or a recall guard bootstrap.
+fn work_due(st: &State, builder: &IndexBuilder) -> bool {
+    st.graph_build_due(builder.flush_waiters.load(Ordering::Acquire) > 0) || st.guard_bootstrap_due()
+}
+
+/// The recall guard's bootstrap: `BOOTSTRAP_PROBES` stored vectors (k = `BOOTSTRAP_K`, the
+/// candidates' width on an int8 store) audited through the ladder and one batched exact
+/// scan, so the guard has a verdict before live samples arrive; then the auditor starts.
+/// Each audit runs under one read lock; a writer waiting for the write lock ends that lock
+/// after the probe in progress, and the rest are audited under the next (the bootstrap
+/// never mixes two store versions in one audit). A reset of the guard meanwhile voids it.
+fn bootstrap_guard(state: &Arc<RwLock<State>>, builder: &IndexBuilder) {
+    let t = Instant::now();
+    let (guard, epoch, ladder, probes, k, dim) = {
+        let st = state.read();
+        let guard = Arc::clone(st.guard());
+        let k = if st.precision.reranked() { super::search::rerank_width(BOOTSTRAP_K) } else { BOOTSTRAP_K };
+        (Arc::clone(&guard), guard.epoch(), guard.ladder(), st.guard_probes(BOOTSTRAP_PROBES), k, st.dim.unwrap_or(1))
+    };
+    let give_way = || builder.writers_waiting.load(Ordering::Acquire) > 0 || builder.stop.load(Ordering::Acquire);
+    let n = probes.len() / dim;
+    // Probes per lock: all of them in one batched scan while no writer interrupts; after
+    // an interruption, twice what the last lock got through (at least 4), so that a
+    // stream of writes does not make every lock scan for probes it cannot audit.
+    let mut chunk = n;
+    let mut done = 0;
+    while done < n {
+        if builder.stop.load(Ordering::Acquire) || guard.epoch() != epoch {
+            return;
+        }
+        let timed = BOOTSTRAP_EXACT_TIMED.saturating_sub(done);
+        let end = (done + chunk).min(n);
+        let audits = state.read().audit_probes(&probes[done * dim..end * dim], k, &ladder, timed, &give_way);
+        if audits.is_empty() {
+            break; // no graph in use any more, or the dimension changed: nothing to judge
+        }
+        if done + audits.len() < end {
+            chunk = (2 * audits.len()).max(4);
+        }
+        done += audits.len();
+        guard.record(epoch, &audits);
+        std::thread::yield_now();
+    }
+    guard.bootstrapped(epoch, t.elapsed());
+    ensure_auditor(state, &guard);
+}
+
 impl Engine {
     /// Sets the index mode and search width; a graph the new mode wants is built in the
     /// background (searches stay exact scans until it is published).
@@ -105,6 +163,15 @@ impl Engine {
         Ok(())
     }
 
+    /// Sets the recall target of the guard (0 < target <= 1): under `IndexMode::Auto` the
+    /// graph serves only at a width measured to reach it (see [`crate::guard`]).
+    pub fn set_recall_target(&self, target: f64) -> Result<()> {
+        self.check_open()?;
+        crate::guard::check_target(target).map_err(Error::InvalidInput)?;
+        self.state.read().guard().set_target(target);
+        Ok(())
+    }
+
     /// Starts the background graph builder when a build is due and none runs. Cheap when
     /// nothing is due (one read lock).
     pub(super) fn kick_index_build(&self) {
@@ -112,7 +179,7 @@ impl Engine {
         if b.stop.load(Ordering::Acquire) || b.running.load(Ordering::Acquire) {
             return;
         }
-        if !self.state.read().graph_build_due(b.flush_waiters.load(Ordering::Acquire) > 0) {
+        if !work_due(&self.state.read(), b) {
             return;
         }
         if b.running.swap(true, Ordering::AcqRel) {

@@ -257,6 +257,7 @@ impl Engine {
             return;
         }
         self.builder.stop.store(true, Ordering::Release);
+        self.state.read().guard().stop_auditor();
         // Wait for an in-flight write to finish, then drop the connections.
         let writer = self.writer.lock().take();
         self.reader.lock().take();

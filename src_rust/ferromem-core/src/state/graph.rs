@@ -2,17 +2,19 @@
 //! path (a copy extended under the read lock, then published), saving and loading it. The
 //! index itself is behind [`AnnIndex`].
 
-use super::{IndexConfig, IndexMode, IndexStats, State, AUTO_MIN_VALUES, BUILD_PARALLEL_BATCH, BUILD_PARALLEL_MIN_NODES, PENDING_REBUILD};
+use super::{IndexConfig, IndexMode, IndexStats, State, BUILD_PARALLEL_BATCH, BUILD_PARALLEL_MIN_NODES, PENDING_REBUILD};
 use crate::ann::{load_index, new_index, AnnIndex};
 use crate::hnsw::{GraphQuery, GraphUnfit, SavedAt};
 use std::sync::Arc;
 
 /// A graph being built off the write path (see `crate::engine`): the slots still to link,
-/// and the index generation it belongs to (a reset or reload makes it void).
+/// the index generation it belongs to (a reset or reload makes it void), and whether it is
+/// a new graph (not an extension of the published one: the recall guard judges it anew).
 pub struct GraphBuild {
     pub graph: Box<dyn AnnIndex>,
     pub todo: Vec<u32>,
     pub generation: u64,
+    pub fresh: bool,
 }
 
 impl State {
@@ -21,7 +23,7 @@ impl State {
         match self.index.mode {
             IndexMode::Exact => false,
             IndexMode::Hnsw => true,
-            IndexMode::Auto => (self.live.len() as usize).saturating_mul(self.dim.unwrap_or(0)) >= AUTO_MIN_VALUES,
+            IndexMode::Auto => (self.live.len() as usize).saturating_mul(self.dim.unwrap_or(0)) >= self.index.auto_min_values,
         }
     }
 
@@ -53,11 +55,11 @@ impl State {
             let current = self.live.len() - self.unindexed.len();
             g.dim() == dim && g.params() == self.index.params && (g.nodes() as u64) < 2 * current.max(1)
         });
-        let (graph, todo) = match reuse {
-            Some(g) => (g.clone_box(), self.unindexed.iter().collect()),
-            None => (new_index(dim, self.index.params), self.live.iter().collect()),
+        let (graph, todo, fresh) = match reuse {
+            Some(g) => (g.clone_box(), self.unindexed.iter().collect(), false),
+            None => (new_index(dim, self.index.params), self.live.iter().collect(), true),
         };
-        Some(GraphBuild { graph, todo, generation: self.index_generation })
+        Some(GraphBuild { graph, todo, generation: self.index_generation, fresh })
     }
 
     /// Links the slots `build.todo[from..]` into the build's graph, a round at a time,
@@ -102,6 +104,10 @@ impl State {
             return false;
         }
         let g = build.graph;
+        if build.fresh {
+            // Another graph: what the guard measured of the old one does not hold for it.
+            self.guard.reset();
+        }
         let covered: Vec<u32> =
             self.unindexed.iter().filter(|&s| g.version(s).is_some() && g.version(s) == self.current_version(s)).collect();
         for s in covered {
@@ -135,7 +141,7 @@ impl State {
             Err(GraphUnfit::Stale) => return Ok(false),
             Err(GraphUnfit::Damaged(why)) => return Err(why),
         };
-        let build = GraphBuild { graph, todo: Vec::new(), generation: self.index_generation };
+        let build = GraphBuild { graph, todo: Vec::new(), generation: self.index_generation, fresh: true };
         Ok(self.publish_graph(build))
     }
 
@@ -144,18 +150,32 @@ impl State {
         if config.params != self.index.params {
             self.ann = None;
             self.unindexed = self.live.clone();
+            self.guard.reset();
         }
+        // Another ladder of widths: the guard's evidence is void.
+        self.guard.configure(config.ef_search);
         self.index = config;
         self.search_generation += 1;
     }
 
-    /// (graph nodes, graph memory) and the records scanned exactly beside the graph.
+    /// Whether the recall guard should judge the published graph with probe queries now
+    /// (it is in use and the guard has no evidence for it: see [`crate::guard`]).
+    pub fn guard_bootstrap_due(&self) -> bool {
+        self.usable_graph().is_some() && self.guard.needs_bootstrap()
+    }
+
+    /// (graph nodes, graph memory), the records scanned exactly beside the graph, and the
+    /// recall guard's report.
     pub fn index_stats(&self) -> IndexStats {
+        let serving_ef = self.usable_graph().and(self.graph_width());
         IndexStats {
             mode: self.index.mode,
             ef_search: self.index.ef_search,
             params: self.index.params,
-            active: self.usable_graph().is_some(),
+            auto_min_values: self.index.auto_min_values,
+            active: serving_ef.is_some(),
+            serving_ef,
+            recall: self.guard.report(),
             graph_nodes: self.ann.as_ref().map_or(0, |g| g.nodes()),
             pending: if self.ann.is_some() { self.unindexed.len() as usize } else { self.len() },
             graph_bytes: self.ann.as_ref().map_or(0, |g| g.memory_bytes()),

@@ -12,6 +12,7 @@ pub use graph::GraphBuild;
 
 use crate::ann::AnnIndex;
 use crate::filter::{child_of, scope_matches, Filter, Scalar};
+use crate::guard::{RecallGuard, RecallReport};
 use crate::hnsw::HnswParams;
 use crate::index::FilterIndexes;
 use crate::record::{metadata_scalars, Record};
@@ -36,12 +37,13 @@ struct Slot {
 /// Which search a store uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexMode {
-    /// The graph once the store holds at least `AUTO_MIN_VALUES` values (rows x dim),
-    /// the exact scan below that.
+    /// The graph once the store holds at least `IndexConfig::auto_min_values` values
+    /// (rows x dim), the exact scan below that; and the graph serves only while the recall
+    /// guard (see [`crate::guard`]) finds it at the recall target and cheaper than exact.
     Auto,
     /// Always the exact scan.
     Exact,
-    /// The graph at any size.
+    /// The graph at any size, at `ef_search`, whatever the recall guard finds.
     Hnsw,
 }
 
@@ -70,17 +72,20 @@ pub struct IndexConfig {
     /// Width of a graph search (results considered before re-scoring); at least k is used.
     pub ef_search: usize,
     pub params: HnswParams,
+    /// `IndexMode::Auto` wants a graph from this many stored values (rows x dim) on.
+    pub auto_min_values: usize,
 }
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        IndexConfig { mode: IndexMode::Auto, ef_search: DEFAULT_EF_SEARCH, params: HnswParams::default() }
+        IndexConfig { mode: IndexMode::Auto, ef_search: DEFAULT_EF_SEARCH, params: HnswParams::default(), auto_min_values: AUTO_MIN_VALUES }
     }
 }
 
 pub const DEFAULT_EF_SEARCH: usize = 96;
-/// `IndexMode::Auto` uses the graph from this many stored values on (2^25: 21,845 records
-/// of 1536 dimensions, 87,381 of 384), where an exact scan passes ~2 ms here.
+/// `IndexMode::Auto` builds the graph from this many stored values on by default (2^25:
+/// 21,845 records of 1536 dimensions, 87,381 of 384), where an exact scan passes ~2 ms
+/// here (`IndexConfig::auto_min_values`).
 pub const AUTO_MIN_VALUES: usize = 1 << 25;
 /// Records changed since the graph was built are scanned exactly beside it; a rebuild
 /// starts once this many have gathered (their scan then costs about what a graph search does).
@@ -99,13 +104,19 @@ const BUILD_PARALLEL_MIN_NODES: usize = 1024;
 /// one batch; smaller ones finish before a batch would form.
 const SHARED_SCAN_MIN_VALUES: usize = 1 << 20;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct IndexStats {
     pub mode: IndexMode,
     pub ef_search: usize,
     pub params: HnswParams,
+    pub auto_min_values: usize,
     /// Whether searches use the graph now.
     pub active: bool,
+    /// The width a graph search runs at now (the recall guard's under `Auto`); None while
+    /// searches scan exactly.
+    pub serving_ef: Option<usize>,
+    /// The recall guard's estimate and verdict (see [`crate::guard`]).
+    pub recall: RecallReport,
     pub graph_nodes: usize,
     /// Records searched exactly beside the graph (all of them while none is built).
     pub pending: usize,
@@ -131,6 +142,10 @@ pub struct State {
     ann: Option<Arc<dyn AnnIndex>>,
     /// Live slots the graph does not cover at their current version: scanned exactly.
     unindexed: RoaringBitmap,
+    /// The engine's recall guard: whether `IndexMode::Auto` lets the graph serve, and at
+    /// which width. Its own locks (leaves) guard it; it is kept here so that a search reads
+    /// the route under the lock it already holds, and it outlives `clear`.
+    guard: Arc<RecallGuard>,
     pub index: IndexConfig,
     /// Set before the first record is put; kept across `clear`.
     pub precision: Precision,
@@ -172,7 +187,11 @@ impl State {
     pub fn clear(&mut self) {
         let (epoch, seq, generation) = (self.epoch, self.seq, self.search_generation);
         let (index, index_generation, precision) = (self.index, self.index_generation, self.precision);
+        let guard = Arc::clone(&self.guard);
         *self = State::default();
+        // The graph is gone: what the guard knew of it is void.
+        guard.reset();
+        self.guard = guard;
         self.rows_cleared_at = generation + 1;
         self.precision = precision;
         self.epoch = epoch;
@@ -447,6 +466,11 @@ impl State {
     #[inline]
     pub fn id_at(&self, slot: u32) -> Option<&str> {
         self.slots.get(slot as usize)?.as_ref().map(|s| &*s.rec.id)
+    }
+
+    /// The engine's recall guard (see [`crate::guard`]).
+    pub fn guard(&self) -> &Arc<RecallGuard> {
+        &self.guard
     }
 
     /// The vector rows.
