@@ -133,3 +133,41 @@ def test_a_device_that_cannot_hold_the_store_falls_back_under_auto_and_fails_clo
     with pytest.raises(ferromem.DeviceError, match="DeviceMemoryError"):
         store.search(q, 10, device="gpu")
     store.close()
+
+
+def test_the_device_replaces_the_graph_only_when_cheaper_or_asked():
+    """index="auto" with a graph the recall guard trusts (MiniLM): the graph serves, unless
+    the device's exact scan is predicted cheaper than the graph's measured time (then the
+    answer is exact, and faster) or the policy is "gpu"."""
+    data = _minilm()
+    passages = data["passages"][:20000].astype(np.float32)
+    queries = data["queries"][:8].astype(np.float32)
+    store = ferromem.open(cache_size=0)
+    store.add([f"p{i}" for i in range(len(passages))], passages)
+    store.set_index("auto", graph_min_values=0)
+    assert store.wait_for_index(timeout=300)
+    assert store.explain(queries[0], 10)["path"] == "graph"
+    exact = ferromem.open(cache_size=0, index="exact")
+    exact.add([f"p{i}" for i in range(len(passages))], passages)
+
+    # A device far dearer than the graph: the graph keeps serving, and says why.
+    slow = {"call": 1e9, "query_value": 0.0, "value": 0.0, "sync_value": 0.0}
+    store._engine.attach_device(gpu.DeviceSearch(gpu.numpy_backend()), slow)
+    how = store.explain(queries, 10)
+    assert how["path"] == "graph" and "recall guard lets the graph serve" in how["reason"], how
+    # Policy "gpu": exact on the device instead of the graph.
+    how = store.explain(queries, 10, device="gpu")
+    assert how["path"] == "gpu-exact" and "instead of the graph" in how["reason"], how
+    for got, want in zip(how["results"], exact.search(queries, 10)):
+        assert list(got.ids) == list(want.ids)
+
+    # A device predicted cheaper than the graph: it answers, exactly.
+    _attach(store, gpu.numpy_backend())
+    how = store.explain(queries, 10)
+    assert how["path"] == "gpu-exact" and "cheaper" in how["reason"], how
+    for i, got in enumerate(how["results"]):
+        _same(got, exact.search(queries[i], 10))
+    # The graph still serves under "cpu".
+    assert store.explain(queries, 10, device="cpu")["path"] == "graph"
+    store.close()
+    exact.close()

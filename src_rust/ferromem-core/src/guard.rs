@@ -549,6 +549,13 @@ impl RecallGuard {
         self.wake.notify_all();
     }
 
+    /// The median time of one graph search at width `ef` in the current window (ms).
+    pub fn graph_ms_at(&self, ef: usize) -> Option<f64> {
+        let ev = self.evidence.lock();
+        let i = ev.ladder.iter().position(|&e| e == ef)?;
+        ev.graph_secs[i].median().map(|s| s * 1e3)
+    }
+
     pub fn report(&self) -> RecallReport {
         let ev = self.evidence.lock();
         let ladder = ev

@@ -34,6 +34,8 @@ struct Routed {
     decision: Decision,
     call: Call,
     device: Option<Arc<DeviceScorer>>,
+    /// The graph would serve, but the device's exact scan was chosen instead.
+    instead_of_graph: bool,
 }
 
 impl Engine {
@@ -90,11 +92,14 @@ impl Engine {
     /// The route of an exact search of `nq` queries with `filter`, or None when the graph
     /// serves it. A device route has its mirror in step when this returns.
     fn route(&self, st: &State, nq: usize, k: usize, filter: &Filter, policy: Policy, each: bool) -> Result<Option<Routed>> {
-        let Some(rows) = st.exact_rows(filter) else { return Ok(None) };
         let dim = st.dim.unwrap_or(0);
         let device = if policy == Policy::Cpu { Err("device policy 'cpu'".to_string()) } else { self.device_for(st) };
         let view = RowsView { state: st };
         let behind = device.as_ref().map_or(0, |d| d.rows_behind(&view));
+        let rows = match st.exact_rows(filter) {
+            Some(rows) => rows,
+            None => return self.route_instead_of_graph(st, nq, k, filter, policy, each, device.ok(), behind),
+        };
         let call = Call { nq, rows, dim, k, each, behind };
         let mut decision = self
             .planner
@@ -116,7 +121,46 @@ impl Engine {
                 }
             }
         }
-        Ok(Some(Routed { decision, call, device: chosen_device }))
+        Ok(Some(Routed { decision, call, device: chosen_device, instead_of_graph: false }))
+    }
+
+    /// When the recall guard lets the graph serve (`index="auto"`): the device's exact scan
+    /// instead, under policy "gpu", or under "auto" when it is predicted cheaper than the
+    /// graph's measured time by more than the hysteresis margin (exact is then both faster
+    /// and better). None: the graph serves.
+    #[allow(clippy::too_many_arguments)]
+    fn route_instead_of_graph(
+        &self,
+        st: &State,
+        nq: usize,
+        k: usize,
+        filter: &Filter,
+        policy: Policy,
+        each: bool,
+        device: Option<Arc<DeviceScorer>>,
+        behind: usize,
+    ) -> Result<Option<Routed>> {
+        let (Some(device), Some((ef, graph_ms))) = (device, st.auto_graph_serving(filter)) else { return Ok(None) };
+        let rows = st.filter_rows(filter);
+        let call = Call { nq, rows, dim: st.dim.unwrap_or(0), k, each, behind };
+        let device_ns = self.planner.predict(Route::Device, &call);
+        let graph_ns = graph_ms.map_or(f64::INFINITY, |ms| ms * 1e6 * nq as f64);
+        let reason = match policy {
+            Policy::Gpu => format!("device policy 'gpu': an exact scan on the device instead of the graph (ef {ef})"),
+            _ if device_ns < graph_ns * (1.0 - crate::planner::HYSTERESIS) => format!(
+                "the device's exact scan is predicted cheaper ({:.3} ms) than the graph at ef {ef} measured by the recall guard ({:.3} ms)",
+                device_ns / 1e6,
+                graph_ns / 1e6
+            ),
+            _ => return Ok(None),
+        };
+        match device.sync(&RowsView { state: st }) {
+            Ok(()) => {}
+            Err(why) if policy == Policy::Gpu => return Err(Error::Device(format!("the device cannot search this store: {why}"))),
+            Err(_) => return Ok(None),
+        }
+        let decision = Decision { route: Route::Device, predicted: vec![(Route::Device, device_ns)], reason };
+        Ok(Some(Routed { decision, call, device: Some(device), instead_of_graph: true }))
     }
 
     /// An exact-or-graph search of `nq` unit queries under the read lock `st`, routed by the
@@ -146,6 +190,9 @@ impl Engine {
         };
         let t = Instant::now();
         let results = match (routed.decision.route, &routed.device) {
+            (Route::Device, Some(d)) if routed.instead_of_graph => {
+                st.search_exact_only(&**d as &dyn Scorer, queries, nq, k, filter, min_score, each)
+            }
             (Route::Device, Some(d)) => st.search(&**d as &dyn Scorer, queries, nq, k, filter, min_score),
             (Route::CpuBatch, _) => st.search(&*scorer, queries, nq, k, filter, min_score),
             _ => st.search_each(&*scorer, queries, nq, k, filter, min_score),
@@ -197,11 +244,7 @@ impl Engine {
             },
             None => Explanation {
                 path: if st.is_empty() { "empty".into() } else { "graph".into() },
-                reason: if st.is_empty() {
-                    "the store holds no record".into()
-                } else {
-                    format!("the index mode ({}) serves this search from the graph", st.index.mode.name())
-                },
+                reason: if st.is_empty() { "the store holds no record".into() } else { graph_reason(&st, filter) },
                 policy,
                 nq,
                 rows: None,
@@ -211,6 +254,28 @@ impl Engine {
             },
         };
         Ok((results, explanation))
+    }
+}
+
+/// Why the graph served: the index mode, and under "auto" the recall guard's estimate at
+/// the width it serves.
+fn graph_reason(st: &State, filter: &Filter) -> String {
+    match st.auto_graph_serving(filter) {
+        Some((ef, graph_ms)) => {
+            let report = st.guard().report();
+            let rung = report.ladder.iter().find(|r| r.ef == ef);
+            let estimate = match rung.and_then(|r| Some((r.mean?, r.stderr?, r.samples))) {
+                Some((mean, stderr, n)) => format!("recall@k {mean:.3} +- {stderr:.3} over {n} audits"),
+                None => "no audit yet".into(),
+            };
+            format!(
+                "the recall guard lets the graph serve at ef {ef}: {estimate}, target {:.2}; graph {} ms against exact {} ms measured",
+                report.target,
+                graph_ms.map_or("?".into(), |m| format!("{m:.3}")),
+                report.exact_ms.map_or("?".into(), |m| format!("{m:.3}"))
+            )
+        }
+        None => format!("index mode '{}' serves this search from the graph", st.index.mode.name()),
     }
 }
 

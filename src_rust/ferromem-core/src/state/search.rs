@@ -105,6 +105,44 @@ impl State {
         self.search_exact(scorer, queries, nq, dim, k, f, allowed.as_ref(), min_score, each)
     }
 
+    /// The exact search of `search`, the graph skipped (the planner found an exact scan on
+    /// another device cheaper than the graph the recall guard allows).
+    #[allow(clippy::too_many_arguments)]
+    pub fn search_exact_only(
+        &self,
+        scorer: &dyn Scorer,
+        queries: &[f32],
+        nq: usize,
+        k: usize,
+        f: &Filter,
+        min_score: Option<f32>,
+        each: bool,
+    ) -> Vec<Vec<Hit>> {
+        let Some(dim) = self.dim else { return vec![Vec::new(); nq] };
+        if self.is_empty() || k == 0 {
+            return vec![Vec::new(); nq];
+        }
+        let allowed = if f.is_empty() { None } else { self.candidates(f) };
+        self.search_exact(scorer, queries, nq, dim, k, f, allowed.as_ref(), min_score, each)
+    }
+
+    /// How many records the indexed part of the filter leaves (every live one without a
+    /// filter): the rows an exact scan of it scores at most.
+    pub fn filter_rows(&self, f: &Filter) -> usize {
+        (if f.is_empty() { None } else { self.candidates(f) }).as_ref().map_or(self.live.len(), |b| b.len()) as usize
+    }
+
+    /// Under `IndexMode::Auto`, the width the graph serves this filter at (None: an exact
+    /// scan answers it), and the recall guard's measured time of one graph search at that
+    /// width (ms). None under the other modes (`Hnsw` forces the graph; `Exact` never).
+    pub fn auto_graph_serving(&self, f: &Filter) -> Option<(usize, Option<f64>)> {
+        if self.index.mode != IndexMode::Auto || self.exact_rows(f).is_some() {
+            return None;
+        }
+        let ef = self.graph_width()?;
+        Some((ef, self.guard.graph_ms_at(ef)))
+    }
+
     /// The width a graph search runs at now: `ef_search` under `IndexMode::Hnsw`, the
     /// recall guard's verdict under `Auto` (None: it does not trust the graph, the exact
     /// scan answers).
