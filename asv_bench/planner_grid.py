@@ -34,25 +34,24 @@ def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 def time_modes(
     store: ferromem.Store, queries: np.ndarray, k: int, flt: dict, budget_s: float, chosen: dict[str, int]
 ) -> dict[str, float]:
-    """Median ms per mode; `chosen` counts the paths the planner took while timed."""
+    """Median ms per mode; `chosen` counts the paths the planner took when asked between
+    reps (explain(), outside the timings)."""
     engine = store._engine
     samples: dict[str, list[float]] = {m: [] for m in MODES}
     start = time.perf_counter()
     reps = 0
-    while reps < 3 or (time.perf_counter() - start < budget_s and reps < 50):
+    while reps < 7 or (time.perf_counter() - start < budget_s and reps < 50):
         order = MODES if reps % 2 == 0 else tuple(reversed(MODES))
         for mode in order:
             engine._force_route(None if mode == "planner" else mode)
-            before = store.stats()["planner"]["routes"] if mode == "planner" else None
             t = time.perf_counter()
             store.search(queries, k, **flt)
             samples[mode].append(time.perf_counter() - t)
-            if before is not None:
-                after = store.stats()["planner"]["routes"]
-                for route, n in after.items():
-                    if n > before[route]:
-                        chosen[route] = chosen.get(route, 0) + 1
         reps += 1
+        if reps in (1, 3) or reps % 10 == 0:  # what the planner takes now (outside the timings)
+            engine._force_route(None)
+            path = store.explain(queries, k, **flt)["path"]
+            chosen[path] = chosen.get(path, 0) + 1
     engine._force_route(None)
     return {m: statistics.median(v) * 1e3 for m, v in samples.items()}
 
@@ -86,7 +85,7 @@ def main() -> None:
                         ms = time_modes(
                             store, queries if batch > 1 else queries[0], k, flt, args.budget, chosen
                         )
-                        chose = "+".join(sorted(chosen)) or "cpu-one"  # one query, no device: not planned
+                        chose = "+".join(sorted(chosen))
                         best = min(ms["cpu-one"], ms["cpu-batch"])
                         row = {
                             "dim": dim,
