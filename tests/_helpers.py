@@ -160,6 +160,24 @@ def shared_data_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
+MINILM_NPZ = "docs-minilm384.npz"
+
+
+def load_minilm(*names: str) -> tuple:
+    """The named arrays of the shared MiniLM set (docs-minilm384.npz: passages, queries,
+    queries_top10, ...), as stored; skips the calling test, saying why, when it is absent."""
+    import pytest
+
+    folder = shared_data_dir()
+    if folder is None or not (folder / MINILM_NPZ).is_file():
+        pytest.skip(
+            f"real embeddings absent: {MINILM_NPZ} not found (set FERROMEM_SHARED_DATA to its "
+            "folder, or place it at <repo>/../shared/data)"
+        )
+    with np.load(folder / MINILM_NPZ) as arrays:
+        return tuple(arrays[name] for name in names)
+
+
 # --------------------------------------------------------------------------------------
 # Records
 # --------------------------------------------------------------------------------------

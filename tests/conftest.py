@@ -12,6 +12,9 @@ import ferromem
 import numpy as np
 import pytest
 
+# The GPU path's backend fixtures (make_backend, cupy_ready): tests/_gpu_fixtures.py.
+pytest_plugins = ["_gpu_fixtures"]
+
 # CrewAI tests run offline. CrewAI's trace collection would try the network, and its
 # tracing handler waits 5 s for a parent span on every Memory save run in Memory's
 # background thread, whatever the storage; the demo turns it off the same way.

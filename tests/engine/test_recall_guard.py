@@ -24,10 +24,9 @@ from pathlib import Path
 import ferromem
 import numpy as np
 import pytest
-from _helpers import shared_data_dir
+from _helpers import load_minilm
 from ferromem.exceptions import InvalidInputError
 
-NPZ = "docs-minilm384.npz"
 TARGET = 0.95
 RECALL_KEYS = {
     "target",
@@ -156,18 +155,8 @@ def test_a_target_the_graph_reaches_lets_it_serve(random_store):
 
 @pytest.fixture(scope="module")
 def minilm():
-    folder = shared_data_dir()
-    if folder is None or not (folder / NPZ).is_file():
-        pytest.skip(
-            f"real embeddings absent: {NPZ} not found (set FERROMEM_SHARED_DATA to its "
-            "folder, or place it at <repo>/../shared/data)"
-        )
-    with np.load(folder / NPZ) as arrays:
-        return (
-            arrays["passages"].astype(np.float32),
-            arrays["queries"].astype(np.float32),
-            arrays["queries_top10_scores"],
-        )
+    passages, queries, top10_scores = load_minilm("passages", "queries", "queries_top10_scores")
+    return passages.astype(np.float32), queries.astype(np.float32), top10_scores
 
 
 @native

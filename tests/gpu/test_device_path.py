@@ -10,7 +10,7 @@ from __future__ import annotations
 import ferromem
 import numpy as np
 import pytest
-from _helpers import shared_data_dir
+from _helpers import load_minilm
 
 gpu = pytest.importorskip("ferromem.gpu")
 
@@ -90,19 +90,10 @@ def test_device_results_equal_the_cpu_on_random_vectors_across_writes(backend_na
         s.close()
 
 
-def _minilm():
-    folder = shared_data_dir()
-    path = folder / "docs-minilm384.npz" if folder else None
-    if path is None or not path.is_file():
-        pytest.skip("the shared MiniLM data is absent (set FERROMEM_SHARED_DATA)")
-    return np.load(path)
-
-
 @pytest.mark.parametrize("backend_name", _backends())
 def test_device_results_equal_the_cpu_on_minilm(backend_name):
-    data = _minilm()
-    passages = data["passages"][:30000].astype(np.float32)
-    queries = data["queries"][:64].astype(np.float32)
+    passages, queries = load_minilm("passages", "queries")
+    passages, queries = passages[:30000].astype(np.float32), queries[:64].astype(np.float32)
     ids = [f"p{i}" for i in range(len(passages))]
     dev = ferromem.open(cache_size=0, index="exact")
     cpu = ferromem.open(cache_size=0, index="exact")
@@ -139,9 +130,8 @@ def test_the_device_replaces_the_graph_only_when_cheaper_or_asked():
     """index="auto" with a graph the recall guard trusts (MiniLM): the graph serves, unless
     the device's exact scan is predicted cheaper than the graph's measured time (then the
     answer is exact, and faster) or the policy is "gpu"."""
-    data = _minilm()
-    passages = data["passages"][:20000].astype(np.float32)
-    queries = data["queries"][:8].astype(np.float32)
+    passages, queries = load_minilm("passages", "queries")
+    passages, queries = passages[:20000].astype(np.float32), queries[:8].astype(np.float32)
     store = ferromem.open(cache_size=0)
     store.add([f"p{i}" for i in range(len(passages))], passages)
     store.set_index("auto", graph_min_values=0)

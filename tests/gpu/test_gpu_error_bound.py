@@ -12,11 +12,9 @@ import math
 
 import numpy as np
 import pytest
-from _helpers import shared_data_dir
+from _helpers import load_minilm
 from ferromem.gpu import NORM_TOLERANCE, DeviceSearch, mirror_error_bound, numpy_backend
 from gpu_model import unit_rows
-
-NPZ = "docs-minilm384.npz"
 
 
 def engine_normalised(vectors: np.ndarray) -> np.ndarray:
@@ -145,16 +143,8 @@ def test_the_bound_grows_with_dim_and_precision():
 
 @pytest.fixture(scope="module")
 def minilm():
-    folder = shared_data_dir()
-    if folder is None or not (folder / NPZ).is_file():
-        pytest.skip(
-            f"real embeddings absent: {NPZ} not found (set FERROMEM_SHARED_DATA to its "
-            "folder, or place it at <repo>/../shared/data)"
-        )
-    with np.load(folder / NPZ) as arrays:
-        passages = arrays["passages"][:20_000].astype(np.float32)
-        queries = arrays["queries"][::10].astype(np.float32)
-    return passages, queries
+    passages, queries = load_minilm("passages", "queries")
+    return passages[:20_000].astype(np.float32), queries[::10].astype(np.float32)
 
 
 @pytest.mark.parametrize("precision", ["f16", "f32"])

@@ -412,18 +412,7 @@ pub fn calibrate_cpu(precision: Precision, dim: usize) -> CpuCosts {
         st.precision = precision;
         for i in 0..rows {
             let v: Vec<f32> = (0..dim).map(|_| next()).collect();
-            let rec = Record {
-                id: format!("c{i}").into(),
-                content: String::new(),
-                scope: "/".into(),
-                categories: Vec::new(),
-                metadata_json: "{}".into(),
-                importance: 0.5,
-                created_at: 0.0,
-                last_accessed: 0.0,
-                source: None,
-                private: false,
-            };
+            let rec = Record::bare(format!("c{i}"), "/");
             if st.put(rec, &v).is_err() {
                 return CpuCosts::DEFAULT;
             }

@@ -17,6 +17,26 @@ pub struct Record {
     pub private: bool,
 }
 
+impl Record {
+    /// A record with an id and a scope and nothing else: empty content, no categories,
+    /// `{}` metadata, importance 0.5, times 0, no source, not private. For synthetic rows
+    /// (the planner's calibration) and tests.
+    pub fn bare(id: impl Into<Arc<str>>, scope: impl Into<String>) -> Record {
+        Record {
+            id: id.into(),
+            content: String::new(),
+            scope: scope.into(),
+            categories: Vec::new(),
+            metadata_json: "{}".into(),
+            importance: 0.5,
+            created_at: 0.0,
+            last_accessed: 0.0,
+            source: None,
+            private: false,
+        }
+    }
+}
+
 /// Parses a metadata text and returns its top-level scalar entries for the equality index.
 /// Errors when the text is not a JSON object.
 pub fn metadata_scalars(json: &str) -> crate::Result<Vec<(String, crate::filter::Scalar)>> {

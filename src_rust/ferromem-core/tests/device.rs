@@ -13,18 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 fn rec(i: usize) -> Record {
-    Record {
-        id: Arc::from(format!("r{i:05}")),
-        content: String::new(),
-        scope: format!("/s{}", i % 5),
-        categories: vec![],
-        metadata_json: "{}".into(),
-        importance: 0.5,
-        created_at: i as f64,
-        last_accessed: i as f64,
-        source: None,
-        private: false,
-    }
+    Record { created_at: i as f64, last_accessed: i as f64, ..Record::bare(format!("r{i:05}"), format!("/s{}", i % 5)) }
 }
 
 /// The mirror: f16 unit rows per slot (None: no row), like a GPU's.

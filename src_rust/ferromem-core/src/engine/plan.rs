@@ -1,7 +1,7 @@
 //! Routing exact searches: the planner's choice of path per call (see [`crate::planner`]),
 //! the device searches may run on (see [`crate::device`]), and `explain`.
 
-use super::{unit_queries, validate_vectors, Engine};
+use super::Engine;
 use crate::device::{CandidateDevice, DeviceScorer, DeviceStats};
 use crate::filter::Filter;
 use crate::planner::{Call, CpuCosts, Decision, DeviceCosts, Planner, Policy, Route};
@@ -213,11 +213,7 @@ impl Engine {
         min_score: Option<f32>,
         policy: Option<Policy>,
     ) -> Result<(Vec<Vec<Hit>>, Explanation)> {
-        if k == 0 {
-            return Err(Error::InvalidInput("k must be at least 1".into()));
-        }
-        validate_vectors(queries, dim)?;
-        let unit = unit_queries(queries, dim);
+        let unit = super::search::checked_queries(queries, dim, k, min_score)?;
         let nq = unit.len() / dim;
         let policy = policy.unwrap_or_else(|| self.policy());
         self.check_open()?;

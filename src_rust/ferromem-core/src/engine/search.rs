@@ -29,6 +29,19 @@ pub(super) fn rerank_width(k: usize) -> usize {
 }
 pub(super) const RERANK_EXTRA: usize = 16;
 
+/// The queries of a search as unit rows, after the checks every search makes: k >= 1, a
+/// finite `min_score`, finite non-zero query rows of `dim`.
+pub(super) fn checked_queries(queries: &[f32], dim: usize, k: usize, min_score: Option<f32>) -> Result<Vec<f32>> {
+    if k == 0 {
+        return Err(Error::InvalidInput("k must be at least 1".into()));
+    }
+    if min_score.is_some_and(|m| !m.is_finite()) {
+        return Err(Error::InvalidInput("min_score must be a finite number".into()));
+    }
+    validate_vectors(queries, dim)?;
+    Ok(unit_queries(queries, dim))
+}
+
 impl Engine {
     /// Top-k by cosine for each of the `queries` (row-major, `dim` per row): exact scans,
     /// or the graph (see [`crate::hnsw`]) when the index mode says so. A repeated single
@@ -50,14 +63,7 @@ impl Engine {
         policy: Option<Policy>,
     ) -> Result<Vec<Vec<Hit>>> {
         let policy = policy.unwrap_or_else(|| self.policy());
-        if k == 0 {
-            return Err(Error::InvalidInput("k must be at least 1".into()));
-        }
-        if min_score.is_some_and(|m| !m.is_finite()) {
-            return Err(Error::InvalidInput("min_score must be a finite number".into()));
-        }
-        validate_vectors(queries, dim)?;
-        let unit = unit_queries(queries, dim);
+        let unit = checked_queries(queries, dim, k, min_score)?;
         let queries = unit.as_slice();
         let nq = queries.len() / dim;
         let t = Instant::now();

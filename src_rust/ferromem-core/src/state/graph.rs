@@ -203,18 +203,7 @@ mod tests {
                     (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
                 })
                 .collect();
-            let rec = Record {
-                id: format!("r{i}").into(),
-                content: String::new(),
-                scope: "/".into(),
-                categories: Vec::new(),
-                metadata_json: "{}".into(),
-                importance: 0.5,
-                created_at: 0.0,
-                last_accessed: 0.0,
-                source: None,
-                private: false,
-            };
+            let rec = Record::bare(format!("r{i}"), "/");
             st.put(rec, &v).unwrap();
         }
         let mut build = st.begin_graph_build().unwrap();

@@ -83,11 +83,10 @@ impl State {
         min_score: Option<f32>,
         each: bool,
     ) -> Vec<Vec<Hit>> {
-        let Some(dim) = self.dim else { return vec![Vec::new(); nq] };
-        if self.is_empty() || k == 0 {
-            return vec![Vec::new(); nq];
-        }
-        let allowed = if f.is_empty() { None } else { self.candidates(f) };
+        let (dim, allowed) = match self.prepare_search(nq, k, f) {
+            Ok(prepared) => prepared,
+            Err(nothing) => return nothing,
+        };
         let allowed = match self.usable_graph() {
             Some(graph) => match self.graph_plan(f, dim, allowed) {
                 Ok(plan) => {
@@ -118,12 +117,20 @@ impl State {
         min_score: Option<f32>,
         each: bool,
     ) -> Vec<Vec<Hit>> {
-        let Some(dim) = self.dim else { return vec![Vec::new(); nq] };
-        if self.is_empty() || k == 0 {
-            return vec![Vec::new(); nq];
+        match self.prepare_search(nq, k, f) {
+            Ok((dim, allowed)) => self.search_exact(scorer, queries, nq, dim, k, f, allowed.as_ref(), min_score, each),
+            Err(nothing) => nothing,
         }
-        let allowed = if f.is_empty() { None } else { self.candidates(f) };
-        self.search_exact(scorer, queries, nq, dim, k, f, allowed.as_ref(), min_score, each)
+    }
+
+    /// The dimension and the filter's indexed candidates of a search, or its (empty)
+    /// answer when there is nothing to search (no vector yet, no record, k = 0).
+    #[allow(clippy::type_complexity)]
+    fn prepare_search(&self, nq: usize, k: usize, f: &Filter) -> std::result::Result<(usize, Option<RoaringBitmap>), Vec<Vec<Hit>>> {
+        match self.dim {
+            Some(dim) if !self.is_empty() && k > 0 => Ok((dim, if f.is_empty() { None } else { self.candidates(f) })),
+            _ => Err(vec![Vec::new(); nq]),
+        }
     }
 
     /// How many records the indexed part of the filter leaves (every live one without a
@@ -458,18 +465,7 @@ mod tests {
                     (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
                 })
                 .collect();
-            let rec = Record {
-                id: format!("r{i:05}").into(),
-                content: String::new(),
-                scope: if i % 2 == 0 { "/even".into() } else { "/odd".into() },
-                categories: Vec::new(),
-                metadata_json: "{}".into(),
-                importance: 0.5,
-                created_at: 0.0,
-                last_accessed: 0.0,
-                source: None,
-                private: false,
-            };
+            let rec = Record::bare(format!("r{i:05}"), if i % 2 == 0 { "/even" } else { "/odd" });
             st.put(rec, &v).unwrap();
         }
         let mut build = st.begin_graph_build().unwrap();

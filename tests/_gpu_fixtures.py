@@ -1,6 +1,11 @@
 """Fixtures of the GPU path's tests: every functional test runs on the NumPy backend
 (always, CI included) and again on the CuPy backend, marked ``gpu``, which skips with the
-reason when CuPy or a CUDA device is missing."""
+reason when CuPy or a CUDA device is missing.
+
+A plugin of tests/conftest.py (``pytest_plugins``), not a conftest.py of tests/gpu: the
+suite's modules import helpers with ``from conftest import ...``, which must always mean
+tests/conftest.py, and a second conftest module takes that name when its folder is
+collected first."""
 
 from __future__ import annotations
 
