@@ -10,8 +10,8 @@
 # which needs no write access to the machine's Python and works where that Python is
 # marked externally managed (PEP 668):
 #
-#   pip install --no-deps --no-index --target /tmp/ferromem-site gpu/dist/ferromem-*.whl
-#   export PYTHONPATH=/tmp/ferromem-site${PYTHONPATH:+:$PYTHONPATH}
+#   pip install --no-deps --no-index --target gpu/dist/site gpu/dist/ferromem-*.whl
+#   export PYTHONPATH=$PWD/gpu/dist/site${PYTHONPATH:+:$PYTHONPATH}
 #
 # (`pip install --no-deps --no-index gpu/dist/ferromem-*.whl` into the environment itself
 # works too where that is allowed.)
@@ -81,5 +81,5 @@ fi
 size=$(wc -c <"$wheel")
 echo "== built $wheel in ${elapsed}s: $((size / 1024)) KiB${glibc:+, needs $glibc or later}"
 echo "   install it on the device with:"
-echo "   pip install --no-deps --no-index --target /tmp/ferromem-site $wheel"
-echo "   export PYTHONPATH=/tmp/ferromem-site\${PYTHONPATH:+:\$PYTHONPATH}"
+echo "   pip install --no-deps --no-index --target gpu/dist/site $wheel"
+echo "   export PYTHONPATH=\$PWD/gpu/dist/site\${PYTHONPATH:+:\$PYTHONPATH}"
