@@ -27,8 +27,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const DEVICE_EXTRA: usize = 32;
 
 /// Rows sent to the device per `apply` when it receives the whole store (so a 1M-row
-/// upload never needs a second full f32 copy on the host).
-const APPLY_CHUNK_ROWS: usize = 1 << 16;
+/// upload never needs a second full f32 copy on the host: 96 MiB a chunk at 1536 dims).
+const APPLY_CHUNK_ROWS: usize = 1 << 14;
+
+/// After the device refused the store (out of memory, a driver error), searches do not
+/// try it again for this long unless the store holds fewer slots (a reset): each try
+/// costs a chunk of rows prepared on the host, and a store that did not fit a moment ago
+/// rarely fits now.
+const REFUSAL_BACKOFF: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A change of the mirror: rows to write (unit f32, `dim` per row) at `written` slots,
 /// `freed` slots to drop; `reset`: drop everything first (the dimension may change).
@@ -82,6 +88,8 @@ pub struct DeviceScorer {
     rows_sent: AtomicU64,
     uploads: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// The slot count the device refused, when, and why (see `REFUSAL_BACKOFF`).
+    refused: Mutex<Option<(usize, std::time::Instant, String)>>,
 }
 
 impl DeviceScorer {
@@ -96,6 +104,7 @@ impl DeviceScorer {
             rows_sent: AtomicU64::new(0),
             uploads: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            refused: Mutex::new(None),
         }
     }
 
@@ -132,6 +141,23 @@ impl DeviceScorer {
         if *synced == Some(generation) {
             return Ok(());
         }
+        if let Some((slots, at, why)) = self.refused.lock().as_ref() {
+            if rows.slot_count() >= *slots && at.elapsed() < REFUSAL_BACKOFF {
+                return Err(format!("{why} (not retried for {} s, or until the store is reset)", REFUSAL_BACKOFF.as_secs()));
+            }
+        }
+        let result = self.send(rows, &mut synced);
+        match &result {
+            Ok(()) => *self.refused.lock() = None,
+            Err(why) => *self.refused.lock() = Some((rows.slot_count(), std::time::Instant::now(), why.clone())),
+        }
+        result
+    }
+
+    /// The mirror update of `sync`: the rows changed since the mirror's generation (all of
+    /// them when it has none), in chunks.
+    fn send(&self, rows: &RowsView<'_>, synced: &mut Option<u64>) -> Result<(), String> {
+        let generation = rows.generation();
         let Some(dim) = rows.dim() else {
             *synced = Some(generation);
             return Ok(());

@@ -238,9 +238,23 @@ fn a_failing_device_falls_back_under_auto_and_fails_closed_under_gpu() {
         Err(Error::Device(why)) => assert!(why.contains("out of device memory"), "{why}"),
         other => panic!("{other:?}"),
     }
+    // A refusal is not retried at every search: the device is left alone for a while
+    // even when it could take the store again.
+    device.failing.store(false, Ordering::Relaxed);
+    let received = device.rows_received.load(Ordering::Relaxed);
+    let (_, how) = e.explain(&qs, DIM, 5, &Filter::default(), None, None).unwrap();
+    assert!(how.reason.contains("not retried"), "{how:?}");
+    assert_eq!(device.rows_received.load(Ordering::Relaxed), received);
+    // A reset (fewer slots) lets it try again at once.
+    e.reset().unwrap();
+    fill(&e, &mut rng, 0..50, 0);
+    let (got, how) = e.explain(&qs, DIM, 5, &Filter::default(), None, None).unwrap();
+    assert_eq!(how.path, "gpu-exact", "{how:?}");
+    assert_eq!(got, cpu_each(&e, &qs, DIM, 5, &Filter::default(), None));
     // No device at all: "gpu" is refused, "auto" answers on the CPU.
     e.attach_device(None, None);
     assert!(matches!(e.search_with_policy(&qs, DIM, 5, &Filter::default(), None, Some(Policy::Gpu)), Err(Error::Device(_))));
+    let want = e.search_with_policy(&qs, DIM, 5, &Filter::default(), None, Some(Policy::Cpu)).unwrap();
     assert_close(&e.search_with_policy(&qs, DIM, 5, &Filter::default(), None, None).unwrap(), &want, "auto without a device");
 }
 
