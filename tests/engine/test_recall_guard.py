@@ -257,8 +257,12 @@ assert auditors() == 0
 store = ferromem.open(None, index="hnsw")
 store.add([f"r{i}" for i in range(500)], np.random.default_rng(1).standard_normal((500, 16), dtype=np.float32))
 assert store.wait_for_index(timeout=600)
-# The bootstrap judged the graph, then started the store's auditor.
+# The bootstrap judged the graph, then started the store's auditor (a thread that names
+# itself as it starts: wait for it a little).
 assert store.stats()["index"]["recall"]["bootstraps"] == 1
+deadline = time.monotonic() + 5
+while auditors() != 1 and time.monotonic() < deadline:
+    time.sleep(0.01)
 assert auditors() == 1, auditors()
 store.close()
 deadline = time.monotonic() + 5
