@@ -118,6 +118,34 @@ pub struct DeviceCosts {
     pub sync_value: f64,
 }
 
+/// A table of cost constants by name: what crosses to Python (stats, the calibration
+/// cache) and back, so the names are spelled once, here.
+pub trait NamedCosts: Sized {
+    const NAMES: [&'static str; 4];
+    fn values(&self) -> [f64; 4];
+    fn from_values(values: [f64; 4]) -> Self;
+}
+
+impl NamedCosts for CpuCosts {
+    const NAMES: [&'static str; 4] = ["call", "one_value", "pass_value", "batch_value"];
+    fn values(&self) -> [f64; 4] {
+        [self.call, self.one_value, self.pass_value, self.batch_value]
+    }
+    fn from_values([call, one_value, pass_value, batch_value]: [f64; 4]) -> Self {
+        CpuCosts { call, one_value, pass_value, batch_value }
+    }
+}
+
+impl NamedCosts for DeviceCosts {
+    const NAMES: [&'static str; 4] = ["call", "query_value", "value", "sync_value"];
+    fn values(&self) -> [f64; 4] {
+        [self.call, self.query_value, self.value, self.sync_value]
+    }
+    fn from_values([call, query_value, value, sync_value]: [f64; 4]) -> Self {
+        DeviceCosts { call, query_value, value, sync_value }
+    }
+}
+
 impl CpuCosts {
     /// Until a calibration is loaded: measured on a 2-core AVX2 x86-64 (see
     /// `calibrate_cpu`), so the first calls are planned sensibly.

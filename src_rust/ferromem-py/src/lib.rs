@@ -18,7 +18,7 @@ mod device;
 use ferromem_core::engine::{EngineStats, Explanation};
 use ferromem_core::guard::{check_target, RecallReport, DEFAULT_RECALL_TARGET};
 use ferromem_core::hnsw::HnswParams;
-use ferromem_core::planner::{self, CpuCosts, DeviceCosts, Policy};
+use ferromem_core::planner::{self, CpuCosts, DeviceCosts, NamedCosts, Policy};
 use ferromem_core::state::{IndexConfig, IndexMode, Precision, AUTO_MIN_VALUES};
 use ferromem_core::storage::sqlite::{Access, SqliteStorage};
 use ferromem_core::storage::Location;
@@ -606,7 +606,7 @@ impl PyEngine {
     #[pyo3(signature = (device, costs=None))]
     fn attach_device(&self, py: Python<'_>, device: Option<&Bound<'_, PyAny>>, costs: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
         let device = device.map(device::PyDevice::new).transpose()?;
-        let costs = costs.map(device_costs_of).transpose()?;
+        let costs: Option<DeviceCosts> = costs.map(costs_of).transpose()?;
         self.call(py, |engine| {
             engine.attach_device(device.map(|d| Box::new(d) as Box<dyn ferromem_core::device::CandidateDevice>), costs);
             Ok(())
@@ -615,7 +615,7 @@ impl PyEngine {
 
     /// Sets the CPU constants of the planner's cost model (a dict from `calibrate_cpu`).
     fn set_cpu_costs(&self, costs: &Bound<'_, PyDict>) -> PyResult<()> {
-        let costs = cpu_costs_of(costs)?;
+        let costs: CpuCosts = costs_of(costs)?;
         self.engine()?.set_cpu_costs(costs);
         Ok(())
     }
@@ -832,9 +832,9 @@ impl PyEngine {
         let p = engine.planner().stats();
         let plan = PyDict::new(py);
         plan.set_item("policy", engine.policy().name())?;
-        plan.set_item("cpu_costs", cpu_costs_dict(py, &p.cpu)?)?;
+        plan.set_item("cpu_costs", costs_dict(py, &p.cpu)?)?;
         plan.set_item("cpu_calibrated", p.cpu_calibrated)?;
-        plan.set_item("device_costs", p.device.as_ref().map(|c| device_costs_dict(py, c)).transpose()?)?;
+        plan.set_item("device_costs", p.device.as_ref().map(|c| costs_dict(py, c)).transpose()?)?;
         let correction = PyDict::new(py);
         for (route, kinds, low, high) in &p.correction {
             let c = PyDict::new(py);
@@ -961,48 +961,25 @@ fn policy_of(name: &str) -> PyResult<Policy> {
     Policy::parse(name).ok_or_else(|| to_py_err(Error::InvalidInput(format!("device must be 'auto', 'cpu' or 'gpu', not {name:?}"))))
 }
 
-/// A finite, non-negative number of a costs dict.
-fn cost_item(d: &Bound<'_, PyDict>, key: &str) -> PyResult<f64> {
-    let v: f64 = d.get_item(key)?.ok_or_else(|| to_py_err(Error::InvalidInput(format!("costs need {key:?}"))))?.extract()?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(to_py_err(Error::InvalidInput(format!("cost {key:?} must be a finite number >= 0, not {v}"))));
+/// A cost table from a dict of its named constants, each a finite number >= 0.
+fn costs_of<C: NamedCosts>(d: &Bound<'_, PyDict>) -> PyResult<C> {
+    let mut values = [0.0f64; 4];
+    for (value, key) in values.iter_mut().zip(C::NAMES) {
+        let v: f64 = d.get_item(key)?.ok_or_else(|| to_py_err(Error::InvalidInput(format!("costs need {key:?}"))))?.extract()?;
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(to_py_err(Error::InvalidInput(format!("cost {key:?} must be a finite number >= 0, not {v}"))));
+        }
+        *value = v;
     }
-    Ok(v)
+    Ok(C::from_values(values))
 }
 
-fn cpu_costs_of(d: &Bound<'_, PyDict>) -> PyResult<CpuCosts> {
-    Ok(CpuCosts {
-        call: cost_item(d, "call")?,
-        one_value: cost_item(d, "one_value")?,
-        pass_value: cost_item(d, "pass_value")?,
-        batch_value: cost_item(d, "batch_value")?,
-    })
-}
-
-fn device_costs_of(d: &Bound<'_, PyDict>) -> PyResult<DeviceCosts> {
-    Ok(DeviceCosts {
-        call: cost_item(d, "call")?,
-        query_value: cost_item(d, "query_value")?,
-        value: cost_item(d, "value")?,
-        sync_value: cost_item(d, "sync_value")?,
-    })
-}
-
-fn cpu_costs_dict<'py>(py: Python<'py>, c: &CpuCosts) -> PyResult<Bound<'py, PyDict>> {
+/// A cost table as a dict of its named constants (ns).
+fn costs_dict<'py, C: NamedCosts>(py: Python<'py>, c: &C) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("call", c.call)?;
-    d.set_item("one_value", c.one_value)?;
-    d.set_item("pass_value", c.pass_value)?;
-    d.set_item("batch_value", c.batch_value)?;
-    Ok(d)
-}
-
-fn device_costs_dict<'py>(py: Python<'py>, c: &DeviceCosts) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("call", c.call)?;
-    d.set_item("query_value", c.query_value)?;
-    d.set_item("value", c.value)?;
-    d.set_item("sync_value", c.sync_value)?;
+    for (key, value) in C::NAMES.iter().zip(c.values()) {
+        d.set_item(*key, value)?;
+    }
     Ok(d)
 }
 
@@ -1033,7 +1010,7 @@ fn calibrate_cpu<'py>(py: Python<'py>, precision: &str, dim: usize) -> PyResult<
         return Err(to_py_err(Error::InvalidInput(format!("dim must be between 1 and {}", precision.max_dim()))));
     }
     let costs = native(py, || Ok(planner::calibrate_cpu(precision, dim)))?;
-    cpu_costs_dict(py, &costs)
+    costs_dict(py, &costs)
 }
 
 /// The route the planner takes for a call of `nq` queries over `rows` rows of `dim` with
@@ -1051,8 +1028,8 @@ fn predict_route<'py>(
     k: usize,
 ) -> PyResult<(&'static str, Bound<'py, PyDict>)> {
     let p = planner::Planner::default();
-    p.set_cpu_costs(cpu_costs_of(cpu_costs)?);
-    let device = device_costs.map(device_costs_of).transpose()?;
+    p.set_cpu_costs(costs_of(cpu_costs)?);
+    let device: Option<DeviceCosts> = device_costs.map(costs_of).transpose()?;
     p.set_device_costs(device);
     let call = planner::Call { nq: nq.max(1), rows, dim, k: k.max(1), each: false, behind: 0 };
     let attached = if device.is_some() { Ok(()) } else { Err("no device") };
