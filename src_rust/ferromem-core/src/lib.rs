@@ -14,6 +14,7 @@
 //! * [`guard`]: the recall guard: whether the graph may serve, from audits of live queries.
 //! * [`cache`]: results of repeated searches, invalidated exactly by the changes that matter.
 //! * [`image`]: the store image written at close, which the next open maps.
+//! * [`runtime`]: the process's Tokio runtime (PostgreSQL I/O, the async API).
 
 pub mod ann;
 pub mod arena;
@@ -33,6 +34,7 @@ pub mod interrupt;
 pub mod metrics;
 pub mod planner;
 pub mod record;
+pub mod runtime;
 pub mod scorer;
 pub mod simd;
 pub mod state;
