@@ -14,6 +14,7 @@ from ._schema import Filter, Patch, RecordBatch
 __all__ = [
     "AsyncEngine",
     "Engine",
+    "MAX_BLOCKING_THREADS",
     "RecordRow",
     "__version__",
     "bf16_path",
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 __version__: str
+MAX_BLOCKING_THREADS: int
 
 @final
 class RecordRow:

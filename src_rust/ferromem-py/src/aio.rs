@@ -411,8 +411,10 @@ impl AsyncEngine {
     }
 }
 
-/// Adds the async API's class to `ferromem._core`.
+/// Adds the async API to `ferromem._core`.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AsyncEngine>()?;
+    // How many engine operations of the async API run at once (the blocking pool's bound).
+    m.add("MAX_BLOCKING_THREADS", runtime::MAX_BLOCKING_THREADS)?;
     Ok(())
 }
