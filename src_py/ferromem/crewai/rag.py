@@ -88,6 +88,7 @@ from pydantic.dataclasses import dataclass as pyd_dataclass
 from .. import _validate as check
 from .. import store as _store
 from .._typing import Durability
+from ..aio import async_store
 from ..exceptions import (
     DimensionMismatchError,
     FerromemError,
@@ -99,13 +100,14 @@ from ..exceptions import (
 from ._embedding import (
     NO_EMBEDDING_KEY,
     _DefaultEmbedder,
+    asearch_ranked,
     check_reserved_keys,
     embedding_matrix,
     is_zero_query,
     placeholder_rows,
     search_ranked,
 )
-from ._filters import chroma_where, filter_ids, split_metadata_filter
+from ._filters import afilter_ids, chroma_where, filter_ids, split_metadata_filter
 from ._names import STORE_SUFFIX, collection_file_name, path_argument
 
 __all__ = [
@@ -426,6 +428,34 @@ class RagClient(BaseClient):
         ``metadata_filter``, best first, with score >= ``score_threshold`` (defaults:
         ``default_limit``, ``default_score_threshold``; None or 0 means no threshold).
         A collection that does not exist gives []."""
+        planned = self._search_plan(collection_name, query, limit, metadata_filter, score_threshold)
+        if planned is None:
+            return []
+        store, k, min_score, criteria, residual = planned
+        if residual:
+            criteria["ids"] = filter_ids(store, residual, where=criteria["where"])
+            if not criteria["ids"]:
+                return []
+        vector = self._embed([query], query=True)[0]
+        if self._nothing_similar(collection_name, store, vector):
+            return []
+        try:
+            records, cosines = search_ranked(store, vector, k, min_score=min_score, **criteria)
+        except DimensionMismatchError as exc:
+            raise self._dimension_mismatch(collection_name, exc) from exc
+        return self._results(records, cosines, k)
+
+    def _search_plan(
+        self,
+        collection_name: str,
+        query: Any,
+        limit: Any,
+        metadata_filter: Any,
+        score_threshold: Any,
+    ) -> tuple[_store.Store, int, float | None, dict[str, Any], dict[str, Any]] | None:
+        """(the collection's store, k, the engine's min_score, the engine's criteria, the
+        metadata pairs left to check in Python) of a search, checked; None when nothing
+        can match (no such collection, an empty one, contradicting filters)."""
         if not isinstance(query, str):
             raise InvalidInputError(f"query must be a str, got {type(query).__name__}")
         k = self.default_limit if limit is None else _check_int(limit, "limit")
@@ -436,31 +466,24 @@ class RagClient(BaseClient):
         where, residual = split_metadata_filter(merged or None)
         store = self._collection(collection_name, "get")
         if merged is None or store is None or store.dim is None:
-            return []
-        criteria: dict[str, Any] = {"where": where}
-        if residual:
-            criteria["ids"] = filter_ids(store, residual, where=where)
-            if not criteria["ids"]:
-                return []
-        vector = self._embed([query], query=True)[0]
-        if is_zero_query(vector):
-            # No direction, no cosine: nothing is similar (the dimension is still checked).
-            if vector.shape[0] != store.dim:
-                raise self._dimension_mismatch(
-                    collection_name,
-                    DimensionMismatchError("", store.dim, int(vector.shape[0])),
-                )
-            return []
-        try:
-            records, cosines = search_ranked(
-                store,
-                vector,
-                k,
-                min_score=2.0 * threshold - 1.0 if threshold else None,
-                **criteria,
+            return None
+        min_score = 2.0 * threshold - 1.0 if threshold else None
+        return store, k, min_score, {"where": where}, residual
+
+    def _nothing_similar(self, collection_name: str, store: _store.Store, vector: np.ndarray) -> bool:
+        """Whether the query vector is zero: no direction, no cosine, nothing is similar
+        (its dimension is still checked)."""
+        if not is_zero_query(vector):
+            return False
+        if vector.shape[0] != store.dim:
+            raise self._dimension_mismatch(
+                collection_name,
+                DimensionMismatchError("", store.dim, int(vector.shape[0])),
             )
-        except DimensionMismatchError as exc:
-            raise self._dimension_mismatch(collection_name, exc) from exc
+        return True
+
+    @staticmethod
+    def _results(records: list[Any], cosines: list[float], k: int) -> list[SearchResult]:
         results = []
         for record, cosine in zip(records, cosines):
             # None: deleted by another thread since the search; a placeholder never ranks.
@@ -526,6 +549,15 @@ class RagClient(BaseClient):
             self._stores.clear()
 
     # ------------------------------------------------------------ async
+    #
+    # aadd_documents and asearch await the store natively (ferromem.AsyncStore: the Rust
+    # runtime's pool, resolved on the caller's loop). The embedding function is the user's
+    # synchronous code, most often a call over the network (OpenAI's API by default) that
+    # takes tens to hundreds of milliseconds: it runs in asyncio's default executor
+    # (asyncio.to_thread), so that the event loop keeps serving other tasks meanwhile,
+    # which CrewAI's Chroma client does not do. Collections are files: creating, deleting
+    # and resetting them (a cross-process file lock, unlinks) runs there too. A
+    # collection's store is opened at its first use, on the caller's thread.
 
     async def acreate_collection(self, *, collection_name: str) -> None:
         await asyncio.to_thread(self.create_collection, collection_name=collection_name)
@@ -540,12 +572,24 @@ class RagClient(BaseClient):
         documents: list[BaseRecord],
         batch_size: int | None = None,
     ) -> None:
-        await asyncio.to_thread(
-            self.add_documents,
-            collection_name=collection_name,
-            documents=documents,
-            batch_size=batch_size,
-        )
+        """:meth:`add_documents`: the embedding in the default executor, the writes
+        awaited natively."""
+        size = self.default_batch_size if batch_size is None else _check_int(batch_size, "batch_size")
+        ids, texts, metadatas = _prepare_documents(documents)
+        store = async_store(self._collection(collection_name, "open"))
+        for start in range(0, len(ids), size):
+            stop = start + size
+            matrix = await asyncio.to_thread(self._embed, texts[start:stop])
+            vectors, batch_metadata = placeholder_rows(matrix, metadatas[start:stop])
+            try:
+                await store.upsert(
+                    ids[start:stop],
+                    vectors,
+                    contents=texts[start:stop],
+                    metadata=batch_metadata,
+                )
+            except DimensionMismatchError as exc:
+                raise self._dimension_mismatch(collection_name, exc) from exc
 
     async def asearch(
         self,
@@ -556,14 +600,25 @@ class RagClient(BaseClient):
         metadata_filter: dict[str, Any] | None = None,
         score_threshold: float | None = _UNSET,
     ) -> list[SearchResult]:
-        return await asyncio.to_thread(
-            self.search,
-            collection_name=collection_name,
-            query=query,
-            limit=limit,
-            metadata_filter=metadata_filter,
-            score_threshold=score_threshold,
-        )
+        """:meth:`search`: the query's embedding in the default executor, the search
+        awaited natively."""
+        planned = self._search_plan(collection_name, query, limit, metadata_filter, score_threshold)
+        if planned is None:
+            return []
+        store, k, min_score, criteria, residual = planned
+        face = async_store(store)
+        if residual:
+            criteria["ids"] = await afilter_ids(face, residual, where=criteria["where"])
+            if not criteria["ids"]:
+                return []
+        vector = (await asyncio.to_thread(self._embed, [query], query=True))[0]
+        if self._nothing_similar(collection_name, store, vector):
+            return []
+        try:
+            records, cosines = await asearch_ranked(face, vector, k, min_score=min_score, **criteria)
+        except DimensionMismatchError as exc:
+            raise self._dimension_mismatch(collection_name, exc) from exc
+        return self._results(records, cosines, k)
 
     async def adelete_collection(self, *, collection_name: str) -> None:
         await asyncio.to_thread(self.delete_collection, collection_name=collection_name)
@@ -680,15 +735,18 @@ class KnowledgeStorage(BaseKnowledgeStorage):
         )
 
     def save(self, documents: list[str]) -> None:
+        records = self._records(documents)
+        if records:
+            self._rag_client().add_documents(collection_name=self.collection, documents=records)
+
+    @staticmethod
+    def _records(documents: Any) -> list[BaseRecord]:
+        """The documents to save as RAG records ([] for None or none)."""
         if documents is None:
-            return
+            return []
         if not isinstance(documents, (list, tuple)) or not all(isinstance(doc, str) for doc in documents):
             raise InvalidDocumentError(f"documents must be a list of str, got {type(documents).__name__}")
-        if not documents:
-            return
-        self._rag_client().add_documents(
-            collection_name=self.collection, documents=[{"content": doc} for doc in documents]
-        )
+        return [{"content": doc} for doc in documents]
 
     def reset(self) -> None:
         try:
@@ -707,13 +765,26 @@ class KnowledgeStorage(BaseKnowledgeStorage):
         metadata_filter: dict[str, Any] | None = None,
         score_threshold: float = 0.6,
     ) -> list[SearchResult]:
-        return await asyncio.to_thread(self.search, query, limit, metadata_filter, score_threshold)
+        if query is None or (isinstance(query, (str, list, tuple)) and not query):
+            return []
+        return await self._rag_client().asearch(
+            collection_name=self.collection,
+            query=self._query_text(query),
+            limit=limit,
+            metadata_filter=metadata_filter,
+            score_threshold=score_threshold,
+        )
 
     async def asave(self, documents: list[str]) -> None:
-        await asyncio.to_thread(self.save, documents)
+        records = self._records(documents)
+        if records:
+            await self._rag_client().aadd_documents(collection_name=self.collection, documents=records)
 
     async def areset(self) -> None:
-        await asyncio.to_thread(self.reset)
+        try:
+            await self._rag_client().adelete_collection(collection_name=self.collection)
+        except CollectionNotFoundError:
+            pass
 
 
 def knowledge_storage_factory(embedder: Any, collection_name: str | None) -> KnowledgeStorage:
