@@ -134,7 +134,7 @@ impl LoopBridge {
 fn bridge_of<'py>(event_loop: &Bound<'py, PyAny>) -> PyResult<Bound<'py, LoopBridge>> {
     let py = event_loop.py();
     let bridges = BRIDGES.get_or_try_init(py, || py.import("weakref")?.getattr("WeakKeyDictionary")?.call0().map(Bound::unbind))?.bind(py);
-    if let Some(bridge) = bridges.call_method1(intern!(py, "get"), (event_loop,))?.cast_into::<LoopBridge>().ok() {
+    if let Ok(bridge) = bridges.call_method1(intern!(py, "get"), (event_loop,))?.cast_into::<LoopBridge>() {
         return Ok(bridge);
     }
     let (read, wake) = UnixStream::pair()?;
@@ -209,6 +209,15 @@ fn none(py: Python<'_>, (): ()) -> PyResult<Py<PyAny>> {
 }
 
 fn object<'py, T: IntoPyObjectExt<'py>>(py: Python<'py>, value: T) -> PyResult<Py<PyAny>> {
+    value.into_py_any(py)
+}
+
+/// `object` for a value that converts under any GIL lifetime (a number, a list of
+/// strings), so it can be passed as `convert` itself.
+fn plain<T>(py: Python<'_>, value: T) -> PyResult<Py<PyAny>>
+where
+    T: for<'py> IntoPyObject<'py>,
+{
     value.into_py_any(py)
 }
 
@@ -326,19 +335,19 @@ impl AsyncEngine {
     fn update<'py>(&self, py: Python<'py>, id: String, patch: PatchArg) -> PyResult<Bound<'py, PyAny>> {
         let engine = self.running()?;
         let patch = patch_of(py, patch)?;
-        submit(py, move || engine.update(&id, patch), |py, value| object(py, value))
+        submit(py, move || engine.update(&id, patch), plain)
     }
 
     fn touch<'py>(&self, py: Python<'py>, ids: Vec<String>, t: f64) -> PyResult<Bound<'py, PyAny>> {
         let engine = self.running()?;
-        submit(py, move || engine.touch(&ids, t), |py, value| object(py, value))
+        submit(py, move || engine.touch(&ids, t), plain)
     }
 
     #[pyo3(signature = (ids=None, filter=None))]
     fn delete<'py>(&self, py: Python<'py>, ids: Option<Vec<String>>, filter: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
         let engine = self.running()?;
         let filter = delete_filter(ids, filter)?;
-        submit(py, move || engine.delete(&filter), |py, value| object(py, value))
+        submit(py, move || engine.delete(&filter), plain)
     }
 
     #[pyo3(signature = (filter=None, offset=0, limit=None))]
@@ -358,14 +367,14 @@ impl AsyncEngine {
     fn count<'py>(&self, py: Python<'py>, filter: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
         let engine = self.running()?;
         let filter = filter_of(filter)?;
-        submit(py, move || engine.count(&filter), |py, value| object(py, value))
+        submit(py, move || engine.count(&filter), plain)
     }
 
     #[pyo3(signature = (scope=None))]
     fn child_scopes<'py>(&self, py: Python<'py>, scope: Option<String>) -> PyResult<Bound<'py, PyAny>> {
         let engine = self.running()?;
         let scope = scope.unwrap_or_else(|| "/".into());
-        submit(py, move || engine.child_scopes(&scope), |py, value| object(py, value))
+        submit(py, move || engine.child_scopes(&scope), plain)
     }
 
     #[pyo3(signature = (filter=None))]
