@@ -807,10 +807,16 @@ impl PostgresStorage {
         let store_id = Retries::new(&shared).run(|| {
             runtime::block_on(async {
                 let conn = shared.conn().await?;
+                let find = format!("SELECT id FROM {stores} WHERE name = $1");
+                if let Some(row) = conn.query_opt(&find, &[&store]).await? {
+                    return Ok(row.try_get::<_, i64>(0)?);
+                }
+                // Only a new store is inserted: an insert that meets an existing row would
+                // wait for any write in progress on it (the row is locked while one runs).
                 if access == Access::ReadWrite {
                     conn.execute(&format!("INSERT INTO {stores}(name) VALUES ($1) ON CONFLICT (name) DO NOTHING"), &[&store]).await?;
                 }
-                match conn.query_opt(&format!("SELECT id FROM {stores} WHERE name = $1"), &[&store]).await? {
+                match conn.query_opt(&find, &[&store]).await? {
                     Some(row) => Ok(row.try_get::<_, i64>(0)?),
                     None => Err(Fail::Other(Error::NotAStore(format!(
                         "there is no store named {store:?} in schema {:?} of {}; a read-only open creates nothing",
