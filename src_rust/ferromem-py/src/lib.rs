@@ -771,6 +771,7 @@ impl PyEngine {
         d.set_item("dim", s.dim)?;
         d.set_item("memory_bytes", s.memory_bytes)?;
         d.set_item("disk_bytes", s.disk_bytes)?;
+        d.set_item("storage", py.import("json")?.call_method1("loads", (s.storage.to_string(),))?)?;
         d.set_item("isa", simd::active_isa().name())?;
         d.set_item("precision", s.precision.name())?;
         let ops = PyDict::new(py);

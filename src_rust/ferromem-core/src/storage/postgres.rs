@@ -324,6 +324,8 @@ fn channel_of(schema: &str) -> String {
 struct Notified {
     positions: Mutex<HashMap<i64, (u64, u64)>>,
     restarts: AtomicU64,
+    /// Whether the connection is listening now.
+    listening: std::sync::atomic::AtomicBool,
 }
 
 impl Notified {
@@ -362,6 +364,7 @@ async fn listen(config: tokio_postgres::Config, channel: String, notified: Arc<N
                             break;
                         }
                         listening = true;
+                        notified.listening.store(true, Ordering::Release);
                         pause = Duration::from_millis(100);
                         notified.restarts.fetch_add(1, Ordering::AcqRel);
                     }
@@ -373,6 +376,7 @@ async fn listen(config: tokio_postgres::Config, channel: String, notified: Arc<N
                 }
             }
         }
+        notified.listening.store(false, Ordering::Release);
         notified.restarts.fetch_add(1, Ordering::AcqRel);
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
@@ -781,6 +785,7 @@ struct WriteTx {
 /// One store of a PostgreSQL database, through the process's shared pool.
 pub struct PostgresStorage {
     shared: Arc<Shared>,
+    store: String,
     store_id: i64,
     access: Access,
     max_staleness: Duration,
@@ -841,7 +846,16 @@ impl PostgresStorage {
                 }
             })
         })?;
-        Ok(PostgresStorage { shared, store_id, access, max_staleness: loc.max_staleness, tx: None, last_poll: None, restarts_seen: 0 })
+        Ok(PostgresStorage {
+            shared,
+            store: loc.store.clone(),
+            store_id,
+            access,
+            max_staleness: loc.max_staleness,
+            tx: None,
+            last_poll: None,
+            restarts_seen: 0,
+        })
     }
 
     fn writable(&self) -> Result<()> {
@@ -1155,6 +1169,26 @@ impl Storage for PostgresStorage {
 
     fn as_vectors_at(&mut self) -> Option<&mut dyn VectorsAt> {
         Some(self)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let pool = self.shared.pool.status();
+        serde_json::json!({
+            "backend": "postgresql",
+            "location": self.shared.shown,
+            "schema": self.shared.schema,
+            "store": self.store,
+            "pool": {
+                "max_size": pool.max_size,
+                "open": pool.size,
+                "idle": pool.available,
+                "waiting": pool.waiting,
+                "timeout_s": self.shared.pool_timeout.as_secs_f64(),
+            },
+            "listening": self.shared.notified.listening.load(Ordering::Acquire),
+            "max_staleness_s": self.max_staleness.as_secs_f64(),
+            "reconnect_timeout_s": self.shared.reconnect_timeout.as_secs_f64(),
+        })
     }
 }
 
