@@ -279,6 +279,12 @@ impl PgLocation {
         if config.get_hosts().is_empty() {
             return Err(fail(format!("the PostgreSQL URL {shown} names no host")));
         }
+        if config.get_password().is_none() {
+            // libpq's variable: a password kept out of URLs (and out of process listings).
+            if let Ok(password) = std::env::var("PGPASSWORD") {
+                config.password(password);
+            }
+        }
         if config.get_user().is_none() {
             // libpq's default: the operating system's user name.
             if let Ok(name) = std::env::var("USER").or_else(|_| std::env::var("USERNAME")) {
