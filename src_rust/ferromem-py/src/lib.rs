@@ -1075,7 +1075,6 @@ fn postgres_migrate(py: Python<'_>, url: String) -> PyResult<i32> {
 
 /// The stores of a PostgreSQL URL's schema whose names start with `prefix`.
 #[pyfunction]
-#[pyo3(signature = (url, prefix=String::new()))]
 fn postgres_list_stores(py: Python<'_>, url: String, prefix: String) -> PyResult<Vec<String>> {
     native(py, || ferromem_core::storage::postgres::list_stores(&url, &prefix))
 }

@@ -1062,7 +1062,7 @@ impl Storage for PostgresStorage {
         let mut deleted: Vec<&[u8]> = Vec::new();
         for op in ops {
             match op {
-                WriteOp::Put { rec, vector } if vector.is_empty() => fields_only.push(rec, None)?,
+                WriteOp::Put { rec, vector: [] } => fields_only.push(rec, None)?,
                 WriteOp::Put { rec, vector } => full.push(rec, Some(vector))?,
                 WriteOp::Delete { id } => deleted.push(id.as_bytes()),
             }
