@@ -56,6 +56,7 @@ from .exceptions import (
     NotFoundError,
     StorageError,
     StoreClosedError,
+    UnsupportedStoreError,
 )
 from .records import Record, ScopeInfo
 
@@ -186,8 +187,10 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
 
     ``path``: where the store lives: its single SQLite file (a path, an os.PathLike,
     ``"sqlite:PATH"`` or ``"sqlite:///ABSOLUTE/PATH"``; parent directories are created),
-    or None or ``"memory:"`` for an in-memory store. Other schemes (``postgresql://``)
-    raise UnsupportedStoreError. ``dim``: the vector dimension, if known (it is otherwise fixed
+    or None or ``"memory:"`` for an in-memory store, or a store in a PostgreSQL database,
+    ``"postgresql://user@host:5432/dbname?store=NAME"`` (shared by every process that opens
+    it; the options, the consistency model and the pool are in docs/postgres.md). Other
+    schemes raise UnsupportedStoreError. ``dim``: the vector dimension, if known (it is otherwise fixed
     by the first vector). ``durability``: "normal" (acknowledged writes survive a process
     crash) or "full" (they also survive power loss; one fsync per write). ``engine``:
     "auto" (native if it loads, else the reference engine with a warning), "native" or
@@ -266,7 +269,8 @@ class _OpenPlan:
 
     engine_factory: Any
     engine_name: str
-    path_text: str | None
+    path_text: str | None  # a local file; None in memory and for a database
+    database: _location.DatabaseLocation | None
     dim: int | None
     durability: str
     precision: str
@@ -278,8 +282,22 @@ class _OpenPlan:
     recall_target: float
     policy: str
 
+    @property
+    def shown(self) -> str | None:
+        """The location as messages and repr show it (a database URL without its password)."""
+        return self.path_text if self.database is None else self.database.shown
+
     def engine_args(self) -> tuple[Any, ...]:
         """The engine constructor's positional arguments."""
+        if self.database is not None:
+            return (
+                self.database.url,
+                self.dim,
+                self.durability,
+                self.precision,
+                self.fast_open,
+                self.read_only,
+            )
         if self.engine_name == "native":
             return (self.path_text, self.dim, self.durability, self.precision, self.fast_open, self.read_only)
         # the reference engine holds f32 and reads the file whatever is asked
@@ -306,21 +324,32 @@ def _plan_open(
     read_only: Any,
     device: Any,
 ) -> _OpenPlan:
-    path_text = check.check_path(_location.store_path(path))
+    location = _location.store_path(path)
+    database = location if isinstance(location, _location.DatabaseLocation) else None
+    path_text = None if database is not None else check.check_path(location)
     cache_size = check.check_cache_size(cache_size)
     index = check.check_index(index)
     ef_search = check.check_ef_search(ef_search)
     recall_target = check.check_recall_target(recall_target)
-    precision = check.check_precision(precision, path_text)
+    precision = check.check_precision(precision, path_text if database is None else database.shown)
     dim = check.check_dim(dim)
     durability = check.check_durability(durability)
     fast_open = check.check_bool(fast_open, "fast_open")
     read_only = check.check_bool(read_only, "read_only")
-    if read_only and path_text is None:
+    if read_only and path_text is None and database is None:
         raise InvalidInputError("read_only=True needs a path: an in-memory store has no file to protect")
+    if fast_open and database is not None:
+        raise InvalidInputError(
+            "fast_open=True keeps a store image beside a local file; a PostgreSQL store has none"
+        )
     # Checked before anything is opened: a bad value touches no file.
     policy = _planner.default_policy() if device is None else _planner.check_policy(device)
     engine_factory, engine_name = _select_engine(check.check_engine(engine))
+    if database is not None and engine_name != "native":
+        raise UnsupportedStoreError(
+            "a PostgreSQL store needs the native engine (ferromem._core); the reference "
+            f"engine opens SQLite files only ({database.shown})"
+        )
     if path_text is not None and not read_only:
         try:
             os.makedirs(os.path.dirname(path_text), exist_ok=True)
@@ -330,6 +359,7 @@ def _plan_open(
         engine_factory,
         engine_name,
         path_text,
+        database,
         dim,
         durability,
         precision,
@@ -348,7 +378,7 @@ def _open_store(engine_instance: Engine, plan: _OpenPlan) -> Store:
     cache, index and device settings (closing the engine if any of that fails)."""
     path_text, engine_name, policy, precision = plan.path_text, plan.engine_name, plan.policy, plan.precision
     try:
-        _warn_if_damaged(engine_instance, path_text)
+        _warn_if_damaged(engine_instance, plan.shown)
         if engine_name == "native" and path_text is not None:
             _warn_damaged_caches(engine_instance, path_text)
     except BaseException:  # a warnings filter turned a warning into an error
@@ -373,6 +403,7 @@ def _open_store(engine_instance: Engine, plan: _OpenPlan) -> Store:
         index=plan.index,
         ef_search=plan.ef_search,
         recall_target=plan.recall_target,
+        location=plan.shown,
     )
     store._set_planning(precision, policy, device_note)
     return store
@@ -702,9 +733,13 @@ class Store:
         index: str = "auto",
         ef_search: int = 96,
         recall_target: float = check.DEFAULT_RECALL_TARGET,
+        location: str | None = None,
     ):
         self._engine = engine
         self._engine_name = engine_name
+        # Where the store lives, as shown to people: a path, or a database URL without
+        # its password. None: taken from the engine (a file or in memory).
+        self._location = location
         self._index = index
         self._ef_search = ef_search
         self._recall_target = recall_target
@@ -745,9 +780,15 @@ class Store:
 
     @property
     def path(self) -> str | None:
-        """The store's file, or None for an in-memory store."""
+        """The store's file, or None for an in-memory store or a store in a database."""
         path = self._engine.path
         return None if path is None else os.fspath(path)
+
+    @property
+    def location(self) -> str | None:
+        """Where the store lives: its file, a PostgreSQL URL without its password (and
+        without options other than ``store`` and ``schema``), or None in memory."""
+        return self._location if self._location is not None else self.path
 
     @property
     def engine(self) -> str:
@@ -1126,6 +1167,10 @@ class Store:
         graph_bytes, builds, building, graph_min_values, recall}) and the store image (``fast_open``:
         {enabled, opened_from_image, rejected: why the image was found damaged at open,
         or None}); ``index["graph_file_rejected"]`` says why the saved graph was.
+        ``storage`` is the durable backend: {backend: "memory", "sqlite" or
+        "postgresql", location}, and for PostgreSQL also schema, store, pool ({max_size,
+        open, idle, waiting, timeout_s}), listening (whether this process's LISTEN
+        connection is up), max_staleness_s and reconnect_timeout_s; never a password.
         ``index["recall"]`` is the recall guard's report: {target, verdict ("graph": the
         graph may serve "auto" searches, "exact": it may not, "unknown": not judged yet),
         ladder (per width tried: {ef, samples, mean and stderr of recall@k, graph_ms}),
@@ -1150,6 +1195,10 @@ class Store:
         else:
             operations, extras = raw, {}
         extras.setdefault("cache", dict(_NO_CACHE))
+        path = self.path  # the reference engine: a SQLite file, or in memory
+        extras.setdefault(
+            "storage", {"backend": "sqlite", "location": path} if path is not None else {"backend": "memory"}
+        )
         extras.setdefault("damaged", _damaged_records(self._engine))
         extras.setdefault("read_only", bool(getattr(self._engine, "read_only", False)))
         extras.setdefault("precision", "f32")
@@ -1249,5 +1298,5 @@ class Store:
 
     def __repr__(self) -> str:
         if self._closed or self._forks != _forks:
-            return f"<ferromem.Store path={self.path!r} engine={self._engine_name} closed>"
-        return f"<ferromem.Store path={self.path!r} engine={self._engine_name} dim={self.dim}>"
+            return f"<ferromem.Store location={self.location!r} engine={self._engine_name} closed>"
+        return f"<ferromem.Store location={self.location!r} engine={self._engine_name} dim={self.dim}>"

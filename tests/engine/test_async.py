@@ -21,9 +21,11 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import ferromem
+import ferromem.postgres
 import numpy as np
 import pytest
 from ferromem.exceptions import (
@@ -46,12 +48,17 @@ DIM = 32
 @pytest.fixture(
     params=["memory", "disk", pytest.param("postgres", marks=pytest.mark.postgres)],
 )
-def location(request: pytest.FixtureRequest, tmp_path: Any) -> str | None:
-    """Where a test's store lives: None (memory), a file, or a fresh PostgreSQL store."""
+def location(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str | None]:
+    """Where a test's store lives: None (memory), a file, or a fresh PostgreSQL store
+    (dropped afterwards)."""
     if request.param == "memory":
-        return None
+        yield None
+        return
     if request.param == "disk":
-        return str(tmp_path / "store.ferro")
+        yield str(tmp_path / "store.ferro")
+        return
+    if "engine_name" in request.fixturenames and request.getfixturevalue("engine_name") == "reference":
+        pytest.skip("the reference engine opens SQLite files only")
     dsn = os.environ.get("FERROMEM_TEST_POSTGRES_DSN")
     if not dsn:
         pytest.skip("FERROMEM_TEST_POSTGRES_DSN is not set: no PostgreSQL server to test against")
@@ -62,7 +69,8 @@ def location(request: pytest.FixtureRequest, tmp_path: Any) -> str | None:
         pytest.skip(f"this build has no PostgreSQL backend yet: {exc}")
     except StorageError as exc:
         pytest.skip(f"the PostgreSQL server of FERROMEM_TEST_POSTGRES_DSN is unreachable: {exc}")
-    return url
+    yield url
+    ferromem.postgres.drop_store(url)
 
 
 @pytest.fixture(params=["native", "reference"])

@@ -56,12 +56,14 @@ fn class_of(e: &Error) -> (usize, &'static str) {
         Error::ReadOnly(_) => (11, "ReadOnlyStoreError"),
         Error::Unsupported(_) => (12, "UnsupportedStoreError"),
         Error::Device(_) => (13, "DeviceError"),
+        Error::Unavailable(_) | Error::Retry(_) => (14, "StorageUnavailableError"),
+        Error::PoolExhausted(_) => (15, "PoolTimeoutError"),
     }
 }
 
 /// Each class of `class_of`, imported from `ferromem.exceptions` at its first use and
 /// kept: an error costs no import and no attribute lookup after that.
-static EXCEPTION_CLASSES: [PyOnceLock<Py<PyType>>; 14] = [const { PyOnceLock::new() }; 14];
+static EXCEPTION_CLASSES: [PyOnceLock<Py<PyType>>; 16] = [const { PyOnceLock::new() }; 16];
 
 /// An instance of the ferromem exception class of `kind`, made with `args`.
 fn ferromem_exception<'py>(py: Python<'py>, kind: &Error, args: impl pyo3::call::PyCallArgs<'py>) -> PyErr {
@@ -865,6 +867,7 @@ fn stats_dict<'py>(py: Python<'py>, s: EngineStats, engine: &Engine) -> PyResult
     d.set_item("dim", s.dim)?;
     d.set_item("memory_bytes", s.memory_bytes)?;
     d.set_item("disk_bytes", s.disk_bytes)?;
+    d.set_item("storage", py.import("json")?.call_method1("loads", (s.storage.to_string(),))?)?;
     d.set_item("isa", simd::active_isa().name())?;
     d.set_item("precision", s.precision.name())?;
     let ops = PyDict::new(py);
@@ -1116,6 +1119,25 @@ fn verify_graph(py: Python<'_>, graph_path: PathBuf) -> PyResult<Vec<String>> {
 }
 
 /// The SIMD path similarity kernels use now ("avx512", "avx2", "neon" or "scalar").
+/// Brings the ferromem tables of a PostgreSQL URL's schema to this build's version;
+/// returns it.
+#[pyfunction]
+fn postgres_migrate(py: Python<'_>, url: String) -> PyResult<i32> {
+    native(py, || ferromem_core::storage::postgres::migrate(&url))
+}
+
+/// The stores of a PostgreSQL URL's schema whose names start with `prefix`.
+#[pyfunction]
+fn postgres_list_stores(py: Python<'_>, url: String, prefix: String) -> PyResult<Vec<String>> {
+    native(py, || ferromem_core::storage::postgres::list_stores(&url, &prefix))
+}
+
+/// Deletes the store a PostgreSQL URL names; false when there was none.
+#[pyfunction]
+fn postgres_drop_store(py: Python<'_>, url: String) -> PyResult<bool> {
+    native(py, || ferromem_core::storage::postgres::drop_store(&url))
+}
+
 #[pyfunction]
 fn simd_isa() -> &'static str {
     simd::active_isa().name()
@@ -1255,6 +1277,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RecordRow>()?;
     aio::register(m)?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
+    m.add_function(wrap_pyfunction!(postgres_migrate, m)?)?;
+    m.add_function(wrap_pyfunction!(postgres_list_stores, m)?)?;
+    m.add_function(wrap_pyfunction!(postgres_drop_store, m)?)?;
     m.add_function(wrap_pyfunction!(calibrate_cpu, m)?)?;
     m.add_function(wrap_pyfunction!(predict_route, m)?)?;
     m.add_function(wrap_pyfunction!(verify_store, m)?)?;
