@@ -35,7 +35,7 @@ import asyncio
 import builtins
 import os
 import time
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import numpy as np
 
@@ -190,18 +190,22 @@ class _ThreadedEngine:
 
 
 def _async_engine(store: Store) -> AsyncEngine:
-    if store.engine == "native":
-        return _store._core.AsyncEngine(store._engine)
-    return _ThreadedEngine(store._engine)
+    """The async face of a Store's engine, made once per Store and kept on it (it refers to
+    the engine only, so the Store makes no reference cycle)."""
+    engine = store._async_engine
+    if engine is None:
+        if store.engine == "native":
+            engine = _store._core.AsyncEngine(store._engine)
+        else:
+            engine = _ThreadedEngine(store._engine)
+        store._async_engine = engine
+    return cast(AsyncEngine, engine)
 
 
 def async_store(store: Store) -> AsyncStore:
-    """The :class:`AsyncStore` of an open Store, made once per Store (the CrewAI adapters
-    hold a Store and await through this)."""
-    face = store._async_face
-    if face is None:
-        face = store._async_face = AsyncStore(store)
-    return face
+    """The :class:`AsyncStore` of an open Store (the CrewAI adapters hold a Store and await
+    through this): a light wrapper over the Store's cached async engine."""
+    return AsyncStore(store)
 
 
 class AsyncStore:

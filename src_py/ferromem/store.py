@@ -752,8 +752,8 @@ class Store:
         # were loaded or measured (at the first search that has a choice to make).
         self._device_note: str | None = "no device path"
         self._planner_ready = False
-        # Its ferromem.AsyncStore, made at the first ferromem.aio.async_store(self).
-        self._async_face: Any = None
+        # The async face of its engine (ferromem.aio), made when an AsyncStore first wraps it.
+        self._async_engine: Any = None
 
     def _set_planning(self, precision: str, policy: str, device_note: str | None) -> None:
         self._precision, self._policy, self._device_note = precision, policy, device_note
