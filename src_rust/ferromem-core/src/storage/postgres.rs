@@ -1269,6 +1269,33 @@ pub fn list_stores(url: &str, prefix: &str) -> Result<Vec<String>> {
     })
 }
 
+/// Creates the store `url` names (its `store` option), empty, migrating the schema first
+/// when needed, as an open for writing would; true when this call created it, false when
+/// it existed. The name is unique in the schema, so of processes creating the same store
+/// at once exactly one is told it created it (what an exclusive create, such as a RAG
+/// client's `create_collection`, needs). Should the server's acknowledgement be lost and
+/// the statement run again, the store exists and the answer is false.
+pub fn create_store(url: &str) -> Result<bool> {
+    let loc = PgLocation::parse(url)?;
+    let shared = shared_for(&loc)?;
+    {
+        let mut migrated = shared.migrated.lock();
+        if !*migrated {
+            Retries::new(&shared).run(|| runtime::block_on(shared.migrate(Access::ReadWrite)))?;
+            *migrated = true;
+        }
+    }
+    let stores = format!("{}.ferromem_stores", shared.ident);
+    let name = loc.store.as_str();
+    Retries::new(&shared).run(|| {
+        runtime::block_on(async {
+            let conn = shared.conn().await?;
+            let sql = format!("INSERT INTO {stores}(name) VALUES ($1) ON CONFLICT (name) DO NOTHING");
+            Ok(conn.execute(&sql, &[&name]).await? == 1)
+        })
+    })
+}
+
 /// Deletes the store `url` names, with all its records, in one transaction; false when
 /// there was none. Processes that have it open get an error at their next catch-up.
 pub fn drop_store(url: &str) -> Result<bool> {
