@@ -91,10 +91,7 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 def _query_pairs(url: str) -> list[tuple[str, str]]:
     """The (key, raw value) pairs of the URL's query, split as the core splits them."""
     query = url.partition("?")[2]
-    return [
-        (key, value)
-        for key, _, value in (pair.partition("=") for pair in query.split("&") if pair)
-    ]
+    return [(key, value) for key, _, value in (pair.partition("=") for pair in query.split("&") if pair)]
 
 
 def _decode_option(value: str, key: str) -> str:
