@@ -456,7 +456,8 @@ class RagClient(BaseClient):
         with self._lock:
             cached = self._stores.get(collection_name)
             if cached is not None and (cached.store.closed or (mode == "open" and not cached.writable)):
-                cached.store.close()
+                # Replaced, not closed: a search in another thread may still be reading
+                # it; the handle goes with its last reference.
                 del self._stores[collection_name]
                 cached = None
             if mode == "create":
@@ -467,8 +468,7 @@ class RagClient(BaseClient):
                         "get_or_create_collection() to reuse it"
                     )
                 if cached is not None:
-                    # A store of that name was dropped since this client opened it.
-                    cached.store.close()
+                    # The store this client had open was dropped since: a handle of nothing.
                     del self._stores[collection_name]
                     cached = None
             if cached is not None:
@@ -484,12 +484,14 @@ class RagClient(BaseClient):
             return store
 
     def _forget(self, collection_name: str, store: _store.Store) -> None:
-        """Closes and forgets the collection's store if it is still ``store``."""
+        """Forgets the collection's store if it is still ``store`` (a store dropped from the
+        database). Not closed: other threads meeting the drop on it too must see
+        NotAStoreError, which they retry, not StoreClosedError; it goes with its last
+        reference."""
         with self._lock:
             cached = self._stores.get(collection_name)
             if cached is not None and cached.store is store:
                 del self._stores[collection_name]
-            store.close()
 
     @overload
     def _on_collection(
