@@ -18,6 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import secrets
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -500,6 +501,35 @@ def test_rag_collections_are_stores_of_the_database_shared_by_clients(url):
         one.close()
         two.close()
     assert files_under(Path.cwd()) == []
+
+
+@pytest.mark.postgres
+def test_creating_one_collection_from_many_clients_at_once_succeeds_once(url):
+    clients = [RagClient(url(), embedding_function=EMBED) for _ in range(8)]
+    start = threading.Barrier(len(clients))
+    outcomes: list[str] = []
+
+    def create(client: RagClient) -> None:
+        start.wait()
+        try:
+            client.create_collection(collection_name="race")
+            outcomes.append("created")
+        except CollectionExistsError:
+            outcomes.append("exists")
+        except BaseException as exc:  # reported by the assertion below
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=create, args=(c,)) for c in clients]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert sorted(outcomes) == ["created"] + ["exists"] * (len(clients) - 1)
+        assert ferromem.postgres.list_stores(url()) == ["knowledge/race"]
+    finally:
+        for client in clients:
+            client.close()
 
 
 @pytest.mark.postgres
