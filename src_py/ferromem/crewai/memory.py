@@ -267,8 +267,9 @@ class MemoryStorage:
     ``.ferro``; None for CrewAI's default memory directory (``$CREWAI_STORAGE_DIR/memory``
     when set); or a ``postgresql://user@host:5432/db`` URL: the store named by its
     ``store`` option, else ``table_name``, shared by every process and host that opens it
-    (nothing is created on disk; the URL's password is never shown). ``vector_dim`` fixes the dimension up front (else the first embedding does).
-    ``durability``: "normal" (survives a process crash) or "full" (also power loss).
+    (nothing is created on disk; the URL's password is never shown). ``vector_dim`` fixes
+    the dimension up front (else the first embedding does). ``durability``: "normal"
+    (survives a process crash) or "full" (also power loss).
     ``store``: an open :class:`ferromem.Store` to use instead of a path (in memory, or one
     store shared by several Memory objects); the caller keeps it, and close() leaves it open.
     ``search_embeddings``: also return each search result's embedding. Off by default, as
@@ -691,7 +692,7 @@ class MemoryStorage:
         )
 
     def __repr__(self) -> str:
-        path = self.path
-        if path is not None:
-            return f"MemoryStorage(path={path!r})"
-        return f"MemoryStorage(location={self.location!r})"
+        location = self.location
+        if self.path is None and location is not None:  # a database store
+            return f"MemoryStorage(location={location!r})"
+        return f"MemoryStorage(path={self.path!r})"
