@@ -8,15 +8,21 @@ No network: embeddings come from ferromem's offline HashingEmbedder.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
 crewai = pytest.importorskip("crewai", reason="CrewAI 1.x is not installed (pip install 'crewai>=1.15,<2')")
 
 import ferromem  # noqa: E402
+import ferromem.postgres  # noqa: E402
 from crewai.memory.types import MemoryRecord  # noqa: E402
 from ferromem.crewai import MemoryStorage  # noqa: E402
 from ferromem.crewai.rag import KnowledgeStorage, RagClient  # noqa: E402
@@ -29,6 +35,30 @@ T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 pytestmark = pytest.mark.skipif(
     getattr(ferromem.store, "_core", None) is None, reason="the native engine is not built"
 )
+
+
+@pytest.fixture(params=["files", pytest.param("postgres", marks=pytest.mark.postgres)])
+def where(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Callable[[str], Any]]:
+    """``where(name)``: the path (a folder, or a PostgreSQL URL naming a store of this test's
+    own) an adapter of this test is given; the test's PostgreSQL stores are dropped after."""
+    if request.param == "files":
+        yield lambda name: tmp_path / name
+        return
+    dsn = os.environ.get("FERROMEM_TEST_POSTGRES_DSN")
+    if not dsn:
+        pytest.skip("FERROMEM_TEST_POSTGRES_DSN is not set: no PostgreSQL server to test against")
+    tag = f"async_{uuid.uuid4().hex[:12]}_"
+
+    def url(name: str) -> str:
+        return f"{dsn}{'&' if '?' in dsn else '?'}store={urllib.parse.quote(name, safe='')}"
+
+    try:
+        ferromem.postgres.migrate(dsn)
+    except ferromem.StorageError as exc:
+        pytest.skip(f"the PostgreSQL server of FERROMEM_TEST_POSTGRES_DSN is unreachable: {exc}")
+    yield lambda name: url(tag + name)
+    for name in ferromem.postgres.list_stores(dsn, tag):
+        ferromem.postgres.drop_store(url(name))
 
 
 def vec(text: str) -> list[float]:
@@ -80,9 +110,9 @@ DELETES = [
 ]
 
 
-def test_memory_storage_async_methods_answer_as_the_sync_ones(tmp_path):
-    sync_side = MemoryStorage(tmp_path / "sync")
-    async_side = MemoryStorage(tmp_path / "async")
+def test_memory_storage_async_methods_answer_as_the_sync_ones(where):
+    sync_side = MemoryStorage(where("sync"))
+    async_side = MemoryStorage(where("async"))
     sync_side.save(records())
     expected = [sync_side.search(**query) for query in SEARCHES]
     expected_deletes = [sync_side.delete(**criteria) for criteria in DELETES]
@@ -103,10 +133,10 @@ def test_memory_storage_async_methods_answer_as_the_sync_ones(tmp_path):
     async_side.close()
 
 
-def test_memory_storage_a_thousand_concurrent_calls(tmp_path):
+def test_memory_storage_a_thousand_concurrent_calls(where):
     """500 asave and 500 asearch at once: no error, every save stored, every search as the
     sync store answers it, and no Python thread started for the store's work."""
-    storage = MemoryStorage(tmp_path / "mem")
+    storage = MemoryStorage(where("mem"))
     storage.save(records())
     queries = [vec(f"query {i}") for i in range(500)]
     expected = [storage.search(q, scope_prefix="/crew", limit=5) for q in queries]
@@ -135,8 +165,8 @@ def test_memory_storage_a_thousand_concurrent_calls(tmp_path):
     storage.close()
 
 
-def test_cancelled_saves_are_whole_or_absent(tmp_path):
-    storage = MemoryStorage(tmp_path / "mem", durability="full")
+def test_cancelled_saves_are_whole_or_absent(where):
+    storage = MemoryStorage(where("mem"), durability="full")
     rng = random.Random(5)
 
     def batch(i):
@@ -169,7 +199,7 @@ def test_cancelled_saves_are_whole_or_absent(tmp_path):
     storage.close()
 
 
-def test_rag_client_and_knowledge_storage_async_answer_as_the_sync_ones(tmp_path):
+def test_rag_client_and_knowledge_storage_async_answer_as_the_sync_ones(where):
     docs = [
         {
             "content": f"passage {i} on {'green' if i % 2 else 'black'} tea",
@@ -177,8 +207,8 @@ def test_rag_client_and_knowledge_storage_async_answer_as_the_sync_ones(tmp_path
         }
         for i in range(30)
     ] + [{"content": ""}]
-    sync_client = RagClient(tmp_path / "sync", embedding_function=EMBED)
-    async_client = RagClient(tmp_path / "async", embedding_function=EMBED)
+    sync_client = RagClient(where("sync"), embedding_function=EMBED)
+    async_client = RagClient(where("async"), embedding_function=EMBED)
     queries = [
         {"query": "green tea", "limit": 4, "score_threshold": None},
         {"query": "black tea", "metadata_filter": {"n": 2}, "score_threshold": 0.1},

@@ -68,6 +68,7 @@ from crewai.memory.storage.backend import EmbeddingDimensionMismatchError
 from crewai.memory.types import MemoryRecord, ScopeInfo
 
 from .. import store as _store
+from .._location import DatabaseLocation, shown
 from .._typing import Durability
 from ..aio import async_store
 from ..exceptions import (
@@ -78,7 +79,7 @@ from ..exceptions import (
 )
 from ._embedding import NO_EMBEDDING_KEY, asearch_ranked, search_ranked
 from ._filters import afilter_ids, filter_ids, split_metadata_filter
-from ._names import STORE_SUFFIX, path_argument
+from ._names import STORE_SUFFIX, location_argument, open_at
 
 __all__ = ["MemoryStorage", "DEFAULT_VECTOR_DIM", "default_memory_path"]
 
@@ -259,12 +260,16 @@ def _stored_metadata(record: MemoryRecord) -> dict[str, Any]:
 
 
 class MemoryStorage:
-    """CrewAI ``StorageBackend`` on a ferromem store (one SQLite file, many processes).
+    """CrewAI ``StorageBackend`` on a ferromem store (one SQLite file, or a store in a
+    PostgreSQL database; many processes).
 
     ``path``: a directory (the store is ``<path>/<table_name>.ferro``) or a file ending in
     ``.ferro``; None for CrewAI's default memory directory (``$CREWAI_STORAGE_DIR/memory``
-    when set). ``vector_dim`` fixes the dimension up front (else the first embedding does).
-    ``durability``: "normal" (survives a process crash) or "full" (also power loss).
+    when set); or a ``postgresql://user@host:5432/db`` URL: the store named by its
+    ``store`` option, else ``table_name``, shared by every process and host that opens it
+    (nothing is created on disk; the URL's password is never shown). ``vector_dim`` fixes
+    the dimension up front (else the first embedding does). ``durability``: "normal"
+    (survives a process crash) or "full" (also power loss).
     ``store``: an open :class:`ferromem.Store` to use instead of a path (in memory, or one
     store shared by several Memory objects); the caller keeps it, and close() leaves it open.
     ``search_embeddings``: also return each search result's embedding. Off by default, as
@@ -290,10 +295,10 @@ class MemoryStorage:
                 raise InvalidInputError(f"store must be a ferromem Store, got {type(store).__name__}")
             self._store = store
             self._owns_store = False
-            self._file = store.path
+            self._where: str | DatabaseLocation | None = None
         else:
-            self._file = self._resolve_path(path, table_name)
-            self._store = _store.open(self._file, dim=vector_dim, durability=durability)
+            self._where = self._resolve_location(path, table_name)
+            self._store = open_at(self._where, dim=vector_dim, durability=durability)
             self._owns_store = True
         self._vector_dim = vector_dim
         self._durability = durability
@@ -302,7 +307,11 @@ class MemoryStorage:
         self._close_lock = threading.Lock()
 
     @staticmethod
-    def _resolve_path(path: str | os.PathLike | None, table_name: str) -> str:
+    def _resolve_location(
+        path: str | os.PathLike | DatabaseLocation | None, table_name: str
+    ) -> str | DatabaseLocation:
+        """The store's file, or its URL in a database (``table_name`` names the store when
+        the URL has no ``store`` option)."""
         if (
             not isinstance(table_name, str)
             or not table_name
@@ -312,7 +321,10 @@ class MemoryStorage:
             raise InvalidInputError(
                 f"table_name must be a plain file name such as 'memories', got {table_name!r}"
             )
-        base = default_memory_path() if path is None else Path(path_argument(path))
+        where = None if path is None else location_argument(path)
+        if isinstance(where, DatabaseLocation):
+            return where if where.store is not None else where.with_store(table_name)
+        base = default_memory_path() if where is None else Path(where)
         if base.suffix == STORE_SUFFIX:
             return str(base)
         return str(base / (table_name + STORE_SUFFIX))
@@ -324,7 +336,18 @@ class MemoryStorage:
 
     @property
     def path(self) -> str | None:
-        return self._file
+        """The store's file; None for a store in a database or in memory."""
+        if self._owns_store:
+            return self._where if isinstance(self._where, str) else None
+        return self._store.path
+
+    @property
+    def location(self) -> str | None:
+        """Where the store lives: its file, or its database URL without the password (the
+        form every message and repr shows); None in memory."""
+        if self._owns_store:
+            return shown(self._where)
+        return self._store.location
 
     def _live(self) -> _store.Store:
         """The open store: the one this storage opened, opened again after close(), or the
@@ -335,7 +358,8 @@ class MemoryStorage:
                 if self._store.closed:
                     # The dimension is the file's now; vector_dim only matters for a file
                     # that was removed meanwhile, as when first opened.
-                    self._store = _store.open(self._file, dim=self._vector_dim, durability=self._durability)
+                    where = cast("str | DatabaseLocation", self._where)
+                    self._store = open_at(where, dim=self._vector_dim, durability=self._durability)
                 store = self._store
         return store
 
@@ -753,4 +777,7 @@ class MemoryStorage:
         return await face.delete(ids, older_than=older, **criteria)
 
     def __repr__(self) -> str:
+        location = self.location
+        if self.path is None and location is not None:  # a database store
+            return f"MemoryStorage(location={location!r})"
         return f"MemoryStorage(path={self.path!r})"

@@ -1118,7 +1118,6 @@ fn verify_graph(py: Python<'_>, graph_path: PathBuf) -> PyResult<Vec<String>> {
     native(py, || Ok(ferromem_core::hnsw::verify_graph_file(&graph_path)))
 }
 
-/// The SIMD path similarity kernels use now ("avx512", "avx2", "neon" or "scalar").
 /// Brings the ferromem tables of a PostgreSQL URL's schema to this build's version;
 /// returns it.
 #[pyfunction]
@@ -1132,12 +1131,19 @@ fn postgres_list_stores(py: Python<'_>, url: String, prefix: String) -> PyResult
     native(py, || ferromem_core::storage::postgres::list_stores(&url, &prefix))
 }
 
+/// Creates the store a PostgreSQL URL names; false when it existed already.
+#[pyfunction]
+fn postgres_create_store(py: Python<'_>, url: String) -> PyResult<bool> {
+    native(py, || ferromem_core::storage::postgres::create_store(&url))
+}
+
 /// Deletes the store a PostgreSQL URL names; false when there was none.
 #[pyfunction]
 fn postgres_drop_store(py: Python<'_>, url: String) -> PyResult<bool> {
     native(py, || ferromem_core::storage::postgres::drop_store(&url))
 }
 
+/// The SIMD path similarity kernels use now ("avx512", "avx2", "neon" or "scalar").
 #[pyfunction]
 fn simd_isa() -> &'static str {
     simd::active_isa().name()
@@ -1279,6 +1285,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
     m.add_function(wrap_pyfunction!(postgres_migrate, m)?)?;
     m.add_function(wrap_pyfunction!(postgres_list_stores, m)?)?;
+    m.add_function(wrap_pyfunction!(postgres_create_store, m)?)?;
     m.add_function(wrap_pyfunction!(postgres_drop_store, m)?)?;
     m.add_function(wrap_pyfunction!(calibrate_cpu, m)?)?;
     m.add_function(wrap_pyfunction!(predict_route, m)?)?;
