@@ -52,8 +52,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import numpy as np
 from peers import (
-    K,
     FerromemCrew,
+    K,
     LanceCrew,
     Skip,
     _crewai_records,
