@@ -223,10 +223,46 @@ class PostgresCrew(FerromemCrew):
         return MemoryStorage(store=self.store)
 
 
-def storage_row(backend: Any, root: str, data: dict, saves: int, seconds: float, budget_s: float) -> dict:
-    """Fill, search, save and the 8-thread run on one StorageBackend; a failure is a row."""
+def single_saves(storage: Any, first_id: int, dim: int, saves: int, budget_s: float) -> dict:
+    """p50/p95 of save() of one new record. Each has an id of its own (an id saved twice
+    would be a replace for ferromem and a second row for LanceDB); two go untimed first."""
     from crewai.memory.types import MemoryRecord
 
+    vectors = unit_rows(np.random.default_rng(first_id), saves + 2, dim).tolist()
+    records = [
+        MemoryRecord(
+            id=str(uuid.UUID(int=first_id + i)),
+            content=f"one more memory {i}",
+            scope="/crew/bench/saves",
+            categories=["fact"],
+            embedding=v,
+        )
+        for i, v in enumerate(vectors)
+    ]
+    for r in records[:2]:
+        storage.save([r])
+    secs, _ = timed(lambda r: storage.save([r]), records[2:], warmup=0, budget_s=budget_s)
+    return {"save_p50_ms": p(secs, 50), "save_p95_ms": p(secs, 95), "saves": len(secs)}
+
+
+def full_durability_saves(file: str, first_id: int, dim: int, saves: int, budget_s: float) -> dict:
+    """The embedded file's one-record saves with durability="full" (an fsync per commit,
+    as a PostgreSQL commit waits for its WAL flush): the like-for-like save."""
+    import ferromem
+    from ferromem.crewai import MemoryStorage
+
+    row: dict[str, Any] = {"name": "ferromem embedded, durability='full'", "save_only": True}
+    try:
+        with ferromem.open(file, cache_size=0, index="exact", durability="full") as store:
+            row.update(single_saves(MemoryStorage(store=store), first_id, dim, saves, budget_s))
+        log(f"  {row['name']}: save p50 {row['save_p50_ms']:.2f} ms")
+    except Exception as exc:  # noqa: BLE001
+        row["skipped"] = f"{type(exc).__name__}: {exc}"
+    return row
+
+
+def storage_row(backend: Any, root: str, data: dict, saves: int, seconds: float, budget_s: float) -> dict:
+    """Fill, search, save and the 8-thread run on one StorageBackend; a failure is a row."""
     vectors, queries, kth, items = data["vectors"], data["queries"], data["kth"], data["items"]
     n, dim = vectors.shape
     row: dict[str, Any] = {"name": backend.name}
@@ -249,23 +285,7 @@ def storage_row(backend: Any, root: str, data: dict, saves: int, seconds: float,
         found = [np.array([_row_of(r) for r, _ in res], dtype=np.int64) for res in raw]
         row["recall"] = recall_at_k(found, vectors, queries[: len(found)], kth[: len(found)])
         row["search_p50_ms"], row["search_p95_ms"], row["searches"] = p(secs, 50), p(secs, 95), len(secs)
-        # One record a save, each a new id (an id saved twice would be a replace for
-        # ferromem and a second row for LanceDB); two untimed first.
-        extra = unit_rows(np.random.default_rng(11), saves + 2, dim).tolist()
-        records = [
-            MemoryRecord(
-                id=str(uuid.UUID(int=n + 1 + i)),
-                content=f"one more memory {i}",
-                scope="/crew/bench/saves",
-                categories=["fact"],
-                embedding=v,
-            )
-            for i, v in enumerate(extra)
-        ]
-        for r in records[:2]:
-            storage.save([r])
-        secs, _ = timed(lambda r: storage.save([r]), records[2:], warmup=0, budget_s=budget_s)
-        row["save_p50_ms"], row["save_p95_ms"], row["saves"] = p(secs, 50), p(secs, 95), len(secs)
+        row.update(single_saves(storage, n + 1, dim, saves, budget_s))
         row["ops_8t"], row["errors_8t"] = mixed_load(storage, queries, seconds)
         log(
             f"  fill {fill:.1f} s, save p50 {row['save_p50_ms']:.2f} ms, search p50 {row['search_p50_ms']:.2f} ms "
@@ -418,6 +438,7 @@ def run_size(n: int, a: argparse.Namespace) -> dict:
         rows = [
             storage_row(b, r, data, a.saves, a.seconds, a.budget) for b, r in ((pg, root), (embedded, root))
         ]
+        rows.append(full_durability_saves(file, 2 * n + 1, dim, a.saves, a.budget))
         rows.append(storage_row(LanceCrew(), lance_root, data, a.saves, a.seconds, a.budget))
         shutil.rmtree(lance_root, ignore_errors=True)  # 3+ GB at 100k; not needed below
         out["storages"] = rows
@@ -482,6 +503,9 @@ def render_size(r: dict, seconds: float) -> str:
             lines.append(f"| {s['name']} | skipped: {s['skipped'].replace('|', '/')} | | | | |")
             continue
         by_name[s["name"]] = s
+        if s.get("save_only"):
+            lines.append(f"| {s['name']} (saves only) | - | {ms_pair(s, 'save')} | - | - | - |")
+            continue
         errors = f" ({s['errors_8t']} errors)" if s["errors_8t"] else ""
         lines.append(
             f"| {s['name']} | {s['fill_s']:.1f} | {ms_pair(s, 'save')} | {ms_pair(s, 'search')} "
@@ -489,9 +513,11 @@ def render_size(r: dict, seconds: float) -> str:
         )
     pg = by_name.get("ferromem on PostgreSQL")
     emb = by_name.get("ferromem embedded (SQLite file)")
+    full = by_name.get("ferromem embedded, durability='full'")
     lance = by_name.get("CrewAI LanceDBStorage")
     pairs = [
         ("ferromem on PostgreSQL / ferromem embedded", pg, emb),
+        ("ferromem on PostgreSQL / ferromem embedded, durability='full'", pg, full),
         ("CrewAI LanceDB / ferromem on PostgreSQL", lance, pg),
         ("CrewAI LanceDB / ferromem embedded", lance, emb),
     ]
@@ -506,10 +532,12 @@ def render_size(r: dict, seconds: float) -> str:
         if x is None or y is None:
             lines.append(f"| {label} | - | - | - | - | - |")
             continue
-        cells = [ratio(x[k], y[k]) for k in ("save_p50_ms", "save_p95_ms", "search_p50_ms", "search_p95_ms")]
-        cells.append(
-            ratio(1 / x["ops_8t"] if x["ops_8t"] else None, 1 / y["ops_8t"] if y["ops_8t"] else None)
-        )
+        cells = [
+            ratio(x.get(k), y.get(k))
+            for k in ("save_p50_ms", "save_p95_ms", "search_p50_ms", "search_p95_ms")
+        ]
+        ops_x, ops_y = x.get("ops_8t"), y.get("ops_8t")
+        cells.append(ratio(1 / ops_x if ops_x else None, 1 / ops_y if ops_y else None))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
     lines += [
