@@ -95,7 +95,9 @@ class PostgresServer:
                 conn.execute("SET lock_timeout = '15s'")
                 for schema in sorted({self.schema, *self.extra_schemas}):
                     try:
-                        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+                        conn.execute(
+                            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+                        )
                     except Exception as exc:  # reported, the other schemas still go
                         problems.append(f"{schema}: {type(exc).__name__}: {exc}")
         except Exception as exc:
@@ -188,6 +190,7 @@ def postgres_url(postgres: PostgresServer) -> Callable[..., str]:
 def is_postgres_location(location: Any) -> bool:
     return isinstance(location, str) and re.match(r"(?i)postgres(ql)?://", location) is not None
 
+
 # The storages of the suites that run in memory and again on PostgreSQL (exactness, state
 # machine): ``@pytest.mark.parametrize("engine", ...)`` plus the ``storage_kind`` fixture.
 STORAGE_KINDS = ["memory", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -195,7 +198,7 @@ STORAGE_KINDS = ["memory", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 @pytest.fixture(params=STORAGE_KINDS)
 def storage_kind(request: pytest.FixtureRequest) -> str:
-    """"memory" or "postgres" (skipped without a server, and with the reference engine
+    """The storage: "memory" or "postgres" (skipped without a server, and with the reference engine
     when the test is parametrised by ``engine``)."""
     if request.param == "postgres":
         if "engine" in request.fixturenames and request.getfixturevalue("engine") == "reference":
