@@ -7,7 +7,7 @@ text                            location
 =============================== =========================================
 ``memory:``                     in memory, nothing persisted
 ``sqlite:PATH``, ``sqlite:///abs`` the SQLite file at PATH (or /abs)
-``postgresql://...``            reserved: this build has no such backend
+``postgresql://...``            a store in a PostgreSQL database (docs/postgres.md)
 anything else                   a path of a SQLite file (the default)
 =============================== =========================================
 
@@ -23,17 +23,63 @@ from typing import Any
 
 from .exceptions import InvalidInputError, UnsupportedStoreError
 
-__all__ = ["store_path"]
+__all__ = ["DatabaseLocation", "store_path", "shown"]
 
 # RFC 3986's scheme, of two characters at least: one letter is a Windows drive (C:\x).
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]+):")
-_SCHEMES = "a path, 'sqlite:PATH', 'sqlite:///ABSOLUTE/PATH' or 'memory:'"
+_SCHEMES = "a path, 'sqlite:PATH', 'sqlite:///ABSOLUTE/PATH', 'memory:' or 'postgresql://...'"
+
+
+class DatabaseLocation:
+    """A ``postgresql://`` URL. It may hold a password: ``url`` is given only to the
+    native engine, and everything shown (``str``, ``repr``, messages) is ``shown``, the
+    URL without its password and options other than the store and schema."""
+
+    __slots__ = ("_url", "shown")
+
+    def __init__(self, url: str):
+        self._url = url
+        self.shown = _redacted(url)
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def __repr__(self) -> str:
+        return f"DatabaseLocation({self.shown!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DatabaseLocation) and other._url == self._url
+
+    def __hash__(self) -> int:
+        return hash(self._url)
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, and with only its store and schema options."""
+    scheme, _, rest = url.partition("://")
+    base, _, query = rest.partition("?")
+    authority, slash, path = base.partition("/")
+    userinfo, at, hostport = authority.rpartition("@")
+    user = userinfo.partition(":")[0]
+    shown = f"{scheme.lower()}://{user}{at}{hostport}{slash}{path}"
+    kept = [p for p in query.split("&") if p.partition("=")[0] in ("store", "schema")]
+    return shown + ("?" + "&".join(kept) if kept else "")
+
+
+def shown(location: Any) -> str | None:
+    """How a location is shown to people: a path as it is, a database URL redacted."""
+    if isinstance(location, DatabaseLocation):
+        return location.shown
+    return None if location is None else str(location)
 
 
 def store_path(location: Any) -> Any:
-    """The path of the SQLite file ``location`` names, or None for an in-memory store.
-    Anything but a str is returned as it is (a path, None, or a wrong type that the path
-    check refuses)."""
+    """The path of the SQLite file ``location`` names, None for an in-memory store, or a
+    :class:`DatabaseLocation` for a PostgreSQL URL. Anything but a str is returned as it
+    is (a path, None, or a wrong type that the path check refuses)."""
     if not isinstance(location, str):
         return location
     found = _SCHEME.match(location)
@@ -61,11 +107,11 @@ def store_path(location: Any) -> Any:
             )
         return path
     if scheme in ("postgresql", "postgres"):
-        # The URL is not repeated: it may hold a password.
-        raise UnsupportedStoreError(
-            "this build of ferromem has no PostgreSQL backend: a 'postgresql://' store cannot "
-            f"be opened; use {_SCHEMES}"
-        )
+        if not rest.startswith("//"):
+            raise InvalidInputError(
+                "a PostgreSQL location is a URL: 'postgresql://user@host:5432/dbname?store=NAME'"
+            )
+        return DatabaseLocation(location)
     if rest.startswith("//"):
         raise UnsupportedStoreError(
             f"unknown store location scheme '{found.group(1)}': a store location is {_SCHEMES}"

@@ -28,6 +28,8 @@ __all__ = [
     "NotAStoreError",
     "ReadOnlyStoreError",
     "UnsupportedStoreError",
+    "StorageUnavailableError",
+    "PoolTimeoutError",
     "DeviceError",
     "DeviceUnavailableError",
     "DeviceMemoryError",
@@ -114,6 +116,18 @@ class ReadOnlyStoreError(StorageError):
 class UnsupportedStoreError(InvalidInputError):
     """A store location this build cannot open: an unknown scheme (``mysql://...``) or a
     backend it does not have (``postgresql://...``). Nothing was opened or created."""
+
+
+class StorageUnavailableError(StorageError):
+    """The database server cannot be reached: it stayed unreachable for the store's
+    ``reconnect_timeout`` (a PostgreSQL store retries with backoff until then), or a write
+    lost its connection too many times before it could commit. Nothing was written."""
+
+
+class PoolTimeoutError(StorageUnavailableError, TimeoutError):
+    """Every pooled connection stayed busy for the store's ``pool_timeout``: the pool is
+    exhausted (raise ``pool_size``, or find what holds the connections). Nothing was
+    written."""
 
 
 class DeviceError(FerromemError):

@@ -55,6 +55,7 @@ from .exceptions import (
     NotFoundError,
     StorageError,
     StoreClosedError,
+    UnsupportedStoreError,
 )
 from .records import Record, ScopeInfo
 
@@ -185,8 +186,10 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
 
     ``path``: where the store lives: its single SQLite file (a path, an os.PathLike,
     ``"sqlite:PATH"`` or ``"sqlite:///ABSOLUTE/PATH"``; parent directories are created),
-    or None or ``"memory:"`` for an in-memory store. Other schemes (``postgresql://``)
-    raise UnsupportedStoreError. ``dim``: the vector dimension, if known (it is otherwise fixed
+    or None or ``"memory:"`` for an in-memory store, or a store in a PostgreSQL database,
+    ``"postgresql://user@host:5432/dbname?store=NAME"`` (shared by every process that opens
+    it; the options, the consistency model and the pool are in docs/postgres.md). Other
+    schemes raise UnsupportedStoreError. ``dim``: the vector dimension, if known (it is otherwise fixed
     by the first vector). ``durability``: "normal" (acknowledged writes survive a process
     crash) or "full" (they also survive power loss; one fsync per write). ``engine``:
     "auto" (native if it loads, else the reference engine with a warning), "native" or
@@ -240,30 +243,43 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     ``stats()["damaged"]`` and reported once with a DamagedRecordsWarning (see
     :func:`check`).
     """
-    path_text = check.check_path(_location.store_path(path))
+    location = _location.store_path(path)
+    database = location if isinstance(location, _location.DatabaseLocation) else None
+    path_text = None if database is not None else check.check_path(location)
     cache_size = check.check_cache_size(cache_size)
     index = check.check_index(index)
     ef_search = check.check_ef_search(ef_search)
     recall_target = check.check_recall_target(recall_target)
-    precision = check.check_precision(precision, path_text)
+    precision = check.check_precision(precision, path_text if database is None else database.shown)
     dim = check.check_dim(dim)
     durability = check.check_durability(durability)
     fast_open = check.check_bool(fast_open, "fast_open")
     read_only = check.check_bool(read_only, "read_only")
-    if read_only and path_text is None:
+    if read_only and path_text is None and database is None:
         raise InvalidInputError("read_only=True needs a path: an in-memory store has no file to protect")
+    if fast_open and database is not None:
+        raise InvalidInputError(
+            "fast_open=True keeps a store image beside a local file; a PostgreSQL store has none"
+        )
     engine_factory, engine_name = _select_engine(check.check_engine(engine))
+    if database is not None and engine_name != "native":
+        raise UnsupportedStoreError(
+            "a PostgreSQL store needs the native engine (ferromem._core); the reference "
+            f"engine opens SQLite files only ({database.shown})"
+        )
     if path_text is not None and not read_only:
         try:
             os.makedirs(os.path.dirname(path_text), exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create the directory of {path_text!r}: {exc}") from exc
-    if engine_name == "native":
+    if database is not None:
+        engine_instance = engine_factory(database.url, dim, durability, precision, fast_open, read_only)
+    elif engine_name == "native":
         engine_instance = engine_factory(path_text, dim, durability, precision, fast_open, read_only)
     else:  # the reference engine holds f32 and reads the file whatever is asked
         engine_instance = engine_factory(path_text, dim, durability, read_only=read_only)
     try:
-        _warn_if_damaged(engine_instance, path_text)
+        _warn_if_damaged(engine_instance, path_text if database is None else database.shown)
         if engine_name == "native" and path_text is not None:
             _warn_damaged_caches(engine_instance, path_text)
     except BaseException:  # a warnings filter turned a warning into an error
@@ -283,7 +299,14 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     except BaseException:
         engine_instance.close()
         raise
-    store = Store(engine_instance, engine_name, index=index, ef_search=ef_search, recall_target=recall_target)
+    store = Store(
+        engine_instance,
+        engine_name,
+        index=index,
+        ef_search=ef_search,
+        recall_target=recall_target,
+        location=path_text if database is None else database.shown,
+    )
     store._set_planning(precision, policy, device_note)
     return store
 
@@ -534,9 +557,13 @@ class Store:
         index: str = "auto",
         ef_search: int = 96,
         recall_target: float = check.DEFAULT_RECALL_TARGET,
+        location: str | None = None,
     ):
         self._engine = engine
         self._engine_name = engine_name
+        # Where the store lives, as shown to people: a path, or a database URL without
+        # its password. None: taken from the engine (a file or in memory).
+        self._location = location
         self._index = index
         self._ef_search = ef_search
         self._recall_target = recall_target
@@ -575,9 +602,15 @@ class Store:
 
     @property
     def path(self) -> str | None:
-        """The store's file, or None for an in-memory store."""
+        """The store's file, or None for an in-memory store or a store in a database."""
         path = self._engine.path
         return None if path is None else os.fspath(path)
+
+    @property
+    def location(self) -> str | None:
+        """Where the store lives: its file, a PostgreSQL URL without its password (and
+        without options other than ``store`` and ``schema``), or None in memory."""
+        return self._location if self._location is not None else self.path
 
     @property
     def engine(self) -> str:
@@ -1064,5 +1097,5 @@ class Store:
 
     def __repr__(self) -> str:
         if self._closed or self._forks != _forks:
-            return f"<ferromem.Store path={self.path!r} engine={self._engine_name} closed>"
-        return f"<ferromem.Store path={self.path!r} engine={self._engine_name} dim={self.dim}>"
+            return f"<ferromem.Store location={self.location!r} engine={self._engine_name} closed>"
+        return f"<ferromem.Store location={self.location!r} engine={self._engine_name} dim={self.dim}>"

@@ -39,6 +39,18 @@ pub enum Error {
     /// cannot hold the store, or it failed. Nothing was searched.
     #[error("{0}")]
     Device(String),
+    /// The database server cannot be reached (past the reconnect timeout), or a write's
+    /// connection was lost before its commit. Nothing was written.
+    #[error("{0}")]
+    Unavailable(String),
+    /// No pooled connection became free within the pool's timeout. Nothing was written.
+    #[error("{0}")]
+    PoolExhausted(String),
+    /// Internal: a write transaction was lost before it committed (its connection broke);
+    /// the engine runs the write again from the start. Never reaches a caller: after too
+    /// many tries it becomes [`Error::Unavailable`].
+    #[error("{0}")]
+    Retry(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -66,7 +66,7 @@ impl Storage for VecStorage {
         Ok(Loaded { epoch: now.epoch, seq: now.seq, dim: now.dim, damaged: Vec::new() })
     }
 
-    fn maybe_changed(&mut self) -> Result<bool> {
+    fn maybe_changed(&mut self, _epoch: u64, _seq: u64) -> Result<bool> {
         let version = self.shared.committed.lock().unwrap().version;
         let changed = version != self.seen_version;
         self.seen_version = version;

@@ -55,12 +55,14 @@ fn class_of(e: &Error) -> (usize, &'static str) {
         Error::ReadOnly(_) => (11, "ReadOnlyStoreError"),
         Error::Unsupported(_) => (12, "UnsupportedStoreError"),
         Error::Device(_) => (13, "DeviceError"),
+        Error::Unavailable(_) | Error::Retry(_) => (14, "StorageUnavailableError"),
+        Error::PoolExhausted(_) => (15, "PoolTimeoutError"),
     }
 }
 
 /// Each class of `class_of`, imported from `ferromem.exceptions` at its first use and
 /// kept: an error costs no import and no attribute lookup after that.
-static EXCEPTION_CLASSES: [PyOnceLock<Py<PyType>>; 14] = [const { PyOnceLock::new() }; 14];
+static EXCEPTION_CLASSES: [PyOnceLock<Py<PyType>>; 16] = [const { PyOnceLock::new() }; 16];
 
 /// An instance of the ferromem exception class of `kind`, made with `args`.
 fn ferromem_exception<'py>(py: Python<'py>, kind: &Error, args: impl pyo3::call::PyCallArgs<'py>) -> PyErr {

@@ -233,14 +233,19 @@ impl Engine {
         let mut guard = self.reader.lock();
         let reader = guard.as_mut().ok_or(Error::Closed)?;
         let stale = self.stale.swap(false, Ordering::AcqRel);
-        if !reader.maybe_changed()? && !stale {
-            return Ok(());
-        }
-        let t = Instant::now();
         let (epoch, seq) = {
             let st = self.state.read();
             (st.epoch, st.seq)
         };
+        match reader.maybe_changed(epoch, seq) {
+            Ok(false) if !stale => return Ok(()),
+            Ok(_) => {}
+            Err(e) => {
+                self.stale.fetch_or(stale, Ordering::AcqRel);
+                return Err(e);
+            }
+        }
+        let t = Instant::now();
         let result = reader.changes_since(epoch, seq).and_then(|c| self.apply_changes(c));
         if result.is_err() {
             self.stale.store(true, Ordering::Release);

@@ -56,6 +56,29 @@ pub(super) fn is_disk_full(e: &Error) -> bool {
     matches!(e, Error::Storage(msg) if msg.contains("database or disk is full"))
 }
 
+/// How many times a write whose transaction was lost before it committed runs again. Each
+/// try waits for the backend to reconnect (up to its own timeout), so this only bounds a
+/// connection that keeps breaking.
+const WRITE_TRIES: usize = 8;
+
+/// Runs `attempt` again while the backend reports that its transaction was lost before
+/// it committed ([`Error::Retry`]: nothing of it was written). The attempt starts over
+/// from the latest state, so what it writes is computed afresh.
+fn retrying<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut tries = 0;
+    loop {
+        match attempt() {
+            Err(Error::Retry(why)) => {
+                tries += 1;
+                if tries >= WRITE_TRIES {
+                    return Err(Error::Unavailable(format!("a write lost its connection {tries} times before it could commit: {why}")));
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Engine {
     /// Starts an exclusive write transaction and brings the replica up to the latest
     /// commit inside it, so what the caller computes next is against the newest state.
@@ -76,9 +99,17 @@ impl Engine {
     /// One durable write: inside an exclusive transaction, catch up, let `build` compute the
     /// changes against the latest state (validation happens there), write, commit, then
     /// apply to the replica. Any error rolls everything back.
-    pub(super) fn write_op<'v, T>(&self, op: Op, build: impl FnOnce(&State) -> Result<(Vec<OwnedOp<'v>>, T)>) -> Result<T> {
+    pub(super) fn write_op<'v, T>(&self, op: Op, mut build: impl FnMut(&State) -> Result<(Vec<OwnedOp<'v>>, T)>) -> Result<T> {
         let t = Instant::now();
         self.check_open()?;
+        let out = retrying(|| self.write_once(&mut build))?;
+        self.kick_index_build();
+        self.metrics.record(op, t);
+        Ok(out)
+    }
+
+    /// One attempt at a durable write (see `write_op`).
+    fn write_once<'v, T>(&self, build: &mut impl FnMut(&State) -> Result<(Vec<OwnedOp<'v>>, T)>) -> Result<T> {
         let mut guard = self.writer.lock();
         let w = guard.as_mut().ok_or(Error::Closed)?;
         self.begin_caught_up(w.as_mut())?;
@@ -131,9 +162,6 @@ impl Engine {
                 st.seq = new_seq;
             }
         }
-        drop(guard);
-        self.kick_index_build();
-        self.metrics.record(op, t);
         Ok(out)
     }
 
@@ -170,7 +198,8 @@ impl Engine {
                     return Err(Error::DuplicateId(r.id.to_string()));
                 }
             }
-            let ops = records.into_iter().zip(vectors.chunks_exact(dim)).map(|(rec, v)| OwnedOp::Put(rec, Cow::Borrowed(v))).collect();
+            // Cloned, not moved: a write whose connection is lost runs again (`retrying`).
+            let ops = records.iter().cloned().zip(vectors.chunks_exact(dim)).map(|(rec, v)| OwnedOp::Put(rec, Cow::Borrowed(v))).collect();
             Ok((ops, ()))
         })
     }
@@ -190,7 +219,7 @@ impl Engine {
                 check_precision_dim(st.precision, v.len())?;
             }
             let mut rec = old.clone();
-            let p = patch;
+            let p = patch.clone();
             if let Some(x) = p.content {
                 rec.content = x
             }
@@ -278,6 +307,12 @@ impl Engine {
     pub fn reset(&self) -> Result<()> {
         let t = Instant::now();
         self.check_open()?;
+        retrying(|| self.reset_once())?;
+        self.metrics.record(Op::reset, t);
+        Ok(())
+    }
+
+    fn reset_once(&self) -> Result<()> {
         let mut guard = self.writer.lock();
         let w = guard.as_mut().ok_or(Error::Closed)?;
         self.begin_caught_up(w.as_mut())?;
@@ -303,7 +338,6 @@ impl Engine {
         }
         drop(st);
         drop(guard);
-        self.metrics.record(Op::reset, t);
         Ok(())
     }
 }

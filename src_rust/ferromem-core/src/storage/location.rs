@@ -6,7 +6,7 @@
 //! |---------------------------------|-------------------------------------------|
 //! | `memory:`                       | in memory, nothing persisted              |
 //! | `sqlite:PATH`, `sqlite:///abs`  | the SQLite file at PATH (or /abs)         |
-//! | `postgresql://...`              | reserved: this build has no such backend  |
+//! | `postgresql://...`, `postgres://` | a store in a PostgreSQL database (see [`super::postgres`]) |
 //! | anything else                   | a path of a SQLite file (the default)     |
 //!
 //! Schemes are matched without regard to case. Text whose prefix is not a known scheme is
@@ -14,6 +14,7 @@
 //! it cannot be meant as a file name.
 
 use super::memory::MemoryStorage;
+use super::postgres::PostgresStorage;
 use super::sqlite::SqliteStorage;
 use super::{Durability, Storage};
 use crate::{Error, Result};
@@ -26,7 +27,8 @@ pub enum Location {
     Memory,
     /// One SQLite file.
     Sqlite(PathBuf),
-    /// A PostgreSQL database (the URL as given). No backend in this build yet.
+    /// A store in a PostgreSQL database (the URL as given; it may hold a password, so it is
+    /// never shown: see [`super::postgres::PgLocation`]).
     Postgres(String),
 }
 
@@ -54,7 +56,7 @@ impl Default for StorageOptions {
     }
 }
 
-const SCHEMES: &str = "a path, 'sqlite:PATH', 'sqlite:///ABSOLUTE/PATH' or 'memory:'";
+const SCHEMES: &str = "a path, 'sqlite:PATH', 'sqlite:///ABSOLUTE/PATH', 'memory:' or 'postgresql://...'";
 
 impl Location {
     /// Parses a location (see the module's table).
@@ -131,10 +133,7 @@ pub fn open(location: &Location, options: StorageOptions) -> Result<Box<dyn Stor
             }
             Ok(Box::new(storage))
         }
-        // The URL is not repeated: it may hold a password.
-        Location::Postgres(_) => Err(Error::Unsupported(format!(
-            "this build of ferromem has no PostgreSQL backend: a 'postgresql://' store cannot be opened; use {SCHEMES}"
-        ))),
+        Location::Postgres(url) => Ok(Box::new(PostgresStorage::open(url, options.access, options.durability)?)),
     }
 }
 
@@ -167,9 +166,5 @@ mod tests {
         for bad in ["sqlite:", "sqlite://host/x.db", "memory:x"] {
             assert!(matches!(Location::parse(bad), Err(Error::InvalidInput(_))), "{bad}");
         }
-        let Err(Error::Unsupported(msg)) = open(&Location::parse("postgresql://u:secret@h/db").unwrap(), StorageOptions::default()) else {
-            panic!("a PostgreSQL location opened");
-        };
-        assert!(msg.contains("no PostgreSQL backend") && !msg.contains("secret"), "{msg}");
     }
 }

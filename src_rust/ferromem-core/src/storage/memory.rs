@@ -11,7 +11,7 @@ impl Storage for MemoryStorage {
     fn load_each(&mut self, _sink: &mut dyn FnMut(StoredRecord) -> Result<()>) -> Result<Loaded> {
         Ok(Loaded { epoch: 0, seq: 0, dim: None, damaged: Vec::new() })
     }
-    fn maybe_changed(&mut self) -> Result<bool> {
+    fn maybe_changed(&mut self, _epoch: u64, _seq: u64) -> Result<bool> {
         Ok(false)
     }
     fn changes_since(&mut self, _epoch: u64, _seq: u64) -> Result<Changes> {

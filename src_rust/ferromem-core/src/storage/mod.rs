@@ -12,12 +12,14 @@
 pub mod checksum;
 mod location;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 pub use location::{open, Access, Location, StorageOptions};
 
 use crate::record::Record;
 use crate::Result;
+use checksum::RawFields;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -26,6 +28,51 @@ pub struct StoredRecord {
     pub rec: Record,
     pub vector: Vec<f32>,
     pub seq: u64,
+}
+
+/// Verifies one stored row against its checksums (`sums`: the stored (fields, vector)
+/// sums; None for rows that carry none) and decodes it; or names what is damaged
+/// ("fields", "vector" or "unreadable"). Every backend reads its rows through this.
+pub(crate) fn decode_row(
+    raw: RawFields<'_>,
+    blob: &[u8],
+    sums: Option<(i64, i64)>,
+    seq: u64,
+) -> std::result::Result<StoredRecord, &'static str> {
+    if let Some((fields_sum, vector_sum)) = sums {
+        if raw.crc() as i64 != fields_sum {
+            return Err("fields");
+        }
+        if checksum::vector_crc(blob) as i64 != vector_sum {
+            return Err("vector");
+        }
+    }
+    let utf8 = |b: &[u8]| std::str::from_utf8(b).map(str::to_owned).ok();
+    let (Some(id), Some(content), Some(scope), Some(metadata_json)) =
+        (utf8(raw.id), utf8(raw.content), utf8(raw.scope), utf8(raw.metadata_json))
+    else {
+        return Err("unreadable");
+    };
+    let source = match raw.source.map(utf8) {
+        None => None,
+        Some(Some(s)) => Some(s),
+        Some(None) => return Err("unreadable"),
+    };
+    let Ok(categories) = serde_json::from_slice::<Vec<String>>(raw.categories_json) else { return Err("unreadable") };
+    let Some(vector) = sqlite::blob_to_vector(blob).ok().filter(|v| !v.is_empty()) else { return Err("unreadable") };
+    let rec = Record {
+        id: Arc::from(id),
+        content,
+        scope,
+        categories,
+        metadata_json,
+        importance: raw.importance,
+        created_at: raw.created_at,
+        last_accessed: raw.last_accessed,
+        source,
+        private: raw.private,
+    };
+    Ok(StoredRecord { rec, vector, seq })
 }
 
 /// A stored record that failed its checksums (or could not be decoded): it is kept out of
@@ -134,8 +181,10 @@ pub trait Storage: Send {
     /// the position and the damaged records: opening a large store never holds its vectors
     /// twice.
     fn load_each(&mut self, sink: &mut dyn FnMut(StoredRecord) -> Result<()>) -> Result<Loaded>;
-    /// Cheap check: may another connection have committed since the last call?
-    fn maybe_changed(&mut self) -> Result<bool>;
+    /// Cheap check: may another connection have committed since the last call? The
+    /// replica stands at (`epoch`, `seq`); a backend that learns positions from elsewhere
+    /// (PostgreSQL's notifications) compares them with it.
+    fn maybe_changed(&mut self, epoch: u64, seq: u64) -> Result<bool>;
     /// Reads what changed after (epoch, seq), consistently. Inside a write transaction it
     /// sees the latest committed state.
     fn changes_since(&mut self, epoch: u64, seq: u64) -> Result<Changes>;

@@ -23,9 +23,9 @@
 //! The NumPy reference engine reads and writes the same schema.
 
 use super::checksum::{vector_crc, RawFields};
+use super::decode_row;
 pub use super::Access;
 use super::{Changes, Damage, Durability, ImagePosition, Images, Loaded, LocalFile, Snapshot, Storage, StoredRecord, VectorsAt, WriteOp};
-use crate::record::Record;
 use crate::{Error, Result};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, ToSql};
@@ -189,56 +189,18 @@ fn read_row(row: &rusqlite::Row<'_>, checksums: bool) -> rusqlite::Result<RowRea
     };
     let damaged = |what| Ok(RowRead::Damaged(Damage { id: raw_id.clone(), seq, what }));
     let Some((raw, blob)) = raw_row(row)? else { return damaged("unreadable") };
-    if checksums {
+    let sums = if checksums {
         let (ValueRef::Integer(fields_sum), ValueRef::Integer(vector_sum)) = (row.get_ref(12)?, row.get_ref(13)?) else {
             return damaged("unreadable");
         };
-        if raw.crc() as i64 != fields_sum {
-            return damaged("fields");
-        }
-        if vector_crc(blob) as i64 != vector_sum {
-            return damaged("vector");
-        }
-    }
-    let RawFields {
-        id,
-        content,
-        scope,
-        categories_json: categories,
-        metadata_json: metadata,
-        importance,
-        created_at,
-        last_accessed,
-        source,
-        private,
-    } = raw;
-    let utf8 = |b: &[u8]| std::str::from_utf8(b).map(str::to_owned).ok();
-    let (Some(id), Some(content), Some(scope), Some(metadata_json)) = (utf8(id), utf8(content), utf8(scope), utf8(metadata)) else {
-        return damaged("unreadable");
+        Some((fields_sum, vector_sum))
+    } else {
+        None
     };
-    let source = match source.map(utf8) {
-        None => None,
-        Some(Some(s)) => Some(s),
-        Some(None) => return damaged("unreadable"),
-    };
-    let Ok(categories) = serde_json::from_slice::<Vec<String>>(categories) else { return damaged("unreadable") };
-    let Some(vector) = blob_to_vector(blob).ok().filter(|v| !v.is_empty()) else { return damaged("unreadable") };
-    Ok(RowRead::Good(StoredRecord {
-        rec: Record {
-            id: Arc::from(id),
-            content,
-            scope,
-            categories,
-            metadata_json,
-            importance,
-            created_at,
-            last_accessed,
-            source,
-            private,
-        },
-        vector,
-        seq,
-    }))
+    Ok(match decode_row(raw, blob, sums, seq) {
+        Ok(r) => RowRead::Good(r),
+        Err(what) => RowRead::Damaged(Damage { id: raw_id, seq, what }),
+    })
 }
 
 /// What the first 100 bytes of a file say it is.
@@ -688,7 +650,7 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn maybe_changed(&mut self) -> Result<bool> {
+    fn maybe_changed(&mut self, _epoch: u64, _seq: u64) -> Result<bool> {
         let v: i64 = self.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
         let changed = v != self.data_version;
         self.data_version = v;
