@@ -520,15 +520,20 @@ def test_native_vs_reference_on_disk_with_reopen():
 
 @pytest.mark.postgres
 def test_native_on_postgres_vs_reference_with_reopen(postgres, monkeypatch):
-    """The native store on PostgreSQL (a fresh store per example) against the reference
-    engine in memory. Fewer examples than in memory by default (each step commits to the
-    server, each check opens a fresh replica): FERROMEM_SM_PG_EXAMPLES / _STEPS."""
+    """The native store on PostgreSQL (a fresh store per example, every write a server
+    transaction, every check a freshly loaded replica and one that catches up) against the
+    reference engine in memory."""
     monkeypatch.setattr(NativeOnPostgresVsReference, "postgres", postgres)
-    settings = hypothesis_settings(
-        max_examples=env_int("FERROMEM_SM_PG_EXAMPLES", 25),
-        stateful_step_count=env_int("FERROMEM_SM_PG_STEPS", 30),
-    )
-    run_state_machine_as_test(NativeOnPostgresVsReference, settings=settings)
+    run_state_machine_as_test(NativeOnPostgresVsReference, settings=machine_settings())
+    from psycopg import sql
+
+    with postgres.connect() as conn:
+        stores = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.ferromem_stores WHERE name LIKE 'sm-%'").format(
+                sql.Identifier(postgres.schema)
+            )
+        ).fetchone()[0]
+    assert stores >= env_int("FERROMEM_SM_EXAMPLES", 40) // 2, "the machine's stores were not on the server"
 
 
 @pytest.mark.parametrize("engine", ["reference", "native"])
