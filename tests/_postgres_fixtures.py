@@ -215,3 +215,42 @@ def location_of(storage_kind: str, name: str) -> str | None:
     if storage_kind == "postgres":
         return postgres_server().url(store=name)
     raise ValueError(f"unknown storage kind {storage_kind!r}")
+
+
+# The adapters' suites (CrewAI memory and RAG) run on a local directory and again on a
+# PostgreSQL URL given where a path goes: the ``location`` fixture.
+LOCATION_KINDS = ["local", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=LOCATION_KINDS)
+def location_kind(request: pytest.FixtureRequest) -> str:
+    """ "local" (a folder of tmp_path) or "postgres" (a URL; skipped without a server, and
+    for tests marked ``local_files``, which are about files)."""
+    if request.param == "postgres":
+        if request.node.get_closest_marker("local_files"):
+            pytest.skip(
+                "about local files (paths, file damage, disk full, store images): not a PostgreSQL test"
+            )
+        request.getfixturevalue("postgres")
+    return request.param
+
+
+@pytest.fixture
+def location(location_kind: str, tmp_path, monkeypatch) -> Callable[[str], Any]:
+    """``location(name)``: where the test keeps the thing called ``name``: ``tmp_path /
+    name``, or the URL of a store of this session's schema (the same URL for the same name
+    within a test, a fresh store for every test)."""
+    if location_kind == "local":
+        return lambda name: tmp_path / name
+    server = postgres_server()
+    # A URL mistaken for a relative path would make folders in the working directory:
+    # let that happen under tmp_path, never in the checkout.
+    monkeypatch.chdir(tmp_path)
+    urls: dict[str, str] = {}
+
+    def url(name: str) -> str:
+        if name not in urls:
+            urls[name] = server.url(store=new_store_name(re.sub(r"[^A-Za-z0-9]+", "-", name)))
+        return urls[name]
+
+    return url
