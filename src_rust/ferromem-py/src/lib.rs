@@ -1065,6 +1065,26 @@ fn verify_graph(py: Python<'_>, graph_path: PathBuf) -> PyResult<Vec<String>> {
 }
 
 /// The SIMD path similarity kernels use now ("avx512", "avx2", "neon" or "scalar").
+/// Brings the ferromem tables of a PostgreSQL URL's schema to this build's version;
+/// returns it.
+#[pyfunction]
+fn postgres_migrate(py: Python<'_>, url: String) -> PyResult<i32> {
+    native(py, || ferromem_core::storage::postgres::migrate(&url))
+}
+
+/// The stores of a PostgreSQL URL's schema whose names start with `prefix`.
+#[pyfunction]
+#[pyo3(signature = (url, prefix=String::new()))]
+fn postgres_list_stores(py: Python<'_>, url: String, prefix: String) -> PyResult<Vec<String>> {
+    native(py, || ferromem_core::storage::postgres::list_stores(&url, &prefix))
+}
+
+/// Deletes the store a PostgreSQL URL names; false when there was none.
+#[pyfunction]
+fn postgres_drop_store(py: Python<'_>, url: String) -> PyResult<bool> {
+    native(py, || ferromem_core::storage::postgres::drop_store(&url))
+}
+
 #[pyfunction]
 fn simd_isa() -> &'static str {
     simd::active_isa().name()
@@ -1203,6 +1223,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add_class::<RecordRow>()?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
+    m.add_function(wrap_pyfunction!(postgres_migrate, m)?)?;
+    m.add_function(wrap_pyfunction!(postgres_list_stores, m)?)?;
+    m.add_function(wrap_pyfunction!(postgres_drop_store, m)?)?;
     m.add_function(wrap_pyfunction!(calibrate_cpu, m)?)?;
     m.add_function(wrap_pyfunction!(predict_route, m)?)?;
     m.add_function(wrap_pyfunction!(verify_store, m)?)?;

@@ -706,6 +706,19 @@ async fn finish(conn: Object, ok: bool) {
 
 const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
 
+/// The store's position (epoch, seq, dim), read with `sql.position`; a store whose row is
+/// gone was dropped while it was open.
+async fn read_position(conn: &Object, sql: &Sql, store_id: i64) -> Attempt<(u64, u64, Option<usize>)> {
+    match conn.query_opt(&sql.position, &[&store_id]).await? {
+        Some(row) => position_of(&row),
+        None => Err(Fail::Other(dropped())),
+    }
+}
+
+fn dropped() -> Error {
+    Error::NotAStore("the store was deleted from the database while it was open (ferromem.postgres.drop_store, or by hand)".into())
+}
+
 fn position_of(row: &tokio_postgres::Row) -> Attempt<(u64, u64, Option<usize>)> {
     let epoch: i64 = row.try_get(0)?;
     let seq: i64 = row.try_get(1)?;
@@ -794,10 +807,16 @@ impl PostgresStorage {
         let store_id = Retries::new(&shared).run(|| {
             runtime::block_on(async {
                 let conn = shared.conn().await?;
+                let find = format!("SELECT id FROM {stores} WHERE name = $1");
+                if let Some(row) = conn.query_opt(&find, &[&store]).await? {
+                    return Ok(row.try_get::<_, i64>(0)?);
+                }
+                // Only a new store is inserted: an insert that meets an existing row would
+                // wait for any write in progress on it (the row is locked while one runs).
                 if access == Access::ReadWrite {
                     conn.execute(&format!("INSERT INTO {stores}(name) VALUES ($1) ON CONFLICT (name) DO NOTHING"), &[&store]).await?;
                 }
-                match conn.query_opt(&format!("SELECT id FROM {stores} WHERE name = $1"), &[&store]).await? {
+                match conn.query_opt(&find, &[&store]).await? {
                     Some(row) => Ok(row.try_get::<_, i64>(0)?),
                     None => Err(Fail::Other(Error::NotAStore(format!(
                         "there is no store named {store:?} in schema {:?} of {}; a read-only open creates nothing",
@@ -842,7 +861,7 @@ impl PostgresStorage {
 }
 
 async fn read_changes(conn: &Object, sql: &Sql, store_id: i64, epoch: u64, seq: u64) -> Attempt<Changes> {
-    let (db_epoch, db_seq, dim) = position_of(&conn.query_one(&sql.position, &[&store_id]).await?)?;
+    let (db_epoch, db_seq, dim) = read_position(conn, sql, store_id).await?;
     if db_epoch != epoch || db_seq < seq {
         return Ok(Changes::Reload(read_all(conn, sql, store_id).await?));
     }
@@ -876,7 +895,7 @@ async fn read_all(conn: &Object, sql: &Sql, store_id: i64) -> Attempt<Snapshot> 
 }
 
 async fn stream_all(conn: &Object, sql: &Sql, store_id: i64, sink: &mut dyn FnMut(StoredRecord) -> Result<()>) -> Attempt<Loaded> {
-    let (epoch, seq, dim) = position_of(&conn.query_one(&sql.position, &[&store_id]).await?)?;
+    let (epoch, seq, dim) = read_position(conn, sql, store_id).await?;
     let stmt = conn.prepare_cached(&sql.load).await?;
     let rows = conn.query_raw(&stmt, params_iter(&[&store_id])).await?;
     futures_util::pin_mut!(rows);
@@ -939,7 +958,7 @@ impl Storage for PostgresStorage {
         let (db_epoch, db_seq, _) = Retries::new(shared).run(|| {
             runtime::block_on(async {
                 let conn = shared.conn().await?;
-                position_of(&conn.query_one(&shared.sql.position, &[&store_id]).await?)
+                read_position(&conn, &shared.sql, store_id).await
             })
         })?;
         self.last_poll = Some(asked);
@@ -975,7 +994,7 @@ impl Storage for PostgresStorage {
                 conn.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED").await?;
                 // The store's row lock: one writer of this store at a time, across hosts.
                 let locked = async {
-                    let row = conn.query_one(&shared.sql.lock, &[&store_id]).await?;
+                    let row = conn.query_opt(&shared.sql.lock, &[&store_id]).await?.ok_or_else(dropped)?;
                     let (epoch, _, _) = position_of(&row)?;
                     Ok::<(i64, u64), Fail>((row.try_get(3)?, epoch))
                 }
@@ -1188,7 +1207,7 @@ impl VectorsAt for PostgresStorage {
                 let conn = shared.conn().await?;
                 conn.batch_execute(BEGIN_SNAPSHOT).await?;
                 let r: Attempt<Option<Vec<Option<Vec<f32>>>>> = async {
-                    let (db_epoch, db_seq, _) = position_of(&conn.query_one(&shared.sql.position, &[&store_id]).await?)?;
+                    let (db_epoch, db_seq, _) = read_position(&conn, &shared.sql, store_id).await?;
                     if db_epoch != epoch || db_seq < seq {
                         return Ok(None);
                     }
@@ -1224,6 +1243,55 @@ impl VectorsAt for PostgresStorage {
             })
         })
     }
+}
+
+/// Opens the schema of `url` as a store would (migrating it when needed) and returns its
+/// version: what `ferromem postgres migrate` runs, so an operator can migrate with a
+/// privileged role before the application's role opens stores.
+pub fn migrate(url: &str) -> Result<i32> {
+    let loc = PgLocation::parse(url)?;
+    let shared = shared_for(&loc)?;
+    Retries::new(&shared).run(|| runtime::block_on(shared.migrate(Access::ReadWrite)))?;
+    *shared.migrated.lock() = true;
+    Ok(SCHEMA_VERSION)
+}
+
+/// The names of the stores in the database and schema of `url` that start with `prefix`,
+/// sorted. A schema without ferromem's tables has none (nothing is created).
+pub fn list_stores(url: &str, prefix: &str) -> Result<Vec<String>> {
+    let loc = PgLocation::parse(url)?;
+    let shared = shared_for(&loc)?;
+    let stores = format!("{}.ferromem_stores", shared.ident);
+    Retries::new(&shared).run(|| {
+        runtime::block_on(async {
+            let conn = shared.conn().await?;
+            let exists: Option<String> = conn.query_one("SELECT to_regclass($1)::text", &[&stores]).await?.try_get(0)?;
+            if exists.is_none() {
+                return Ok(Vec::new());
+            }
+            let rows = conn.query(&format!("SELECT name FROM {stores} WHERE starts_with(name, $1) ORDER BY name"), &[&prefix]).await?;
+            Ok(rows.iter().map(|r| r.try_get::<_, String>(0)).collect::<std::result::Result<Vec<_>, _>>()?)
+        })
+    })
+}
+
+/// Deletes the store `url` names, with all its records, in one transaction; false when
+/// there was none. Processes that have it open get an error at their next catch-up.
+pub fn drop_store(url: &str) -> Result<bool> {
+    let loc = PgLocation::parse(url)?;
+    let shared = shared_for(&loc)?;
+    let stores = format!("{}.ferromem_stores", shared.ident);
+    let name = loc.store.as_str();
+    Retries::new(&shared).run(|| {
+        runtime::block_on(async {
+            let conn = shared.conn().await?;
+            let exists: Option<String> = conn.query_one("SELECT to_regclass($1)::text", &[&stores]).await?.try_get(0)?;
+            if exists.is_none() {
+                return Ok(false);
+            }
+            Ok(conn.execute(&format!("DELETE FROM {stores} WHERE name = $1"), &[&name]).await? > 0)
+        })
+    })
 }
 
 #[cfg(test)]
