@@ -254,3 +254,29 @@ def location(location_kind: str, tmp_path, monkeypatch) -> Callable[[str], Any]:
         return urls[name]
 
     return url
+
+
+def store_name_of(url: str) -> str:
+    """The ``store`` option of a URL."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    return query["store"][0]
+
+
+def stores_named_after(url: str) -> list[str]:
+    """The stores of the URL's schema whose name starts with the URL's store name (what an
+    adapter given this URL made: the store itself, or one store per collection)."""
+    from ferromem import postgres as pg
+
+    return pg.list_stores(url, store_name_of(url))
+
+
+def with_store(url: str, store: str) -> str:
+    """The URL with its ``store`` option replaced."""
+    parts = urllib.parse.urlsplit(url)
+    query = [
+        (k, store if k == "store" else v)
+        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urllib.parse.urlunsplit(
+        parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote, safe=""))
+    )
