@@ -236,15 +236,16 @@ def location_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def location(location_kind: str, tmp_path, monkeypatch) -> Callable[[str], Any]:
+def location(location_kind: str, tmp_path, monkeypatch) -> Iterator[Callable[[str], Any]]:
     """``location(name)``: where the test keeps the thing called ``name``: ``tmp_path /
     name``, or the URL of a store of this session's schema (the same URL for the same name
     within a test, a fresh store for every test)."""
     if location_kind == "local":
-        return lambda name: tmp_path / name
+        yield lambda name: tmp_path / name
+        return
     server = postgres_server()
-    # A URL mistaken for a relative path would make folders in the working directory:
-    # let that happen under tmp_path, never in the checkout.
+    # A URL mistaken for a relative path makes folders in the working directory: let that
+    # happen under tmp_path, never in the checkout, and fail the test when it did.
     monkeypatch.chdir(tmp_path)
     urls: dict[str, str] = {}
 
@@ -253,7 +254,10 @@ def location(location_kind: str, tmp_path, monkeypatch) -> Callable[[str], Any]:
             urls[name] = server.url(store=new_store_name(re.sub(r"[^A-Za-z0-9]+", "-", name)))
         return urls[name]
 
-    return url
+    yield url
+    made = sorted(p.name for p in tmp_path.iterdir() if p.name.lower().startswith("postgres"))
+    if made:
+        pytest.fail(f"a PostgreSQL URL was taken for a local path: {made} appeared in the working directory")
 
 
 def store_name_of(url: str) -> str:
