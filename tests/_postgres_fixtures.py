@@ -284,3 +284,67 @@ def with_store(url: str, store: str) -> str:
     return urllib.parse.urlunsplit(
         parts._replace(query=urllib.parse.urlencode(query, quote_via=urllib.parse.quote, safe=""))
     )
+
+
+# ------------------------------------------------------------------------------ reading the tables
+
+
+def read_records(conn, schema: str, store: str):
+    """Every record of a store, read from ferromem's tables with psycopg (not through
+    ferromem): {id: Rec}. The text columns are UTF-8 in bytea, vectors little-endian
+    float32 (src_rust/ferromem-core/src/storage/postgres.rs, MIGRATIONS)."""
+    import json
+
+    import numpy as np
+    from _helpers import Rec
+    from psycopg import sql
+
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT r.id, r.content, r.scope, r.categories, r.metadata, r.importance, r.created_at, "
+            "r.last_accessed, r.source, r.private, r.vector FROM {}.ferromem_records r "
+            "JOIN {}.ferromem_stores s ON s.id = r.store_id WHERE s.name = %s"
+        ).format(sql.Identifier(schema), sql.Identifier(schema)),
+        [store],
+    ).fetchall()
+    records = {}
+    for (
+        rid,
+        content,
+        scope,
+        categories,
+        metadata,
+        importance,
+        created,
+        accessed,
+        source,
+        private,
+        vector,
+    ) in rows:
+        rec = Rec(
+            id=bytes(rid).decode("utf-8"),
+            vector=np.frombuffer(bytes(vector), dtype="<f4").astype(np.float32),
+            content=bytes(content).decode("utf-8"),
+            scope=bytes(scope).decode("utf-8"),
+            categories=tuple(json.loads(categories)),
+            metadata=json.loads(metadata),
+            importance=importance,
+            created_at=created,
+            last_accessed=accessed,
+            source=None if source is None else bytes(source).decode("utf-8"),
+            private=private,
+        )
+        records[rec.id] = rec
+    return records
+
+
+def store_row(conn, schema: str, store: str) -> tuple[int, int, int | None] | None:
+    """(epoch, seq, dim) of a store's row in ferromem_stores, or None when there is none."""
+    from psycopg import sql
+
+    return conn.execute(
+        sql.SQL("SELECT epoch, seq, dim FROM {}.ferromem_stores WHERE name = %s").format(
+            sql.Identifier(schema)
+        ),
+        [store],
+    ).fetchone()
