@@ -292,7 +292,9 @@ def with_store(url: str, store: str) -> str:
 def read_records(conn, schema: str, store: str):
     """Every record of a store, read from ferromem's tables with psycopg (not through
     ferromem): {id: Rec}. The text columns are UTF-8 in bytea, vectors little-endian
-    float32 (src_rust/ferromem-core/src/storage/postgres.rs, MIGRATIONS)."""
+    float32 (src_rust/ferromem-core/src/storage/postgres.rs, MIGRATIONS). Values are
+    inlined as literals: with parameters, psycopg would read a '%' in a schema's name as a
+    placeholder."""
     import json
 
     import numpy as np
@@ -303,9 +305,8 @@ def read_records(conn, schema: str, store: str):
         sql.SQL(
             "SELECT r.id, r.content, r.scope, r.categories, r.metadata, r.importance, r.created_at, "
             "r.last_accessed, r.source, r.private, r.vector FROM {}.ferromem_records r "
-            "JOIN {}.ferromem_stores s ON s.id = r.store_id WHERE s.name = %s"
-        ).format(sql.Identifier(schema), sql.Identifier(schema)),
-        [store],
+            "JOIN {}.ferromem_stores s ON s.id = r.store_id WHERE s.name = {}"
+        ).format(sql.Identifier(schema), sql.Identifier(schema), sql.Literal(store))
     ).fetchall()
     records = {}
     for (
@@ -343,8 +344,7 @@ def store_row(conn, schema: str, store: str) -> tuple[int, int, int | None] | No
     from psycopg import sql
 
     return conn.execute(
-        sql.SQL("SELECT epoch, seq, dim FROM {}.ferromem_stores WHERE name = %s").format(
-            sql.Identifier(schema)
-        ),
-        [store],
+        sql.SQL("SELECT epoch, seq, dim FROM {}.ferromem_stores WHERE name = {}").format(
+            sql.Identifier(schema), sql.Literal(store)
+        )
     ).fetchone()
