@@ -200,3 +200,15 @@ def test_importing_ferromem_does_not_import_cupy(tmp_path):
         timeout=60,
     )
     assert "STAND-IN CUPY IMPORTED" in check.stderr, check.stderr
+
+
+def test_the_postgres_extra_exists_and_needs_nothing_beyond_the_core():
+    """``pip install ".[postgres]"`` must resolve (pip warns about an unknown extra): the
+    backend is compiled into the core, so the extra is declared and empty, and the page
+    that documents the backend says so."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg", encoding="utf-8")
+    section = config["options.extras_require"]
+    assert "postgres" in section
+    assert [line for line in section["postgres"].splitlines() if line.strip()] == []
+    assert '".[postgres]"' in (ROOT / "docs" / "postgres.md").read_text(encoding="utf-8")

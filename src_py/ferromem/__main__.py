@@ -245,7 +245,10 @@ def import_cmd(args: argparse.Namespace) -> int:
 
 
 def stats_cmd(args: argparse.Namespace) -> int:
-    if not os.path.isfile(args.path):
+    from ._location import DatabaseLocation, store_path
+
+    in_database = isinstance(store_path(args.path), DatabaseLocation)
+    if not in_database and not os.path.isfile(args.path):
         print(f"ferromem stats: no store at {args.path}", file=sys.stderr)
         return 2
     # Read-only: looking at a store (or at a file that turns out not to be one) never
@@ -421,7 +424,7 @@ def _add_import(sub: Any) -> None:
 
 def _add_stats(sub: Any) -> None:
     s = sub.add_parser("stats", help="print a store's counts, scopes and latency statistics")
-    s.add_argument("path")
+    s.add_argument("path", help="a store's file, or a postgresql:// URL")
     s.set_defaults(func=stats_cmd)
 
 
@@ -450,8 +453,45 @@ def _add_doctor(sub: Any) -> None:
     d.set_defaults(func=doctor_cmd)
 
 
+def postgres_cmd(args: Any) -> int:
+    from . import postgres
+
+    if args.action == "migrate":
+        version = postgres.migrate(args.url)
+        print(f"ferromem's tables are at version {version}")
+    elif args.action == "stores":
+        for name in postgres.list_stores(args.url, args.prefix):
+            print(name)
+    else:
+        if not args.yes:
+            print("ferromem postgres drop: deletes the store and all its records; add --yes", file=sys.stderr)
+            return 2
+        print("dropped" if postgres.drop_store(args.url) else "no such store")
+    return 0
+
+
+def _add_postgres(sub: Any) -> None:
+    p = sub.add_parser(
+        "postgres",
+        help="stores in a PostgreSQL database: migrate its tables, list or drop stores "
+        "(a password may come from PGPASSWORD instead of the URL)",
+    )
+    p.add_argument("action", choices=["migrate", "stores", "drop"])
+    p.add_argument("url", help="postgresql://user@host:5432/dbname?schema=S&store=NAME")
+    p.add_argument("--prefix", default="", help="stores: only names starting with this")
+    p.add_argument("--yes", action="store_true", help="drop: really delete the store")
+    p.set_defaults(func=postgres_cmd)
+
+
 # The subcommands, in --help order: each adds its parser and sets func (args -> exit code).
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_demo, _add_import, _add_stats, _add_check, _add_doctor]
+SUBCOMMANDS: list[Callable[[Any], None]] = [
+    _add_demo,
+    _add_import,
+    _add_stats,
+    _add_check,
+    _add_doctor,
+    _add_postgres,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

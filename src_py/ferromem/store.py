@@ -983,6 +983,10 @@ class Store:
         graph_bytes, builds, building, graph_min_values, recall}) and the store image (``fast_open``:
         {enabled, opened_from_image, rejected: why the image was found damaged at open,
         or None}); ``index["graph_file_rejected"]`` says why the saved graph was.
+        ``storage`` is the durable backend: {backend: "memory", "sqlite" or
+        "postgresql", location}, and for PostgreSQL also schema, store, pool ({max_size,
+        open, idle, waiting, timeout_s}), listening (whether this process's LISTEN
+        connection is up), max_staleness_s and reconnect_timeout_s; never a password.
         ``index["recall"]`` is the recall guard's report: {target, verdict ("graph": the
         graph may serve "auto" searches, "exact": it may not, "unknown": not judged yet),
         ladder (per width tried: {ef, samples, mean and stderr of recall@k, graph_ms}),
@@ -1003,6 +1007,10 @@ class Store:
         else:
             operations, extras = raw, {}
         extras.setdefault("cache", dict(_NO_CACHE))
+        path = self.path  # the reference engine: a SQLite file, or in memory
+        extras.setdefault(
+            "storage", {"backend": "sqlite", "location": path} if path is not None else {"backend": "memory"}
+        )
         extras.setdefault("damaged", _damaged_records(self._engine))
         extras.setdefault("read_only", bool(getattr(self._engine, "read_only", False)))
         extras.setdefault("precision", "f32")

@@ -19,8 +19,9 @@ VECTORS = np.eye(3, dtype=np.float32)
 
 # Locations that open nothing, and the class each raises.
 BAD_LOCATIONS = [
-    ("postgresql://user:secret@db.example/memories", ferromem.UnsupportedStoreError),
-    ("postgres://db.example/memories", ferromem.UnsupportedStoreError),
+    ("postgresql://user:secret@db.example/memories?sslmode=verify-full", ferromem.UnsupportedStoreError),
+    ("postgresql://user:secret@db.example/memories?bogus=1", ferromem.InvalidInputError),
+    ("postgresql:db.example", ferromem.InvalidInputError),
     ("mysql://db.example/memories", ferromem.UnsupportedStoreError),
     ("sqlite:", ferromem.InvalidInputError),
     ("sqlite://", ferromem.InvalidInputError),
@@ -101,9 +102,21 @@ def test_locations_this_build_cannot_open_raise_a_typed_error(
     assert os.listdir(tmp_path) == [], "nothing is created for a location that cannot be opened"
 
 
-def test_postgresql_says_this_build_has_no_such_backend(engine_name):
-    with pytest.raises(ferromem.UnsupportedStoreError, match="no PostgreSQL backend"):
-        ferromem.open("postgresql://db.example/memories", engine=engine_name)
+def test_a_postgresql_store_needs_the_native_engine():
+    with pytest.raises(ferromem.UnsupportedStoreError, match="native engine") as raised:
+        ferromem.open("postgresql://user:secret@db.example/memories", engine="reference")
+    assert "secret" not in str(raised.value)
+
+
+@native_only
+def test_an_unreachable_postgresql_server_is_a_typed_error_without_the_password():
+    # Port 9 (discard) refuses at once; reconnect_timeout=0: no retries.
+    url = "postgresql://user:s3cret-pw@127.0.0.1:9/memories?reconnect_timeout=0&connect_timeout=2"
+    with pytest.raises(ferromem.StorageUnavailableError) as raised:
+        ferromem.open(url)
+    assert isinstance(raised.value, ferromem.StorageError)
+    assert "s3cret-pw" not in str(raised.value) and "s3cret-pw" not in repr(raised.value)
+    assert "127.0.0.1:9" in str(raised.value)
 
 
 @native_only

@@ -771,6 +771,7 @@ impl PyEngine {
         d.set_item("dim", s.dim)?;
         d.set_item("memory_bytes", s.memory_bytes)?;
         d.set_item("disk_bytes", s.disk_bytes)?;
+        d.set_item("storage", py.import("json")?.call_method1("loads", (s.storage.to_string(),))?)?;
         d.set_item("isa", simd::active_isa().name())?;
         d.set_item("precision", s.precision.name())?;
         let ops = PyDict::new(py);
@@ -1074,7 +1075,6 @@ fn postgres_migrate(py: Python<'_>, url: String) -> PyResult<i32> {
 
 /// The stores of a PostgreSQL URL's schema whose names start with `prefix`.
 #[pyfunction]
-#[pyo3(signature = (url, prefix=String::new()))]
 fn postgres_list_stores(py: Python<'_>, url: String, prefix: String) -> PyResult<Vec<String>> {
     native(py, || ferromem_core::storage::postgres::list_stores(&url, &prefix))
 }

@@ -101,6 +101,8 @@ pub struct EngineStats {
     pub dim: Option<usize>,
     pub memory_bytes: usize,
     pub disk_bytes: u64,
+    /// The durable backend and its state (see [`crate::storage::Storage::status`]).
+    pub storage: serde_json::Value,
     pub precision: Precision,
     pub operations: Vec<(&'static str, OpStats)>,
     pub cache: CacheStats,
@@ -398,6 +400,8 @@ impl Engine {
         // The writer mutex first, and released before the state lock: a writer holds the
         // mutex while it waits for the state lock, so the other order could deadlock.
         let disk_bytes = self.writer.lock().as_ref().and_then(|w| w.as_local_file()).map_or(0, |f| f.disk_bytes());
+        // From the reader: the writer may be waiting on another process's write.
+        let storage = self.reader.lock().as_ref().map_or(serde_json::Value::Null, |r| r.status());
         let st = self.state.read();
         EngineStats {
             records: st.len(),
@@ -405,6 +409,7 @@ impl Engine {
             memory_bytes: st.memory_bytes(),
             precision: st.precision,
             disk_bytes,
+            storage,
             operations: self.metrics.snapshot(),
             cache: self.cache_stats(),
             index: st.index_stats(),

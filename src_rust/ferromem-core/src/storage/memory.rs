@@ -30,4 +30,7 @@ impl Storage for MemoryStorage {
         Ok(())
     }
     fn rollback(&mut self) {}
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({ "backend": "memory" })
+    }
 }

@@ -210,6 +210,11 @@ pub trait Storage: Send {
     fn as_local_file(&self) -> Option<&dyn LocalFile> {
         None
     }
+    /// What `stats()["storage"]` reports: the backend's name and state (a JSON object).
+    /// Never a credential.
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
 }
 
 /// A backend that reads exact vectors back by id at a position: int8 re-ranking and

@@ -279,6 +279,12 @@ impl PgLocation {
         if config.get_hosts().is_empty() {
             return Err(fail(format!("the PostgreSQL URL {shown} names no host")));
         }
+        if config.get_password().is_none() {
+            // libpq's variable: a password kept out of URLs (and out of process listings).
+            if let Ok(password) = std::env::var("PGPASSWORD") {
+                config.password(password);
+            }
+        }
         if config.get_user().is_none() {
             // libpq's default: the operating system's user name.
             if let Ok(name) = std::env::var("USER").or_else(|_| std::env::var("USERNAME")) {
@@ -324,6 +330,8 @@ fn channel_of(schema: &str) -> String {
 struct Notified {
     positions: Mutex<HashMap<i64, (u64, u64)>>,
     restarts: AtomicU64,
+    /// Whether the connection is listening now.
+    listening: std::sync::atomic::AtomicBool,
 }
 
 impl Notified {
@@ -362,6 +370,7 @@ async fn listen(config: tokio_postgres::Config, channel: String, notified: Arc<N
                             break;
                         }
                         listening = true;
+                        notified.listening.store(true, Ordering::Release);
                         pause = Duration::from_millis(100);
                         notified.restarts.fetch_add(1, Ordering::AcqRel);
                     }
@@ -373,6 +382,7 @@ async fn listen(config: tokio_postgres::Config, channel: String, notified: Arc<N
                 }
             }
         }
+        notified.listening.store(false, Ordering::Release);
         notified.restarts.fetch_add(1, Ordering::AcqRel);
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
@@ -709,7 +719,8 @@ const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
 /// The store's position (epoch, seq, dim), read with `sql.position`; a store whose row is
 /// gone was dropped while it was open.
 async fn read_position(conn: &Object, sql: &Sql, store_id: i64) -> Attempt<(u64, u64, Option<usize>)> {
-    match conn.query_opt(&sql.position, &[&store_id]).await? {
+    let stmt = conn.prepare_cached(&sql.position).await?;
+    match conn.query_opt(&stmt, &[&store_id]).await? {
         Some(row) => position_of(&row),
         None => Err(Fail::Other(dropped())),
     }
@@ -749,6 +760,20 @@ fn read_record(row: &tokio_postgres::Row) -> Attempt<std::result::Result<StoredR
     Ok(decode_row(raw, vector, Some(sums), seq).map_err(|what| Damage { id: String::from_utf8_lossy(id).into_owned(), seq, what }))
 }
 
+/// Runs prepared (and cached) statements in order, sending them all before awaiting any
+/// answer; returns each one's row count.
+async fn execute_pipelined(
+    conn: &Object,
+    statements: &[(&str, &[&(dyn ToSql + Sync)])],
+) -> std::result::Result<Vec<u64>, tokio_postgres::Error> {
+    let mut prepared = Vec::with_capacity(statements.len());
+    for (sql, _) in statements {
+        prepared.push(conn.prepare_cached(sql).await?);
+    }
+    let runs = prepared.iter().zip(statements).map(|(stmt, (_, params))| conn.execute(stmt, params));
+    futures_util::future::try_join_all(runs).await
+}
+
 fn params_iter<'a>(params: &'a [&'a (dyn ToSql + Sync)]) -> impl ExactSizeIterator<Item = &'a dyn ToSql> + 'a {
     params.iter().map(|p| *p as &dyn ToSql)
 }
@@ -758,13 +783,15 @@ fn params_iter<'a>(params: &'a [&'a (dyn ToSql + Sync)]) -> impl ExactSizeIterat
 struct WriteTx {
     conn: Object,
     xid: i64,
-    /// The store's epoch, read under the lock.
+    /// The store's position, read under the lock.
     epoch: u64,
+    seq: u64,
 }
 
 /// One store of a PostgreSQL database, through the process's shared pool.
 pub struct PostgresStorage {
     shared: Arc<Shared>,
+    store: String,
     store_id: i64,
     access: Access,
     max_staleness: Duration,
@@ -825,7 +852,16 @@ impl PostgresStorage {
                 }
             })
         })?;
-        Ok(PostgresStorage { shared, store_id, access, max_staleness: loc.max_staleness, tx: None, last_poll: None, restarts_seen: 0 })
+        Ok(PostgresStorage {
+            shared,
+            store: loc.store.clone(),
+            store_id,
+            access,
+            max_staleness: loc.max_staleness,
+            tx: None,
+            last_poll: None,
+            restarts_seen: 0,
+        })
     }
 
     fn writable(&self) -> Result<()> {
@@ -870,14 +906,15 @@ async fn read_changes(conn: &Object, sql: &Sql, store_id: i64, epoch: u64, seq: 
     }
     let since = seq as i64;
     let (mut upserts, mut damaged) = (Vec::new(), Vec::new());
-    for row in conn.query(&sql.upserts_since, &[&store_id, &since]).await? {
+    let (upserts_stmt, deletes_stmt) = (conn.prepare_cached(&sql.upserts_since).await?, conn.prepare_cached(&sql.deletes_since).await?);
+    for row in conn.query(&upserts_stmt, &[&store_id, &since]).await? {
         match read_record(&row)? {
             Ok(r) => upserts.push(r),
             Err(d) => damaged.push(d),
         }
     }
     let mut deletes = Vec::new();
-    for row in conn.query(&sql.deletes_since, &[&store_id, &since]).await? {
+    for row in conn.query(&deletes_stmt, &[&store_id, &since]).await? {
         let id: &[u8] = row.try_get(0)?;
         deletes.push((String::from_utf8_lossy(id).into_owned(), row.try_get::<_, i64>(1)?.max(0) as u64));
     }
@@ -966,7 +1003,10 @@ impl Storage for PostgresStorage {
     }
 
     fn changes_since(&mut self, epoch: u64, seq: u64) -> Result<Changes> {
-        if self.tx.is_some() {
+        if let Some(tx) = &self.tx {
+            if (tx.epoch, tx.seq) == (epoch, seq) {
+                return Ok(Changes::None); // the position read under the lock: nothing new
+            }
             // Inside the write transaction, after its lock: READ COMMITTED sees every commit.
             return self.in_tx(async |conn, store_id, shared| read_changes(conn, &shared.sql, store_id, epoch, seq).await);
         }
@@ -991,16 +1031,20 @@ impl Storage for PostgresStorage {
         let tx = Retries::new(shared).run(|| {
             runtime::block_on(async {
                 let conn = shared.conn().await?;
-                conn.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED").await?;
                 // The store's row lock: one writer of this store at a time, across hosts.
+                // BEGIN and the lock go in one round trip (pipelined).
                 let locked = async {
-                    let row = conn.query_opt(&shared.sql.lock, &[&store_id]).await?.ok_or_else(dropped)?;
-                    let (epoch, _, _) = position_of(&row)?;
-                    Ok::<(i64, u64), Fail>((row.try_get(3)?, epoch))
+                    let lock = conn.prepare_cached(&shared.sql.lock).await?;
+                    let params: [&(dyn ToSql + Sync); 1] = [&store_id];
+                    let (_, row) =
+                        tokio::try_join!(conn.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED"), conn.query_opt(&lock, &params))?;
+                    let row = row.ok_or_else(dropped)?;
+                    let (epoch, seq, _) = position_of(&row)?;
+                    Ok::<(i64, u64, u64), Fail>((row.try_get(3)?, epoch, seq))
                 }
                 .await;
                 match locked {
-                    Ok((xid, epoch)) => Ok(WriteTx { conn, xid, epoch }),
+                    Ok((xid, epoch, seq)) => Ok(WriteTx { conn, xid, epoch, seq }),
                     Err(fail) => {
                         finish(conn, false).await;
                         Err(fail)
@@ -1018,7 +1062,7 @@ impl Storage for PostgresStorage {
         let mut deleted: Vec<&[u8]> = Vec::new();
         for op in ops {
             match op {
-                WriteOp::Put { rec, vector } if vector.is_empty() => fields_only.push(rec, None)?,
+                WriteOp::Put { rec, vector: [] } => fields_only.push(rec, None)?,
                 WriteOp::Put { rec, vector } => full.push(rec, Some(vector))?,
                 WriteOp::Delete { id } => deleted.push(id.as_bytes()),
             }
@@ -1026,68 +1070,67 @@ impl Storage for PostgresStorage {
         let seq_i = seq as i64;
         let dim_i = dim.map(|d| d as i32);
         let epoch = self.tx.as_ref().map_or(0, |tx| tx.epoch);
+        // The new position, notified to the other processes at commit.
+        let payload = format!("{} {epoch} {seq}", self.store_id);
         self.in_tx(async |conn, store_id, shared| {
             let sql = &shared.sql;
+            let (c, f) = (&full, &fields_only);
+            let delete_params: [&(dyn ToSql + Sync); 2] = [&store_id, &deleted];
+            let tomb_params: [&(dyn ToSql + Sync); 3] = [&store_id, &deleted, &seq_i];
+            let put_params: [&(dyn ToSql + Sync); 15] = [
+                &store_id,
+                &seq_i,
+                &c.ids,
+                &c.contents,
+                &c.scopes,
+                &c.categories,
+                &c.metadata,
+                &c.importance,
+                &c.created_at,
+                &c.last_accessed,
+                &c.sources,
+                &c.private,
+                &c.vectors,
+                &c.fields_crc,
+                &c.vector_crc,
+            ];
+            let untomb_params: [&(dyn ToSql + Sync); 2] = [&store_id, &c.ids];
+            let fields_params: [&(dyn ToSql + Sync); 13] = [
+                &store_id,
+                &seq_i,
+                &f.ids,
+                &f.contents,
+                &f.scopes,
+                &f.categories,
+                &f.metadata,
+                &f.importance,
+                &f.created_at,
+                &f.last_accessed,
+                &f.sources,
+                &f.private,
+                &f.fields_crc,
+            ];
+            let position_params: [&(dyn ToSql + Sync); 5] = [&store_id, &seq_i, &dim_i, &shared.channel, &payload];
+            // Every statement is sent before any answer is awaited (the protocol's
+            // pipelining): one round trip for the whole write. The server runs them in order.
+            let mut statements: Vec<(&str, &[&(dyn ToSql + Sync)])> = Vec::with_capacity(6);
             if !deleted.is_empty() {
-                conn.execute(&sql.delete, &[&store_id, &deleted]).await?;
-                conn.execute(&sql.tomb, &[&store_id, &deleted, &seq_i]).await?;
+                statements.push((&sql.delete, &delete_params));
+                statements.push((&sql.tomb, &tomb_params));
             }
-            if !full.ids.is_empty() {
-                let c = &full;
-                let stmt = conn.prepare_cached(&sql.put).await?;
-                conn.execute(
-                    &stmt,
-                    &[
-                        &store_id,
-                        &seq_i,
-                        &c.ids,
-                        &c.contents,
-                        &c.scopes,
-                        &c.categories,
-                        &c.metadata,
-                        &c.importance,
-                        &c.created_at,
-                        &c.last_accessed,
-                        &c.sources,
-                        &c.private,
-                        &c.vectors,
-                        &c.fields_crc,
-                        &c.vector_crc,
-                    ],
-                )
-                .await?;
-                conn.execute(&sql.untomb, &[&store_id, &c.ids]).await?;
+            if !c.ids.is_empty() {
+                statements.push((&sql.put, &put_params));
+                statements.push((&sql.untomb, &untomb_params));
             }
-            if !fields_only.ids.is_empty() {
-                let c = &fields_only;
-                let stmt = conn.prepare_cached(&sql.put_fields).await?;
-                let n = conn
-                    .execute(
-                        &stmt,
-                        &[
-                            &store_id,
-                            &seq_i,
-                            &c.ids,
-                            &c.contents,
-                            &c.scopes,
-                            &c.categories,
-                            &c.metadata,
-                            &c.importance,
-                            &c.created_at,
-                            &c.last_accessed,
-                            &c.sources,
-                            &c.private,
-                            &c.fields_crc,
-                        ],
-                    )
-                    .await?;
-                if n as usize != c.ids.len() {
-                    return Err(Fail::Other(Error::Storage("a record vanished inside its write transaction".into())));
-                }
+            let fields_at = statements.len();
+            if !f.ids.is_empty() {
+                statements.push((&sql.put_fields, &fields_params));
             }
-            // The new position, notified to the other processes at commit.
-            let payload = format!("{store_id} {epoch} {seq}");
-            conn.query_one(&sql.set_position, &[&store_id, &seq_i, &dim_i, &shared.channel, &payload]).await?;
+            statements.push((&sql.set_position, &position_params));
+            let counts = execute_pipelined(conn, &statements).await?;
+            if !f.ids.is_empty() && counts[fields_at] as usize != f.ids.len() {
+                return Err(Fail::Other(Error::Storage("a record vanished inside its write transaction".into())));
+            }
             Ok(())
         })
     }
@@ -1096,10 +1139,11 @@ impl Storage for PostgresStorage {
         let (epoch_i, seq_i) = (epoch as i64, seq as i64);
         self.in_tx(async |conn, store_id, shared| {
             let sql = &shared.sql;
-            conn.execute(&sql.clear_records, &[&store_id]).await?;
-            conn.execute(&sql.clear_tombstones, &[&store_id]).await?;
             let payload = format!("{store_id} {epoch} {seq}");
-            conn.query_one(&sql.reset_position, &[&store_id, &epoch_i, &seq_i, &shared.channel, &payload]).await?;
+            let store: [&(dyn ToSql + Sync); 1] = [&store_id];
+            let position: [&(dyn ToSql + Sync); 5] = [&store_id, &epoch_i, &seq_i, &shared.channel, &payload];
+            execute_pipelined(conn, &[(&sql.clear_records, &store), (&sql.clear_tombstones, &store), (&sql.reset_position, &position)])
+                .await?;
             Ok(())
         })
     }
@@ -1131,6 +1175,26 @@ impl Storage for PostgresStorage {
 
     fn as_vectors_at(&mut self) -> Option<&mut dyn VectorsAt> {
         Some(self)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let pool = self.shared.pool.status();
+        serde_json::json!({
+            "backend": "postgresql",
+            "location": self.shared.shown,
+            "schema": self.shared.schema,
+            "store": self.store,
+            "pool": {
+                "max_size": pool.max_size,
+                "open": pool.size,
+                "idle": pool.available,
+                "waiting": pool.waiting,
+                "timeout_s": self.shared.pool_timeout.as_secs_f64(),
+            },
+            "listening": self.shared.notified.listening.load(Ordering::Acquire),
+            "max_staleness_s": self.max_staleness.as_secs_f64(),
+            "reconnect_timeout_s": self.shared.reconnect_timeout.as_secs_f64(),
+        })
     }
 }
 
@@ -1212,7 +1276,8 @@ impl VectorsAt for PostgresStorage {
                         return Ok(None);
                     }
                     let mut found: HashMap<Vec<u8>, Vec<f32>> = HashMap::with_capacity(keys.len());
-                    for row in conn.query(&shared.sql.vectors, &[&store_id, &keys]).await? {
+                    let stmt = conn.prepare_cached(&shared.sql.vectors).await?;
+                    for row in conn.query(&stmt, &[&store_id, &keys]).await? {
                         let id: &[u8] = row.try_get(0)?;
                         let blob: &[u8] = row.try_get(1)?;
                         // A row no newer than `seq` holds what it held at `seq`.

@@ -781,6 +781,10 @@ impl Storage for SqliteStorage {
     fn as_local_file(&self) -> Option<&dyn LocalFile> {
         Some(self)
     }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({ "backend": "sqlite", "location": self.path.display().to_string() })
+    }
 }
 
 impl VectorsAt for SqliteStorage {
