@@ -247,6 +247,9 @@ def location(location_kind: str, tmp_path, monkeypatch) -> Iterator[Callable[[st
     # A URL mistaken for a relative path makes folders in the working directory: let that
     # happen under tmp_path, never in the checkout, and fail the test when it did.
     monkeypatch.chdir(tmp_path)
+    # CrewAI keeps its default storage under a folder named after the working directory;
+    # keep whatever it makes (and any default store) in tmp_path too.
+    monkeypatch.setenv("CREWAI_STORAGE_DIR", str(tmp_path / "crewai-storage"))
     urls: dict[str, str] = {}
 
     def url(name: str) -> str:

@@ -96,7 +96,7 @@ def test_default_path_honours_crewai_storage_dir(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- round trips
 
 
-def test_every_field_round_trips_exactly(storage):
+def test_every_field_round_trips_exactly(storage, location):
     created = datetime(2024, 2, 29, 23, 59, 59, 999999)
     accessed = datetime(2025, 1, 1, 0, 0, 0, 1)
     original = MemoryRecord(
@@ -116,7 +116,7 @@ def test_every_field_round_trips_exactly(storage):
     got = storage.get_record(original.id)
     assert got.model_dump() == original.model_dump()
     assert np.allclose(got.embedding, original.embedding, atol=1e-7)
-    reopened = MemoryStorage(storage.path)
+    reopened = MemoryStorage(location("mem"))
     assert reopened.get_record(original.id).model_dump() == original.model_dump()
     reopened.close()
 
