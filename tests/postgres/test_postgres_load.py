@@ -19,12 +19,14 @@ The variant restarts the server (``pg_ctlcluster VERSION CLUSTER restart``) in t
 of the load: the backend retries with backoff within reconnect_timeout, so the same holds.
 
 Size: FERROMEM_PG_LOAD_PROCS (8), FERROMEM_PG_LOAD_THREADS (4), FERROMEM_PG_LOAD_OPS
-(5,000 per process). The worker is tests/postgres/_load_worker.py.
+(5,000 per process). FERROMEM_TEST_POSTGRES_RESTART=0 keeps the server from being
+restarted (a server others use). The worker is tests/postgres/_load_worker.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -270,6 +272,8 @@ def _wait_until_up(dsn: str, seconds: float = 60) -> bool:
 def restartable_cluster(postgres):
     """(version, cluster) of the test server, which the test may restart; started again
     at teardown if it is down."""
+    if os.environ.get("FERROMEM_TEST_POSTGRES_RESTART", "1") == "0":
+        pytest.skip("FERROMEM_TEST_POSTGRES_RESTART=0: the test server may not be restarted")
     found = _cluster_of(postgres.dsn)
     if isinstance(found, str):
         pytest.skip(f"cannot restart the PostgreSQL server: {found}")
