@@ -477,3 +477,70 @@ def test_hostile_schema_names_are_names_or_typed_errors(postgres):
     for bad in ("", "x" * 64, "nul\x00schema"):
         with pytest.raises(InvalidInputError):
             ferromem.open(postgres.url(schema=bad))
+
+
+# ------------------------------------------------------------------------------ lost connections
+
+
+@pytest.fixture
+def proxy(postgres):
+    """A TCP proxy in front of the test server (tests/postgres/_tcp_proxy.py)."""
+    import urllib.parse
+
+    from _tcp_proxy import TcpProxy
+
+    parts = urllib.parse.urlsplit(postgres.dsn)
+    through = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    yield through
+    through.close()
+
+
+def url_through(postgres, proxy, **options) -> str:
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(postgres.url(**options))
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0] + "@" if len(netloc) == 2 else ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
+
+
+def test_a_write_while_the_server_is_unreachable_fails_typed_and_writes_nothing(postgres, proxy):
+    url = url_through(postgres, proxy, reconnect_timeout=1, connect_timeout=1, max_staleness=0)
+    store = ferromem.open(url)
+    store.add("before", [1.0, 0.0])
+    proxy.cut()
+    with pytest.raises(StorageUnavailableError) as info:
+        store.add("during", [0.0, 1.0])
+    assert not isinstance(info.value, PoolTimeoutError)
+    with pytest.raises(StorageUnavailableError):
+        store.count()  # max_staleness=0: a read must ask the database, which it cannot reach
+    proxy.restore()
+    store.add("after", [1.0, 1.0])
+    assert sorted(r.id for r in store.list()) == ["after", "before"]
+    with postgres.connect() as conn:
+        assert sorted(read_records(conn, postgres.schema, store_name_of(url))) == ["after", "before"]
+        assert store_row(conn, postgres.schema, store_name_of(url))[1] == 2
+    store.close()
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_connection_lost_at_commit_neither_loses_nor_repeats_the_write(postgres, proxy, when):
+    """The connection breaks as the COMMIT is sent: "before" the server got it (it rolls
+    back: the write must be run again) or "after" (it committed, the client never heard:
+    the write must not be run again). Either way it is acknowledged once and stored once."""
+    url = url_through(postgres, proxy)
+    store = ferromem.open(url)
+    store_records(store, [derived_record("first")])
+    proxy.lose_commit(when)
+    store_records(store, [derived_record("second")])  # acknowledged: no error
+    assert proxy.commits_lost == 1, "the proxy never saw the COMMIT it was to lose"
+    store.add("third", derived_record("third").vector)
+    with postgres.connect() as conn:
+        contents = read_records(conn, postgres.schema, store_name_of(url))
+        seq = store_row(conn, postgres.schema, store_name_of(url))[1]
+    assert sorted(contents) == ["first", "second", "third"]
+    assert seq == 3, f"3 writes acknowledged, the store's sequence is at {seq}: one was applied twice or lost"
+    assert not record_mismatches(contents["second"], derived_record("second"))
+    with ferromem.open(postgres.url(store=store_name_of(url))) as fresh:
+        assert sorted(r.id for r in fresh.list()) == ["first", "second", "third"]
+    store.close()
