@@ -335,6 +335,21 @@ def exception_texts(exc: BaseException) -> list[str]:
     return texts
 
 
+def elsewhere(
+    url: str, *, host: str | None = None, port: int | None = None, dbname: str | None = None
+) -> str:
+    """The URL with another host, port or database (its user, password and options kept)."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    old_host = parts.hostname or "127.0.0.1"
+    netloc = f"{host or old_host}:{port or parts.port or 5432}"
+    if userinfo:
+        netloc = f"{userinfo}@{netloc}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, path="/" + dbname if dbname else parts.path))
+
+
 def password_url(postgres, password: str, **options) -> str:
     """The test DSN with a user and a password (trust authentication ignores it)."""
     import urllib.parse
@@ -363,21 +378,24 @@ def test_a_password_never_shows(postgres, caplog, capfd):
         assert_secret_absent(raw, repr(store))
 
     failing = {
-        "no such host": password_url(
-            postgres, raw, store="x", connect_timeout=2, reconnect_timeout=1
-        ).replace("@127.0.0.1:", "@no-such-host.invalid:"),
-        "no such database": password_url(postgres, raw, store="x", reconnect_timeout=1).replace(
-            "/test?", f"/no_such_db_{secrets.token_hex(3)}?"
+        "no such host": elsewhere(
+            password_url(postgres, raw, store="x", connect_timeout=2, reconnect_timeout=1),
+            host="no-such-host.invalid",
         ),
-        "refused port": password_url(
-            postgres, raw, store="x", connect_timeout=2, reconnect_timeout=1
-        ).replace(":5432/", ":1/"),
+        "no such database": elsewhere(
+            password_url(postgres, raw, store="x", reconnect_timeout=1),
+            dbname=f"no_such_db_{secrets.token_hex(3)}",
+        ),
+        "refused port": elsewhere(
+            password_url(postgres, raw, store="x", connect_timeout=2, reconnect_timeout=1), port=1
+        ),
         "bad pool size": password_url(postgres, raw, store="x", pool_size=0),
         "unknown option": password_url(postgres, raw, store="x", nonsense=1),
         "bad staleness": password_url(postgres, raw, store="x", max_staleness=-1),
-        "encoded, no such host": password_url(
-            postgres, encoded, store="x", connect_timeout=2, reconnect_timeout=1
-        ).replace("@127.0.0.1:", "@no-such-host.invalid:"),
+        "encoded, no such host": elsewhere(
+            password_url(postgres, encoded, store="x", connect_timeout=2, reconnect_timeout=1),
+            host="no-such-host.invalid",
+        ),
     }
     for what, url in failing.items():
         assert raw in url or encoded in url
@@ -397,6 +415,24 @@ def test_a_password_never_shows(postgres, caplog, capfd):
     out, err = capfd.readouterr()
     assert_secret_absent(raw, caplog.text, out, err)
     assert_secret_absent(decoded, caplog.text, out, err)
+
+
+def test_a_password_from_pgpassword_never_shows(postgres, monkeypatch, caplog, capfd):
+    secret = "PgPw-" + secrets.token_hex(6)
+    monkeypatch.setenv("PGPASSWORD", secret)  # used when the URL has no password
+    caplog.set_level(logging.DEBUG)
+    with ferromem.open(postgres.url()) as store:
+        store.add("a", [1.0, 2.0])
+        assert_secret_absent(secret, repr(store), str(store.location), json.dumps(store.stats(), default=str))
+    for url in (
+        elsewhere(postgres.url(connect_timeout=2, reconnect_timeout=1), port=1),
+        elsewhere(postgres.url(reconnect_timeout=1), dbname=f"no_such_db_{secrets.token_hex(3)}"),
+    ):
+        with pytest.raises(StorageError) as info:
+            ferromem.open(url)
+        assert_secret_absent(secret, *exception_texts(info.value))
+    out, err = capfd.readouterr()
+    assert_secret_absent(secret, caplog.text, out, err)
 
 
 # ------------------------------------------------------------------------------ hostile names
