@@ -187,10 +187,6 @@ def postgres_url(postgres: PostgresServer) -> Callable[..., str]:
     return postgres.url
 
 
-def is_postgres_location(location: Any) -> bool:
-    return isinstance(location, str) and re.match(r"(?i)postgres(ql)?://", location) is not None
-
-
 # The storages of the suites that run in memory and again on PostgreSQL (exactness, state
 # machine): ``@pytest.mark.parametrize("engine", ...)`` plus the ``storage_kind`` fixture.
 STORAGE_KINDS = ["memory", pytest.param("postgres", marks=pytest.mark.postgres)]
