@@ -8,6 +8,7 @@ with ferromem.open("memory.ferro") as store:
 
 __version__ = "0.1.0"
 
+from .aio import AsyncStore, open_async
 from .exceptions import (
     CorruptStoreError,
     DamagedCacheWarning,
@@ -41,8 +42,10 @@ from .store import check_store as check
 __all__ = [
     "__version__",
     "open",
+    "open_async",
     "check",
     "Store",
+    "AsyncStore",
     "SearchResult",
     "Record",
     "ScopeInfo",

@@ -410,7 +410,10 @@ def _add_import(sub: Any) -> None:
         help="the source directory, only read (default: CrewAI's own for that kind)",
     )
     imp.add_argument(
-        "--to", default=None, help="destination (default: where ferromem.crewai looks by default)"
+        "--to",
+        default=None,
+        help="destination: a directory, a .ferro file (lancedb) or a postgresql:// URL "
+        "(default: where ferromem.crewai looks by default)",
     )
     imp.add_argument("--table", default="memories", help="lancedb: the table (default memories)")
     imp.add_argument(

@@ -2,6 +2,7 @@
 # Checked against the built module by `python -m mypy.stubtest ferromem._core`.
 
 import builtins
+from asyncio import Future
 from os import PathLike
 from typing import Any, final
 
@@ -11,7 +12,9 @@ import numpy.typing as npt
 from ._schema import Filter, Patch, RecordBatch
 
 __all__ = [
+    "AsyncEngine",
     "Engine",
+    "MAX_BLOCKING_THREADS",
     "RecordRow",
     "__version__",
     "bf16_path",
@@ -24,6 +27,7 @@ __all__ = [
     "dot_rows_i8",
     "force_isa",
     "int8_path",
+    "postgres_create_store",
     "postgres_drop_store",
     "postgres_list_stores",
     "postgres_migrate",
@@ -36,6 +40,7 @@ __all__ = [
 ]
 
 __version__: str
+MAX_BLOCKING_THREADS: int
 
 @final
 class RecordRow:
@@ -136,10 +141,63 @@ class Engine:
     def wait_for_index(self, timeout: float | None = None) -> bool: ...
     def set_cache_capacity(self, entries: int) -> None: ...
 
+_Hits = tuple[npt.NDArray[np.object_], npt.NDArray[np.float32], npt.NDArray[np.int64]]
+
+@final
+class AsyncEngine:
+    """The async face of an open Engine (ferromem._engine.AsyncEngine, in aio.rs): each
+    method returns a future of the running event loop, resolved when the operation, run on
+    ferromem's Rust runtime, ends."""
+
+    def __new__(cls, engine: Engine) -> AsyncEngine: ...
+    @staticmethod
+    def open(
+        path: str | PathLike[str] | None = None,
+        dim: int | None = None,
+        durability: str = "normal",
+        precision: str = "f32",
+        fast_open: bool = False,
+        read_only: bool = False,
+    ) -> Future[Engine]: ...
+    @property
+    def engine(self) -> Engine: ...
+    def upsert(self, batch: RecordBatch, mode: str) -> Future[None]: ...
+    def search(
+        self,
+        queries: Any,
+        k: int,
+        filter: Filter | None = None,
+        min_score: float | None = None,
+        device: str | None = None,
+    ) -> Future[_Hits]: ...
+    def explain(
+        self,
+        queries: Any,
+        k: int,
+        filter: Filter | None = None,
+        min_score: float | None = None,
+        device: str | None = None,
+    ) -> Future[tuple[_Hits, dict[str, Any]]]: ...
+    def get(self, ids: list[str]) -> Future[list[RecordRow | None]]: ...
+    def update(self, id: str, patch: Patch) -> Future[bool]: ...
+    def touch(self, ids: list[str], t: float) -> Future[int]: ...
+    def delete(self, ids: list[str] | None = None, filter: Filter | None = None) -> Future[int]: ...
+    def list(
+        self, filter: Filter | None = None, offset: int = 0, limit: int | None = None
+    ) -> Future[builtins.list[RecordRow]]: ...
+    def count(self, filter: Filter | None = None) -> Future[int]: ...
+    def child_scopes(self, scope: str | None = None) -> Future[builtins.list[str]]: ...
+    def category_counts(self, filter: Filter | None = None) -> Future[dict[str, int]]: ...
+    def scope_info(self, scope: str | None = None) -> Future[dict[str, Any]]: ...
+    def reset(self) -> Future[None]: ...
+    def close(self) -> Future[None]: ...
+    def stats(self) -> Future[dict[str, Any]]: ...
+
 def buffer_address(obj: Any) -> tuple[int, int, int]: ...
 def verify_store(path: str | PathLike[str]) -> list[str]: ...
 def postgres_migrate(url: str) -> int: ...
 def postgres_list_stores(url: str, prefix: str) -> list[str]: ...
+def postgres_create_store(url: str) -> bool: ...
 def postgres_drop_store(url: str) -> bool: ...
 def verify_image(image_path: str | PathLike[str]) -> list[str]: ...
 def verify_graph(graph_path: str | PathLike[str]) -> list[str]: ...

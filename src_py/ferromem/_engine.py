@@ -14,11 +14,17 @@ classes of ``ferromem.exceptions``.
 
 The capabilities only the native engine has (a result cache, an HNSW index) are the
 separate protocol :class:`IndexedEngine`; the facade asks for them with ``isinstance``.
+
+:class:`AsyncEngine` is what ``ferromem.AsyncStore`` awaits: the same operations, each
+returning an awaitable. The native ``ferromem._core.AsyncEngine`` serves them on the Rust
+runtime and resolves futures of the caller's loop; ``ferromem.aio._ThreadedEngine`` runs
+any engine's in asyncio's default executor (the reference engine's async path).
 """
 
 from __future__ import annotations
 
 import builtins
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -34,7 +40,7 @@ if TYPE_CHECKING:
 else:
     Row = RecordRow
 
-__all__ = ["Engine", "IndexedEngine", "Row"]
+__all__ = ["Engine", "IndexedEngine", "AsyncEngine", "Row"]
 
 
 @runtime_checkable
@@ -154,3 +160,57 @@ class IndexedEngine(Engine, Protocol):
 
     def cpu_calibrated(self) -> bool:
         """Whether the planner's CPU constants were set."""
+
+
+class AsyncEngine(Protocol):
+    """An engine's operations as awaitables (see the module's documentation). Arguments as
+    for :class:`IndexedEngine`; each call returns an awaitable of what the synchronous
+    call returns."""
+
+    def upsert(self, batch: RecordBatch, mode: str) -> Awaitable[None]: ...
+
+    def search(
+        self,
+        queries: Any,
+        k: int,
+        filter: Filter | None = None,
+        min_score: float | None = None,
+        device: str | None = None,
+    ) -> Awaitable[tuple[np.ndarray, np.ndarray, np.ndarray]]: ...
+
+    def explain(
+        self,
+        queries: Any,
+        k: int,
+        filter: Filter | None = None,
+        min_score: float | None = None,
+        device: str | None = None,
+    ) -> Awaitable[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], dict[str, Any]]]: ...
+
+    def get(self, ids: builtins.list[str]) -> Awaitable[builtins.list[Any]]: ...
+
+    def update(self, id: str, patch: Patch) -> Awaitable[bool]: ...
+
+    def touch(self, ids: builtins.list[str], t: float) -> Awaitable[int]: ...
+
+    def delete(
+        self, ids: builtins.list[str] | None = None, filter: Filter | None = None
+    ) -> Awaitable[int]: ...
+
+    def list(
+        self, filter: Filter | None = None, offset: int = 0, limit: int | None = None
+    ) -> Awaitable[builtins.list[Any]]: ...
+
+    def count(self, filter: Filter | None = None) -> Awaitable[int]: ...
+
+    def child_scopes(self, scope: str | None = None) -> Awaitable[builtins.list[str]]: ...
+
+    def category_counts(self, filter: Filter | None = None) -> Awaitable[dict[str, int]]: ...
+
+    def scope_info(self, scope: str | None = None) -> Awaitable[dict[str, Any]]: ...
+
+    def reset(self) -> Awaitable[None]: ...
+
+    def close(self) -> Awaitable[None]: ...
+
+    def stats(self) -> Awaitable[dict[str, Any]]: ...

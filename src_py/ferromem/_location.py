@@ -19,6 +19,7 @@ path (``notes:v2.db`` stays a file name); only an unknown ``scheme://`` is refus
 from __future__ import annotations
 
 import re
+import urllib.parse
 from typing import Any
 
 from .exceptions import InvalidInputError, UnsupportedStoreError
@@ -50,11 +51,59 @@ class DatabaseLocation:
 
     __str__ = __repr__
 
+    @property
+    def store(self) -> str | None:
+        """The URL's ``store`` option, decoded as the core decodes it (``%XX`` and ``+``),
+        or None when the URL has none (the core then opens the store ``default``)."""
+        values = [value for key, value in _query_pairs(self._url) if key == "store"]
+        if not values:
+            return None
+        if len(values) > 1:
+            raise InvalidInputError("the PostgreSQL URL gives the option store twice")
+        return _decode_option(values[0], "store")
+
+    def with_store(self, name: str) -> DatabaseLocation:
+        """The same database, schema and options, naming the store ``name`` instead."""
+        if not isinstance(name, str) or not name or len(name) > MAX_STORE_NAME or "\0" in name:
+            raise InvalidInputError(
+                f"store={name!r}: a store's name is 1 to {MAX_STORE_NAME} characters, without NUL"
+            )
+        try:
+            encoded = urllib.parse.quote(name, safe="")
+        except UnicodeEncodeError:
+            raise InvalidInputError(f"store={name!r}: a store's name must be encodable as UTF-8") from None
+        base, _, query = self._url.partition("?")
+        pairs = [pair for pair in query.split("&") if pair and pair.partition("=")[0] != "store"]
+        return DatabaseLocation(base + "?" + "&".join([*pairs, "store=" + encoded]))
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DatabaseLocation) and other._url == self._url
 
     def __hash__(self) -> int:
         return hash(self._url)
+
+
+# The core's limit on a store's name (storage/postgres.rs), in characters.
+MAX_STORE_NAME = 200
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _query_pairs(url: str) -> list[tuple[str, str]]:
+    """The (key, raw value) pairs of the URL's query, split as the core splits them."""
+    query = url.partition("?")[2]
+    return [(key, value) for key, _, value in (pair.partition("=") for pair in query.split("&") if pair)]
+
+
+def _decode_option(value: str, key: str) -> str:
+    """An option's value decoded as the core does it: ``%XX`` bytes, ``+`` a space, UTF-8."""
+    if _BAD_PERCENT.search(value):
+        raise InvalidInputError(
+            f"the PostgreSQL URL's {key} has a '%' that is not followed by two hex digits"
+        )
+    try:
+        return urllib.parse.unquote_plus(value, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"the PostgreSQL URL's {key} is not UTF-8 once decoded") from None
 
 
 def _redacted(url: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from ._location import DatabaseLocation, store_path
 from .exceptions import InvalidInputError, UnsupportedStoreError
 
-__all__ = ["migrate", "list_stores", "drop_store"]
+__all__ = ["migrate", "list_stores", "create_store", "drop_store"]
 
 
 def _url(location: Any) -> str:
@@ -47,6 +47,15 @@ def list_stores(url: str, prefix: str = "") -> list[str]:
     if not isinstance(prefix, str):
         raise InvalidInputError(f"prefix must be a str, got {type(prefix).__name__}")
     return list(_native().postgres_list_stores(_url(url), prefix))
+
+
+def create_store(url: str) -> bool:
+    """Creates the store the URL names (its ``store`` option), empty, migrating the schema
+    first when needed; returns True when this call created it and False when it existed.
+    Of processes creating the same store at once, exactly one gets True (what an exclusive
+    create needs: ``RagClient.create_collection``). Opening a store creates it too, without
+    saying whether it did."""
+    return bool(_native().postgres_create_store(_url(url)))
 
 
 def drop_store(url: str) -> bool:

@@ -21,6 +21,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import numpy as np
@@ -29,7 +30,7 @@ from . import _location, _planner
 from . import _validate as check
 from ._engine import Engine, IndexedEngine
 from ._reference import ReferenceEngine
-from ._schema import Filter, Patch
+from ._schema import Filter, Patch, RecordBatch
 from ._typing import (
     ArrayLike,
     DeleteCriteria,
@@ -123,7 +124,7 @@ def _warn_native_unavailable() -> None:
         f"reference engine, which is correct but much slower. To fix it, {_REINSTALL_HINT}. "
         "Pass engine='reference' to choose it explicitly and silence this warning.",
         NativeUnavailableWarning,
-        stacklevel=4,  # _warn_native_unavailable <- _select_engine <- open <- caller
+        stacklevel=5,  # _warn_native_unavailable <- _select_engine <- _plan_open <- open <- caller
     )
 
 
@@ -141,7 +142,7 @@ def _warn_damaged_caches(engine_instance: Engine, path: str) -> None:
             "the store was read from its file, so answers are unaffected. A new image is "
             "written when the store is closed. If this repeats, check the disk.",
             DamagedCacheWarning,
-            stacklevel=3,  # _warn_damaged_caches <- open <- caller
+            stacklevel=4,  # _warn_damaged_caches <- _open_store <- open <- caller
         )
     if graph:
         warnings.warn(
@@ -149,7 +150,7 @@ def _warn_damaged_caches(engine_instance: Engine, path: str) -> None:
             "ignored and is rebuilt in the background, and searches are exact meanwhile. "
             "If this repeats, check the disk.",
             DamagedCacheWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -243,6 +244,86 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     ``stats()["damaged"]`` and reported once with a DamagedRecordsWarning (see
     :func:`check`).
     """
+    plan = _plan_open(
+        path,
+        dim=dim,
+        durability=durability,
+        engine=engine,
+        cache_size=cache_size,
+        index=index,
+        ef_search=ef_search,
+        recall_target=recall_target,
+        precision=precision,
+        fast_open=fast_open,
+        read_only=read_only,
+        device=device,
+    )
+    return _open_store(plan.open_engine(), plan)
+
+
+@dataclass(frozen=True)
+class _OpenPlan:
+    """Everything :func:`open` decides before it opens the engine (every argument checked,
+    the engine chosen, the directory made): shared with ``ferromem.open_async``, which
+    opens the engine without blocking its event loop."""
+
+    engine_factory: Any
+    engine_name: str
+    path_text: str | None  # a local file; None in memory and for a database
+    database: _location.DatabaseLocation | None
+    dim: int | None
+    durability: str
+    precision: str
+    fast_open: bool
+    read_only: bool
+    cache_size: int
+    index: str
+    ef_search: int
+    recall_target: float
+    policy: str
+
+    @property
+    def shown(self) -> str | None:
+        """The location as messages and repr show it (a database URL without its password)."""
+        return self.path_text if self.database is None else self.database.shown
+
+    def engine_args(self) -> tuple[Any, ...]:
+        """The engine constructor's positional arguments."""
+        if self.database is not None:
+            return (
+                self.database.url,
+                self.dim,
+                self.durability,
+                self.precision,
+                self.fast_open,
+                self.read_only,
+            )
+        if self.engine_name == "native":
+            return (self.path_text, self.dim, self.durability, self.precision, self.fast_open, self.read_only)
+        # the reference engine holds f32 and reads the file whatever is asked
+        return (self.path_text, self.dim, self.durability)
+
+    def open_engine(self) -> Engine:
+        if self.engine_name == "native":
+            return cast(Engine, self.engine_factory(*self.engine_args()))
+        return cast(Engine, self.engine_factory(*self.engine_args(), read_only=self.read_only))
+
+
+def _plan_open(
+    path: str | os.PathLike | None,
+    *,
+    dim: int | None,
+    durability: Any,
+    engine: Any,
+    cache_size: Any,
+    index: Any,
+    ef_search: Any,
+    recall_target: Any,
+    precision: Any,
+    fast_open: Any,
+    read_only: Any,
+    device: Any,
+) -> _OpenPlan:
     location = _location.store_path(path)
     database = location if isinstance(location, _location.DatabaseLocation) else None
     path_text = None if database is not None else check.check_path(location)
@@ -261,6 +342,8 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
         raise InvalidInputError(
             "fast_open=True keeps a store image beside a local file; a PostgreSQL store has none"
         )
+    # Checked before anything is opened: a bad value touches no file.
+    policy = _planner.default_policy() if device is None else _planner.check_policy(device)
     engine_factory, engine_name = _select_engine(check.check_engine(engine))
     if database is not None and engine_name != "native":
         raise UnsupportedStoreError(
@@ -272,26 +355,41 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
             os.makedirs(os.path.dirname(path_text), exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create the directory of {path_text!r}: {exc}") from exc
-    if database is not None:
-        engine_instance = engine_factory(database.url, dim, durability, precision, fast_open, read_only)
-    elif engine_name == "native":
-        engine_instance = engine_factory(path_text, dim, durability, precision, fast_open, read_only)
-    else:  # the reference engine holds f32 and reads the file whatever is asked
-        engine_instance = engine_factory(path_text, dim, durability, read_only=read_only)
+    return _OpenPlan(
+        engine_factory,
+        engine_name,
+        path_text,
+        database,
+        dim,
+        durability,
+        precision,
+        fast_open,
+        read_only,
+        cache_size,
+        index,
+        ef_search,
+        recall_target,
+        policy,
+    )
+
+
+def _open_store(engine_instance: Engine, plan: _OpenPlan) -> Store:
+    """The Store of a freshly opened engine: warnings about damage found at open, the
+    cache, index and device settings (closing the engine if any of that fails)."""
+    path_text, engine_name, policy, precision = plan.path_text, plan.engine_name, plan.policy, plan.precision
     try:
-        _warn_if_damaged(engine_instance, path_text if database is None else database.shown)
+        _warn_if_damaged(engine_instance, plan.shown)
         if engine_name == "native" and path_text is not None:
             _warn_damaged_caches(engine_instance, path_text)
     except BaseException:  # a warnings filter turned a warning into an error
         engine_instance.close()
         raise
-    policy = _planner.default_policy() if device is None else _planner.check_policy(device)
     indexed = _indexed(engine_instance)
     device_note: str | None = "the reference engine has no device path"
     try:
         if indexed is not None:  # the reference engine keeps no cache and always scans exactly
-            indexed.set_cache_capacity(cache_size)
-            indexed.set_index(index, ef_search, recall_target=recall_target)
+            indexed.set_cache_capacity(plan.cache_size)
+            indexed.set_index(plan.index, plan.ef_search, recall_target=plan.recall_target)
             indexed.set_policy(policy)
             device_note = _planner.attach(indexed, policy, precision, None)
         elif policy == "gpu":
@@ -302,10 +400,10 @@ def open(  # noqa: A001 - the public name is ferromem.open, like builtins.open
     store = Store(
         engine_instance,
         engine_name,
-        index=index,
-        ef_search=ef_search,
-        recall_target=recall_target,
-        location=path_text if database is None else database.shown,
+        index=plan.index,
+        ef_search=plan.ef_search,
+        recall_target=plan.recall_target,
+        location=plan.shown,
     )
     store._set_planning(precision, policy, device_note)
     return store
@@ -337,7 +435,7 @@ def _warn_if_damaged(engine: Engine, path: str | None) -> None:
             "them again or delete them by id to clear them. `ferromem check PATH` lists "
             "all damage.",
             DamagedRecordsWarning,
-            stacklevel=3,
+            stacklevel=4,  # _warn_if_damaged <- _open_store <- open <- caller
         )
 
 
@@ -540,6 +638,84 @@ _FORKED_MESSAGE = (
 )
 
 
+def _patch_of(
+    id: Any,
+    *,
+    content: Any,
+    scope: Any,
+    categories: Any,
+    metadata: Any,
+    importance: Any,
+    created_at: Any,
+    last_accessed: Any,
+    source: Any,
+    private: Any,
+    vector: Any,
+) -> tuple[str, Patch | None]:
+    """The checked id and patch of an update (None: no field to change); a field left
+    ``_UNSET`` is unchanged."""
+    record_id = check.check_id(id)
+    changes: dict[str, Any] = {}
+    if content is not _UNSET:
+        changes["content"] = check.check_text(content, "content")
+    if scope is not _UNSET:
+        changes["scope"] = check.check_scope(scope)
+    if categories is not _UNSET:
+        changes["categories"] = check.check_categories(categories)
+    if metadata is not _UNSET:
+        changes["metadata_json"] = check.metadata_json(metadata)
+    if importance is not _UNSET:
+        changes["importance"] = check.check_real(importance, "importance")
+    if created_at is not _UNSET:
+        changes["created_at"] = check.check_timestamp(created_at, "created_at")
+    if last_accessed is not _UNSET:
+        changes["last_accessed"] = check.check_timestamp(last_accessed, "last_accessed")
+    if source is not _UNSET:
+        changes["source"] = check.check_source(source)
+    if private is not _UNSET:
+        changes["private"] = check.check_bool(private, "private")
+    if vector is not _UNSET:
+        changes["vector"] = _as_vector(vector)  # the engine checks the dimension
+    return record_id, (Patch(**changes) if changes else None)
+
+
+def _every_record() -> Filter:
+    """A filter every record matches: a criterion-less delete is refused (the facade's
+    guard against wiping a store by accident), so clear() says "created before the
+    largest finite time" (created_at is always finite)."""
+    return Filter(older_than=sys.float_info.max)
+
+
+def _reference_explanation(queries: np.ndarray, seconds: float) -> dict[str, Any]:
+    """explain()'s account of a reference engine's search, which took ``seconds``."""
+    return {
+        "path": "reference-scan",
+        "reason": "the reference engine always scans exactly on the CPU",
+        "policy": "cpu",
+        "queries": int(queries.shape[0]),
+        "rows": None,
+        "predicted_ms": {},
+        "observed_ms": seconds * 1e3,
+        "device": None,
+    }
+
+
+def _scope_info(info: Mapping[str, Any]) -> ScopeInfo:
+    """An engine's scope_info() as the public ScopeInfo."""
+    return ScopeInfo(
+        path=info["path"],
+        record_count=int(info["record_count"]),
+        categories=tuple(info["categories"]),
+        oldest=info["oldest"],
+        newest=info["newest"],
+        child_scopes=tuple(info["child_scopes"]),
+    )
+
+
+def _not_found(record_id: str) -> NotFoundError:
+    return NotFoundError(f"no record with id {record_id!r}; use add() to create it")
+
+
 # --------------------------------------------------------------------------- store
 
 
@@ -576,6 +752,8 @@ class Store:
         # were loaded or measured (at the first search that has a choice to make).
         self._device_note: str | None = "no device path"
         self._planner_ready = False
+        # The async face of its engine (ferromem.aio), made when an AsyncStore first wraps it.
+        self._async_engine: Any = None
 
     def _set_planning(self, precision: str, policy: str, device_note: str | None) -> None:
         self._precision, self._policy, self._device_note = precision, policy, device_note
@@ -661,6 +839,16 @@ class Store:
         return self._write("upsert", ids, vectors, fields)
 
     def _write(self, mode: str, ids: Any, vectors: Any, fields: RecordFields) -> list[str]:
+        id_list, batch = self._write_batch(ids, vectors, fields)
+        if batch is not None:
+            self._engine.upsert(batch, mode)
+        return id_list
+
+    def _write_batch(
+        self, ids: Any, vectors: Any, fields: RecordFields
+    ) -> tuple[list[str], RecordBatch | None]:
+        """The ids and the checked batch of an add or upsert (None: an empty batch, which
+        writes nothing)."""
         self._check_open()
         # Vectors are not checked against the store's dimension here: the engine does it
         # against its state caught up with other processes (asking first costs a catch-up).
@@ -674,7 +862,7 @@ class Store:
         else:
             id_list = check.check_id_list(ids)
             if not id_list:
-                return self._empty_batch(vectors)
+                return self._empty_batch(vectors), None
             check.check_unique_ids(id_list)
             matrix = _as_matrix(vectors)
             check.check_vector_count(len(id_list), matrix.shape[0])
@@ -685,8 +873,7 @@ class Store:
             fields,
             now=time.time(),
         )
-        self._engine.upsert(batch, mode)
-        return id_list
+        return id_list, batch
 
     @staticmethod
     def _empty_batch(vectors: Any) -> list[str]:
@@ -717,43 +904,38 @@ class Store:
         """Changes only the fields passed (``source=None`` sets None) and returns the
         updated record. A missing id raises NotFoundError."""
         self._check_open()
-        record_id = check.check_id(id)
-        changes: dict[str, Any] = {}
-        if content is not _UNSET:
-            changes["content"] = check.check_text(content, "content")
-        if scope is not _UNSET:
-            changes["scope"] = check.check_scope(scope)
-        if categories is not _UNSET:
-            changes["categories"] = check.check_categories(categories)
-        if metadata is not _UNSET:
-            changes["metadata_json"] = check.metadata_json(metadata)
-        if importance is not _UNSET:
-            changes["importance"] = check.check_real(importance, "importance")
-        if created_at is not _UNSET:
-            changes["created_at"] = check.check_timestamp(created_at, "created_at")
-        if last_accessed is not _UNSET:
-            changes["last_accessed"] = check.check_timestamp(last_accessed, "last_accessed")
-        if source is not _UNSET:
-            changes["source"] = check.check_source(source)
-        if private is not _UNSET:
-            changes["private"] = check.check_bool(private, "private")
-        if vector is not _UNSET:
-            changes["vector"] = _as_vector(vector)  # the engine checks the dimension
-        if changes and not self._engine.update(record_id, Patch(**changes)):
-            raise NotFoundError(f"no record with id {record_id!r}; use add() to create it")
+        record_id, patch = _patch_of(
+            id,
+            content=content,
+            scope=scope,
+            categories=categories,
+            metadata=metadata,
+            importance=importance,
+            created_at=created_at,
+            last_accessed=last_accessed,
+            source=source,
+            private=private,
+            vector=vector,
+        )
+        if patch is not None and not self._engine.update(record_id, patch):
+            raise _not_found(record_id)
         record = self.get(record_id)
         if record is None:
-            raise NotFoundError(f"no record with id {record_id!r}; use add() to create it")
+            raise _not_found(record_id)
         return record
 
     def touch(self, ids: Any, at: Any = None) -> int:
         """Sets last_accessed of the given ids (now by default); returns how many exist."""
-        self._check_open()
-        id_list = check.ids_or_single(ids)
-        when = time.time() if at is None else check.check_timestamp(at, "at")
+        id_list, when = self._touch_args(ids, at)
         if not id_list:
             return 0
         return int(self._engine.touch(id_list, when))
+
+    def _touch_args(self, ids: Any, at: Any) -> tuple[builtins.list[str], float]:
+        self._check_open()
+        id_list = check.ids_or_single(ids)
+        when = time.time() if at is None else check.check_timestamp(at, "at")
+        return id_list, when
 
     @_keywords(DeleteCriteria)
     def delete(
@@ -767,23 +949,25 @@ class Store:
         older_than (each None by default: no criterion). At least one criterion is
         required: use :meth:`reset` to delete everything.
         """
-        _only_keywords("Store.delete", criteria, DeleteCriteria)
-        self._check_open()
-        id_list = None if ids is None else check.ids_or_single(ids)
-        flt = check.build_filter(criteria)
-        flt = check.require_delete_criterion(id_list, flt)
+        id_list, flt = self._delete_args("Store.delete", ids, criteria)
         if id_list == []:
             return 0
         return int(self._engine.delete(id_list, flt))
+
+    def _delete_args(
+        self, method: str, ids: Any, criteria: Mapping[str, Any]
+    ) -> tuple[builtins.list[str] | None, Filter]:
+        _only_keywords(method, criteria, DeleteCriteria)
+        self._check_open()
+        id_list = None if ids is None else check.ids_or_single(ids)
+        flt = check.build_filter(criteria)
+        return id_list, check.require_delete_criterion(id_list, flt)
 
     def clear(self) -> int:
         """Deletes every record in one transaction and returns how many; unlike
         :meth:`reset`, the dimension stays fixed."""
         self._check_open()
-        # Engines refuse a criterion-less delete (the facade's guard against wiping a
-        # store by accident); "created before the largest finite time" is every record
-        # (created_at is always finite), said explicitly.
-        return int(self._engine.delete(None, Filter(older_than=sys.float_info.max)))
+        return int(self._engine.delete(None, _every_record()))
 
     def reset(self) -> None:
         """Deletes every record; the dimension is free again."""
@@ -821,25 +1005,44 @@ class Store:
         The keywords: the filter of :meth:`list` (scope, categories, where, source,
         include_private=True, visible_to, ids) and min_score (None: no threshold).
         """
-        _only_keywords("Store.search", options, SearchOptions)
-        self._check_open()
-        k = check.check_k(k)
-        min_score = check.check_min_score(options.get("min_score"))
-        flt = check.build_filter(options)
-        queries, single = _query_matrix(query)  # the engine checks the dimension
+        queries, single, k, flt, min_score = self._query_args("Store.search", query, k, options)
         device = options.get("device")
         indexed = _indexed(self._engine)
         if device is not None or indexed is None:
             device = self._device_policy(device)
+        self._plan_search(queries)
+        if indexed is not None:
+            hits = indexed.search(queries, k, flt, min_score, device)
+        else:
+            hits = self._engine.search(queries, k, flt, min_score)
+        return self._results(hits, single)
+
+    def _query_args(
+        self, method: str, query: Any, k: Any, options: Mapping[str, Any]
+    ) -> tuple[np.ndarray, bool, int, Filter, float | None]:
+        """(queries as (nq, d) float32, whether a single vector was given, k, the filter,
+        min_score) of a search, checked; the engine checks the dimension."""
+        _only_keywords(method, options, SearchOptions)
+        self._check_open()
+        k = check.check_k(k)
+        min_score = check.check_min_score(options.get("min_score"))
+        flt = check.build_filter(options)
+        queries, single = _query_matrix(query)
+        return queries, single, min(k, _MAX_K), flt, min_score
+
+    def _plan_search(self, queries: np.ndarray) -> None:
+        """Readies the planner at the first search that has a choice to make."""
         if not self._planner_ready and (queries.shape[0] > 1 or self._device_note is None):
             self._prepare_planner(queries.shape[1])
-        if indexed is not None:
-            ids, scores, offsets = indexed.search(queries, min(k, _MAX_K), flt, min_score, device)
-        else:
-            ids, scores, offsets = self._engine.search(queries, min(k, _MAX_K), flt, min_score)
+
+    def _results(
+        self, hits: tuple[np.ndarray, np.ndarray, np.ndarray], single: bool
+    ) -> SearchResult | builtins.list[SearchResult]:
+        """The engine's (ids, scores, offsets) as a SearchResult per query."""
+        ids, scores, offsets = hits
         results = [
             SearchResult(ids[offsets[i] : offsets[i + 1]], scores[offsets[i] : offsets[i + 1]], self)
-            for i in range(queries.shape[0])
+            for i in range(len(offsets) - 1)
         ]
         return results[0] if single else results
 
@@ -861,39 +1064,25 @@ class Store:
         "gpu-exact", "graph", ...), ``reason``, ``predicted_ms`` (each eligible exact
         path's prediction from the planner's cost model), ``observed_ms``, ``rows`` (what
         the filter left to score), ``device`` and ``policy``; ``results``: the results."""
-        _only_keywords("Store.explain", options, SearchOptions)
-        self._check_open()
-        k = check.check_k(k)
-        min_score = check.check_min_score(options.get("min_score"))
-        flt = check.build_filter(options)
-        queries, single = _query_matrix(query)
+        queries, single, k, flt, min_score = self._query_args("Store.explain", query, k, options)
         device = self._device_policy(options.get("device"))
         indexed = _indexed(self._engine)
         if indexed is None:
             t = time.perf_counter()
-            ids, scores, offsets = self._engine.search(queries, min(k, _MAX_K), flt, min_score)
-            how: dict[str, Any] = {
-                "path": "reference-scan",
-                "reason": "the reference engine always scans exactly on the CPU",
-                "policy": "cpu",
-                "queries": int(queries.shape[0]),
-                "rows": None,
-                "predicted_ms": {},
-                "observed_ms": (time.perf_counter() - t) * 1e3,
-                "device": None,
-            }
+            hits = self._engine.search(queries, k, flt, min_score)
+            how = _reference_explanation(queries, time.perf_counter() - t)
         else:
             if not self._planner_ready:
                 self._prepare_planner(queries.shape[1])
-            (ids, scores, offsets), how = indexed.explain(queries, min(k, _MAX_K), flt, min_score, device)
-            how = dict(how)
+            hits, how = indexed.explain(queries, k, flt, min_score, device)
+        return self._explained(hits, dict(how), single)
+
+    def _explained(
+        self, hits: tuple[np.ndarray, np.ndarray, np.ndarray], how: dict[str, Any], single: bool
+    ) -> dict[str, Any]:
         if how.get("device") is None and self._device_note is not None:
             how["no_device"] = self._device_note
-        results = [
-            SearchResult(ids[offsets[i] : offsets[i + 1]], scores[offsets[i] : offsets[i + 1]], self)
-            for i in range(queries.shape[0])
-        ]
-        how["results"] = results[0] if single else results
+        how["results"] = self._results(hits, single)
         return how
 
     def get(self, id: str) -> Record | None:
@@ -920,14 +1109,18 @@ class Store:
         with include_private=False; ids: None, or a list of ids) and the page (offset=0,
         limit=None).
         """
-        _only_keywords("Store.list", options, ListOptions)
+        flt, offset, limit = self._list_args("Store.list", options)
+        if limit == 0:
+            return []
+        return [Record._from_row(row) for row in self._engine.list(flt, offset, limit)]
+
+    def _list_args(self, method: str, options: Mapping[str, Any]) -> tuple[Filter, int, int | None]:
+        _only_keywords(method, options, ListOptions)
         self._check_open()
         flt = check.build_filter(options)
         offset = check.check_offset(options.get("offset", 0))
         limit = check.check_limit(options.get("limit"))
-        if limit == 0:
-            return []
-        return [Record._from_row(row) for row in self._engine.list(flt, offset, limit)]
+        return flt, offset, limit
 
     @_keywords(Filters, include_private=True)
     def count(
@@ -935,10 +1128,12 @@ class Store:
         **filters: Unpack[Filters],
     ) -> int:
         """How many records match the filter (the keywords of :meth:`list` but the page)."""
-        _only_keywords("Store.count", filters, Filters)
+        return int(self._engine.count(self._filter_args("Store.count", filters)))
+
+    def _filter_args(self, method: str, filters: Mapping[str, Any]) -> Filter:
+        _only_keywords(method, filters, Filters)
         self._check_open()
-        flt = check.build_filter(filters)
-        return int(self._engine.count(flt))
+        return check.build_filter(filters)
 
     def __len__(self) -> int:
         return self.count()
@@ -955,23 +1150,12 @@ class Store:
     ) -> dict[str, int]:
         """How many records matching the filter (the keywords of :meth:`list` but the
         page) have each category."""
-        _only_keywords("Store.category_counts", filters, Filters)
-        self._check_open()
-        flt = check.build_filter(filters)
-        return dict(self._engine.category_counts(flt))
+        return dict(self._engine.category_counts(self._filter_args("Store.category_counts", filters)))
 
     def scope_info(self, scope: Any = "/") -> ScopeInfo:
         """A summary of the records at or below ``scope``."""
         self._check_open()
-        info = self._engine.scope_info(check.scope_argument(scope))
-        return ScopeInfo(
-            path=info["path"],
-            record_count=int(info["record_count"]),
-            categories=tuple(info["categories"]),
-            oldest=info["oldest"],
-            newest=info["newest"],
-            child_scopes=tuple(info["child_scopes"]),
-        )
+        return _scope_info(self._engine.scope_info(check.scope_argument(scope)))
 
     def stats(self) -> dict[str, Any]:
         """Engine, record count, dimension, per-operation latencies in microseconds
@@ -994,6 +1178,10 @@ class Store:
         over its lifetime, as a share of one core), bootstraps, bootstrap_ms}."""
         self._check_open()
         raw = dict(self._engine.stats())
+        return self._stats_view(raw, int(self._engine.count(Filter())))
+
+    def _stats_view(self, raw: dict[str, Any], records: int) -> dict[str, Any]:
+        """stats() from the engine's statistics and its record count."""
         nested = raw.get("operations")
         if isinstance(nested, dict):
             # The engine wraps its per-operation table with facts of its own (memory,
@@ -1030,7 +1218,7 @@ class Store:
         extras["planner"] = {**extras["planner"], "no_device": self._device_note}
         return {
             "engine": self._engine_name,
-            "records": int(self._engine.count(Filter())),
+            "records": records,
             "dim": self._engine.dim,
             **extras,
             "operations": operations,
@@ -1087,14 +1275,19 @@ class Store:
     def close(self) -> None:
         """Closes the store; closing twice is harmless. Further calls raise
         StoreClosedError."""
+        if self._mark_closed():
+            self._engine.close()
+
+    def _mark_closed(self) -> bool:
+        """Marks the store closed; True when its engine is this process's to close."""
         if self._closed:
-            return
+            return False
         self._closed = True
         if self._forks != _forks:
             # The parent's engine: left alone (see _forks), kept alive.
             _inherited_engines.append(self._engine)
-            return
-        self._engine.close()
+            return False
+        return True
 
     def __enter__(self) -> Store:
         self._check_open()

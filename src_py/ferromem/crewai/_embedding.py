@@ -20,6 +20,7 @@ __all__ = [
     "is_zero_query",
     "unembedded_count",
     "search_ranked",
+    "asearch_ranked",
 ]
 
 
@@ -120,4 +121,14 @@ def search_ranked(store: Any, vector: Any, k: int, **criteria: Any) -> tuple[lis
     if any(record is not None and NO_EMBEDDING_KEY in record.metadata for record in records):
         hits = store.search(vector, k + unembedded_count(store), **criteria)
         records = hits.records()
+    return records, hits.scores.tolist()
+
+
+async def asearch_ranked(store: Any, vector: Any, k: int, **criteria: Any) -> tuple[list[Any], list[float]]:
+    """:func:`search_ranked` on a :class:`ferromem.AsyncStore` (each step awaited)."""
+    hits = await store.search(vector, k, **criteria)
+    records = await store.get_many(hits.ids.tolist()) if len(hits) else []
+    if any(record is not None and NO_EMBEDDING_KEY in record.metadata for record in records):
+        hits = await store.search(vector, k + await store.count(where={NO_EMBEDDING_KEY: True}), **criteria)
+        records = await store.get_many(hits.ids.tolist()) if len(hits) else []
     return records, hits.scores.tolist()

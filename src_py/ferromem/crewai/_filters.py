@@ -17,7 +17,7 @@ from typing import Any
 
 from ..exceptions import InvalidFilterError
 
-__all__ = ["chroma_where", "split_metadata_filter", "residual_matches", "filter_ids"]
+__all__ = ["chroma_where", "split_metadata_filter", "residual_matches", "filter_ids", "afilter_ids"]
 
 
 def _equalities(where: Any, name: str) -> list[tuple[str, Any]]:
@@ -109,3 +109,10 @@ def residual_matches(metadata: dict[str, Any], residual: dict[str, Any]) -> bool
 def filter_ids(store: Any, residual: dict[str, Any], **criteria: Any) -> list[str]:
     """The ids of the records matching ``criteria`` (engine filters) and ``residual``."""
     return [record.id for record in store.list(**criteria) if residual_matches(record.metadata, residual)]
+
+
+async def afilter_ids(store: Any, residual: dict[str, Any], **criteria: Any) -> list[str]:
+    """:func:`filter_ids` on a :class:`ferromem.AsyncStore`."""
+    return [
+        record.id for record in await store.list(**criteria) if residual_matches(record.metadata, residual)
+    ]

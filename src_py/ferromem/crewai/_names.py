@@ -1,15 +1,23 @@
-"""File names of the adapters' stores, shared by the CrewAI 1.x and 0.x modules (so it
-imports nothing from CrewAI)."""
+"""Where the adapters' stores live: their file names, and their names in a PostgreSQL
+database. Shared by the CrewAI 1.x and 0.x modules (so it imports nothing from CrewAI)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
+from typing import Any, cast
 
+from .._location import MAX_STORE_NAME, DatabaseLocation, store_path
 from ..exceptions import InvalidInputError
 
-__all__ = ["STORE_SUFFIX", "collection_file_name", "path_argument"]
+__all__ = [
+    "STORE_SUFFIX",
+    "collection_file_name",
+    "database_store_name",
+    "location_argument",
+    "open_at",
+    "path_argument",
+]
 
 STORE_SUFFIX = ".ferro"
 
@@ -43,3 +51,68 @@ def path_argument(value: Any, name: str = "path") -> str:
         if isinstance(text, str) and text:
             return text
     raise InvalidInputError(f"{name} must be a non-empty str or os.PathLike path, got {type(value).__name__}")
+
+
+def location_argument(value: Any, name: str = "path") -> str | DatabaseLocation:
+    """Where an adapter keeps its stores: a local path (str; ``sqlite:PATH`` gives PATH),
+    or a :class:`DatabaseLocation` for a ``postgresql://`` URL. The location grammar is
+    ferromem.open's, so a mistyped URL or an unknown ``scheme://`` raises a typed error
+    instead of becoming a directory named after it; ``memory:`` is refused, since an
+    adapter reopens its stores and an in-memory one would come back empty. A
+    DatabaseLocation is returned as it is."""
+    if isinstance(value, DatabaseLocation):
+        return value
+    text = path_argument(value, name)
+    if not isinstance(value, str):
+        return text  # an os.PathLike is always a path
+    location = store_path(text)
+    if location is None:
+        raise InvalidInputError(
+            f"{name}={text!r} names an in-memory store, which this adapter could not reopen: "
+            "give a directory, a .ferro file or a 'postgresql://' URL (MemoryStorage also "
+            "takes store=ferromem.open() for an in-memory store)"
+        )
+    return cast("str | DatabaseLocation", location)
+
+
+# A store name shortened with a digest: "~" and the SHA-256 in hex.
+_DIGEST_CHARS = 1 + 64
+
+
+def database_store_name(name: str, prefix: str | None = None) -> str:
+    """The name in the database of the store called ``name`` (a collection), under
+    ``prefix`` (``<prefix>/<name>``) when given.
+
+    The name is kept as it is when the whole is shorter than the core's 200 characters and
+    holds no NUL or lone surrogate (which a database name cannot); otherwise it is cut,
+    NUL and surrogates escaped, and ends in ``~`` and the SHA-256 of the name, padded to
+    exactly 200 characters. A name kept as it is never reaches 200 characters, so the two
+    kinds never meet, and distinct names stay distinct stores."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError(f"collection_name must be a non-empty str, got {name!r}")
+    head = "" if prefix is None else prefix + "/"
+    whole = head + name
+    if len(whole) < MAX_STORE_NAME and "\0" not in name and _encodable(name):
+        return whole
+    raw = name.encode("utf-8", "surrogatepass")
+    readable = name.encode("utf-8", "backslashreplace").decode("utf-8").replace("\0", "\\x00")
+    room = MAX_STORE_NAME - len(head) - _DIGEST_CHARS
+    if room < 0:
+        raise InvalidInputError(f"the store name prefix {prefix!r} leaves no room for collection names")
+    return head + readable[:room].ljust(room, "_") + "~" + hashlib.sha256(raw).hexdigest()
+
+
+def open_at(location: str | DatabaseLocation, **options: Any) -> Any:
+    """:func:`ferromem.open` of a location made by :func:`location_argument` (the URL,
+    password included, goes to the engine only)."""
+    from .. import store as _store
+
+    return _store.open(location.url if isinstance(location, DatabaseLocation) else location, **options)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 from .. import store as _store
+from .._location import DatabaseLocation
 from .._typing import Durability
 from ..exceptions import InvalidInputError
-from ._names import path_argument
+from ._names import location_argument, open_at
 from .memory import MemoryStorage
 
 __all__ = ["install", "uninstall", "installed"]
@@ -35,7 +35,7 @@ _state: dict[str, Any] | None = None
 
 def _memory_factory(settings: dict[str, Any]) -> Any:
     """CrewAI's memory storage factory: spec -> MemoryStorage, or None to decline."""
-    stores: dict[str, _store.Store] = settings["stores"]
+    stores: dict[str | DatabaseLocation, _store.Store] = settings["stores"]
 
     def factory(spec: str) -> MemoryStorage | None:
         if spec == "qdrant-edge" and not settings["qdrant_edge"]:
@@ -44,16 +44,39 @@ def _memory_factory(settings: dict[str, Any]) -> Any:
             path = settings["path"]
         else:
             path = spec
-        file = MemoryStorage._resolve_path(path, "memories")
-        key = os.path.realpath(file)
-        # One Store per file in a process: every Memory() shares its in-memory replica
-        # (and Memory.close() on one of them cannot close it under the others).
+        where = MemoryStorage._resolve_location(path, "memories")
+        # A file by its real path (two spellings, one file); a database store by its URL.
+        key: str | DatabaseLocation = os.path.realpath(where) if isinstance(where, str) else where
+        # One Store per file or database store in a process: every Memory() shares its
+        # in-memory replica (and Memory.close() on one of them cannot close it under the
+        # others).
         with _lock:
             shared = stores.get(key)
             if shared is None or shared.closed:
-                shared = _store.open(file, durability=settings["durability"])
+                shared = open_at(where, durability=settings["durability"])
                 stores[key] = shared
         return MemoryStorage(store=shared)
+
+    return factory
+
+
+def _knowledge_factory(database: DatabaseLocation) -> Any:
+    """CrewAI's knowledge storage factory for knowledge kept in a database."""
+    from .rag import KnowledgeStorage
+
+    def factory(embedder: Any, collection_name: str | None) -> Any:
+        return KnowledgeStorage(embedder=embedder, collection_name=collection_name, path=database.url)
+
+    return factory
+
+
+def _rag_client_factory(database: DatabaseLocation) -> Any:
+    """The RAG client factory for collections kept in a database: a config that names no
+    place of its own (ChromaDB's, or a RagConfig without a path) gets the database."""
+    from .rag import rag_client_for
+
+    def factory(config: Any) -> Any:
+        return rag_client_for(config, database.url)
 
     return factory
 
@@ -72,8 +95,13 @@ def install(
     ``memory``: ``Memory()`` / ``Crew(memory=True)`` (spec ``"lancedb"``) and
     ``Memory(storage="some/path")`` use :class:`MemoryStorage`. ``qdrant_edge``: also
     ``Memory(storage="qdrant-edge")`` (left to CrewAI by default: asking for it by name
-    is a choice). ``path``: where the default memory store lives (a directory or a
-    ``.ferro`` file; default: CrewAI's memory directory, honouring ``CREWAI_STORAGE_DIR``).
+    is a choice). ``path``: where the default memory store lives: a directory or a
+    ``.ferro`` file (default: CrewAI's memory directory, honouring ``CREWAI_STORAGE_DIR``),
+    or a ``postgresql://`` URL, which then holds the knowledge too: memory in the store
+    named by the URL's ``store`` option (default ``memories``), knowledge collections in
+    the stores ``<store>/<collection>`` (default ``knowledge/<collection>``), as with
+    ``MemoryStorage(path=URL)`` and ``RagClient(path=URL)``; every host that installs the
+    same URL shares them. ``Memory(storage="postgresql://...")`` works as well.
     ``knowledge``: ``Knowledge`` and knowledge sources use ferromem's knowledge storage,
     and the ``"ferromem"`` RAG provider is registered. ``chromadb``: the RAG provider
     ``"chromadb"`` is served by ferromem too (for code that builds ChromaDB configs).
@@ -108,20 +136,26 @@ def install(
             }
         else:
             previous = _state["previous"]
+        where = None if path is None else location_argument(path)
+        database = where if isinstance(where, DatabaseLocation) else None
         settings = {
-            "path": None if path is None else Path(path_argument(path)),
+            "path": where,
             "durability": durability,
             "qdrant_edge": qdrant_edge,
             "stores": {} if _state is None else _state["settings"]["stores"],
         }
         _state = {"previous": previous, "settings": settings}
     memory_factory.set_memory_storage_factory(_memory_factory(settings) if memory else previous["memory"])
-    knowledge_factory.set_knowledge_storage_factory(
-        rag.knowledge_storage_factory if knowledge else previous["knowledge"]
-    )
+    if not knowledge:
+        knowledge_factory.set_knowledge_storage_factory(previous["knowledge"])
+    elif database is None:
+        knowledge_factory.set_knowledge_storage_factory(rag.knowledge_storage_factory)
+    else:
+        knowledge_factory.set_knowledge_storage_factory(_knowledge_factory(database))
+    rag_client_factory = rag.create_rag_client if database is None else _rag_client_factory(database)
     for provider, wanted in (("ferromem", knowledge), ("chromadb", chromadb)):
         if wanted:
-            rag_factory.register_rag_client_factory(provider, rag.create_rag_client)
+            rag_factory.register_rag_client_factory(provider, rag_client_factory)
         else:
             _restore_rag(rag_factory, provider, previous["rag"][provider])
 

@@ -56,7 +56,6 @@ there that the tests show):
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from collections.abc import Sequence
@@ -69,16 +68,18 @@ from crewai.memory.storage.backend import EmbeddingDimensionMismatchError
 from crewai.memory.types import MemoryRecord, ScopeInfo
 
 from .. import store as _store
+from .._location import DatabaseLocation, shown
 from .._typing import Durability
+from ..aio import async_store
 from ..exceptions import (
     DimensionMismatchError,
     InvalidIdError,
     InvalidInputError,
     InvalidMetadataError,
 )
-from ._embedding import NO_EMBEDDING_KEY, search_ranked
-from ._filters import filter_ids, split_metadata_filter
-from ._names import STORE_SUFFIX, path_argument
+from ._embedding import NO_EMBEDDING_KEY, asearch_ranked, search_ranked
+from ._filters import afilter_ids, filter_ids, split_metadata_filter
+from ._names import STORE_SUFFIX, location_argument, open_at
 
 __all__ = ["MemoryStorage", "DEFAULT_VECTOR_DIM", "default_memory_path"]
 
@@ -259,12 +260,16 @@ def _stored_metadata(record: MemoryRecord) -> dict[str, Any]:
 
 
 class MemoryStorage:
-    """CrewAI ``StorageBackend`` on a ferromem store (one SQLite file, many processes).
+    """CrewAI ``StorageBackend`` on a ferromem store (one SQLite file, or a store in a
+    PostgreSQL database; many processes).
 
     ``path``: a directory (the store is ``<path>/<table_name>.ferro``) or a file ending in
     ``.ferro``; None for CrewAI's default memory directory (``$CREWAI_STORAGE_DIR/memory``
-    when set). ``vector_dim`` fixes the dimension up front (else the first embedding does).
-    ``durability``: "normal" (survives a process crash) or "full" (also power loss).
+    when set); or a ``postgresql://user@host:5432/db`` URL: the store named by its
+    ``store`` option, else ``table_name``, shared by every process and host that opens it
+    (nothing is created on disk; the URL's password is never shown). ``vector_dim`` fixes
+    the dimension up front (else the first embedding does). ``durability``: "normal"
+    (survives a process crash) or "full" (also power loss).
     ``store``: an open :class:`ferromem.Store` to use instead of a path (in memory, or one
     store shared by several Memory objects); the caller keeps it, and close() leaves it open.
     ``search_embeddings``: also return each search result's embedding. Off by default, as
@@ -290,10 +295,10 @@ class MemoryStorage:
                 raise InvalidInputError(f"store must be a ferromem Store, got {type(store).__name__}")
             self._store = store
             self._owns_store = False
-            self._file = store.path
+            self._where: str | DatabaseLocation | None = None
         else:
-            self._file = self._resolve_path(path, table_name)
-            self._store = _store.open(self._file, dim=vector_dim, durability=durability)
+            self._where = self._resolve_location(path, table_name)
+            self._store = open_at(self._where, dim=vector_dim, durability=durability)
             self._owns_store = True
         self._vector_dim = vector_dim
         self._durability = durability
@@ -302,7 +307,11 @@ class MemoryStorage:
         self._close_lock = threading.Lock()
 
     @staticmethod
-    def _resolve_path(path: str | os.PathLike | None, table_name: str) -> str:
+    def _resolve_location(
+        path: str | os.PathLike | DatabaseLocation | None, table_name: str
+    ) -> str | DatabaseLocation:
+        """The store's file, or its URL in a database (``table_name`` names the store when
+        the URL has no ``store`` option)."""
         if (
             not isinstance(table_name, str)
             or not table_name
@@ -312,7 +321,10 @@ class MemoryStorage:
             raise InvalidInputError(
                 f"table_name must be a plain file name such as 'memories', got {table_name!r}"
             )
-        base = default_memory_path() if path is None else Path(path_argument(path))
+        where = None if path is None else location_argument(path)
+        if isinstance(where, DatabaseLocation):
+            return where if where.store is not None else where.with_store(table_name)
+        base = default_memory_path() if where is None else Path(where)
         if base.suffix == STORE_SUFFIX:
             return str(base)
         return str(base / (table_name + STORE_SUFFIX))
@@ -324,7 +336,18 @@ class MemoryStorage:
 
     @property
     def path(self) -> str | None:
-        return self._file
+        """The store's file; None for a store in a database or in memory."""
+        if self._owns_store:
+            return self._where if isinstance(self._where, str) else None
+        return self._store.path
+
+    @property
+    def location(self) -> str | None:
+        """Where the store lives: its file, or its database URL without the password (the
+        form every message and repr shows); None in memory."""
+        if self._owns_store:
+            return shown(self._where)
+        return self._store.location
 
     def _live(self) -> _store.Store:
         """The open store: the one this storage opened, opened again after close(), or the
@@ -335,7 +358,8 @@ class MemoryStorage:
                 if self._store.closed:
                     # The dimension is the file's now; vector_dim only matters for a file
                     # that was removed meanwhile, as when first opened.
-                    self._store = _store.open(self._file, dim=self._vector_dim, durability=self._durability)
+                    where = cast("str | DatabaseLocation", self._where)
+                    self._store = open_at(where, dim=self._vector_dim, durability=self._durability)
                 store = self._store
         return store
 
@@ -349,6 +373,26 @@ class MemoryStorage:
 
     def _write(self, records: Sequence[MemoryRecord]) -> None:
         """Validates every record, then upserts all of them in one transaction."""
+        store, ids, vectors, fields = self._columns(records)
+        try:
+            store.upsert(ids, vectors, **fields)
+        except DimensionMismatchError as exc:
+            # Another process fixed the dimension since this one last looked.
+            raise _embedding_dimension_error(exc) from exc
+
+    async def _awrite(self, records: Sequence[MemoryRecord]) -> None:
+        """:meth:`_write`, awaiting the store's native async upsert."""
+        store, ids, vectors, fields = self._columns(records)
+        try:
+            await async_store(store).upsert(ids, vectors, **fields)
+        except DimensionMismatchError as exc:
+            raise _embedding_dimension_error(exc) from exc
+
+    def _columns(
+        self, records: Sequence[MemoryRecord]
+    ) -> tuple[_store.Store, list[str], list[Any], dict[str, Any]]:
+        """The live store, and the checked records as the columns of one upsert: ids,
+        vectors and the other fields (keywords of Store.upsert)."""
         if isinstance(records, MemoryRecord) or not isinstance(records, (list, tuple)):
             raise InvalidInputError(f"records must be a list of MemoryRecord, got {type(records).__name__}")
         store = self._live()
@@ -402,23 +446,18 @@ class MemoryStorage:
             categories.append(list(record.categories))
             created.append(_to_epoch(record.created_at, "created_at"))
             accessed.append(_to_epoch(record.last_accessed, "last_accessed"))
-        try:
-            store.upsert(
-                ids,
-                vectors,
-                contents=contents,
-                scopes=scopes,
-                categories=categories,
-                metadata=metadata,
-                importance=[record.importance for record in records],
-                created_at=created,
-                last_accessed=accessed,
-                sources=[record.source for record in records],
-                private=[record.private for record in records],
-            )
-        except DimensionMismatchError as exc:
-            # Another process fixed the dimension since this one last looked.
-            raise _embedding_dimension_error(exc) from exc
+        fields = {
+            "contents": contents,
+            "scopes": scopes,
+            "categories": categories,
+            "metadata": metadata,
+            "importance": [record.importance for record in records],
+            "created_at": created,
+            "last_accessed": accessed,
+            "sources": [record.source for record in records],
+            "private": [record.private for record in records],
+        }
+        return store, ids, vectors, fields
 
     @staticmethod
     def _to_record(record: Any, with_embedding: bool = True) -> MemoryRecord:
@@ -507,9 +546,35 @@ class MemoryStorage:
     ) -> list[tuple[MemoryRecord, float]]:
         """The ``limit`` records most similar to the query (cosine, best first) among those
         matching every filter. A zero query matches nothing: []."""
+        planned = self._search_plan(query_embedding, scope_prefix, categories, metadata_filter, limit)
+        if planned is None:
+            return []
+        store, criteria, residual = planned
+        if residual:
+            criteria["ids"] = filter_ids(store, residual, **criteria)
+            if not criteria["ids"]:
+                return []
+        # Records saved without an embedding (or with a zero one) sit at a placeholder
+        # direction and must not rank: search_ranked leaves them out, exactly.
+        try:
+            records, scores = search_ranked(store, query_embedding, limit, min_score=min_score, **criteria)
+        except DimensionMismatchError as exc:
+            raise _embedding_dimension_error(exc) from exc
+        return self._ranked(records, scores, limit)
+
+    def _search_plan(
+        self,
+        query_embedding: Any,
+        scope_prefix: str | None,
+        categories: list[str] | None,
+        metadata_filter: dict[str, Any] | None,
+        limit: Any,
+    ) -> tuple[_store.Store, dict[str, Any], dict[str, Any]] | None:
+        """(the live store, the engine's criteria, the metadata pairs left to check in
+        Python) of a search, checked; None when it matches nothing whatever is stored."""
         _check_limit(limit, "limit")
         if limit <= 0:
-            return []
+            return None
         store = self._live()
         # An empty store answers [] and a wrong dimension raises: both come from the engine.
         where, residual = split_metadata_filter(metadata_filter)
@@ -527,17 +592,12 @@ class MemoryStorage:
             # as for any query.
             if store.dim is not None and len(query_embedding) != store.dim:
                 raise EmbeddingDimensionMismatchError(store.dim, len(query_embedding))
-            return []
-        if residual:
-            criteria["ids"] = filter_ids(store, residual, **criteria)
-            if not criteria["ids"]:
-                return []
-        # Records saved without an embedding (or with a zero one) sit at a placeholder
-        # direction and must not rank: search_ranked leaves them out, exactly.
-        try:
-            records, scores = search_ranked(store, query_embedding, limit, min_score=min_score, **criteria)
-        except DimensionMismatchError as exc:
-            raise _embedding_dimension_error(exc) from exc
+            return None
+        return store, criteria, residual
+
+    def _ranked(
+        self, records: list[Any], scores: list[float], limit: int
+    ) -> list[tuple[MemoryRecord, float]]:
         out = []
         for stored_record, score in zip(records, scores):
             # None: deleted by another thread since the search.
@@ -558,20 +618,38 @@ class MemoryStorage:
     ) -> int:
         """Deletes the records matching every criterion given (all records when none is)
         and returns how many."""
-        store = self._live()
-        where, residual = split_metadata_filter(metadata_filter)
-        scope = _prefix(scope_prefix)
-        categories = categories or None  # CrewAI treats [] as no category filter
-        ids = None if record_ids is None else _id_list(record_ids)
-        older = None if older_than is None else _to_epoch(older_than, "older_than", exact=False)
+        store, criteria, residual, older = self._delete_plan(
+            scope_prefix, categories, record_ids, older_than, metadata_filter
+        )
         if residual:
-            matched = filter_ids(store, residual, scope=scope, categories=categories, where=where, ids=ids)
-            ids = matched
+            criteria["ids"] = filter_ids(store, residual, **criteria)
+        ids = criteria.pop("ids")
         if ids is not None and not ids:
             return 0
-        if ids is None and scope is None and categories is None and where is None and older is None:
+        if ids is None and older is None and all(value is None for value in criteria.values()):
             return store.clear()
-        return store.delete(ids, scope=scope, categories=categories, where=where, older_than=older)
+        return store.delete(ids, older_than=older, **criteria)
+
+    def _delete_plan(
+        self,
+        scope_prefix: str | None,
+        categories: list[str] | None,
+        record_ids: list[str] | None,
+        older_than: datetime | None,
+        metadata_filter: dict[str, Any] | None,
+    ) -> tuple[_store.Store, dict[str, Any], dict[str, Any], float | None]:
+        """(the live store, the engine's criteria (scope, categories, where, ids), the
+        metadata pairs left to check in Python, older_than as epoch seconds) of a delete."""
+        store = self._live()
+        where, residual = split_metadata_filter(metadata_filter)
+        criteria = {
+            "scope": _prefix(scope_prefix),
+            "categories": categories or None,  # CrewAI treats [] as no category filter
+            "where": where,
+            "ids": None if record_ids is None else _id_list(record_ids),
+        }
+        older = None if older_than is None else _to_epoch(older_than, "older_than", exact=False)
+        return store, criteria, residual, older
 
     def list_records(
         self, scope_prefix: str | None = None, limit: int | None = 200, offset: int = 0
@@ -638,9 +716,16 @@ class MemoryStorage:
                 self._store.close()
 
     # ------------------------------------------------------------ async
+    #
+    # The same checks and conversions as the sync methods, on the caller's thread; the
+    # store's work is awaited natively (ferromem.AsyncStore: the Rust runtime's pool, the
+    # answer resolved on the caller's loop), never a Python thread per call.
 
     async def asave(self, records: list[MemoryRecord]) -> None:
-        await asyncio.to_thread(self.save, records)
+        """:meth:`save`, awaited natively."""
+        if isinstance(records, (list, tuple)) and not records:
+            return
+        await self._awrite(records)
 
     async def asearch(
         self,
@@ -651,9 +736,23 @@ class MemoryStorage:
         limit: int = 10,
         min_score: float = 0.0,
     ) -> list[tuple[MemoryRecord, float]]:
-        return await asyncio.to_thread(
-            self.search, query_embedding, scope_prefix, categories, metadata_filter, limit, min_score
-        )
+        """:meth:`search`, awaited natively."""
+        planned = self._search_plan(query_embedding, scope_prefix, categories, metadata_filter, limit)
+        if planned is None:
+            return []
+        store, criteria, residual = planned
+        face = async_store(store)
+        if residual:
+            criteria["ids"] = await afilter_ids(face, residual, **criteria)
+            if not criteria["ids"]:
+                return []
+        try:
+            records, scores = await asearch_ranked(
+                face, query_embedding, limit, min_score=min_score, **criteria
+            )
+        except DimensionMismatchError as exc:
+            raise _embedding_dimension_error(exc) from exc
+        return self._ranked(records, scores, limit)
 
     async def adelete(
         self,
@@ -663,9 +762,22 @@ class MemoryStorage:
         older_than: datetime | None = None,
         metadata_filter: dict[str, Any] | None = None,
     ) -> int:
-        return await asyncio.to_thread(
-            self.delete, scope_prefix, categories, record_ids, older_than, metadata_filter
+        """:meth:`delete`, awaited natively."""
+        store, criteria, residual, older = self._delete_plan(
+            scope_prefix, categories, record_ids, older_than, metadata_filter
         )
+        face = async_store(store)
+        if residual:
+            criteria["ids"] = await afilter_ids(face, residual, **criteria)
+        ids = criteria.pop("ids")
+        if ids is not None and not ids:
+            return 0
+        if ids is None and older is None and all(value is None for value in criteria.values()):
+            return await face.clear()
+        return await face.delete(ids, older_than=older, **criteria)
 
     def __repr__(self) -> str:
+        location = self.location
+        if self.path is None and location is not None:  # a database store
+            return f"MemoryStorage(location={location!r})"
         return f"MemoryStorage(path={self.path!r})"

@@ -119,8 +119,9 @@ def import_lancedb(
     progress: TextIO | None = sys.stderr,
 ) -> dict[str, int]:
     """Copies CrewAI's LanceDB memory table at ``source`` (a directory) into the ferromem
-    memory store at ``destination`` (a directory or ``.ferro`` file; default: beside it,
-    where :class:`MemoryStorage` looks by default). Returns ``{"source", "imported",
+    memory store at ``destination`` (a directory or ``.ferro`` file, or a ``postgresql://``
+    URL as :class:`MemoryStorage` takes it; default: beside the source, where
+    :class:`MemoryStorage` looks by default). Returns ``{"source", "imported",
     "destination_total"}``."""
     import lancedb
 
@@ -153,7 +154,7 @@ def import_lancedb(
                 storage.save(records)
             except EmbeddingDimensionMismatchError as exc:
                 raise MigrationError(
-                    f"the destination {storage.path} holds {exc.stored_dim}-dimensional vectors "
+                    f"the destination {storage.location} holds {exc.stored_dim}-dimensional vectors "
                     f"but the LanceDB table's are {exc.new_dim}-dimensional: import into another "
                     "destination (--to) or remove that store first"
                 ) from exc
@@ -174,8 +175,9 @@ def import_chromadb(
     progress: TextIO | None = sys.stderr,
 ) -> dict[str, dict[str, int]]:
     """Copies the ChromaDB collections at ``source`` (a persistent ChromaDB directory, such
-    as CrewAI's knowledge store) into the ferromem knowledge directory ``destination``
-    (default: where :class:`RagClient` looks by default).
+    as CrewAI's knowledge store) into the ferromem knowledge directory ``destination``, or
+    the database of a ``postgresql://`` URL as :class:`RagClient` takes it (default: where
+    :class:`RagClient` looks by default).
     ``collections``: names to copy (default: all). Returns per collection ``{"source",
     "imported", "destination_total"}``."""
     import chromadb

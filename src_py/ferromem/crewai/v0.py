@@ -53,6 +53,13 @@ so ``score_threshold`` (default 0.6; 0 or None means none) keeps its meaning.
 
 **LTMStorage** replaces ``LTMSQLiteStorage`` (long-term memory): ``load`` returns exactly
 what CrewAI's does, in the same order, and several processes may write at once.
+
+**In PostgreSQL.** Either storage also takes a ``postgresql://`` URL where it takes a path:
+the store is the one the URL's ``store`` option names, else the collection's name
+(RAGStorage; a name of 200 characters or more is cut and ends in ``~`` and its SHA-256)
+or ``long_term_memory_storage`` (LTMStorage), shared by every process and host using the
+URL. Nothing is written on local disk, and the password is never shown (``path`` and
+``db_path`` hold the URL without it).
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ from typing import Any
 import numpy as np
 
 from .. import _validate as check
-from .. import store as _store
+from .._location import DatabaseLocation, store_path
 from .._typing import Durability
 from ..exceptions import (
     DimensionMismatchError,
@@ -90,7 +97,13 @@ from ._embedding import (
     search_ranked,
 )
 from ._filters import chroma_where, filter_ids, split_metadata_filter
-from ._names import STORE_SUFFIX, collection_file_name, path_argument
+from ._names import (
+    STORE_SUFFIX,
+    collection_file_name,
+    database_store_name,
+    location_argument,
+    open_at,
+)
 
 __all__ = [
     "RAGStorage",
@@ -100,7 +113,8 @@ __all__ = [
     "collection_file_name",
 ]
 
-LTM_FILE_NAME = "long_term_memory_storage" + STORE_SUFFIX
+LTM_STORE_NAME = "long_term_memory_storage"
+LTM_FILE_NAME = LTM_STORE_NAME + STORE_SUFFIX
 
 # The engine compares its float32 cosines with min_score; the threshold is then applied
 # exactly, to the reported score. The margin keeps rounding in the engine from dropping a
@@ -180,13 +194,28 @@ def _check_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def _resolve_file(path: str | os.PathLike | None, file_name: str) -> Path:
+def _resolve_location(
+    path: str | os.PathLike | None, file_name: str, store_name: str, name: str = "path"
+) -> str | DatabaseLocation:
     """``path`` itself when it names a ``.ferro`` file, else ``file_name`` in the directory
-    ``path`` (CrewAI's storage directory when None)."""
+    ``path`` (CrewAI's storage directory when None); for a ``postgresql://`` URL, the store
+    its ``store`` option names, else ``store_name``."""
     if path is None:
-        return default_storage_dir() / file_name
-    base = Path(path_argument(path))
-    return base if base.suffix == STORE_SUFFIX else base / file_name
+        return str(default_storage_dir() / file_name)
+    where = location_argument(path, name)
+    if isinstance(where, DatabaseLocation):
+        return where if where.store is not None else where.with_store(store_name)
+    base = Path(where)
+    return str(base if base.suffix == STORE_SUFFIX else base / file_name)
+
+
+def _shown_path(path: Any) -> Any:
+    """``path`` as kept on a storage: a ``postgresql://`` URL without its password."""
+    if isinstance(path, str):
+        where = store_path(path)
+        if isinstance(where, DatabaseLocation):
+            return where.shown
+    return path
 
 
 class _SharedOnCopy:
@@ -195,9 +224,9 @@ class _SharedOnCopy:
     handle (a store handle cannot be copied). Closing either closes the handle; the next
     call on either opens the file again."""
 
-    def _open(self, file: str | os.PathLike, **options: Any) -> None:
-        self._handle = _store.open(file, **options)
-        self._file = self._handle.path
+    def _open(self, location: str | DatabaseLocation, **options: Any) -> None:
+        self._handle = open_at(location, **options)
+        self._where = location if isinstance(location, DatabaseLocation) else self._handle.path
         self._options = options
         self._reopen_lock = threading.Lock()
 
@@ -208,7 +237,7 @@ class _SharedOnCopy:
         if handle.closed:
             with self._reopen_lock:
                 if self._handle.closed:
-                    self._handle = _store.open(self._file, **self._options)
+                    self._handle = open_at(self._where, **self._options)
                 handle = self._handle
         return handle
 
@@ -239,7 +268,8 @@ class RAGStorage(_SharedOnCopy):
     config; give it or ``embedder_config``, not both; with neither, CrewAI's default
     (OpenAI ``text-embedding-3-small``), built on first use. A callable's ``embed_query``,
     when it has one, embeds search queries, as Chroma does. ``path``: a directory for the
-    collection's file (default CrewAI's storage directory) or a ``.ferro`` file.
+    collection's file (default CrewAI's storage directory), a ``.ferro`` file, or a
+    ``postgresql://`` URL (the store of its ``store`` option, else the collection's name).
     ``durability``: "normal" (writes survive a process crash) or "full" (also power loss).
     """
 
@@ -262,18 +292,21 @@ class RAGStorage(_SharedOnCopy):
         self.allow_reset = check.check_bool(allow_reset, "allow_reset")
         self.embedder_config = embedder_config
         self.crew = crew
-        self.path = path
+        self.path = _shown_path(path)
         self.agents = "_".join(_sanitize_role(agent.role) for agent in crew.agents) if crew else ""
         self.collection_name = f"memory_{type}_{self.agents}" if self.agents else f"memory_{type}"
         self.embedder = _resolve_embedder(embedder if embedder is not None else embedder_config)
-        self._open(_resolve_file(path, collection_file_name(self.collection_name)), durability=durability)
+        where = _resolve_location(
+            path, collection_file_name(self.collection_name), database_store_name(self.collection_name)
+        )
+        self._open(where, durability=durability)
 
     def _embed(self, texts: list[str], *, query: bool = False) -> np.ndarray:
         return embedding_matrix(self.embedder, texts, query=query)
 
     def _dimension_mismatch(self, exc: DimensionMismatchError) -> DimensionMismatchError:
         return DimensionMismatchError(
-            f"embedding dimension mismatch: {self._store.path} holds {exc.expected}-dimensional "
+            f"embedding dimension mismatch: {self._store.location} holds {exc.expected}-dimensional "
             f"vectors but the embedder returned {exc.got}-dimensional ones; use the embedder "
             "the memory was built with, or reset() it",
             exc.expected,
@@ -358,7 +391,7 @@ class RAGStorage(_SharedOnCopy):
         self._store.reset()
 
     def __repr__(self) -> str:
-        return f"RAGStorage(type={self.type!r}, path={self._store.path!r})"
+        return f"RAGStorage(type={self.type!r}, path={self._store.location!r})"
 
 
 # Field names of an LTMStorage record's stored metadata. The caller's metadata is nested
@@ -391,7 +424,9 @@ class LTMStorage(_SharedOnCopy):
     """CrewAI 0.x ``LTMSQLiteStorage`` on a ferromem store file.
 
     ``db_path``: the store file (default ``long_term_memory_storage.ferro`` in CrewAI's
-    storage directory, beside CrewAI's ``long_term_memory_storage.db``). ``durability``:
+    storage directory, beside CrewAI's ``long_term_memory_storage.db``), or a
+    ``postgresql://`` URL (the store of its ``store`` option, else
+    ``long_term_memory_storage``); the attribute holds the URL without its password. ``durability``:
     "normal" (writes survive a process crash) or "full" (also power loss). Every save is
     one transaction, so processes may save to one file at once and nothing is lost.
     """
@@ -399,13 +434,14 @@ class LTMStorage(_SharedOnCopy):
     def __init__(
         self, db_path: str | os.PathLike | None = None, *, durability: Durability = "normal"
     ) -> None:
-        file = (
-            default_storage_dir() / LTM_FILE_NAME
-            if db_path is None
-            else Path(path_argument(db_path, "db_path"))
-        )
-        self._open(file, dim=1, durability=durability)
-        self.db_path = self._store.path
+        if db_path is None:
+            where: str | DatabaseLocation = str(default_storage_dir() / LTM_FILE_NAME)
+        else:
+            where = location_argument(db_path, "db_path")
+            if isinstance(where, DatabaseLocation) and where.store is None:
+                where = where.with_store(LTM_STORE_NAME)
+        self._open(where, dim=1, durability=durability)
+        self.db_path = self._store.path or self._store.location
 
     def save(
         self,

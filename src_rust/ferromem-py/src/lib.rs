@@ -13,9 +13,10 @@
 //! `#[pyclass]` of the schema's `RecordRow` fields (`tests/engine/test_schema.py` holds
 //! both sides to the schema).
 
+mod aio;
 mod device;
 
-use ferromem_core::engine::{EngineStats, Explanation};
+use ferromem_core::engine::{EngineStats, Explanation, ScopeInfo};
 use ferromem_core::guard::{check_target, RecallReport, DEFAULT_RECALL_TARGET};
 use ferromem_core::hnsw::HnswParams;
 use ferromem_core::planner::{self, CpuCosts, DeviceCosts, NamedCosts, Policy};
@@ -217,6 +218,18 @@ fn filter_of(arg: Option<&Bound<'_, PyAny>>) -> PyResult<Filter> {
     })
 }
 
+/// What `delete(ids, filter)` deletes: the filter's records whose id is also among `ids`.
+fn delete_filter(ids: Option<Vec<String>>, filter: Option<&Bound<'_, PyAny>>) -> PyResult<Filter> {
+    let mut f = filter_of(filter)?;
+    if let Some(ids) = ids {
+        f.ids = Some(match f.ids.take() {
+            None => ids,
+            Some(existing) => ids.into_iter().filter(|i| existing.contains(i)).collect(),
+        });
+    }
+    Ok(f)
+}
+
 /// A batch of records to save, column by column (`ferromem._schema.RecordBatch`): one list
 /// per field, named as the record's fields, and the vectors as one float32 matrix.
 #[derive(FromPyObject)]
@@ -232,6 +245,65 @@ struct RecordBatch {
     source: Vec<Option<String>>,
     private: Vec<bool>,
     vector: Py<PyAny>,
+}
+
+fn write_mode(mode: &str) -> PyResult<WriteMode> {
+    match mode {
+        "insert" => Ok(WriteMode::Insert),
+        "upsert" => Ok(WriteMode::Upsert),
+        m => Err(to_py_err(Error::InvalidInput(format!("mode must be 'insert' or 'upsert', not {m:?}")))),
+    }
+}
+
+/// The records of a batch, and its vectors (read in place).
+fn records_of(py: Python<'_>, batch: RecordBatch) -> PyResult<(Vec<Record>, F32Rows)> {
+    let RecordBatch { id, content, scope, categories, metadata_json, importance, created_at, last_accessed, source, private, vector } =
+        batch;
+    let n = id.len();
+    let vector = vector.bind(py);
+    let rows = F32Rows::from_py(vector)?;
+    check_len("vectors", rows.rows, n)?;
+    for (name, len) in [
+        ("contents", content.len()),
+        ("scopes", scope.len()),
+        ("categories", categories.len()),
+        ("metadata", metadata_json.len()),
+        ("importance", importance.len()),
+        ("created_at", created_at.len()),
+        ("last_accessed", last_accessed.len()),
+        ("sources", source.len()),
+        ("private", private.len()),
+    ] {
+        check_len(name, len, n)?;
+    }
+    let mut fields = content
+        .into_iter()
+        .zip(scope)
+        .zip(categories)
+        .zip(metadata_json)
+        .zip(importance)
+        .zip(created_at)
+        .zip(last_accessed)
+        .zip(source)
+        .zip(private);
+    let mut records = Vec::with_capacity(n);
+    for id in id {
+        let ((((((((content, scope), categories), metadata_json), importance), created_at), last_accessed), source), private) =
+            fields.next().expect("lengths checked");
+        records.push(Record {
+            id: Arc::from(id),
+            content,
+            scope,
+            categories,
+            metadata_json,
+            importance,
+            created_at,
+            last_accessed,
+            source,
+            private,
+        });
+    }
+    Ok((records, rows))
 }
 
 /// The fields an update changes (`ferromem._schema.Patch`): each is `UNCHANGED` or its new
@@ -258,6 +330,38 @@ struct PatchArg {
     private: Option<bool>,
     #[pyo3(from_py_with = change::<Py<PyAny>>)]
     vector: Option<Py<PyAny>>,
+}
+
+/// The engine's patch for a `Patch` argument (its vector copied: it is one row).
+fn patch_of(py: Python<'_>, patch: PatchArg) -> PyResult<Patch> {
+    let vector = match &patch.vector {
+        None => None,
+        Some(v) => {
+            let rows = F32Rows::from_py(v.bind(py))?;
+            if rows.rows != 1 {
+                return Err(to_py_err(Error::InvalidVector("update takes exactly one vector".into())));
+            }
+            Some(rows.as_slice().to_vec())
+        }
+    };
+    let p = Patch {
+        content: patch.content,
+        scope: patch.scope,
+        categories: patch.categories,
+        metadata_json: patch.metadata_json,
+        importance: patch.importance,
+        created_at: patch.created_at,
+        last_accessed: patch.last_accessed,
+        source: patch.source,
+        private: patch.private,
+        vector,
+    };
+    for x in [p.importance, p.created_at, p.last_accessed].into_iter().flatten() {
+        if !x.is_finite() {
+            return Err(to_py_err(Error::InvalidInput("importance and timestamps must be finite numbers".into())));
+        }
+    }
+    Ok(p)
 }
 
 /// One stored record as `get` and `list` return it. Its fields, their names and order are
@@ -307,6 +411,18 @@ impl RecordRow {
 
 fn records_list<'py>(py: Python<'py>, recs: Vec<(Record, Vec<f32>)>) -> PyResult<Bound<'py, PyList>> {
     let items = recs.into_iter().map(|(r, v)| Bound::new(py, RecordRow::new(py, &r, v)?)).collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, items)
+}
+
+/// `get`'s answer: a RecordRow per id found, None where absent.
+fn found_list<'py>(py: Python<'py>, found: Vec<Option<(Record, Vec<f32>)>>) -> PyResult<Bound<'py, PyList>> {
+    let items = found
+        .into_iter()
+        .map(|r| match r {
+            Some((rec, v)) => Bound::new(py, RecordRow::new(py, &rec, v)?).map(Bound::into_any),
+            None => Ok(py.None().into_bound(py)),
+        })
+        .collect::<PyResult<Vec<_>>>()?;
     PyList::new(py, items)
 }
 
@@ -450,6 +566,27 @@ fn timeout_duration(timeout: Option<f64>) -> PyResult<Option<Duration>> {
     }
 }
 
+/// Where and how `Engine(...)` opens a store: a str is a location (a URL or a path), an
+/// os.PathLike always a path, None memory.
+fn open_args(
+    path: Option<&Bound<'_, PyAny>>,
+    durability: &str,
+    precision: &str,
+    fast_open: bool,
+    read_only: bool,
+) -> PyResult<(Location, OpenOptions)> {
+    let location = match path {
+        None => Location::Memory,
+        Some(text) if text.is_instance_of::<PyString>() => Location::parse(&text.extract::<String>()?).map_err(to_py_err)?,
+        Some(path) => Location::Sqlite(path.extract::<PathBuf>()?),
+    };
+    let durability = Durability::from_name(durability)
+        .ok_or_else(|| to_py_err(Error::InvalidInput(format!("durability must be 'normal' or 'full', not {durability:?}"))))?;
+    let precision = Precision::from_name(precision)
+        .ok_or_else(|| to_py_err(Error::InvalidInput(format!("precision must be 'f32', 'f16' or 'int8', not {precision:?}"))))?;
+    Ok((location, OpenOptions { durability, precision, fast_open, read_only }))
+}
+
 #[pymethods]
 impl PyEngine {
     #[new]
@@ -463,17 +600,7 @@ impl PyEngine {
         fast_open: bool,
         read_only: bool,
     ) -> PyResult<PyEngine> {
-        // A str is a location (a URL or a path), an os.PathLike always a path, None memory.
-        let location = match path {
-            None => Location::Memory,
-            Some(text) if text.is_instance_of::<PyString>() => Location::parse(&text.extract::<String>()?).map_err(to_py_err)?,
-            Some(path) => Location::Sqlite(path.extract::<PathBuf>()?),
-        };
-        let durability = Durability::from_name(durability)
-            .ok_or_else(|| to_py_err(Error::InvalidInput(format!("durability must be 'normal' or 'full', not {durability:?}"))))?;
-        let precision = Precision::from_name(precision)
-            .ok_or_else(|| to_py_err(Error::InvalidInput(format!("precision must be 'f32', 'f16' or 'int8', not {precision:?}"))))?;
-        let opts = OpenOptions { durability, precision, fast_open, read_only };
+        let (location, opts) = open_args(path, durability, precision, fast_open, read_only)?;
         // Engine::open_opts registers the fork handler before the engine exists, so the
         // generation read below is the one any later fork changes.
         let engine = native(py, || Engine::open_at(&location, dim, opts))?;
@@ -497,57 +624,8 @@ impl PyEngine {
 
     /// Saves a batch in one transaction; `mode` "insert" refuses an existing id.
     fn upsert(&self, py: Python<'_>, batch: RecordBatch, mode: &str) -> PyResult<()> {
-        let mode = match mode {
-            "insert" => WriteMode::Insert,
-            "upsert" => WriteMode::Upsert,
-            m => return Err(to_py_err(Error::InvalidInput(format!("mode must be 'insert' or 'upsert', not {m:?}")))),
-        };
-        let RecordBatch { id, content, scope, categories, metadata_json, importance, created_at, last_accessed, source, private, vector } =
-            batch;
-        let n = id.len();
-        let vector = vector.bind(py);
-        let rows = F32Rows::from_py(vector)?;
-        check_len("vectors", rows.rows, n)?;
-        for (name, len) in [
-            ("contents", content.len()),
-            ("scopes", scope.len()),
-            ("categories", categories.len()),
-            ("metadata", metadata_json.len()),
-            ("importance", importance.len()),
-            ("created_at", created_at.len()),
-            ("last_accessed", last_accessed.len()),
-            ("sources", source.len()),
-            ("private", private.len()),
-        ] {
-            check_len(name, len, n)?;
-        }
-        let mut fields = content
-            .into_iter()
-            .zip(scope)
-            .zip(categories)
-            .zip(metadata_json)
-            .zip(importance)
-            .zip(created_at)
-            .zip(last_accessed)
-            .zip(source)
-            .zip(private);
-        let mut records = Vec::with_capacity(n);
-        for id in id {
-            let ((((((((content, scope), categories), metadata_json), importance), created_at), last_accessed), source), private) =
-                fields.next().expect("lengths checked");
-            records.push(Record {
-                id: Arc::from(id),
-                content,
-                scope,
-                categories,
-                metadata_json,
-                importance,
-                created_at,
-                last_accessed,
-                source,
-                private,
-            });
-        }
+        let mode = write_mode(mode)?;
+        let (records, rows) = records_of(py, batch)?;
         let dim = rows.dim;
         let data = rows.as_slice();
         self.call(py, |engine| engine.upsert(records, data, dim, mode))
@@ -640,45 +718,12 @@ impl PyEngine {
 
     fn get<'py>(&self, py: Python<'py>, ids: Vec<String>) -> PyResult<Bound<'py, PyList>> {
         let found = self.call(py, |engine| engine.get(&ids))?;
-        let items = found
-            .into_iter()
-            .map(|r| match r {
-                Some((rec, v)) => Bound::new(py, RecordRow::new(py, &rec, v)?).map(Bound::into_any),
-                None => Ok(py.None().into_bound(py)),
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, items)
+        found_list(py, found)
     }
 
     /// Changes the fields of `patch` that are not `UNCHANGED`; False when the id is absent.
     fn update(&self, py: Python<'_>, id: String, patch: PatchArg) -> PyResult<bool> {
-        let vector = match &patch.vector {
-            None => None,
-            Some(v) => {
-                let rows = F32Rows::from_py(v.bind(py))?;
-                if rows.rows != 1 {
-                    return Err(to_py_err(Error::InvalidVector("update takes exactly one vector".into())));
-                }
-                Some(rows.as_slice().to_vec())
-            }
-        };
-        let p = Patch {
-            content: patch.content,
-            scope: patch.scope,
-            categories: patch.categories,
-            metadata_json: patch.metadata_json,
-            importance: patch.importance,
-            created_at: patch.created_at,
-            last_accessed: patch.last_accessed,
-            source: patch.source,
-            private: patch.private,
-            vector,
-        };
-        for x in [p.importance, p.created_at, p.last_accessed].into_iter().flatten() {
-            if !x.is_finite() {
-                return Err(to_py_err(Error::InvalidInput("importance and timestamps must be finite numbers".into())));
-            }
-        }
+        let p = patch_of(py, patch)?;
         self.call(py, |engine| engine.update(&id, p))
     }
 
@@ -688,13 +733,7 @@ impl PyEngine {
 
     #[pyo3(signature = (ids=None, filter=None))]
     fn delete(&self, py: Python<'_>, ids: Option<Vec<String>>, filter: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
-        let mut f = filter_of(filter)?;
-        if let Some(ids) = ids {
-            f.ids = Some(match f.ids.take() {
-                None => ids,
-                Some(existing) => ids.into_iter().filter(|i| existing.contains(i)).collect(),
-            });
-        }
+        let f = delete_filter(ids, filter)?;
         self.call(py, |engine| engine.delete(&f))
     }
 
@@ -727,25 +766,14 @@ impl PyEngine {
     fn category_counts<'py>(&self, py: Python<'py>, filter: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
         let f = filter_of(filter)?;
         let counts = self.call(py, |engine| engine.category_counts(&f))?;
-        let d = PyDict::new(py);
-        for (c, n) in counts {
-            d.set_item(c, n)?;
-        }
-        Ok(d)
+        counts_dict(py, counts)
     }
 
     #[pyo3(signature = (scope=None))]
     fn scope_info<'py>(&self, py: Python<'py>, scope: Option<String>) -> PyResult<Bound<'py, PyDict>> {
         let scope = scope.unwrap_or_else(|| "/".into());
         let info = self.call(py, |engine| engine.scope_info(&scope))?;
-        let d = PyDict::new(py);
-        d.set_item("path", info.path)?;
-        d.set_item("record_count", info.record_count)?;
-        d.set_item("categories", info.categories)?;
-        d.set_item("oldest", info.oldest)?;
-        d.set_item("newest", info.newest)?;
-        d.set_item("child_scopes", info.child_scopes)?;
-        Ok(d)
+        scope_info_dict(py, info)
     }
 
     fn reset(&self, py: Python<'_>) -> PyResult<()> {
@@ -766,108 +794,7 @@ impl PyEngine {
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s: EngineStats = self.call(py, |engine| Ok(engine.stats()))?;
-        let d = PyDict::new(py);
-        d.set_item("records", s.records)?;
-        d.set_item("dim", s.dim)?;
-        d.set_item("memory_bytes", s.memory_bytes)?;
-        d.set_item("disk_bytes", s.disk_bytes)?;
-        d.set_item("storage", py.import("json")?.call_method1("loads", (s.storage.to_string(),))?)?;
-        d.set_item("isa", simd::active_isa().name())?;
-        d.set_item("precision", s.precision.name())?;
-        let ops = PyDict::new(py);
-        for (name, o) in s.operations {
-            let od = PyDict::new(py);
-            od.set_item("count", o.count)?;
-            od.set_item("p50_us", o.p50_us)?;
-            od.set_item("p95_us", o.p95_us)?;
-            od.set_item("p99_us", o.p99_us)?;
-            od.set_item("max_us", o.max_us)?;
-            od.set_item("mean_us", o.mean_us)?;
-            ops.set_item(name, od)?;
-        }
-        d.set_item("operations", ops)?;
-        let c = s.cache;
-        let cache = PyDict::new(py);
-        cache.set_item("capacity", c.capacity)?;
-        cache.set_item("entries", c.entries)?;
-        cache.set_item("hits", c.hits)?;
-        cache.set_item("misses", c.misses)?;
-        let lookups = c.hits + c.misses;
-        cache.set_item("hit_rate", if lookups == 0 { 0.0 } else { c.hits as f64 / lookups as f64 })?;
-        d.set_item("cache", cache)?;
-        let i = s.index;
-        let index = PyDict::new(py);
-        index.set_item("mode", i.mode.name())?;
-        index.set_item("active", if i.active { "hnsw" } else { "exact" })?;
-        index.set_item("ef_search", i.ef_search)?;
-        index.set_item("m", i.params.m)?;
-        index.set_item("ef_construction", i.params.ef_construction)?;
-        index.set_item("graph_nodes", i.graph_nodes)?;
-        index.set_item("pending", i.pending)?;
-        index.set_item("graph_bytes", i.graph_bytes)?;
-        index.set_item("builds", s.index_builds)?;
-        index.set_item("building", s.index_building)?;
-        index.set_item("graph_file_rejected", s.graph_damage.as_deref())?;
-        index.set_item("serving_ef", i.serving_ef)?;
-        index.set_item("graph_min_values", i.auto_min_values)?;
-        index.set_item("recall", recall_dict(py, &i.recall)?)?;
-        d.set_item("index", index)?;
-        let coalesced = PyDict::new(py);
-        coalesced.set_item("searches", s.coalesced_searches)?;
-        coalesced.set_item("batches", s.coalesced_batches)?;
-        d.set_item("coalesced", coalesced)?;
-        let image = PyDict::new(py);
-        image.set_item("enabled", s.fast_open)?;
-        image.set_item("opened_from_image", s.opened_from_image)?;
-        image.set_item("rejected", s.image_damage.as_deref())?;
-        d.set_item("fast_open", image)?;
-        d.set_item("read_only", s.read_only)?;
-        let damaged = PyList::empty(py);
-        for x in &s.damaged {
-            let item = PyDict::new(py);
-            item.set_item("id", &x.id)?;
-            item.set_item("seq", x.seq)?;
-            item.set_item("what", x.what)?;
-            damaged.append(item)?;
-        }
-        d.set_item("damaged", damaged)?;
-        let engine = self.engine()?;
-        let p = engine.planner().stats();
-        let plan = PyDict::new(py);
-        plan.set_item("policy", engine.policy().name())?;
-        plan.set_item("cpu_costs", costs_dict(py, &p.cpu)?)?;
-        plan.set_item("cpu_calibrated", p.cpu_calibrated)?;
-        plan.set_item("device_costs", p.device.as_ref().map(|c| costs_dict(py, c)).transpose()?)?;
-        let correction = PyDict::new(py);
-        for (route, kinds, low, high) in &p.correction {
-            let c = PyDict::new(py);
-            c.set_item("kinds", *kinds)?;
-            c.set_item("min", if *kinds > 0 { Some(*low) } else { None })?;
-            c.set_item("max", if *kinds > 0 { Some(*high) } else { None })?;
-            correction.set_item(*route, c)?;
-        }
-        plan.set_item("correction", correction)?;
-        let routes = PyDict::new(py);
-        for (route, n) in &p.routes {
-            routes.set_item(*route, *n)?;
-        }
-        plan.set_item("routes", routes)?;
-        d.set_item("planner", plan)?;
-        let device = match engine.device_stats() {
-            None => None,
-            Some(x) => {
-                let dd = PyDict::new(py);
-                dd.set_item("name", &x.name)?;
-                dd.set_item("proved", x.proved)?;
-                dd.set_item("fallbacks", x.fallbacks)?;
-                dd.set_item("rows_sent", x.rows_sent)?;
-                dd.set_item("uploads", x.uploads)?;
-                dd.set_item("last_error", x.last_error.as_deref())?;
-                Some(dd)
-            }
-        };
-        d.set_item("device", device)?;
-        Ok(d)
+        stats_dict(py, s, self.engine()?)
     }
 
     /// Index mode ("auto" | "exact" | "hnsw"), graph search width and graph shape, the
@@ -910,6 +837,132 @@ impl PyEngine {
         self.engine()?.set_cache_capacity(entries);
         Ok(())
     }
+}
+
+/// `category_counts`' answer: {category: records}.
+fn counts_dict(py: Python<'_>, counts: Vec<(String, usize)>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    for (c, n) in counts {
+        d.set_item(c, n)?;
+    }
+    Ok(d)
+}
+
+/// `scope_info`'s answer.
+fn scope_info_dict(py: Python<'_>, info: ScopeInfo) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("path", info.path)?;
+    d.set_item("record_count", info.record_count)?;
+    d.set_item("categories", info.categories)?;
+    d.set_item("oldest", info.oldest)?;
+    d.set_item("newest", info.newest)?;
+    d.set_item("child_scopes", info.child_scopes)?;
+    Ok(d)
+}
+
+/// `stats()`: the engine's statistics `s`, and its planner's and device's (read now).
+fn stats_dict<'py>(py: Python<'py>, s: EngineStats, engine: &Engine) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("records", s.records)?;
+    d.set_item("dim", s.dim)?;
+    d.set_item("memory_bytes", s.memory_bytes)?;
+    d.set_item("disk_bytes", s.disk_bytes)?;
+    d.set_item("storage", py.import("json")?.call_method1("loads", (s.storage.to_string(),))?)?;
+    d.set_item("isa", simd::active_isa().name())?;
+    d.set_item("precision", s.precision.name())?;
+    let ops = PyDict::new(py);
+    for (name, o) in s.operations {
+        let od = PyDict::new(py);
+        od.set_item("count", o.count)?;
+        od.set_item("p50_us", o.p50_us)?;
+        od.set_item("p95_us", o.p95_us)?;
+        od.set_item("p99_us", o.p99_us)?;
+        od.set_item("max_us", o.max_us)?;
+        od.set_item("mean_us", o.mean_us)?;
+        ops.set_item(name, od)?;
+    }
+    d.set_item("operations", ops)?;
+    let c = s.cache;
+    let cache = PyDict::new(py);
+    cache.set_item("capacity", c.capacity)?;
+    cache.set_item("entries", c.entries)?;
+    cache.set_item("hits", c.hits)?;
+    cache.set_item("misses", c.misses)?;
+    let lookups = c.hits + c.misses;
+    cache.set_item("hit_rate", if lookups == 0 { 0.0 } else { c.hits as f64 / lookups as f64 })?;
+    d.set_item("cache", cache)?;
+    let i = s.index;
+    let index = PyDict::new(py);
+    index.set_item("mode", i.mode.name())?;
+    index.set_item("active", if i.active { "hnsw" } else { "exact" })?;
+    index.set_item("ef_search", i.ef_search)?;
+    index.set_item("m", i.params.m)?;
+    index.set_item("ef_construction", i.params.ef_construction)?;
+    index.set_item("graph_nodes", i.graph_nodes)?;
+    index.set_item("pending", i.pending)?;
+    index.set_item("graph_bytes", i.graph_bytes)?;
+    index.set_item("builds", s.index_builds)?;
+    index.set_item("building", s.index_building)?;
+    index.set_item("graph_file_rejected", s.graph_damage.as_deref())?;
+    index.set_item("serving_ef", i.serving_ef)?;
+    index.set_item("graph_min_values", i.auto_min_values)?;
+    index.set_item("recall", recall_dict(py, &i.recall)?)?;
+    d.set_item("index", index)?;
+    let coalesced = PyDict::new(py);
+    coalesced.set_item("searches", s.coalesced_searches)?;
+    coalesced.set_item("batches", s.coalesced_batches)?;
+    d.set_item("coalesced", coalesced)?;
+    let image = PyDict::new(py);
+    image.set_item("enabled", s.fast_open)?;
+    image.set_item("opened_from_image", s.opened_from_image)?;
+    image.set_item("rejected", s.image_damage.as_deref())?;
+    d.set_item("fast_open", image)?;
+    d.set_item("read_only", s.read_only)?;
+    let damaged = PyList::empty(py);
+    for x in &s.damaged {
+        let item = PyDict::new(py);
+        item.set_item("id", &x.id)?;
+        item.set_item("seq", x.seq)?;
+        item.set_item("what", x.what)?;
+        damaged.append(item)?;
+    }
+    d.set_item("damaged", damaged)?;
+    let p = engine.planner().stats();
+    let plan = PyDict::new(py);
+    plan.set_item("policy", engine.policy().name())?;
+    plan.set_item("cpu_costs", costs_dict(py, &p.cpu)?)?;
+    plan.set_item("cpu_calibrated", p.cpu_calibrated)?;
+    plan.set_item("device_costs", p.device.as_ref().map(|c| costs_dict(py, c)).transpose()?)?;
+    let correction = PyDict::new(py);
+    for (route, kinds, low, high) in &p.correction {
+        let c = PyDict::new(py);
+        c.set_item("kinds", *kinds)?;
+        c.set_item("min", if *kinds > 0 { Some(*low) } else { None })?;
+        c.set_item("max", if *kinds > 0 { Some(*high) } else { None })?;
+        correction.set_item(*route, c)?;
+    }
+    plan.set_item("correction", correction)?;
+    let routes = PyDict::new(py);
+    for (route, n) in &p.routes {
+        routes.set_item(*route, *n)?;
+    }
+    plan.set_item("routes", routes)?;
+    d.set_item("planner", plan)?;
+    let device = match engine.device_stats() {
+        None => None,
+        Some(x) => {
+            let dd = PyDict::new(py);
+            dd.set_item("name", &x.name)?;
+            dd.set_item("proved", x.proved)?;
+            dd.set_item("fallbacks", x.fallbacks)?;
+            dd.set_item("rows_sent", x.rows_sent)?;
+            dd.set_item("uploads", x.uploads)?;
+            dd.set_item("last_error", x.last_error.as_deref())?;
+            Some(dd)
+        }
+    };
+    d.set_item("device", device)?;
+    Ok(d)
 }
 
 /// The recall guard's report as `stats()["index"]["recall"]`.
@@ -1065,7 +1118,6 @@ fn verify_graph(py: Python<'_>, graph_path: PathBuf) -> PyResult<Vec<String>> {
     native(py, || Ok(ferromem_core::hnsw::verify_graph_file(&graph_path)))
 }
 
-/// The SIMD path similarity kernels use now ("avx512", "avx2", "neon" or "scalar").
 /// Brings the ferromem tables of a PostgreSQL URL's schema to this build's version;
 /// returns it.
 #[pyfunction]
@@ -1079,12 +1131,19 @@ fn postgres_list_stores(py: Python<'_>, url: String, prefix: String) -> PyResult
     native(py, || ferromem_core::storage::postgres::list_stores(&url, &prefix))
 }
 
+/// Creates the store a PostgreSQL URL names; false when it existed already.
+#[pyfunction]
+fn postgres_create_store(py: Python<'_>, url: String) -> PyResult<bool> {
+    native(py, || ferromem_core::storage::postgres::create_store(&url))
+}
+
 /// Deletes the store a PostgreSQL URL names; false when there was none.
 #[pyfunction]
 fn postgres_drop_store(py: Python<'_>, url: String) -> PyResult<bool> {
     native(py, || ferromem_core::storage::postgres::drop_store(&url))
 }
 
+/// The SIMD path similarity kernels use now ("avx512", "avx2", "neon" or "scalar").
 #[pyfunction]
 fn simd_isa() -> &'static str {
     simd::active_isa().name()
@@ -1222,9 +1281,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ferromem_core::interrupt::set_check(interrupted);
     m.add_class::<PyEngine>()?;
     m.add_class::<RecordRow>()?;
+    aio::register(m)?;
     m.add_function(wrap_pyfunction!(buffer_address, m)?)?;
     m.add_function(wrap_pyfunction!(postgres_migrate, m)?)?;
     m.add_function(wrap_pyfunction!(postgres_list_stores, m)?)?;
+    m.add_function(wrap_pyfunction!(postgres_create_store, m)?)?;
     m.add_function(wrap_pyfunction!(postgres_drop_store, m)?)?;
     m.add_function(wrap_pyfunction!(calibrate_cpu, m)?)?;
     m.add_function(wrap_pyfunction!(predict_route, m)?)?;

@@ -643,6 +643,16 @@ impl Shared {
         }
     }
 
+    /// Migrates the schema unless this process already saw it at [`SCHEMA_VERSION`].
+    fn ensure_migrated(&self, access: Access) -> Result<()> {
+        let mut migrated = self.migrated.lock();
+        if !*migrated {
+            Retries::new(self).run(|| runtime::block_on(self.migrate(access)))?;
+            *migrated = true;
+        }
+        Ok(())
+    }
+
     /// Brings the schema to [`SCHEMA_VERSION`] (once per process): creates it and runs the
     /// missing migrations in one transaction under an advisory lock, so concurrent
     /// processes migrate once and in order. Read-only opens never migrate.
@@ -822,13 +832,7 @@ impl PostgresStorage {
     pub fn open(url: &str, access: Access, _durability: Durability) -> Result<PostgresStorage> {
         let loc = PgLocation::parse(url)?;
         let shared = shared_for(&loc)?;
-        {
-            let mut migrated = shared.migrated.lock();
-            if !*migrated {
-                Retries::new(&shared).run(|| runtime::block_on(shared.migrate(access)))?;
-                *migrated = true;
-            }
-        }
+        shared.ensure_migrated(access)?;
         let store = loc.store.as_str();
         let stores = format!("{}.ferromem_stores", shared.ident);
         let store_id = Retries::new(&shared).run(|| {
@@ -1316,8 +1320,7 @@ impl VectorsAt for PostgresStorage {
 pub fn migrate(url: &str) -> Result<i32> {
     let loc = PgLocation::parse(url)?;
     let shared = shared_for(&loc)?;
-    Retries::new(&shared).run(|| runtime::block_on(shared.migrate(Access::ReadWrite)))?;
-    *shared.migrated.lock() = true;
+    shared.ensure_migrated(Access::ReadWrite)?;
     Ok(SCHEMA_VERSION)
 }
 
@@ -1336,6 +1339,27 @@ pub fn list_stores(url: &str, prefix: &str) -> Result<Vec<String>> {
             }
             let rows = conn.query(&format!("SELECT name FROM {stores} WHERE starts_with(name, $1) ORDER BY name"), &[&prefix]).await?;
             Ok(rows.iter().map(|r| r.try_get::<_, String>(0)).collect::<std::result::Result<Vec<_>, _>>()?)
+        })
+    })
+}
+
+/// Creates the store `url` names (its `store` option), empty, migrating the schema first
+/// when needed, as an open for writing would; true when this call created it, false when
+/// it existed. The name is unique in the schema, so of processes creating the same store
+/// at once exactly one is told it created it (what an exclusive create, such as a RAG
+/// client's `create_collection`, needs). Should the server's acknowledgement be lost and
+/// the statement run again, the store exists and the answer is false.
+pub fn create_store(url: &str) -> Result<bool> {
+    let loc = PgLocation::parse(url)?;
+    let shared = shared_for(&loc)?;
+    shared.ensure_migrated(Access::ReadWrite)?;
+    let stores = format!("{}.ferromem_stores", shared.ident);
+    let name = loc.store.as_str();
+    Retries::new(&shared).run(|| {
+        runtime::block_on(async {
+            let conn = shared.conn().await?;
+            let sql = format!("INSERT INTO {stores}(name) VALUES ($1) ON CONFLICT (name) DO NOTHING");
+            Ok(conn.execute(&sql, &[&name]).await? == 1)
         })
     })
 }
