@@ -66,6 +66,7 @@ REPO_ROOT = TESTS_DIR.parent
 SCORE_TOL = 1e-5
 
 ENGINES = ("reference", "native")
+REFERENCE_HAS_NO_POSTGRES = "the reference engine has no PostgreSQL backend (it raises UnsupportedStoreError)"
 
 
 # --------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Shared fixtures: a ``store`` for every engine (native, reference) and every storage
-(in-memory, on disk), plus helpers to compare a store's whole content before and after
+(in-memory, on disk, PostgreSQL), plus helpers to compare a store's whole content before and after
 a call."""
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from typing import Any
 import ferromem
 import numpy as np
 import pytest
+from _helpers import REFERENCE_HAS_NO_POSTGRES
 
 # The GPU path's backend fixtures (make_backend, cupy_ready): tests/_gpu_fixtures.py.
-pytest_plugins = ["_gpu_fixtures"]
+# The PostgreSQL server, this session's schema and store URLs: tests/_postgres_fixtures.py.
+pytest_plugins = ["_gpu_fixtures", "_postgres_fixtures"]
 
 # CrewAI tests run offline. CrewAI's trace collection would try the network, and its
 # tracing handler waits 5 s for a parent span on every Memory save run in Memory's
@@ -48,7 +50,10 @@ def _native_engine_status() -> tuple[bool, str]:
 NATIVE_AVAILABLE, NATIVE_SKIP_REASON = _native_engine_status()
 
 ENGINES = ["native", "reference"]
-STORAGES = ["memory", "disk"]
+# PostgreSQL runs the same tests, marked ``postgres``; it skips with the reason when no
+# server is reachable (FERROMEM_TEST_POSTGRES_DSN), and for the reference engine, which
+# has no PostgreSQL backend.
+STORAGES = ["memory", "disk", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture(params=ENGINES)
@@ -60,7 +65,15 @@ def engine_name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(params=STORAGES)
 def store_path(request: pytest.FixtureRequest, tmp_path) -> str | None:
-    return None if request.param == "memory" else str(tmp_path / "store.ferro")
+    """Where the parametrised storage keeps the store: None (in memory), a file, or the URL
+    of a fresh PostgreSQL store in this session's schema."""
+    if request.param == "memory":
+        return None
+    if request.param == "disk":
+        return str(tmp_path / "store.ferro")
+    if "engine_name" in request.fixturenames and request.getfixturevalue("engine_name") == "reference":
+        pytest.skip(REFERENCE_HAS_NO_POSTGRES)
+    return request.getfixturevalue("postgres_url")()
 
 
 @pytest.fixture

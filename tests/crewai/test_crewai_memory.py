@@ -5,6 +5,10 @@ No network: embeddings come from ferromem's offline HashingEmbedder, and every r
 passes scope, categories and importance explicitly, which is how CrewAI skips its LLM
 analysis; consolidation (an LLM call) is disabled with consolidation_threshold=1.0 except
 where a stub LLM is given.
+
+The storage's own tests and those through Memory run on a local folder and again on a
+PostgreSQL store, the URL given where the path goes (the ``location`` fixture of
+tests/_postgres_fixtures.py; skipped with the reason when no server is reachable).
 """
 
 from __future__ import annotations
@@ -45,9 +49,21 @@ def memory_on(storage) -> Memory:
     return Memory(storage=storage, embedder=EMBED, consolidation_threshold=1.0, llm="stub")
 
 
+def on_database(storage: MemoryStorage) -> bool:
+    """Whether the storage's store lives in PostgreSQL (it has a URL, and no file)."""
+    location = storage.store.location or ""
+    return storage.store.path is None and location.startswith("postgresql://")
+
+
 @pytest.fixture
-def storage(tmp_path):
-    s = MemoryStorage(tmp_path / "mem")
+def storage(location, location_kind):
+    s = MemoryStorage(location("mem"))
+    if location_kind == "postgres" and not on_database(s):
+        s.close()
+        pytest.fail(
+            f"MemoryStorage(<postgresql:// URL>) did not open a PostgreSQL store: "
+            f"path={s.path!r}, store.location={s.store.location!r}"
+        )
     yield s
     s.close()
 
@@ -61,7 +77,8 @@ def test_implements_crewai_storage_backend(storage):
     assert isinstance(storage, StorageBackend)
     for name in ("touch_records", "close", "optimize", "asave", "asearch", "adelete"):
         assert callable(getattr(storage, name))
-    assert storage.path.endswith("memories.ferro")
+    if not on_database(storage):
+        assert storage.path.endswith("memories.ferro")
 
 
 def test_default_path_honours_crewai_storage_dir(tmp_path, monkeypatch):
@@ -79,7 +96,7 @@ def test_default_path_honours_crewai_storage_dir(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- round trips
 
 
-def test_every_field_round_trips_exactly(storage):
+def test_every_field_round_trips_exactly(storage, location):
     created = datetime(2024, 2, 29, 23, 59, 59, 999999)
     accessed = datetime(2025, 1, 1, 0, 0, 0, 1)
     original = MemoryRecord(
@@ -99,7 +116,7 @@ def test_every_field_round_trips_exactly(storage):
     got = storage.get_record(original.id)
     assert got.model_dump() == original.model_dump()
     assert np.allclose(got.embedding, original.embedding, atol=1e-7)
-    reopened = MemoryStorage(storage.path)
+    reopened = MemoryStorage(location("mem"))
     assert reopened.get_record(original.id).model_dump() == original.model_dump()
     reopened.close()
 
@@ -343,8 +360,8 @@ def test_async_variants(storage):
     assert [r.id for r, _ in hits] == ["a1"] and deleted == 1
 
 
-def test_single_save_of_50k_records(tmp_path):
-    storage = MemoryStorage(tmp_path / "big", vector_dim=16)
+def test_single_save_of_50k_records(location):
+    storage = MemoryStorage(location("big"), vector_dim=16)
     rng = np.random.default_rng(1)
     vectors = rng.standard_normal((50_000, 16)).tolist()
     records = [
@@ -430,8 +447,8 @@ def _scenario(memory: Memory) -> dict:
     return out
 
 
-def test_memory_behaves_like_crewai_builtin_backend(tmp_path):
-    ours = memory_on(MemoryStorage(tmp_path / "ferro"))
+def test_memory_behaves_like_crewai_builtin_backend(location, tmp_path):
+    ours = memory_on(MemoryStorage(location("ferro")))
     theirs = memory_on(LanceDBStorage(path=tmp_path / "lance", compact_every=0))
     got, expected = _scenario(ours), _scenario(theirs)
     ours.close()
@@ -457,8 +474,8 @@ def test_reduced_precision_stores_behave_like_f32_under_memory(tmp_path, precisi
     assert got["recall"][0] == "The deploy key rotates every Monday"
 
 
-def test_read_only_memory_changes_nothing(tmp_path):
-    storage = MemoryStorage(tmp_path / "ro")
+def test_read_only_memory_changes_nothing(location):
+    storage = MemoryStorage(location("ro"))
     writer = memory_on(storage)
     writer.remember("kept", scope="/a", categories=["c"], importance=0.5)
     before = storage.get_record(storage.list_records()[0].id)
@@ -471,10 +488,10 @@ def test_read_only_memory_changes_nothing(tmp_path):
     storage.close()
 
 
-def test_consolidation_threshold_is_cosine(tmp_path):
+def test_consolidation_threshold_is_cosine(location):
     """A save whose cosine with an existing record is >= consolidation_threshold goes to
     the LLM; with cosine scores, Memory's 0.85 default keeps its meaning."""
-    storage = MemoryStorage(tmp_path / "c")
+    storage = MemoryStorage(location("c"))
     text = "the quarterly report is due on the first friday of april"
     storage.save([record(text, id="x", scope="/r")])
     [(hit, score)] = storage.search(vec(text + " please"), scope_prefix="/r", limit=1)
@@ -486,8 +503,8 @@ def test_consolidation_threshold_is_cosine(tmp_path):
 # ---------------------------------------------------------------- concurrency
 
 
-def test_background_saves_and_concurrent_recalls(tmp_path):
-    storage = MemoryStorage(tmp_path / "cc")
+def test_background_saves_and_concurrent_recalls(location):
+    storage = MemoryStorage(location("cc"))
     memory = memory_on(storage)
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -526,8 +543,8 @@ def _process_writer(path: str, worker: int, n: int) -> None:
     storage.close()
 
 
-def test_several_processes_write_one_path(tmp_path):
-    path = str(tmp_path / "shared")
+def test_several_processes_write_one_path(location):
+    path = str(location("shared"))
     MemoryStorage(path, vector_dim=DIM).close()
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_process_writer, args=(path, w, 40)) for w in range(4)]
@@ -589,6 +606,50 @@ def test_install_routes_memory_and_crew_through_ferromem(tmp_path, monkeypatch):
     assert not isinstance(Memory(storage=str(tmp_path / "lance2"), embedder=EMBED)._storage, MemoryStorage)
 
 
+@pytest.mark.postgres
+def test_install_with_a_postgresql_url_routes_memory_and_crew_to_the_database(
+    postgres, tmp_path, monkeypatch
+):
+    """install(path=URL): CrewAI's default Memory and a Crew's memory live in the database;
+    the rows are there for any other process (read back with psycopg, not through ferromem)."""
+    import ferromem.crewai as fc
+    from crewai import Agent, Crew, Task
+
+    monkeypatch.setenv("CREWAI_STORAGE_DIR", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)  # a URL mistaken for a path must not land in the checkout
+    url = postgres.url()
+    fc.install(path=url)
+    try:
+        default = Memory(embedder=EMBED)
+        assert isinstance(default._storage, MemoryStorage)
+        assert on_database(default._storage), (default._storage.path, default._storage.store.location)
+        default.remember("a fact kept in postgres", scope="/x", categories=["c"], importance=0.5)
+        second = Memory(embedder=EMBED)
+        assert on_database(second._storage)
+        recalled = [m.record.content for m in second.recall("fact kept in postgres", depth="shallow")]
+        assert recalled == ["a fact kept in postgres"]
+        agent = Agent(role="r", goal="g", backstory="b", llm="gpt-4o-mini")
+        task = Task(description="d", expected_output="e", agent=agent)
+        crew = Crew(agents=[agent], tasks=[task], memory=True)
+        assert isinstance(crew._memory._storage, MemoryStorage) and on_database(crew._memory._storage)
+        default.close()
+        second.close()
+    finally:
+        fc.uninstall()
+    assert not (tmp_path / "home" / "memory").exists(), "install(path=URL) wrote a local memory store"
+    from psycopg import sql
+
+    with postgres.connect() as conn:
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT s.name FROM {}.ferromem_records r JOIN {}.ferromem_stores s ON s.id = r.store_id "
+                "WHERE r.content = convert_to(%s, 'UTF8')"
+            ).format(sql.Identifier(postgres.schema), sql.Identifier(postgres.schema)),
+            ["a fact kept in postgres"],
+        ).fetchall()
+    assert len(rows) == 1, rows
+
+
 def test_install_rejects_bad_switches():
     import ferromem.crewai as fc
 
@@ -617,8 +678,8 @@ def test_bad_input_is_typed(storage):
     assert json.loads(json.dumps(storage.list_categories())) == {}
 
 
-def test_search_results_skip_embeddings_and_update_keeps_the_vector(tmp_path):
-    storage = MemoryStorage(tmp_path / "e")
+def test_search_results_skip_embeddings_and_update_keeps_the_vector(location):
+    storage = MemoryStorage(location("e"))
     storage.save([record("vector kept", id="v", scope="/a")])
     [(hit, _)] = storage.search(vec("vector kept"), limit=1)
     assert hit.embedding is None  # as in Qdrant Edge; get_record has it
@@ -626,13 +687,13 @@ def test_search_results_skip_embeddings_and_update_keeps_the_vector(tmp_path):
     assert np.allclose(storage.get_record("v").embedding, vec("vector kept"), atol=1e-7)
     assert storage.get_record("v").content == "renamed"
     storage.close()
-    with_vectors = MemoryStorage(tmp_path / "e", search_embeddings=True)
+    with_vectors = MemoryStorage(location("e"), search_embeddings=True)
     [(hit, _)] = with_vectors.search(vec("vector kept"), limit=1)
     assert np.allclose(hit.embedding, vec("vector kept"), atol=1e-7)
     with_vectors.close()
 
 
-def test_consolidation_through_a_stub_llm_updates_in_place(tmp_path):
+def test_consolidation_through_a_stub_llm_updates_in_place(location):
     """CrewAI's consolidation: a new memory whose cosine with a stored one reaches 0.85 goes
     to the LLM, which here answers "update the old record, do not insert". The storage
     sees CrewAI's search (cosine scores), update and no extra insert."""
@@ -669,7 +730,7 @@ def test_consolidation_through_a_stub_llm_updates_in_place(tmp_path):
                 }
             )
 
-    storage = MemoryStorage(tmp_path / "consolidate")
+    storage = MemoryStorage(location("consolidate"))
     llm = ConsolidatingStub(model="stub")
     memory = Memory(storage=storage, embedder=EMBED, llm=llm)  # consolidation_threshold 0.85
     memory.remember("The office wifi password is tulip42", scope="/office", categories=["it"], importance=0.5)

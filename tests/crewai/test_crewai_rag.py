@@ -2,6 +2,11 @@
 ChromaDB helpers and through a real CrewAI Knowledge with real knowledge sources.
 
 No network: vectors come from ferromem's offline HashingEmbedder or from a fixed table.
+
+The client's tests run on a local folder and again on a PostgreSQL URL given where the
+path goes (the ``location`` fixture of tests/_postgres_fixtures.py; skipped with the
+reason when no server is reachable). Checks of files are made on the folder; on the
+database the same promises are checked on the stores the client made there.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ crewai = pytest.importorskip("crewai", reason="CrewAI 1.x is not installed (pip 
 
 import ferromem  # noqa: E402
 from _helpers import HOSTILE  # noqa: E402 - tests/ is on sys.path
+from _postgres_fixtures import store_name_of, stores_named_after, with_store  # noqa: E402
 from chromadb.api.types import EmbeddingFunction as ChromaEmbeddingFunction  # noqa: E402
 from crewai.knowledge.knowledge import Knowledge  # noqa: E402
 from crewai.knowledge.source.string_knowledge_source import StringKnowledgeSource  # noqa: E402
@@ -99,10 +105,18 @@ class Recorder:
 
 
 @pytest.fixture
-def client(tmp_path):
-    c = RagClient(tmp_path / "rag", embedding_function=EMBED)
+def client(location):
+    c = RagClient(location("rag"), embedding_function=EMBED)
     yield c
     c.close()
+
+
+def collections_made(c: RagClient, location_kind: str, where) -> list[str]:
+    """What the client keeps on its storage: the store files of its folder, or the stores
+    it made in the database (their names start with the URL's store name)."""
+    if location_kind == "local":
+        return ferro_files(c.path) if c.path.exists() else []
+    return stores_named_after(where)
 
 
 def docs_of(*contents: str) -> list[dict]:
@@ -194,9 +208,9 @@ def test_document_ids_and_upserts_match_chroma(client):
     assert len(stored(client, "docs")) == len(expected) + 1  # the metadata is in the hash
 
 
-def test_batch_size_is_documents_per_embedding_and_transaction(tmp_path):
+def test_batch_size_is_documents_per_embedding_and_transaction(location):
     recorder = Recorder(EMBED)
-    c = RagClient(tmp_path, embedding_function=recorder, default_batch_size=40)
+    c = RagClient(location("b"), embedding_function=recorder, default_batch_size=40)
     docs = docs_of(*(f"document number {i}" for i in range(250)))
     c.add_documents(collection_name="b", documents=docs, batch_size=100)
     assert recorder.calls == [100, 100, 50]
@@ -223,24 +237,24 @@ def test_batch_size_is_documents_per_embedding_and_transaction(tmp_path):
         ({"content": "lone \ud800 surrogate"}, ferromem.InvalidInputError),
     ],
 )
-def test_a_bad_document_raises_a_typed_error_and_nothing_is_written(tmp_path, bad, error):
+def test_a_bad_document_raises_a_typed_error_and_nothing_is_written(location, location_kind, bad, error):
     recorder = Recorder(EMBED)
-    c = RagClient(tmp_path, embedding_function=recorder)
+    c = RagClient(location("bad"), embedding_function=recorder)
     with pytest.raises(error):  # the bad document comes last, after two full batches
         c.add_documents(collection_name="c", documents=docs_of("a", "b", "c", "d") + [bad], batch_size=2)
     assert recorder.calls == []
-    assert not c.collection_path("c").exists()
+    assert collections_made(c, location_kind, location("bad")) == []
     c.close()
 
 
-def test_bad_documents_arguments(client):
+def test_bad_documents_arguments(client, location, location_kind):
     with pytest.raises(ValueError):
         client.add_documents(collection_name="c", documents=[])
     with pytest.raises(TypeError):
         client.add_documents(collection_name="c", documents="not a list")
     with pytest.raises(ferromem.InvalidInputError):
         client.add_documents(collection_name="c", documents=docs_of("x"), batch_size=0)
-    assert not client.collection_path("c").exists()
+    assert collections_made(client, location_kind, location("rag")) == []
     # The protocol promises TypeError, ChromaDB raises ValueError: both callers are served.
     assert issubclass(InvalidDocumentError, TypeError)
     assert issubclass(InvalidDocumentError, ValueError)
@@ -265,13 +279,13 @@ FILTERS = [  # (filter, the equalities it means)
 ]
 
 
-def test_filtered_search_is_exact_against_numpy(tmp_path):
+def test_filtered_search_is_exact_against_numpy(location):
     rng = np.random.default_rng(7)
     n, dim = 90, 16
     matrix = rng.standard_normal((n + 4, dim)).astype(np.float32)
     texts = [f"doc {i}" for i in range(n)]
     queries = [f"query {j}" for j in range(4)]
-    c = RagClient(tmp_path, embedding_function=Table(dict(zip(texts + queries, matrix))))
+    c = RagClient(location("exact"), embedding_function=Table(dict(zip(texts + queries, matrix))))
     metadatas = [
         {
             "color": ("red", "green", "blue")[i % 3],
@@ -315,11 +329,11 @@ def test_filtered_search_is_exact_against_numpy(tmp_path):
     c.close()
 
 
-def test_scores_use_chroma_cosine_scale_and_threshold(tmp_path):
+def test_scores_use_chroma_cosine_scale_and_threshold(location):
     e1, e2 = np.eye(2, dtype=np.float32)
     diagonal = (e1 + e2) / np.sqrt(2)
     table = Table({"q": e1, "same": e1, "opposite": -e1, "orthogonal": e2, "diagonal": diagonal})
-    c = RagClient(tmp_path, embedding_function=table)
+    c = RagClient(location("scores"), embedding_function=table)
     names = ("same", "opposite", "orthogonal", "diagonal")
     c.add_documents(collection_name="s", documents=[{"content": t, "doc_id": t} for t in names])
 
@@ -371,7 +385,7 @@ def test_bad_search_arguments(client):
 # ---------------------------------------------------------------- hostile strings
 
 
-def test_hostile_collection_names_stay_in_the_directory_and_apart(client):
+def test_hostile_collection_names_stay_in_the_directory_and_apart(client, location, location_kind):
     # Collection names must be non-empty; duplicates would share a file by design.
     names = list(
         dict.fromkeys(
@@ -400,12 +414,13 @@ def test_hostile_collection_names_stay_in_the_directory_and_apart(client):
     for i, name in enumerate(names):
         docs = [{"content": f"document {i}", "doc_id": "only"}]
         client.add_documents(collection_name=name, documents=docs)
-    files = {client.collection_path(name) for name in names}
-    assert len(files) == len(names)
-    assert len({f.name.casefold() for f in files}) == len(names)  # case-insensitive systems
-    for f in files:
-        assert f.parent == client.path and f.exists() and len(f.name.encode()) < 220
-    assert len(ferro_files(client.path)) == len(names)
+    if location_kind == "local":
+        files = {client.collection_path(name) for name in names}
+        assert len(files) == len(names)
+        assert len({f.name.casefold() for f in files}) == len(names)  # case-insensitive systems
+        for f in files:
+            assert f.parent == client.path and f.exists() and len(f.name.encode()) < 220
+    assert len(collections_made(client, location_kind, location("rag"))) == len(names)
     for i, name in enumerate(names):
         got = find(client, name, f"document {i}")
         assert [(r["id"], r["content"]) for r in got] == [("only", f"document {i}")]
@@ -434,9 +449,9 @@ def test_hostile_ids_content_and_metadata_round_trip_and_never_widen(client, tex
 # ---------------------------------------------------------------- dimensions
 
 
-def test_collections_have_their_own_dimension_and_changes_are_refused(tmp_path):
-    narrow = RagClient(tmp_path, embedding_function=HashingEmbedder(8))
-    wide = RagClient(tmp_path, embedding_function=HashingEmbedder(16))
+def test_collections_have_their_own_dimension_and_changes_are_refused(location):
+    narrow = RagClient(location("dims"), embedding_function=HashingEmbedder(8))
+    wide = RagClient(location("dims"), embedding_function=HashingEmbedder(16))
     narrow.add_documents(collection_name="small", documents=docs_of("tea with milk"))
     wide.add_documents(collection_name="large", documents=docs_of("coffee black"))
     assert narrow.get_or_create_collection(collection_name="small").dim == 8
@@ -456,7 +471,7 @@ def test_collections_have_their_own_dimension_and_changes_are_refused(tmp_path):
     wide.close()
 
 
-def test_embedding_function_forms(tmp_path):
+def test_embedding_function_forms(location):
     forms = {
         "matrix": EMBED.embed,
         "list_of_arrays": EMBED,
@@ -466,7 +481,7 @@ def test_embedding_function_forms(tmp_path):
     }
     results = set()
     for form, function in forms.items():
-        c = RagClient(tmp_path / form, embedding_function=function)
+        c = RagClient(location(form), embedding_function=function)
         c.add_documents(collection_name="e", documents=docs_of("refund the invoice", "courier"))
         hits = find(c, "e", "invoice refund")
         results.add(tuple((r["id"], round(r["score"], 6)) for r in hits))
@@ -478,20 +493,20 @@ def test_embedding_function_forms(tmp_path):
         lambda texts: "vectors",
     )
     for bad in bad_functions:
-        c = RagClient(tmp_path / "bad", embedding_function=bad)
+        c = RagClient(location("bad"), embedding_function=bad)
         with pytest.raises(ferromem.InvalidVectorError):
             c.add_documents(collection_name="e", documents=docs_of("a", "b"))
         c.close()
     with pytest.raises(ferromem.InvalidInputError):
-        RagClient(tmp_path, embedding_function=42)
+        RagClient(location("forty-two"), embedding_function=42)
 
 
 # ---------------------------------------------------------------- collections
 
 
-def test_collection_lifecycle_like_chroma(client):
+def test_collection_lifecycle_like_chroma(client, location, location_kind):
     client.create_collection(collection_name="docs")
-    assert client.collection_path("docs").exists()
+    assert len(collections_made(client, location_kind, location("rag"))) == 1
     with pytest.raises(CollectionExistsError):
         client.create_collection(collection_name="docs")
     with pytest.raises(ValueError):  # the protocol's error for an existing collection
@@ -500,30 +515,53 @@ def test_collection_lifecycle_like_chroma(client):
     assert isinstance(store, ferromem.Store) and len(store) == 0
     client.add_documents(collection_name="docs", documents=docs_of("x"))
     client.delete_collection(collection_name="docs")
-    assert not any(client.path.glob(collection_file_name("docs") + "*"))
+    if location_kind == "local":
+        assert not any(client.path.glob(collection_file_name("docs") + "*"))
+    assert collections_made(client, location_kind, location("rag")) == []
     with pytest.raises(CollectionNotFoundError):
         client.delete_collection(collection_name="docs")
     with pytest.raises(ValueError):
         client.delete_collection(collection_name="docs")
     assert client.search(collection_name="docs", query="x") == []
-    assert not client.collection_path("docs").exists()  # searching creates nothing
+    assert collections_made(client, location_kind, location("rag")) == []  # searching creates nothing
     client.create_collection(collection_name="docs")  # free again
 
 
-def test_reset_deletes_every_collection_and_nothing_else(client):
+def test_reset_deletes_every_collection_and_nothing_else(client, location, location_kind):
     for name in ("a", "b", "c"):
         client.add_documents(collection_name=name, documents=docs_of(name))
-    (client.path / "notes.txt").write_text("not a collection")
+    bystanders = []
+    if location_kind == "local":
+        (client.path / "notes.txt").write_text("not a collection")
+    else:
+        # Stores beside the client's: one whose name extends its prefix without a separator,
+        # one of a name of its own. A reset that matched names carelessly would drop them.
+        prefix = store_name_of(location("rag"))
+        for name in (prefix + "x", "other-" + prefix):
+            url = with_store(location("rag"), name)
+            with ferromem.open(url) as store:
+                store.add("kept", [1.0, 0.0])
+            bystanders.append(url)
     client.reset()
-    assert sorted(p.name for p in client.path.iterdir()) == ["notes.txt"]
+    if location_kind == "local":
+        assert sorted(p.name for p in client.path.iterdir()) == ["notes.txt"]
+    else:
+        left = set(stores_named_after(location("rag"))) - {prefix + "x"}
+        assert not left, f"the reset left collections: {sorted(left)}"
+    for url in bystanders:
+        with ferromem.open(url) as reopened:
+            assert reopened.get("kept") is not None, f"{url} lost its record to the client's reset"
     assert find(client, "a", "a") == []
     client.add_documents(collection_name="a", documents=docs_of("again"))
     assert found(client, "a", "again") == ["again"]
 
 
-def test_a_client_notices_collections_deleted_by_another(tmp_path):
-    one = RagClient(tmp_path, embedding_function=EMBED)
-    two = RagClient(tmp_path, embedding_function=EMBED)
+def test_a_client_notices_collections_deleted_by_another(location, location_kind):
+    # On PostgreSQL the two clients are two replicas (as on two hosts): max_staleness=0
+    # makes each check the database before every read, so the test does not wait.
+    where = location("two") if location_kind == "local" else f"{location('two')}&max_staleness=0"
+    one = RagClient(where, embedding_function=EMBED)
+    two = RagClient(where, embedding_function=EMBED)
     two.add_documents(collection_name="shared", documents=docs_of("old"))
     one.delete_collection(collection_name="shared")
     assert find(two, "shared", "old") == []
@@ -533,15 +571,15 @@ def test_a_client_notices_collections_deleted_by_another(tmp_path):
     two.close()
 
 
-def test_reopen_from_disk_and_close(tmp_path):
-    first = RagClient(tmp_path, embedding_function=EMBED)
+def test_reopen_from_disk_and_close(location):
+    first = RagClient(location("reopen"), embedding_function=EMBED)
     first.add_documents(
         collection_name="facts", documents=docs_of(*(f"fact number {i} about tea" for i in range(20)))
     )
     before = find(first, "facts", "fact 7 tea", limit=5)
     first.close()
     first.close()  # idempotent
-    second = RagClient(tmp_path, embedding_function=EMBED)
+    second = RagClient(location("reopen"), embedding_function=EMBED)
     assert len(before) == 5 and find(second, "facts", "fact 7 tea", limit=5) == before
     second.close()
     # A closed client reopens on its next call (CrewAI keeps using objects it closed).
@@ -555,7 +593,7 @@ def test_reopen_from_disk_and_close(tmp_path):
 # ---------------------------------------------------------------- async and threads
 
 
-def test_async_variants(client):
+def test_async_variants(client, location, location_kind):
     async def main():
         await client.acreate_collection(collection_name="a")
         with pytest.raises(CollectionExistsError):
@@ -571,7 +609,7 @@ def test_async_variants(client):
 
     count, hits = asyncio.run(main())
     assert count == 2 and [r["content"] for r in hits] == ["async tea"]
-    assert ferro_files(client.path) == []
+    assert collections_made(client, location_kind, location("rag")) == []
 
 
 def test_async_work_does_not_block_the_event_loop(tmp_path):
@@ -655,11 +693,14 @@ def crewai_home(tmp_path, monkeypatch):
     knowledge_factory.set_knowledge_storage_factory(previous)
 
 
-def test_knowledge_with_explicit_ferromem_storage(tmp_path):
-    storage = KnowledgeStorage(embedder=SPEC, collection_name="handbook", path=tmp_path / "kb")
+def test_knowledge_with_explicit_ferromem_storage(location, location_kind):
+    storage = KnowledgeStorage(embedder=SPEC, collection_name="handbook", path=location("kb"))
     knowledge = Knowledge(collection_name="handbook", sources=sources(), storage=storage)
     knowledge.add_sources()
-    assert storage.client.collection_path("knowledge_handbook").exists()
+    if location_kind == "local":
+        assert storage.client.collection_path("knowledge_handbook").exists()
+    else:
+        assert len(stores_named_after(location("kb"))) == 1
     results = knowledge.query(["how do refunds work"], results_limit=2, score_threshold=0.0)
     assert results[0]["content"] == HANDBOOK[0]
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
@@ -680,7 +721,7 @@ def test_knowledge_with_explicit_ferromem_storage(tmp_path):
     assert knowledge.query(["refunds"], score_threshold=0.0) == []
     knowledge.reset()  # nothing to reset: no error, as in CrewAI
 
-    wide = KnowledgeStorage(embedder=WIDE_SPEC, collection_name="handbook", path=tmp_path / "kb")
+    wide = KnowledgeStorage(embedder=WIDE_SPEC, collection_name="handbook", path=location("kb"))
     storage.save(["something"])
     with pytest.raises(ValueError, match=r"(?i)dimension mismatch"):
         wide.save(["something else"])

@@ -6,16 +6,20 @@ private records and sources) each filter kind alone and combined, with and witho
 ``min_score``, must give the exact top ``k`` of the matching records: the same ids in the
 same order (any order only inside a near tie), scores within 1e-5 of the exact cosine,
 and exactly ``min(k, matches)`` results when there is no ``min_score``.
+
+Every engine test runs in memory and again on PostgreSQL (the ``storage_kind`` fixture of
+tests/_postgres_fixtures.py; skipped with the reason when no server is reachable): the
+replica a PostgreSQL store searches is loaded from, and kept up to date by, the database.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 
 import numpy as np
 import pytest
 from _helpers import Oracle, Rec, engine_params, hypothesis_settings, open_store, store_records
+from _postgres_fixtures import location_of
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -117,14 +121,29 @@ def make_records(seed: int, n: int, dim: int) -> list[Rec]:
     return recs
 
 
-@functools.cache
-def built(engine: str, seed: int, n: int, dim: int):
-    """One in-memory store per configuration, shared by every test that reads it."""
-    recs = make_records(seed, n, dim)
-    store = open_store(engine, dim=dim)
-    for start in range(0, n, 700):  # several batches: the arena grows across calls
-        store_records(store, recs[start : start + 700])
-    return store, Oracle(recs), recs
+_BUILT: dict[tuple, tuple] = {}
+
+
+def built(engine: str, seed: int, n: int, dim: int, storage_kind: str = "memory"):
+    """One store per configuration and storage, shared by every test that reads it."""
+    key = (engine, seed, n, dim, storage_kind)
+    if key not in _BUILT:
+        recs = make_records(seed, n, dim)
+        store = open_store(engine, location_of(storage_kind, f"exact-{engine}-{seed}-{n}-{dim}"), dim=dim)
+        for start in range(0, n, 700):  # several batches: the arena grows across calls
+            store_records(store, recs[start : start + 700])
+        _BUILT[key] = store, Oracle(recs), recs
+    return _BUILT[key]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_built_stores():
+    """The shared stores live as long as this module's tests (a PostgreSQL store holds
+    server connections)."""
+    yield
+    for store, _, _ in _BUILT.values():
+        store.close()
+    _BUILT.clear()
 
 
 def queries_for(recs: list[Rec], seed: int, dim: int, count: int = 3) -> list[np.ndarray]:
@@ -191,9 +210,9 @@ def check_search(store, oracle, query, k, filters, min_score=None, context=""):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[f"seed{s}-n{n}-d{d}" for s, n, d in CONFIGS])
 @pytest.mark.parametrize("engine", engine_params())
-def test_every_filter_kind_is_exact(engine, config):
+def test_every_filter_kind_is_exact(engine, storage_kind, config):
     seed, n, dim = config
-    store, oracle, recs = built(engine, seed, n, dim)
+    store, oracle, recs = built(engine, seed, n, dim, storage_kind)
     assert store.count() == n
     filters_list = [{}] + filter_combinations()
     for filters in filters_list:
@@ -212,9 +231,9 @@ def test_every_filter_kind_is_exact(engine, config):
 
 @pytest.mark.parametrize("config", CONFIGS[1:], ids=[f"seed{s}-n{n}-d{d}" for s, n, d in CONFIGS[1:]])
 @pytest.mark.parametrize("engine", engine_params())
-def test_batch_search_equals_single_searches(engine, config):
+def test_batch_search_equals_single_searches(engine, storage_kind, config):
     seed, n, dim = config
-    store, oracle, recs = built(engine, seed, n, dim)
+    store, oracle, recs = built(engine, seed, n, dim, storage_kind)
     queries = np.stack(queries_for(recs, seed, dim, count=6))
     for filters in [{}, {"scope": "/a"}, {"categories": ["fact"], "include_private": False}]:
         for min_score in (None, 0.1):
@@ -229,8 +248,8 @@ def test_batch_search_equals_single_searches(engine, config):
 
 
 @pytest.mark.parametrize("engine", engine_params())
-def test_a_single_query_matrix_row_gives_a_list(engine):
-    store, oracle, recs = built(engine, 3, 60, 17)
+def test_a_single_query_matrix_row_gives_a_list(engine, storage_kind):
+    store, oracle, recs = built(engine, 3, 60, 17, storage_kind)
     query = queries_for(recs, 3, 17)[0]
     batch = store.search(query[None, :], 4)
     assert isinstance(batch, list) and len(batch) == 1
@@ -238,8 +257,8 @@ def test_a_single_query_matrix_row_gives_a_list(engine):
 
 
 @pytest.mark.parametrize("engine", engine_params())
-def test_search_result_accessors_agree(engine):
-    store, oracle, recs = built(engine, 4, 300, 64)
+def test_search_result_accessors_agree(engine, storage_kind):
+    store, oracle, recs = built(engine, 4, 300, 64, storage_kind)
     query = queries_for(recs, 4, 64)[0]
     result = store.search(query, 5, scope="/a")
     assert bool(result) == (len(result) > 0)
@@ -254,9 +273,9 @@ def test_search_result_accessors_agree(engine):
 
 
 @pytest.mark.parametrize("engine", engine_params())
-def test_query_direction_not_length_decides(engine):
+def test_query_direction_not_length_decides(engine, storage_kind):
     """Cosine ignores the query's length: a scaled query ranks identically."""
-    store, oracle, recs = built(engine, 6, 2000, 17)
+    store, oracle, recs = built(engine, 6, 2000, 17, storage_kind)
     query = queries_for(recs, 6, 17)[0]
     small = store.search(query * np.float32(1e-3), 10)
     large = store.search(query * np.float32(1e3), 10)
@@ -265,11 +284,12 @@ def test_query_direction_not_length_decides(engine):
 
 
 @pytest.mark.parametrize("engine", engine_params())
-def test_search_is_exact_after_reopening_from_disk(engine, tmp_path):
-    """Vectors loaded back from the durable layer give the same exact answers."""
+def test_search_is_exact_after_reopening_from_disk(engine, storage_kind, tmp_path):
+    """Vectors loaded back from the durable layer (a file, or PostgreSQL) give the same
+    exact answers."""
     seed, n, dim = 11, 800, 64
     recs = make_records(seed, n, dim)
-    path = tmp_path / "exact.ferro"
+    path = tmp_path / "exact.ferro" if storage_kind == "memory" else location_of(storage_kind, "reopened")
     with open_store(engine, path) as store:
         for start in range(0, n, 300):
             store_records(store, recs[start : start + 300])
@@ -283,11 +303,11 @@ def test_search_is_exact_after_reopening_from_disk(engine, tmp_path):
 
 
 @pytest.mark.parametrize("engine", engine_params())
-def test_search_tracks_deletes_and_upserts(engine):
+def test_search_tracks_deletes_and_upserts(engine, storage_kind):
     """Exactness holds after the arena changed: deletes leave no ghost, upserts move."""
     seed, n, dim = 12, 400, 17
     recs = make_records(seed, n, dim)
-    store = open_store(engine, dim=dim)
+    store = open_store(engine, location_of(storage_kind, f"tracks-{engine}"), dim=dim)
     store_records(store, recs)
     rng = np.random.default_rng(seed)
     doomed = {recs[i].id for i in rng.choice(n, size=120, replace=False)}
@@ -343,9 +363,9 @@ filter_strategy = st.fixed_dictionaries(
     min_score=st.none() | st.floats(-1.0, 1.0),
     query_seed=st.integers(0, 2**32 - 1),
 )
-def test_random_filters_are_exact(engine, config, filters, k, min_score, query_seed):
+def test_random_filters_are_exact(engine, storage_kind, config, filters, k, min_score, query_seed):
     seed, n, dim = config
-    store, oracle, recs = built(engine, seed, n, dim)
+    store, oracle, recs = built(engine, seed, n, dim, storage_kind)
     rng = np.random.default_rng(query_seed)
     query = rng.standard_normal(dim).astype(np.float32)
     if recs and query_seed % 3 == 0:  # sometimes near a stored vector: a crowded top

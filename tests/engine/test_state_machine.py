@@ -11,9 +11,12 @@ paging, child_scopes, category_counts, scope_info, and search against an exact f
 brute force. An invalid operation must raise the same typed error from both stores and
 change nothing.
 
-Pairs: the native engine against the reference engine (in memory; on disk with reopen),
-and, so that the machine runs before the native engine exists, the reference engine in
-memory against the reference engine on disk with reopen.
+Pairs: the native engine against the reference engine (in memory; on disk with reopen;
+the native store on PostgreSQL with reopen, a fresh store per example, against the
+reference engine in memory), and, so that the machine runs before the native engine
+exists, the reference engine in memory against the reference engine on disk with reopen.
+A durable store (a file, a PostgreSQL store) is also checked through a second handle that
+never reopens (it catches up from the change sequence) and a freshly opened one.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from _helpers import (
     require_engine,
     store_records,
 )
+from _postgres_fixtures import PostgresServer, new_store_name
 from ferromem.exceptions import (
     DimensionMismatchError,
     DuplicateIdError,
@@ -110,28 +114,43 @@ def probe_queries(dim: int) -> list[np.ndarray]:
 
 
 class StorePair(RuleBasedStateMachine):
-    """Two stores (engine, on_disk) that must behave identically, and a dict model."""
+    """Two stores (engine, storage) that must behave identically, and a dict model.
 
-    store_kinds: tuple[tuple[str, bool], ...] = ()
+    storage: "memory", "disk" (a file of a temporary folder) or "postgres" (a fresh store
+    in the test session's schema, ``postgres`` set on the class by the test)."""
+
+    store_kinds: tuple[tuple[str, str], ...] = ()
+    postgres: PostgresServer | None = None
 
     def __init__(self):
         super().__init__()
         self.tmpdir = tempfile.mkdtemp(prefix="ferromem-sm-")
-        self.paths = [
-            os.path.join(self.tmpdir, f"store{i}.ferro") if on_disk else None
-            for i, (_, on_disk) in enumerate(self.store_kinds)
-        ]
+        self.paths = [self.location(i, storage) for i, (_, storage) in enumerate(self.store_kinds)]
         self.stores = [open_store(engine, path) for (engine, _), path in zip(self.store_kinds, self.paths)]
-        # A second handle on every on-disk path: it must follow every write of the first
-        # without reopening (change sequence / data_version catch-up).
+        # A second handle on every durable store: it must follow every write of the first
+        # without reopening (change sequence / data_version catch-up). On PostgreSQL it is
+        # another replica of the same process; max_staleness=0 makes it check the
+        # database before every read, so that the check after a write is deterministic.
         self.observers = [
-            open_store(engine, path)
-            for (engine, on_disk), path in zip(self.store_kinds, self.paths)
-            if on_disk
+            open_store(engine, self.observer_path(path, storage))
+            for (engine, storage), path in zip(self.store_kinds, self.paths)
+            if storage != "memory"
         ]
         self.model: dict[str, Rec] = {}
         # The dimension the model believes is fixed; None only at the start and after reset.
         self.dim: int | None = None
+
+    def location(self, i: int, storage: str) -> str | None:
+        if storage == "memory":
+            return None
+        if storage == "disk":
+            return os.path.join(self.tmpdir, f"store{i}.ferro")
+        assert storage == "postgres" and self.postgres is not None, "set postgres on the machine class"
+        return self.postgres.url(store=new_store_name("sm"))
+
+    @staticmethod
+    def observer_path(path: str | None, storage: str) -> str | None:
+        return f"{path}&max_staleness=0" if storage == "postgres" else path
 
     def teardown(self):
         for store in self.stores + self.observers:
@@ -368,8 +387,8 @@ class StorePair(RuleBasedStateMachine):
         observer handle both hold exactly the model's records."""
         fresh = [
             open_store(engine, path)
-            for (engine, on_disk), path in zip(self.store_kinds, self.paths)
-            if on_disk
+            for (engine, storage), path in zip(self.store_kinds, self.paths)
+            if storage != "memory"
         ]
         try:
             for store in fresh + self.observers:
@@ -452,26 +471,30 @@ class StorePair(RuleBasedStateMachine):
 
 
 class ReopenablePair(StorePair):
-    """Adds a rule that closes and reopens every on-disk store at its path."""
+    """Adds a rule that closes and reopens every durable store at its location."""
 
     @rule()
     def reopen(self):
-        for i, ((engine, on_disk), path) in enumerate(zip(self.store_kinds, self.paths)):
-            if on_disk:
+        for i, ((engine, storage), path) in enumerate(zip(self.store_kinds, self.paths)):
+            if storage != "memory":
                 self.stores[i].close()
                 self.stores[i] = open_store(engine, path)
 
 
 class ReferenceMemoryVsReferenceDisk(ReopenablePair):
-    store_kinds = (("reference", False), ("reference", True))
+    store_kinds = (("reference", "memory"), ("reference", "disk"))
 
 
 class NativeVsReferenceInMemory(StorePair):
-    store_kinds = (("native", False), ("reference", False))
+    store_kinds = (("native", "memory"), ("reference", "memory"))
 
 
 class NativeVsReferenceOnDisk(ReopenablePair):
-    store_kinds = (("native", True), ("reference", True))
+    store_kinds = (("native", "disk"), ("reference", "disk"))
+
+
+class NativeOnPostgresVsReference(ReopenablePair):
+    store_kinds = (("native", "postgres"), ("reference", "memory"))
 
 
 def machine_settings():
@@ -495,11 +518,29 @@ def test_native_vs_reference_on_disk_with_reopen():
     run_state_machine_as_test(NativeVsReferenceOnDisk, settings=machine_settings())
 
 
+@pytest.mark.postgres
+def test_native_on_postgres_vs_reference_with_reopen(postgres, monkeypatch):
+    """The native store on PostgreSQL (a fresh store per example, every write a server
+    transaction, every check a freshly loaded replica and one that catches up) against the
+    reference engine in memory."""
+    monkeypatch.setattr(NativeOnPostgresVsReference, "postgres", postgres)
+    run_state_machine_as_test(NativeOnPostgresVsReference, settings=machine_settings())
+    from psycopg import sql
+
+    with postgres.connect() as conn:
+        stores = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.ferromem_stores WHERE name LIKE 'sm-%'").format(
+                sql.Identifier(postgres.schema)
+            )
+        ).fetchone()[0]
+    assert stores >= env_int("FERROMEM_SM_EXAMPLES", 40) // 2, "the machine's stores were not on the server"
+
+
 @pytest.mark.parametrize("engine", ["reference", "native"])
 def test_machine_detects_a_divergent_store(engine):
     """The comparison can fail: a store that silently drops a write is caught."""
     require_engine(engine)
-    machine = type("Pair", (StorePair,), {"store_kinds": ((engine, False), (engine, False))})()
+    machine = type("Pair", (StorePair,), {"store_kinds": ((engine, "memory"), (engine, "memory"))})()
     try:
         recs = [Rec(id="a", vector=np.ones(3, np.float32), created_at=1000.0)]
         store_records(machine.stores[0], recs)  # only the first store gets it

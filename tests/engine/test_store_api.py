@@ -11,6 +11,7 @@ import warnings
 import ferromem
 import numpy as np
 import pytest
+from _helpers import HOSTILE
 from conftest import snapshot, unit_rows
 from ferromem import _buffers
 from ferromem import store as store_module
@@ -38,7 +39,11 @@ def test_new_store_is_empty(store, engine_name, store_path):
     assert store.dim is None
     assert len(store) == 0
     assert store.count() == 0
-    assert store.path == store_path
+    if store_path is not None and store_path.startswith("postgresql://"):
+        # A database store has no file; its location is the URL (no password in it here).
+        assert store.path is None and store.location == store_path
+    else:
+        assert store.path == store_path and store.location == store_path
     assert store.list() == []
     assert store.child_scopes() == []
     assert store.category_counts() == {}
@@ -893,3 +898,65 @@ def test_clear_deletes_everything_and_keeps_the_dimension(store, rng):
     with pytest.raises(ferromem.DimensionMismatchError):
         store.add("d", unit_rows(rng, 1, 4)[0])
     assert store.clear() == 0
+
+
+def test_hostile_strings_round_trip_in_every_field_and_never_widen_a_filter(open_store):
+    """Quotes, SQL LIKE wildcards, backslashes, NUL, control characters, non-BMP and
+    right-to-left text, SQL: ids, contents, scopes, categories, metadata keys and values
+    and sources come back byte for byte, from the store and from a second handle (a fresh
+    replica on a durable storage), and a filter on one never matches its neighbours."""
+    store = open_store()
+    expected = {}
+    for i, text in enumerate(HOSTILE):
+        vector = np.zeros(len(HOSTILE) + 1, dtype=np.float32)
+        vector[i] = 1.0
+        vector[-1] = 0.5
+        fields = {
+            "contents": "content:" + text,
+            "scopes": "/h/" + text + "/end",
+            "categories": [text or "empty", "c:" + text],
+            "metadata": {text: text, "k": text},
+            "sources": text,
+        }
+        store.add("id:" + text, vector, **fields)
+        expected["id:" + text] = fields
+        # A neighbour that a LIKE pattern or a careless escape would also match.
+        store.add(
+            "id:" + text + "x",
+            vector * np.float32(2.0),
+            contents="neighbour",
+            scopes="/h/" + text + "/endx",
+            categories=[(text or "empty") + "x"],
+            metadata={text: text + "x", "k": text + "x"},
+            sources=text + "x",
+        )
+    handles = [store]
+    if store.location is not None:
+        handles.append(open_store())  # the same location, another replica
+    for handle in handles:
+        assert handle.count() == 2 * len(HOSTILE)
+        for rid, fields in expected.items():
+            record = handle.get(rid)
+            assert (
+                record.content,
+                record.scope,
+                list(record.categories),
+                record.metadata,
+                record.source,
+            ) == (
+                fields["contents"],
+                fields["scopes"],
+                fields["categories"],
+                fields["metadata"],
+                fields["sources"],
+            ), rid
+            query = record.vector
+            narrow = [
+                {"scope": fields["scopes"]},
+                {"categories": [fields["categories"][0]]},
+                {"where": {"k": fields["metadata"]["k"]}},
+                {"source": fields["sources"]},
+            ]
+            for filters in narrow:
+                assert list(handle.search(query, 5, **filters).ids) == [rid], (rid, filters)
+                assert handle.count(**filters) == 1, (rid, filters)
