@@ -196,12 +196,17 @@ fn seconds(value: &str, name: &str, allow_zero: bool) -> Result<Duration> {
     Ok(Duration::from_secs_f64(s))
 }
 
-/// Replaces the password of `text`'s URL, and anything else that equals it, with `***`.
+/// Replaces the password of a URL in `message`, as written (percent-encoded) and decoded,
+/// with `***`.
 fn scrub(message: &str, secret: Option<&str>) -> String {
-    match secret {
-        Some(s) if !s.is_empty() => message.replace(s, "***"),
-        _ => message.to_string(),
+    let Some(raw) = secret.filter(|s| !s.is_empty()) else { return message.to_string() };
+    let mut out = message.replace(raw, "***");
+    if let Ok(decoded) = percent_decode(raw, "password") {
+        if !decoded.is_empty() {
+            out = out.replace(&decoded, "***");
+        }
     }
+    out
 }
 
 impl PgLocation {
@@ -1404,6 +1409,7 @@ mod tests {
 
     #[test]
     fn refuses_bad_options_without_echoing_the_password() {
+        assert_eq!(scrub("a p%40ss b p@ss c", Some("p%40ss")), "a *** b *** c");
         for url in [
             "postgresql://u:s3cret@h/db?pool_size=0",
             "postgresql://u:s3cret@h/db?nonsense=1",
