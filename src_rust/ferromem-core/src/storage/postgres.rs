@@ -396,6 +396,8 @@ async fn listen(config: tokio_postgres::Config, channel: String, notified: Arc<N
 
 /// The statements of one schema (its name is part of their text).
 struct Sql {
+    /// `"schema".ferromem_stores`, for the statements on stores themselves.
+    stores: String,
     position: String,
     lock: String,
     load: String,
@@ -419,6 +421,7 @@ impl Sql {
         let stores = format!("{s}.ferromem_stores");
         let tombstones = format!("{s}.ferromem_tombstones");
         Sql {
+            stores: stores.clone(),
             position: format!("SELECT epoch, seq, dim FROM {stores} WHERE id = $1"),
             lock: format!("SELECT epoch, seq, dim, txid_current() FROM {stores} WHERE id = $1 FOR UPDATE"),
             load: format!("SELECT {RECORD_COLUMNS} FROM {records} WHERE store_id = $1"),
@@ -711,13 +714,18 @@ impl Shared {
     }
 }
 
+/// Whether the table (a qualified, quoted name) exists.
+async fn table_exists(conn: &Object, table: &str) -> std::result::Result<bool, tokio_postgres::Error> {
+    let found: Option<String> = conn.query_one("SELECT to_regclass($1)::text", &[&table]).await?.try_get(0)?;
+    Ok(found.is_some())
+}
+
 /// The version of the ferromem tables in a schema (0: none), from its versions table.
 async fn schema_version(conn: &Object, versions: &str) -> std::result::Result<i32, tokio_postgres::Error> {
-    let exists: Option<String> = conn.query_one("SELECT to_regclass($1)::text", &[&versions]).await?.get(0);
-    Ok(match exists {
-        None => 0,
-        Some(_) => conn.query_one(&format!("SELECT coalesce(max(version), 0) FROM {versions}"), &[]).await?.get(0),
-    })
+    if !table_exists(conn, versions).await? {
+        return Ok(0);
+    }
+    conn.query_one(&format!("SELECT coalesce(max(version), 0) FROM {versions}"), &[]).await?.try_get(0)
 }
 
 /// Ends the transaction a pooled connection holds: COMMIT when `ok`, else ROLLBACK; a
@@ -839,7 +847,7 @@ impl PostgresStorage {
         let shared = shared_for(&loc)?;
         shared.ensure_migrated(access)?;
         let store = loc.store.as_str();
-        let stores = format!("{}.ferromem_stores", shared.ident);
+        let stores = &shared.sql.stores;
         let store_id = Retries::new(&shared).run(|| {
             runtime::block_on(async {
                 let conn = shared.conn().await?;
@@ -1334,12 +1342,11 @@ pub fn migrate(url: &str) -> Result<i32> {
 pub fn list_stores(url: &str, prefix: &str) -> Result<Vec<String>> {
     let loc = PgLocation::parse(url)?;
     let shared = shared_for(&loc)?;
-    let stores = format!("{}.ferromem_stores", shared.ident);
+    let stores = &shared.sql.stores;
     Retries::new(&shared).run(|| {
         runtime::block_on(async {
             let conn = shared.conn().await?;
-            let exists: Option<String> = conn.query_one("SELECT to_regclass($1)::text", &[&stores]).await?.try_get(0)?;
-            if exists.is_none() {
+            if !table_exists(&conn, stores).await? {
                 return Ok(Vec::new());
             }
             let rows = conn.query(&format!("SELECT name FROM {stores} WHERE starts_with(name, $1) ORDER BY name"), &[&prefix]).await?;
@@ -1358,7 +1365,7 @@ pub fn create_store(url: &str) -> Result<bool> {
     let loc = PgLocation::parse(url)?;
     let shared = shared_for(&loc)?;
     shared.ensure_migrated(Access::ReadWrite)?;
-    let stores = format!("{}.ferromem_stores", shared.ident);
+    let stores = &shared.sql.stores;
     let name = loc.store.as_str();
     Retries::new(&shared).run(|| {
         runtime::block_on(async {
@@ -1374,13 +1381,12 @@ pub fn create_store(url: &str) -> Result<bool> {
 pub fn drop_store(url: &str) -> Result<bool> {
     let loc = PgLocation::parse(url)?;
     let shared = shared_for(&loc)?;
-    let stores = format!("{}.ferromem_stores", shared.ident);
+    let stores = &shared.sql.stores;
     let name = loc.store.as_str();
     Retries::new(&shared).run(|| {
         runtime::block_on(async {
             let conn = shared.conn().await?;
-            let exists: Option<String> = conn.query_one("SELECT to_regclass($1)::text", &[&stores]).await?.try_get(0)?;
-            if exists.is_none() {
+            if !table_exists(&conn, stores).await? {
                 return Ok(false);
             }
             Ok(conn.execute(&format!("DELETE FROM {stores} WHERE name = $1"), &[&name]).await? > 0)
