@@ -43,9 +43,12 @@ def redact(dsn: str) -> str:
 
 
 def with_query(dsn: str, **options: Any) -> str:
-    """``dsn`` with ``options`` added to its query (values percent-encoded; None left out)."""
+    """``dsn`` with ``options`` set in its query, replacing the same keys (values
+    percent-encoded; None left out)."""
     parts = urllib.parse.urlsplit(dsn)
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query = [
+        (k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k not in options
+    ]
     query += [(key, str(value)) for key, value in options.items() if value is not None]
     encoded = urllib.parse.urlencode(query, quote_via=urllib.parse.quote, safe="")
     return urllib.parse.urlunsplit(parts._replace(query=encoded))

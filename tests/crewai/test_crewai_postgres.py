@@ -16,11 +16,10 @@ write at once and no test waits on a clock.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import secrets
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ crewai = pytest.importorskip("crewai", reason="CrewAI 1.x is not installed (pip 
 
 import ferromem  # noqa: E402
 import ferromem.postgres  # noqa: E402
+from _postgres_fixtures import DSN_ENV, PostgresServer, with_query  # noqa: E402
 from chromadb.api.types import EmbeddingFunction as ChromaEmbeddingFunction  # noqa: E402
 from crewai import Memory  # noqa: E402
 from crewai.memory.types import MemoryRecord  # noqa: E402
@@ -45,8 +45,6 @@ from ferromem.crewai.rag import CollectionExistsError, CollectionNotFoundError  
 from ferromem.crewai.v0 import LTMStorage, RAGStorage  # noqa: E402
 from ferromem.embedders import HashingEmbedder  # noqa: E402
 
-DSN_ENV = "FERROMEM_TEST_POSTGRES_DSN"
-PROBE_TIMEOUT_S = 3
 DIM = 64
 EMBED = HashingEmbedder(DIM)
 # A password no server here checks (the test server trusts local connections), put in
@@ -77,14 +75,6 @@ def memory_on(storage: Any) -> Memory:
     return Memory(storage=storage, embedder=EMBED, consolidation_threshold=1.0, llm="stub")
 
 
-def with_options(url: str, **options: Any) -> str:
-    """``url`` with query options added or replaced (values percent-encoded)."""
-    base, _, query = url.partition("?")
-    pairs = [p for p in query.split("&") if p and p.partition("=")[0] not in options]
-    pairs += [f"{k}={urllib.parse.quote(str(v), safe='')}" for k, v in options.items()]
-    return base + ("?" + "&".join(pairs) if pairs else "")
-
-
 def with_password(url: str, password: str) -> str | None:
     """``url`` with ``password`` as its password; None when the URL names no user."""
     scheme, _, rest = url.partition("://")
@@ -112,85 +102,17 @@ def files_under(root: Path) -> list[str]:
 # ------------------------------------------------------------------------- the server
 
 
-class Database:
-    """The test server, and the schemas this session made on it."""
-
-    def __init__(self, dsn: str):
-        self.dsn = dsn
-        self.session = "ferromem_crewai_" + secrets.token_hex(4)
-        self.schemas: list[str] = []
-
-    def new_schema(self) -> str:
-        name = f"{self.session}_{len(self.schemas)}"
-        self.schemas.append(name)
-        return name
-
-    def drop_schemas(self) -> list[str]:
-        import psycopg
-        from psycopg import sql
-
-        problems = []
-        try:
-            with psycopg.connect(self.dsn, autocommit=True, connect_timeout=PROBE_TIMEOUT_S) as conn:
-                conn.execute("SET lock_timeout = '15s'")
-                for schema in self.schemas:
-                    try:
-                        conn.execute(
-                            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
-                        )
-                    except Exception as exc:  # reported; the other schemas still go
-                        problems.append(f"{schema}: {type(exc).__name__}: {exc}")
-        except Exception as exc:
-            problems.append(f"cannot connect: {type(exc).__name__}: {exc}")
-        return problems
-
-
-def _probe() -> tuple[Database | None, str]:
-    dsn = os.environ.get(DSN_ENV, "").strip()
-    if not dsn:
-        return None, f"{DSN_ENV} is not set (CI sets postgresql://postgres@127.0.0.1:5432/test)"
-    try:
-        from ferromem import _core  # noqa: F401 - only the native engine opens PostgreSQL stores
-    except ImportError as exc:
-        return None, f"PostgreSQL stores need the native engine, which cannot load: {exc}"
-    try:
-        import psycopg
-    except ImportError as exc:
-        return None, f"psycopg is not installed ({exc}); pip install -e '.[test]'"
-    try:
-        with psycopg.connect(dsn, connect_timeout=PROBE_TIMEOUT_S) as conn:
-            conn.execute("SELECT 1")
-    except Exception as exc:
-        shown = store_path(dsn).shown if dsn.lower().startswith("postgres") else "?"
-        why = (str(exc).strip().splitlines() or [""])[0]
-        return None, f"PostgreSQL at {shown} ({DSN_ENV}) is unreachable: {type(exc).__name__}: {why}"
-    return Database(dsn), ""
-
-
-@pytest.fixture(scope="session")
-def database() -> Iterator[Database]:
-    server, reason = _probe()
-    if server is None:
-        pytest.skip(reason)
-    yield server
-    problems = server.drop_schemas()
-    if problems:
-        import warnings
-
-        warnings.warn("could not drop the test schemas: " + "; ".join(problems), stacklevel=1)
-
-
 @pytest.fixture
-def url(database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+def url(postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
     """``url(**options)``: a URL of a schema of this test (``store=`` and the other options
     as given). The test runs in an empty folder with CrewAI's storage directory in it, so
     that whatever an adapter wrote on disk shows up in ``files_under(tmp_path)``."""
-    schema = database.new_schema()
+    schema = postgres.new_schema("crewai")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CREWAI_STORAGE_DIR", str(tmp_path / "crewai-home"))
 
     def make(**options: Any) -> str:
-        return with_options(database.dsn, schema=schema, **options)
+        return with_query(postgres.dsn, schema=schema, **options)
 
     return make
 
@@ -299,7 +221,7 @@ def test_adapters_never_show_the_password_and_refuse_bad_locations(tmp_path, mon
     # A RagClient's store option is the prefix of its collections: one path segment.
     for prefix in ("a/b", "x" * 101):
         with pytest.raises(ferromem.InvalidInputError, match="prefix"):
-            RagClient(with_options(url, store=prefix), embedding_function=EMBED)
+            RagClient(with_query(url, store=prefix), embedding_function=EMBED)
     assert files_under(tmp_path) == []
 
 
@@ -615,7 +537,7 @@ def test_install_with_a_url_routes_memory_and_knowledge_to_the_database(url, sec
         assert [m.record.content for m in second.recall("office hours", depth="shallow")] == [
             "The office opens at nine"
         ]
-        spec = Memory(storage=with_options(location, store="by-spec"), embedder=EMBED)
+        spec = Memory(storage=with_query(location, store="by-spec"), embedder=EMBED)
         assert spec._storage.location.endswith("store=by-spec")
         agent = Agent(role="r", goal="g", backstory="b", llm="gpt-4o-mini")
         crew = Crew(
