@@ -109,12 +109,12 @@ def _decode_option(value: str, key: str) -> str:
 def _redacted(url: str) -> str:
     """``url`` without its password, and with only its store and schema options."""
     scheme, _, rest = url.partition("://")
-    base, _, query = rest.partition("?")
+    base = rest.partition("?")[0]
     authority, slash, path = base.partition("/")
     userinfo, at, hostport = authority.rpartition("@")
     user = userinfo.partition(":")[0]
     shown = f"{scheme.lower()}://{user}{at}{hostport}{slash}{path}"
-    kept = [p for p in query.split("&") if p.partition("=")[0] in ("store", "schema")]
+    kept = [f"{key}={value}" for key, value in _query_pairs(url) if key in ("store", "schema")]
     return shown + ("?" + "&".join(kept) if kept else "")
 
 
