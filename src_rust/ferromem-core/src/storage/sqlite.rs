@@ -259,9 +259,9 @@ fn inspect(path: &Path) -> Result<Found> {
         }
         return Err(not_a_store(path, "is not a SQLite database"));
     }
-    let header = (|| -> rusqlite::Result<(i32, u32)> {
+    let read_header = |params: &str| -> rusqlite::Result<(i32, u32)> {
         let conn = Connection::open_with_flags(
-            file_uri(path, "immutable=1"),
+            file_uri(path, params),
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         // Reading the schema makes SQLite check the header; the pragmas read its fields.
@@ -269,7 +269,16 @@ fn inspect(path: &Path) -> Result<Found> {
         let application_id = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
         let user_version = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?;
         Ok((application_id, user_version as u32))
-    })();
+    };
+    let header = match read_header("immutable=1") {
+        // `immutable=1` reads the file without its WAL. After a crash in the middle of a
+        // checkpoint the file alone holds a mix of old and new pages, whole only with the
+        // WAL applied: read it again through SQLite's WAL recovery (read-only).
+        Err(rusqlite::Error::SqliteFailure(f, _)) if matches!(f.code, rusqlite::ffi::ErrorCode::DatabaseCorrupt) && has_wal(path) => {
+            read_header("mode=ro")
+        }
+        other => other,
+    };
     let (application_id, user_version) = match header {
         Ok(h) => h,
         Err(rusqlite::Error::SqliteFailure(f, _)) if matches!(f.code, rusqlite::ffi::ErrorCode::NotADatabase) => {
@@ -298,6 +307,13 @@ fn file_uri(path: &Path, params: &str) -> String {
     format!("{uri}?{params}")
 }
 
+/// Whether a non-empty `-wal` file is beside `path` (commits not yet in the file itself).
+fn has_wal(path: &Path) -> bool {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0)
+}
+
 /// Whether an unmarked SQLite file is a version 1 ferromem store: exactly its tables, and
 /// meta's schema_version '1'. Read with `immutable=1`, which takes no lock and creates no
 /// `-wal` or `-shm` file beside someone else's database.
@@ -317,9 +333,7 @@ fn is_version_1(path: &Path) -> Result<bool> {
         Ok((tables, version))
     };
     let (mut tables, mut version) = look("immutable=1")?;
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    if tables.is_empty() && std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+    if tables.is_empty() && has_wal(path) {
         // A version 1 store whose tables are still only in its WAL.
         (tables, version) = look("mode=ro")?;
     }
